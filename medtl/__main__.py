@@ -1,0 +1,3 @@
+from medtl.cli.main import app
+
+app(prog_name="medtl")

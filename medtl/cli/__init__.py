@@ -1,0 +1,1 @@
+"""The ``medtl`` command line: one subcommand per workflow stage."""

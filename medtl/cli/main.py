@@ -1,0 +1,445 @@
+"""``medtl``: medical-image segmentation by transfer learning.
+
+Each subcommand runs one stage of the workflow; the Snakemake rules call them, and you
+can too. Heavy libraries are imported inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medtl import __version__
+
+app = typer.Typer(
+    name="medtl",
+    help=(
+        "Medical-image segmentation by transfer learning.\n\n"
+        "Stages: demo-data → ingest → plan → preprocess → split → pretrain → train → "
+        "predict-fold → evaluate → report. The whole workflow runs with Snakemake "
+        "(`make run`); `medtl predict` segments new cases with a finished run."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+Settings = Annotated[
+    str,
+    typer.Option(
+        help="Stage settings as JSON (or @file.json); the "
+        "workflow passes its validated config section."
+    ),
+]
+Threads = Annotated[int, typer.Option(help="CPU threads for PyTorch.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, n))
+    torch.set_flush_denormal(True)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"medtl: error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,
+            help="Show the version.",
+        ),
+    ] = None,
+) -> None:
+    """Medical-image segmentation by transfer learning."""
+
+
+def _guard(fn):
+    """Turn medtl's user errors into a one-line message and exit code 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from medtl.io.errors import MedtlError
+
+        try:
+            return fn(*args, **kwargs)
+        except MedtlError as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+@app.command("demo-data")
+@_guard
+def demo_data(
+    out: Annotated[Path, typer.Option(help="Folder to write the demo data into.")],
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 7,
+    n_source: Annotated[int, typer.Option(help="Labelled source volumes (pretraining).")] = 24,
+    n_patients: Annotated[int, typer.Option(help="Target patients (DICOM).")] = 14,
+    quiet: Quiet = False,
+) -> None:
+    """Generate the built-in demo: a NIfTI source set and a DICOM target set.
+
+    Writes OUT/source (MSD-style dataset.json with NIfTI pairs) and OUT/target (DICOM
+    series, NIfTI labels and cases.tsv pairing them).
+    """
+    from medtl.demo.generate import generate_demo
+
+    s = generate_demo(out, seed=seed, n_source=n_source, n_patients=n_patients, progress=not quiet)
+    typer.echo(
+        f"demo: {s.source_cases} source volumes, {s.target_cases} target cases "
+        f"from {s.target_patients} patients; case sheet {s.sheet}"
+    )
+
+
+@app.command()
+@_guard
+def ingest(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A DICOM folder, a NIfTI folder (with an "
+            "MSD-style dataset.json), or a case-sheet TSV."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: manifest.tsv, rejected.tsv, images/, labels/.")
+    ],
+    salt: Annotated[str, typer.Option(help="Key for hashing patient IDs.")] = "medtl",
+    modality: Annotated[
+        str, typer.Option(help="Modality of NIfTI input (DICOM has its own).")
+    ] = "unknown",
+    quiet: Quiet = False,
+) -> None:
+    """Find the cases in SOURCE, convert them to NIfTI, and list them.
+
+    A case sheet is a TSV with columns `image` (NIfTI file or DICOM series folder),
+    `label` (NIfTI), and optional `patient` and `case_id`. Inputs that cannot be used
+    are listed in rejected.tsv with the reason and how to fix it; the rest carry on.
+    Patient IDs are written only as keyed hashes.
+    """
+    from medtl.io.ingest import ingest_path
+
+    manifest, rejected = ingest_path(source, out, salt, modality, progress=not quiet)
+    typer.echo(f"ingest: {len(manifest)} cases, {len(rejected)} rejected → {out}/manifest.tsv")
+    for r in rejected.itertuples():
+        typer.echo(f"  rejected {r.path}: {r.reason}. Fix: {r.fix}", err=True)
+
+
+@app.command()
+@_guard
+def plan(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv.")],
+    out: Annotated[Path, typer.Option(help="The plan.json to write.")],
+    settings: Settings = "{}",
+    classes: Annotated[
+        str, typer.Option(help='Label names as JSON, e.g. {"1": "tumour"}.')
+    ] = '{"1": "foreground"}',
+) -> None:
+    """Compute the preprocessing plan from the data set's fingerprint."""
+    import pandas as pd
+
+    from medtl.config import PreprocessConfig, load_json_arg, parse_section
+    from medtl.preprocess.plan import make_plan
+
+    cfg = parse_section(PreprocessConfig, load_json_arg(settings, "--settings"), "preprocess")
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    p = make_plan(df, cfg, names)
+    p.save(out)
+    typer.echo(
+        f"plan: spacing {p.target_spacing} mm, {p.normalization} normalisation, "
+        f"median shape {p.median_shape} → {out}"
+    )
+
+
+@app.command()
+@_guard
+def preprocess(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv.")],
+    plan_path: Annotated[Path, typer.Option("--plan", help="The plan.json.")],
+    case: Annotated[str, typer.Option(help="Case id from the manifest.")],
+    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+) -> None:
+    """Reorient, crop, resample and normalise one case with the plan (cached as .npz)."""
+    import pandas as pd
+
+    from medtl.io.errors import InputError
+    from medtl.preprocess.case import preprocess_files, save_case
+    from medtl.preprocess.plan import Plan
+
+    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    rows = df[df["case_id"] == case]
+    if rows.empty:
+        raise InputError(manifest, f"case {case!r} not in the manifest", "rerun ingest")
+    row = rows.iloc[0]
+    c = preprocess_files(
+        Path(row["image"]), Path(row["label"]) if row["label"] else None, Plan.load(plan_path)
+    )
+    save_case(out, c)
+    typer.echo(f"preprocess: {case} {tuple(c.image.shape[1:])} → {out}")
+
+
+@app.command()
+@_guard
+def split(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv.")],
+    out: Annotated[Path, typer.Option(help="The folds.json to write.")],
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
+    val_fraction: Annotated[
+        float,
+        typer.Option(help="Share of training patients for validation (checkpoint selection)."),
+    ] = 0.2,
+) -> None:
+    """Split the labelled cases into K folds grouped by patient."""
+    import pandas as pd
+
+    from medtl.split.folds import make_folds, save_folds
+
+    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    f = make_folds(df, folds, seed, val_fraction)
+    save_folds(f, out)
+    sizes = ", ".join(f"fold {x['fold']}: {len(x['test'])} held out" for x in f["folds"])
+    typer.echo(f"split: {sizes} → {out}")
+
+
+@app.command()
+@_guard
+def pretrain(
+    manifest: Annotated[Path, typer.Option(help="manifest.tsv of the ingested source set.")],
+    plan_path: Annotated[Path, typer.Option("--plan", help="The target's plan.json.")],
+    out: Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, curves.csv).")],
+    settings: Settings = "{}",
+    threads: Threads = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Supervised pretraining of the network on the source set → OUT/checkpoint.pt.
+
+    Settings: {"model": {...}, "pretrain": {...}, "seed": N, "device": "auto"}.
+    """
+    from medtl.config import ModelConfig, PretrainConfig, load_json_arg, parse_section
+    from medtl.train.run import pretrain as run_pretrain
+
+    _threads(threads)
+    s = load_json_arg(settings, "--settings")
+    summary = run_pretrain(
+        manifest,
+        plan_path,
+        out,
+        parse_section(ModelConfig, s.get("model"), "model"),
+        parse_section(PretrainConfig, s.get("pretrain"), "pretrain"),
+        int(s.get("seed", 0)),
+        str(s.get("device", "auto")),
+        progress=not quiet,
+    )
+    typer.echo(
+        f"pretrain: best validation Dice {summary['best_val_dice']:.3f} at step "
+        f"{summary['best_step']} → {out}/checkpoint.pt"
+    )
+
+
+@app.command()
+@_guard
+def train(
+    arm: Annotated[str, typer.Option(help="Arm (transfer strategy) name.")],
+    fold: Annotated[int, typer.Option(help="Fold index.")],
+    folds: Annotated[Path, typer.Option(help="folds.json from the split stage.")],
+    cases: Annotated[Path, typer.Option(help="Folder of preprocessed .npz cases.")],
+    out: Annotated[Path, typer.Option(help="Run folder (best.pt, curves.csv, run.json).")],
+    settings: Settings,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(help="Pretrained weights, for arms with init: pretrained."),
+    ] = None,
+    threads: Threads = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Train one transfer arm on one fold.
+
+    Settings: {"model", "train", "arm", "predict", "seed", "device", "classes",
+    "min_loaded_fraction"}. An interrupted run resumes from OUT/last.pt.
+    """
+    from medtl.config import load_json_arg
+    from medtl.train.run import ArmSettings, train_arm
+
+    _threads(threads)
+    s = ArmSettings.from_dict(load_json_arg(settings, "--settings"))
+    summary = train_arm(s, arm, fold, folds, cases, out, pretrained, progress=not quiet)
+    typer.echo(
+        f"train {arm} fold {fold}: best validation Dice {summary['best_val_dice']:.3f} "
+        f"at step {summary['best_step']} ({summary['seconds']:.0f} s)"
+    )
+
+
+@app.command("predict-fold")
+@_guard
+def predict_fold(
+    run: Annotated[Path, typer.Option(help="The fold's run folder (holds best.pt).")],
+    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    fold: Annotated[int, typer.Option(help="Fold index.")],
+    cases: Annotated[Path, typer.Option(help="Folder of preprocessed .npz cases.")],
+    out: Annotated[Path, typer.Option(help="Folder for the masks.")],
+    settings: Settings = "{}",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Threads = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Segment a fold's held-out cases; masks in the original image space."""
+    from medtl.config import PredictConfig, load_json_arg, parse_section
+    from medtl.predict.run import predict_fold as predict_fold_cases
+
+    _threads(threads)
+    cfg = parse_section(PredictConfig, load_json_arg(settings, "--settings"), "predict")
+    written = predict_fold_cases(
+        run_dir=run,
+        folds_path=folds,
+        fold=fold,
+        cases_dir=cases,
+        out=out,
+        cfg=cfg,
+        device_name=device,
+        progress=not quiet,
+    )
+    typer.echo(f"predict fold {fold}: {len(written)} masks → {out}")
+
+
+@app.command()
+@_guard
+def predict(
+    input: Annotated[
+        Path,
+        typer.Argument(help="New cases: a DICOM folder, a NIfTI file or folder, or a case sheet."),
+    ],
+    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for the masks (NIfTI, original grid).")],
+    arm: Annotated[
+        str | None,
+        typer.Option(help="Which arm's models (default: the report's best arm)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    threads: Threads = 2,
+    quiet: Quiet = False,
+) -> None:
+    """Segment new cases with the ensemble of a finished run's fold models.
+
+    Example: `medtl predict scans/ --model results --out masks/`
+    """
+    from medtl.config import PredictConfig
+    from medtl.predict.run import predict_new
+
+    _threads(threads)
+    table = predict_new(
+        input, model, out, arm, PredictConfig(overlap=overlap), device, progress=not quiet
+    )
+    typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv)")
+
+
+@app.command()
+@_guard
+def evaluate(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
+    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    predictions: Annotated[Path, typer.Option(help="Folder predictions/<arm>/fold<k>/.")],
+    arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
+    out: Annotated[Path, typer.Option(help="metrics.csv to write.")],
+    classes: Annotated[str, typer.Option(help="Label names as JSON.")] = '{"1": "foreground"}',
+    threads: Threads = 1,
+) -> None:
+    """Dice and HD95 (mm) per case and class, from the written masks."""
+    from medtl.config import load_json_arg
+    from medtl.evaluate.metrics import evaluate_predictions
+
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    df = evaluate_predictions(
+        manifest, folds, predictions, arms.split(","), names, out, threads=threads
+    )
+    typer.echo(f"evaluate: {len(df)} rows → {out}")
+
+
+@app.command()
+@_guard
+def report(
+    results: Annotated[Path, typer.Option(help="The results folder.")],
+    out: Annotated[Path, typer.Option(help="report.html to write.")],
+    figures: Annotated[Path, typer.Option(help="Folder for the report's figures (PNG).")],
+    summary: Annotated[Path, typer.Option(help="summary.json to write.")],
+    settings: Settings,
+) -> None:
+    """Build the self-contained HTML report (and summary.json) from the results.
+
+    Settings: the whole resolved workflow config (for arms, classes and provenance).
+    """
+    import yaml
+
+    from medtl.config import load_json_arg
+    from medtl.io.files import atomic_write_text
+    from medtl.provenance import git_commit, package_versions
+    from medtl.report.build import build_report
+
+    cfg = load_json_arg(settings, "--settings")
+    arms = list(cfg.get("arms", {}))
+    classes = {int(k): v for k, v in cfg.get("classes", {"1": "foreground"}).items()}
+    rep = cfg.get("report", {})
+    build_report(
+        results,
+        out,
+        figures,
+        summary,
+        arms=arms,
+        reference_arm=rep.get("reference_arm", "scratch"),
+        classes=classes,
+        config=cfg,
+        n_overlays=int(rep.get("overlays", 3)),
+    )
+    atomic_write_text(out.parent / "config.resolved.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_text(
+        out.parent / "versions.json",
+        json.dumps({"versions": package_versions(), "git_commit": git_commit()}, indent=2) + "\n",
+    )
+    typer.echo(f"report: {out}")
+
+
+@app.command("check-device")
+def check_device(
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    gpus: Annotated[int, typer.Option(help="GPUs the config asks for.")] = 0,
+) -> None:
+    """Say at the start whether the requested device exists (not after an hour)."""
+    import torch
+
+    asked = f"device {device}" if device != "auto" else f"{gpus} GPU(s)"
+    if (device.startswith("cuda") or gpus > 0) and not torch.cuda.is_available():
+        _fail(
+            RuntimeError(
+                f"the config asks for {asked} "
+                "but PyTorch sees no CUDA device. How to fix: set device: auto and gpus: 0 to run "
+                "on CPU, or run on a GPU node with a CUDA build of PyTorch"
+            )
+        )
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    typer.echo(f"device: {name}")
+
+
+def run() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,311 @@
+"""Typed, validated configuration.
+
+The workflow's YAML is checked against ``pipeline/schemas/config.schema.yaml`` (with
+defaults filled in) before any rule runs, by :func:`validate_config`. Each stage then
+receives only its own section, as JSON on its command line, and turns it into one of
+the frozen dataclasses below with :func:`parse_section`, which checks it again at the
+edge: unknown keys and wrong types are refused with the key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from medtl.io.errors import MedtlError
+
+
+class ConfigError(MedtlError):
+    """A configuration value that is missing, unknown or of the wrong type."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The segmentation network.
+
+    Attributes:
+        name: architecture from :data:`medtl.models.networks.ARCHITECTURES`.
+        features: channel widths (``basicunet``: six numbers).
+        backbone: encoder backbone, for architectures that have one (``flexibleunet``).
+        dropout: dropout probability.
+    """
+
+    name: str = "basicunet"
+    features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
+    backbone: str = "resnet10"
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """MONAI random augmentations applied to training patches."""
+
+    flip: float = 0.5
+    rotate90: float = 0.5
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation budget and schedule, the same for every arm.
+
+    Attributes:
+        steps: optimiser steps per run.
+        batch_size: patches per step.
+        patch_size: training patch in voxels (each a multiple of 16 for ``basicunet``).
+        lr: base learning rate (AdamW), cosine-annealed to zero.
+        weight_decay: AdamW weight decay.
+        val_every: validate on the inner validation cases every N steps.
+        pos_fraction: share of patches centred on foreground.
+        augment: augmentation probabilities and magnitudes.
+    """
+
+    steps: int = 300
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (32, 32, 16)
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    val_every: int = 50
+    pos_fraction: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One transfer strategy.
+
+    Attributes:
+        init: ``random`` or ``pretrained`` (encoder weights from the pretrained checkpoint).
+        freeze_encoder: keep the encoder fixed (feature extraction).
+        encoder_lr_scale: the encoder's learning rate as a fraction of the base rate.
+    """
+
+    init: str = "random"
+    freeze_encoder: bool = False
+    encoder_lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Supervised pretraining on the source set, or a checkpoint of your own.
+
+    Attributes:
+        source: the labelled source set (case sheet, MSD folder) to pretrain on.
+        checkpoint: a weights file to use instead of running the pretrain stage.
+        min_loaded_fraction: refuse a checkpoint that initialises less of the encoder.
+        steps, batch_size, lr, val_every, patch_size: the pretraining schedule.
+    """
+
+    source: str | None = None
+    checkpoint: str | None = None
+    min_loaded_fraction: float = 0.9
+    steps: int = 400
+    batch_size: int = 2
+    lr: float = 2e-3
+    val_every: int = 100
+    patch_size: tuple[int, int, int] = (32, 32, 16)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How cases are brought to one grid and intensity scale.
+
+    Attributes:
+        target_spacing: ``auto`` (median spacing of the data set) or three numbers in mm.
+        normalization: ``auto`` (by modality), ``zscore`` or ``ct``.
+        crop_foreground: crop each case to its non-zero bounding box.
+    """
+
+    target_spacing: str | tuple[float, float, float] = "auto"
+    normalization: str = "auto"
+    crop_foreground: bool = True
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Sliding-window inference."""
+
+    overlap: float = 0.5
+    sw_batch_size: int = 4
+    mode: str = "gaussian"
+
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a mapping, got {value!r}")
+        return parse_section(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(
+            f"config key '{where}': got {value!r}; expected one of "
+            f"{', '.join(_type_name(a) for a in typing.get_args(tp))}"
+        )
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{where}': expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(
+                f"config key '{where}': expected {len(args)} values, got {len(value)} ({value!r})"
+            )
+        return tuple(
+            _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{where}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{where}': expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{where}': expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{where}': expected a string, got {value!r}")
+        return value
+    return value
+
+
+def parse_section(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build a frozen config dataclass from a mapping, refusing unknown keys.
+
+    Args:
+        cls: the dataclass, e.g. :class:`TrainConfig`.
+        data: the mapping (missing keys take the dataclass defaults).
+        where: the dotted config path, used in error messages.
+
+    Example:
+        >>> parse_section(TrainConfig, {"steps": 10}).steps
+        10
+        >>> parse_section(TrainConfig, {"step": 10})
+        Traceback (most recent call last):
+        ...
+        medtl.config.ConfigError: config key 'step': unknown. Allowed keys: augment, ...
+    """
+    data = data or {}
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"config key '{key}': unknown. Allowed keys: {', '.join(sorted(names))}")
+    kwargs = {
+        name: _coerce(data[name], hints[name], f"{where}.{name}" if where else name)
+        for name in names
+        if name in data
+    }
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A config dataclass as plain JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_json_arg(text: str, what: str) -> dict[str, Any]:
+    """Parse a JSON settings string given on the command line, or ``@file.json``."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what}: expected JSON, got {text[:80]!r} ({exc})") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"{what}: expected a JSON object, got {value!r}")
+    return value
+
+
+def _describe_error(error: Any) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    validator = error.validator
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        key = f"{path}.{extra[0]}" if path != "(top level)" else extra[0]
+        return f"config key '{key}': unknown. Allowed keys here: {', '.join(allowed)}"
+    if validator == "enum":
+        return (
+            f"config key '{path}': got {error.instance!r}; allowed values: "
+            f"{', '.join(repr(v) for v in error.validator_value)}"
+        )
+    if validator == "required":
+        return f"config key '{path}': {error.message}"
+    expected = error.schema.get("description", "")
+    hint = f" ({expected})" if expected else ""
+    return f"config key '{path}': got {error.instance!r}; {error.message}{hint}"
+
+
+def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+    """Validate the workflow config against the JSON schema and fill in defaults.
+
+    Args:
+        config: the loaded YAML (modified in place: defaults are added).
+        schema_path: the schema file (YAML).
+
+    Returns:
+        The same mapping, completed.
+
+    Raises:
+        ConfigError: listing every problem: key, value found and what is allowed.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_cls = jsonschema.validators.validator_for(schema)
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = json.loads(json.dumps(sub["default"]))
+        yield from validator_cls.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    filling = jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+    errors = sorted(filling(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n".join(f"  - {_describe_error(e)}" for e in errors)
+        raise ConfigError(
+            f"the config does not match {Path(schema_path).name}:\n{lines}\n"
+            "How to fix: correct these keys; config/config.yaml explains every key."
+        )
+    return config

@@ -1,0 +1,1 @@
+"""Evaluation: per-case overlap and surface metrics, and paired comparisons of arms."""

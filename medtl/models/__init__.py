@@ -1,0 +1,1 @@
+"""Networks with a separable encoder, pretrained-weight loading and transfer strategies."""

@@ -1,0 +1,179 @@
+"""MONAI segmentation networks, each described by which parameters form its encoder.
+
+Transfer learning needs to know, for any network, which parameters are the encoder
+(copied from a pretrained checkpoint, maybe frozen), which are the decoder, and which
+are the head (always rebuilt for the task's classes). An :class:`Architecture` states
+this with parameter-name prefixes, so the same transfer code serves every network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtl.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build a network and how its parameters split into parts.
+
+    Attributes:
+        build: ``build(config, in_channels, out_channels) -> nn.Module``.
+        encoder_prefixes: parameter-name prefixes of the encoder.
+        head_prefixes: parameter-name prefixes of the output head.
+        patch_multiple: every patch side must be a multiple of this.
+    """
+
+    build: Callable[[ModelConfig, int, int], nn.Module]
+    encoder_prefixes: tuple[str, ...]
+    head_prefixes: tuple[str, ...]
+    patch_multiple: int
+
+    def part_of(self, name: str) -> str:
+        """``"encoder"``, ``"head"`` or ``"decoder"`` for a parameter or buffer name."""
+        if name.startswith(self.encoder_prefixes):
+            return "encoder"
+        if name.startswith(self.head_prefixes):
+            return "head"
+        return "decoder"
+
+
+def _basicunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from monai.networks.nets import BasicUNet
+
+    if len(cfg.features) != 6:
+        raise ConfigError(
+            f"config key 'model.features': basicunet needs 6 widths, got {list(cfg.features)}; "
+            "e.g. [16, 16, 32, 64, 128, 16]"
+        )
+    return BasicUNet(
+        spatial_dims=3,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=tuple(cfg.features),
+        dropout=cfg.dropout,
+    )
+
+
+def _flexibleunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from monai.networks.nets import FlexibleUNet
+
+    # pretrained=False always: MONAI would otherwise download weights from a hub.
+    return FlexibleUNet(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        backbone=cfg.backbone,
+        pretrained=False,
+        spatial_dims=3,
+        dropout=cfg.dropout,
+    )
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "basicunet": Architecture(
+        build=_basicunet,
+        encoder_prefixes=("conv_0.", "down_1.", "down_2.", "down_3.", "down_4."),
+        head_prefixes=("final_conv.",),
+        patch_multiple=16,
+    ),
+    "flexibleunet": Architecture(
+        build=_flexibleunet,
+        encoder_prefixes=("encoder.",),
+        head_prefixes=("segmentation_head.",),
+        patch_multiple=32,
+    ),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    """The architecture registered under ``name``, or a clear error."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ConfigError(
+            f"config key 'model.name': got {name!r}; allowed values: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
+def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    """Build the configured network with a fresh head for ``out_channels`` classes.
+
+    Example:
+        >>> net = build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2)
+        >>> net(torch.zeros(1, 1, 16, 16, 16)).shape
+        torch.Size([1, 2, 16, 16, 16])
+    """
+    return get_architecture(cfg.name).build(cfg, in_channels, out_channels)
+
+
+def check_patch_size(cfg: ModelConfig, patch_size: tuple[int, ...]) -> None:
+    """Refuse a patch the network cannot downsample evenly."""
+    multiple = get_architecture(cfg.name).patch_multiple
+    bad = [p for p in patch_size if p % multiple]
+    if bad:
+        fixed = [max(multiple, round(p / multiple) * multiple) for p in patch_size]
+        raise ConfigError(
+            f"config key 'train.patch_size': got {list(patch_size)}; {cfg.name} needs every side "
+            f"to be a multiple of {multiple}. How to fix: use e.g. {fixed}"
+        )
+    if all(p == multiple for p in patch_size):
+        raise ConfigError(
+            f"config key 'train.patch_size': got {list(patch_size)}; {cfg.name} downsamples "
+            f"by {multiple}, which leaves a single voxel at its deepest level. How to fix: make "
+            f"at least one side {2 * multiple} or more"
+        )
+
+
+def count_parameters(model: nn.Module, arch: Architecture) -> dict[str, int]:
+    """Number of parameters per part (encoder, decoder, head)."""
+    counts = {"encoder": 0, "decoder": 0, "head": 0}
+    for name, p in model.named_parameters():
+        counts[arch.part_of(name)] += p.numel()
+    return counts
+
+
+def encoder_state_keys(model: nn.Module, arch: Architecture) -> list[str]:
+    """Names in the model's state dict that belong to the encoder."""
+    return [k for k in model.state_dict() if arch.part_of(k) == "encoder"]
+
+
+def freeze_encoder(model: nn.Module, arch: Architecture) -> int:
+    """Stop gradients through the encoder; returns the number of frozen parameters."""
+    n = 0
+    for name, p in model.named_parameters():
+        if arch.part_of(name) == "encoder":
+            p.requires_grad_(False)
+            n += p.numel()
+    return n
+
+
+def param_groups(
+    model: nn.Module, arch: Architecture, lr: float, encoder_lr_scale: float
+) -> list[dict]:
+    """Optimiser parameter groups: the encoder at ``lr * encoder_lr_scale``, the rest at ``lr``."""
+    enc, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (enc if arch.part_of(name) == "encoder" else rest).append(p)
+    groups = [{"params": rest, "lr": lr, "name": "decoder+head"}]
+    if enc:
+        groups.append({"params": enc, "lr": lr * encoder_lr_scale, "name": "encoder"})
+    return groups
+
+
+def torch_device(name: str) -> torch.device:
+    """Resolve ``auto`` / ``cpu`` / ``cuda`` to a device, with a clear error for missing CUDA."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "config key 'device': got 'cuda' but this machine has no usable CUDA device "
+            "(torch.cuda.is_available() is False). How to fix: set device: auto or cpu, "
+            "or run on a GPU node."
+        )
+    return torch.device(name)

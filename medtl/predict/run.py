@@ -1,0 +1,122 @@
+"""Prediction stages: held-out cases of one fold, and new cases with the fold ensemble."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medtl.config import PredictConfig
+from medtl.io.errors import InputError
+from medtl.io.files import atomic_write_text
+from medtl.io.ingest import ingest_path
+from medtl.models.networks import torch_device
+from medtl.predict.inference import load_model, segment_case
+from medtl.preprocess.case import load_case, preprocess_files
+from medtl.preprocess.plan import Plan
+from medtl.split.folds import fold_cases, load_folds
+
+
+def predict_fold(
+    run_dir: Path,
+    folds_path: Path,
+    fold: int,
+    cases_dir: Path,
+    out: Path,
+    cfg: PredictConfig,
+    device_name: str = "auto",
+    progress: bool = True,
+) -> list[Path]:
+    """Segment the held-out (``test``) cases of one fold with that fold's best model.
+
+    Masks are written as ``out/<case>.nii.gz`` on each case's original image grid.
+    """
+    device = torch_device(device_name)
+    model, payload = load_model(Path(run_dir) / "best.pt", device)
+    written = []
+    cases = fold_cases(load_folds(folds_path), fold, "test")
+    for case_id in tqdm(cases, desc=f"predict fold {fold}", disable=not progress):
+        case = load_case(Path(cases_dir) / f"{case_id}.npz")
+        path = Path(out) / f"{case_id}.nii.gz"
+        segment_case([model], case, payload["patch_size"], cfg, device, path)
+        written.append(path)
+    return written
+
+
+def find_fold_models(results: Path, arm: str) -> list[Path]:
+    """The ``best.pt`` of every fold of ``arm`` in a finished run's results folder."""
+    found = sorted((Path(results) / "train" / arm).glob("fold*/best.pt"))
+    if not found:
+        arms = sorted(p.name for p in (Path(results) / "train").glob("*") if p.is_dir())
+        raise InputError(
+            Path(results) / "train" / arm,
+            f"no trained models for arm {arm!r}"
+            + (f" (arms found: {', '.join(arms)})" if arms else ""),
+            "give --model the results folder of a finished run and an arm it trained",
+        )
+    return found
+
+
+def default_arm(results: Path) -> str:
+    """The arm the run's report found best, else ``finetune``."""
+    summary = Path(results) / "report" / "summary.json"
+    if summary.is_file():
+        best = json.loads(summary.read_text()).get("best_arm")
+        if best:
+            return str(best)
+    return "finetune"
+
+
+def predict_new(
+    source: Path,
+    results: Path,
+    out: Path,
+    arm: str | None = None,
+    cfg: PredictConfig | None = None,
+    device_name: str = "auto",
+    salt: str = "medtl",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
+
+    Uses the mean probabilities of all fold models of ``arm`` (the ensemble), the run's
+    preprocessing plan, and writes ``out/<case>.nii.gz`` on each input's original grid
+    plus ``out/predictions.tsv`` listing them.
+    """
+    cfg = cfg or PredictConfig()
+    results, out = Path(results), Path(out)
+    arm = arm or default_arm(results)
+    plan = Plan.load(results / "preprocess" / "plan.json")
+    device = torch_device(device_name)
+    loaded = [load_model(p, device) for p in find_fold_models(results, arm)]
+    models = [m for m, _ in loaded]
+    patch = loaded[0][1]["patch_size"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp:
+        manifest, rejected = ingest_path(source, Path(tmp), salt, progress=False)
+        for row in tqdm(
+            list(manifest.itertuples()),
+            desc=f"predict ({arm}, {len(models)} folds)",
+            disable=not progress,
+        ):
+            case = preprocess_files(Path(row.image), None, plan)
+            path = out / f"{row.case_id}.nii.gz"
+            labels = segment_case(models, case, patch, cfg, device, path)
+            rows.append(
+                {
+                    "case_id": row.case_id,
+                    "patient_id": row.patient_id,
+                    "mask": str(path),
+                    "arm": arm,
+                    "folds": len(models),
+                    "foreground_voxels": int((labels > 0).sum()),
+                }
+            )
+        if len(rejected):
+            atomic_write_text(out / "rejected.tsv", rejected.to_csv(sep="\t", index=False))
+    table = pd.DataFrame(rows)
+    atomic_write_text(out / "predictions.tsv", table.to_csv(sep="\t", index=False))
+    return table

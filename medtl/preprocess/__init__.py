@@ -1,0 +1,1 @@
+"""Dataset fingerprint → preprocessing plan; per-case reorient, resample, crop, normalise."""

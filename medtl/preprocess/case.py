@@ -1,0 +1,183 @@
+"""Per-case preprocessing with the plan, and its exact inverse for predictions.
+
+Forward: reorient to the closest canonical (RAS) frame → crop to the non-zero bounding
+box → resample to the plan's spacing → normalise intensities. Everything needed to
+undo these steps is kept in the case's ``meta``, so a prediction made on the
+preprocessed grid is written back on the original image grid, voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medtl.io.errors import InputError
+from medtl.io.files import atomic_write
+from medtl.preprocess.plan import Plan
+
+
+@dataclass
+class PreprocessedCase:
+    """A case on the plan's grid.
+
+    Attributes:
+        image: float32 array ``(channels, x, y, z)``.
+        label: uint8 array ``(x, y, z)`` or None for unlabelled cases.
+        meta: geometry needed to invert the preprocessing (JSON-able).
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    if mode == "nearest":
+        out = F.interpolate(t, size=shape, mode="nearest-exact")
+    else:
+        out = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def nonzero_bbox(array: np.ndarray) -> list[tuple[int, int]]:
+    """Bounding box ``[(lo, hi), ...]`` of the non-zero voxels (the whole array if none)."""
+    nz = np.nonzero(array)
+    if len(nz[0]) == 0:
+        return [(0, s) for s in array.shape]
+    return [(int(ax.min()), int(ax.max()) + 1) for ax in nz]
+
+
+def normalise(image: np.ndarray, plan: Plan) -> np.ndarray:
+    """Intensity normalisation of the plan (``ct`` or ``zscore``)."""
+    if plan.normalization == "ct":
+        lo, hi = plan.intensity["p005"], plan.intensity["p995"]
+        out = np.clip(image, lo, hi)
+        return ((out - plan.intensity["mean"]) / max(plan.intensity["std"], 1e-8)).astype(
+            np.float32
+        )
+    mask = image != 0
+    values = image[mask] if mask.any() else image
+    return ((image - values.mean()) / max(float(values.std()), 1e-8)).astype(np.float32)
+
+
+def preprocess_arrays(
+    image: nib.Nifti1Image, label: nib.Nifti1Image | None, plan: Plan
+) -> PreprocessedCase:
+    """Preprocess one case given as NIfTI images.
+
+    Example:
+        >>> img = nib.Nifti1Image(np.random.rand(8, 8, 4).astype("f4"), np.diag([1, 1, 2, 1.0]))
+        >>> plan = Plan("MR", (2.0, 2.0, 2.0), "zscore", {}, True, (4, 4, 4), 1, {"1": "x"})
+        >>> preprocess_arrays(img, None, plan).image.shape
+        (1, 4, 4, 4)
+    """
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim != 3:
+        raise InputError(
+            image.get_filename() or "image",
+            f"expected a 3-D image, got shape {data.shape}",
+            "give one 3-D volume per case (split 4-D series into separate channels/cases)",
+        )
+    ornt = nib.orientations.io_orientation(image.affine)
+    canon = nib.orientations.apply_orientation(data, ornt)
+    lab_canon = None
+    if label is not None:
+        lab = np.asarray(label.dataobj)
+        if lab.shape != data.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+            raise InputError(
+                label.get_filename() or "label",
+                f"label grid {lab.shape} does not match image grid {data.shape} "
+                "(shape or affine differ)",
+                "export the label on the image's grid (same shape and orientation)",
+            )
+        lab_canon = nib.orientations.apply_orientation(lab, ornt).astype(np.uint8)
+
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    spacing = np.empty(3)
+    spacing[ornt[:, 0].astype(int)] = zooms
+    bbox = nonzero_bbox(canon) if plan.crop_foreground else [(0, s) for s in canon.shape]
+    sl = tuple(slice(lo, hi) for lo, hi in bbox)
+    cropped = canon[sl]
+    new_shape = tuple(
+        max(1, int(round(n * s / t)))
+        for n, s, t in zip(cropped.shape, spacing, plan.target_spacing, strict=True)
+    )
+    resampled = _resize(cropped, new_shape, "linear")
+    out_label = None
+    if lab_canon is not None:
+        out_label = _resize(lab_canon[sl], new_shape, "nearest").astype(np.uint8)
+    meta = {
+        "original_shape": list(data.shape),
+        "original_affine": image.affine.tolist(),
+        "ornt": ornt.tolist(),
+        "canonical_shape": list(canon.shape),
+        "bbox": [list(b) for b in bbox],
+        "cropped_shape": list(cropped.shape),
+        "resampled_shape": list(new_shape),
+        "source_spacing": spacing.tolist(),
+    }
+    return PreprocessedCase(normalise(resampled, plan)[None], out_label, meta)
+
+
+def preprocess_files(image: Path, label: Path | None, plan: Plan) -> PreprocessedCase:
+    """Preprocess one case from NIfTI files."""
+    img = nib.load(str(image))
+    lab = nib.load(str(label)) if label else None
+    return preprocess_arrays(img, lab, plan)
+
+
+def save_case(path: Path, case: PreprocessedCase) -> None:
+    """Save a preprocessed case as ``.npz`` (no pickles), atomically."""
+    arrays = {"image": case.image, "meta": np.array(json.dumps(case.meta))}
+    if case.label is not None:
+        arrays["label"] = case.label
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+
+
+def load_case(path: Path) -> PreprocessedCase:
+    """Load a case written by :func:`save_case`."""
+    with np.load(path, allow_pickle=False) as z:
+        label = z["label"] if "label" in z.files else None
+        return PreprocessedCase(z["image"], label, json.loads(str(z["meta"])))
+
+
+def restore_labels(probs: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
+    """Turn class probabilities on the preprocessed grid into labels on the original grid.
+
+    Args:
+        probs: ``(classes, x, y, z)`` probabilities on the resampled, cropped grid.
+        meta: the case's ``meta`` from preprocessing.
+
+    Returns:
+        uint8 labels with the original image's shape and orientation.
+    """
+    cropped = F.interpolate(
+        probs[None].float(),
+        size=tuple(meta["cropped_shape"]),
+        mode="trilinear",
+        align_corners=False,
+    )[0]
+    canon = torch.zeros((probs.shape[0], *meta["canonical_shape"]), dtype=cropped.dtype)
+    canon[0] = 1.0
+    sl = tuple(slice(lo, hi) for lo, hi in meta["bbox"])
+    canon[(slice(None), *sl)] = cropped
+    labels = canon.argmax(0).numpy().astype(np.uint8)
+    # apply_orientation(x, ornt) mapped the original array to canonical; undo it.
+    back = nib.orientations.apply_orientation(labels, _invert_ornt(np.asarray(meta["ornt"])))
+    return np.ascontiguousarray(back, dtype=np.uint8)
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``apply_orientation(x, ornt)``."""
+    inv = np.empty_like(ornt)
+    for src_axis, (dst_axis, flip) in enumerate(ornt):
+        inv[int(dst_axis)] = (src_axis, flip)
+    return inv

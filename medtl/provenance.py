@@ -1,0 +1,81 @@
+"""What produced a result: settings, seeds, package versions, code version, hardware."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medtl.io.files import atomic_write_text
+
+PACKAGES = (
+    "medtl",
+    "torch",
+    "monai",
+    "numpy",
+    "nibabel",
+    "pydicom",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "snakemake",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """The workflow's git commit (``+dirty`` when changed), or ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def write_run_record(path: Path, settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """Write the resolved settings with versions, commit and hardware beside a result."""
+    record = {
+        "settings": settings,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "hardware": hardware(),
+        **extra,
+    }
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return record

@@ -1,0 +1,259 @@
+"""Figures of the report, drawn with Matplotlib's object API on the Agg canvas.
+
+Every function returns a :class:`matplotlib.figure.Figure` bound to an Agg canvas (no
+pyplot, no global backend switch, safe in threads); :func:`to_png` turns it into PNG
+bytes for embedding and saving.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+#: Contour colour of the reference label in overlays.
+REFERENCE_COLOUR = "#ffd400"
+
+#: Colours of the arms, in the order the arms are given (the reference's yellow skipped).
+ARM_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2"]
+
+_METRIC_LABELS = {"dice": "Dice", "hd95": "HD95 (mm)"}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def arm_colours(arms: list[str]) -> dict[str, str]:
+    """A fixed colour per arm, by position in ``arms``."""
+    return {arm: ARM_COLOURS[i % len(ARM_COLOURS)] for i, arm in enumerate(arms)}
+
+
+def to_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (no timestamp in the metadata, so output is reproducible)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def metric_boxplot(
+    metrics: pd.DataFrame, arms: list[str], metric: str, class_names: list[str]
+) -> Figure:
+    """Box plot with jittered per-case points of ``metric`` per arm, one panel per class.
+
+    Args:
+        metrics: the ``metrics.csv`` table.
+        arms: arms in display order.
+        metric: ``dice`` or ``hd95``; NaN values are not drawn.
+        class_names: class names, one panel each.
+    """
+    colours = arm_colours(arms)
+    fig = _figure(max(4.0, 1.4 * len(arms) + 1.5) * len(class_names), 3.6)
+    axes = np.atleast_1d(fig.subplots(1, len(class_names), squeeze=False)[0])
+    rng = np.random.default_rng(0)
+    for ax, cls in zip(axes, class_names, strict=True):
+        data = []
+        for arm in arms:
+            sel = metrics[(metrics["arm"] == arm) & (metrics["class"] == cls)]
+            data.append(pd.to_numeric(sel[metric], errors="coerce").dropna().to_numpy())
+        positions = np.arange(1, len(arms) + 1)
+        drawn = [d if d.size else np.array([np.nan]) for d in data]
+        box = ax.boxplot(
+            drawn, positions=positions, widths=0.55, patch_artist=True, showfliers=False
+        )
+        for patch, arm in zip(box["boxes"], arms, strict=True):
+            patch.set(facecolor=colours[arm], alpha=0.25, edgecolor=colours[arm])
+        for median in box["medians"]:
+            median.set(color="#222222", linewidth=1.4)
+        for pos, d, arm in zip(positions, data, arms, strict=True):
+            if not d.size:
+                ax.text(
+                    pos,
+                    0.5,
+                    "no values",
+                    transform=ax.get_xaxis_transform(),
+                    ha="center",
+                    va="center",
+                    color="#888888",
+                    fontsize=8,
+                )
+            jitter = rng.uniform(-0.12, 0.12, size=d.size)
+            ax.scatter(pos + jitter, d, s=14, color=colours[arm], alpha=0.85, zorder=3, lw=0)
+        ax.set_xticks(positions, arms)
+        ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
+        ax.set_title(f"{_METRIC_LABELS.get(metric, metric)} — {cls}", fontsize=10)
+        if metric == "dice":
+            ax.set_ylim(-0.02, 1.02)
+        _style(ax)
+    return fig
+
+
+def paired_differences(
+    per_case: dict[str, pd.Series], arms: list[str], reference: str, metric: str = "dice"
+) -> Figure:
+    """Per-case lines from the reference arm to each other arm (a slope graph per arm).
+
+    Args:
+        per_case: per arm, a Series of per-case values (mean over classes) indexed by case.
+        arms: arms in display order (the reference is skipped as a panel).
+        reference: the reference arm.
+        metric: the metric shown, for the axis label.
+
+    Lines are green where the arm did better than the reference on that case, red where
+    it did worse, grey where equal.
+    """
+    others = [a for a in arms if a != reference]
+    fig = _figure(max(3.6, 3.2 * len(others)), 3.8)
+    axes = fig.subplots(1, max(1, len(others)), squeeze=False)[0]
+    higher_better = metric != "hd95"
+    ref = per_case.get(reference, pd.Series(dtype=float))
+    for ax, arm in zip(axes, others, strict=False):
+        joined = pd.concat({"ref": ref, "arm": per_case.get(arm)}, axis=1, join="inner").dropna()
+        for _, row in joined.iterrows():
+            delta = row["arm"] - row["ref"]
+            better = delta > 0 if higher_better else delta < 0
+            colour = "#9e9e9e" if delta == 0 else ("#2e7d32" if better else "#c62828")
+            ax.plot([0, 1], [row["ref"], row["arm"]], color=colour, alpha=0.75, lw=1.2)
+            ax.scatter([0, 1], [row["ref"], row["arm"]], color=colour, s=12, zorder=3, lw=0)
+        if len(joined):
+            ax.plot(
+                [0, 1],
+                [joined["ref"].mean(), joined["arm"].mean()],
+                color="#111111",
+                lw=2.6,
+                marker="D",
+                label="mean",
+            )
+            ax.legend(loc="best", fontsize=8, frameon=False)
+        ax.set_xticks([0, 1], [reference, arm])
+        ax.set_xlim(-0.3, 1.3)
+        ax.set_ylabel(f"per-case {_METRIC_LABELS.get(metric, metric)} (mean over classes)")
+        ax.set_title(f"{arm} vs {reference} (n = {len(joined)})", fontsize=10)
+        _style(ax)
+    if not others:
+        axes[0].text(0.5, 0.5, "only the reference arm", ha="center", va="center")
+        axes[0].set_axis_off()
+    return fig
+
+
+def training_curves(curves: dict[str, dict[int, pd.DataFrame]], arms: list[str]) -> Figure:
+    """Loss and validation Dice against step, one row per arm and one line per fold.
+
+    Args:
+        curves: per arm, per fold, the ``curves.csv`` table (``step, loss, val_dice``).
+        arms: arms in display order; arms without curves are skipped.
+    """
+    shown = [a for a in arms if curves.get(a)]
+    fig = _figure(9.0, 2.6 * max(1, len(shown)))
+    axes = fig.subplots(max(1, len(shown)), 2, squeeze=False)
+    for row, arm in zip(axes, shown, strict=False):
+        for fold, df in sorted(curves[arm].items()):
+            step = pd.to_numeric(df["step"], errors="coerce")
+            loss = pd.to_numeric(df["loss"], errors="coerce")
+            row[0].plot(step, loss, lw=1.1, label=f"fold {fold}")
+            val = pd.to_numeric(df.get("val_dice", pd.Series(dtype=float)), errors="coerce")
+            ok = val.notna()
+            row[1].plot(step[ok], val[ok], lw=1.1, marker="o", ms=3, label=f"fold {fold}")
+        row[0].set_title(f"{arm}: training loss", fontsize=10)
+        row[1].set_title(f"{arm}: validation Dice", fontsize=10)
+        row[1].set_ylim(-0.02, 1.02)
+        for ax in row:
+            ax.set_xlabel("step")
+            ax.legend(fontsize=7, frameon=False)
+            _style(ax)
+    return fig
+
+
+def largest_slice(mask: np.ndarray, axis: int) -> int:
+    """Index along ``axis`` of the slice with the largest mask area (middle if empty)."""
+    other = tuple(i for i in range(mask.ndim) if i != axis)
+    area = np.asarray(mask, dtype=bool).sum(axis=other)
+    if not area.any():
+        return mask.shape[axis] // 2
+    return int(np.argmax(area))
+
+
+@dataclass
+class OverlayCase:
+    """One case to draw: arrays in RAS+ orientation (axis 2 = inferior→superior).
+
+    Attributes:
+        case: case id.
+        title: panel title, e.g. ``"best: case_003 (Dice 0.91)"``.
+        image: the image volume.
+        reference: the reference label map.
+        predictions: per arm, the predicted label map (arms without one are left out).
+        spacing: voxel size in mm along the three axes.
+    """
+
+    case: str
+    title: str
+    image: np.ndarray
+    reference: np.ndarray
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+_VIEWS = {"axial": (2, (0, 1)), "coronal": (1, (0, 2)), "sagittal": (0, (1, 2))}
+
+
+def _view(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+    axis = _VIEWS[view][0]
+    return np.take(volume, index, axis=axis).T  # rows = second in-plane axis
+
+
+def _draw_view(ax, case: OverlayCase, view: str, colours: dict[str, str]) -> None:
+    axis, (u, v) = _VIEWS[view]
+    ref_fg = case.reference > 0
+    index = largest_slice(ref_fg, axis)
+    img = _view(case.image, view, index).astype(float)
+    finite = img[np.isfinite(img)]
+    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    aspect = case.spacing[v] / case.spacing[u]
+    ax.imshow(
+        img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower", aspect=aspect
+    )
+    masks = [(REFERENCE_COLOUR, ref_fg, 3.4)]
+    masks += [(colours[a], p > 0, 1.3) for a, p in case.predictions.items()]
+    for colour, mask, lw in masks:
+        sl = _view(mask, view, index).astype(float)
+        if sl.any() and not sl.all():
+            ax.contour(sl, levels=[0.5], colors=[colour], linewidths=lw)
+    ax.set_title(f"{view} slice {index}", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def overlays(cases: list[OverlayCase], arms: list[str], views: tuple[str, ...]) -> Figure:
+    """Image slices with reference and predicted contours, one row per case.
+
+    Args:
+        cases: the cases to draw.
+        arms: all arms, for fixed colours and the legend.
+        views: any of ``"axial"``, ``"coronal"``, ``"sagittal"``; each shows the slice
+            with the largest reference-label area in that direction.
+    """
+    colours = arm_colours(arms)
+    fig = _figure(3.2 * len(views), 3.3 * max(1, len(cases)) + 0.4)
+    axes = fig.subplots(max(1, len(cases)), len(views), squeeze=False)
+    for row, case in zip(axes, cases, strict=False):
+        for ax, view in zip(row, views, strict=True):
+            _draw_view(ax, case, view, colours)
+        row[0].set_ylabel(case.title, fontsize=9)
+    handles = [Line2D([], [], color=REFERENCE_COLOUR, lw=3.4, label="reference")]
+    handles += [Line2D([], [], color=colours[a], lw=1.5, label=a) for a in arms]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    return fig

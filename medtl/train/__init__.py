@@ -1,0 +1,1 @@
+"""Training and pretraining: one run = one network, one data split, one schedule."""

@@ -1,0 +1,211 @@
+"""The pretrain stage and one transfer arm × fold, from files to checkpoints."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from medtl.config import (
+    ArmConfig,
+    ConfigError,
+    ModelConfig,
+    PredictConfig,
+    PretrainConfig,
+    TrainConfig,
+    parse_section,
+    to_dict,
+)
+from medtl.io.errors import InputError
+from medtl.io.files import atomic_write_text
+from medtl.models.networks import build_network, get_architecture, torch_device
+from medtl.models.transfer import load_encoder
+from medtl.preprocess.case import preprocess_files
+from medtl.preprocess.plan import Plan
+from medtl.provenance import write_run_record
+from medtl.split.folds import fold_cases, load_folds
+from medtl.train.data import load_training_cases
+from medtl.train.loop import RunSpec, train_run
+
+ARM_INITS = ("random", "pretrained")
+
+
+@dataclass(frozen=True)
+class ArmSettings:
+    """Everything one ``medtl train`` call needs, parsed from its ``--settings`` JSON."""
+
+    model: ModelConfig
+    train: TrainConfig
+    arm: ArmConfig
+    predict: PredictConfig
+    seed: int
+    device: str
+    classes: dict[str, str]
+    min_loaded_fraction: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArmSettings:
+        arm = parse_section(ArmConfig, d.get("arm"), "arms.<arm>")
+        if arm.init not in ARM_INITS:
+            raise ConfigError(
+                f"config key 'arms.<arm>.init': got {arm.init!r}; allowed values: "
+                f"{', '.join(ARM_INITS)}"
+            )
+        return cls(
+            model=parse_section(ModelConfig, d.get("model"), "model"),
+            train=parse_section(TrainConfig, d.get("train"), "train"),
+            arm=arm,
+            predict=parse_section(PredictConfig, d.get("predict"), "predict"),
+            seed=int(d.get("seed", 0)),
+            device=str(d.get("device", "auto")),
+            classes={str(k): str(v) for k, v in d.get("classes", {"1": "foreground"}).items()},
+            min_loaded_fraction=float(d.get("min_loaded_fraction", 0.9)),
+        )
+
+
+def train_arm(
+    settings: ArmSettings,
+    arm_name: str,
+    fold: int,
+    folds_path: Path,
+    cases_dir: Path,
+    out: Path,
+    pretrained: Path | None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one arm on one fold's training cases; keep the best checkpoint on its ``val`` cases.
+
+    Writes into ``out``: ``best.pt``, ``last.pt``, ``curves.csv``, ``summary.json``,
+    ``run.json`` (settings, versions, seed) and, for pretrained arms, ``load_report.json``.
+    """
+    out = Path(out)
+    folds = load_folds(folds_path)
+    train_ids, val_ids = fold_cases(folds, fold, "train"), fold_cases(folds, fold, "val")
+    train_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in train_ids])
+    val_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in val_ids])
+    num_classes = 1 + max(int(k) for k in settings.classes)
+    arch = get_architecture(settings.model.name)
+    seed = settings.seed * 1000 + fold
+    torch.manual_seed(seed)
+    model = build_network(settings.model, 1, num_classes)
+    report = None
+    if settings.arm.init == "pretrained":
+        if pretrained is None:
+            raise ConfigError(
+                f"arm {arm_name!r} starts from pretrained weights but no checkpoint "
+                "was given. How to fix: set pretrain.checkpoint or enable pretraining"
+            )
+        report = load_encoder(model, arch, pretrained, settings.min_loaded_fraction)
+        atomic_write_text(out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    spec = RunSpec(
+        model=settings.model,
+        train=settings.train,
+        num_classes=num_classes,
+        classes=settings.classes,
+        seed=seed,
+        freeze_encoder=settings.arm.freeze_encoder,
+        encoder_lr_scale=settings.arm.encoder_lr_scale,
+        predict=settings.predict,
+        tags={"arm": arm_name, "fold": fold},
+    )
+    device = torch_device(settings.device)
+    write_run_record(
+        out / "run.json",
+        to_dict(settings),
+        arm=arm_name,
+        fold=fold,
+        seed=seed,
+        train_cases=train_ids,
+        val_cases=val_ids,
+        device=str(device),
+    )
+    fingerprint = json.dumps(
+        [to_dict(settings), arm_name, fold, train_ids, val_ids, str(pretrained)], sort_keys=True
+    )
+    return train_run(
+        spec,
+        train_items,
+        val_items,
+        out,
+        device,
+        init=model,
+        progress=progress,
+        fingerprint=fingerprint,
+    )
+
+
+def pretrain(
+    manifest: Path,
+    plan_path: Path,
+    out: Path,
+    model_cfg: ModelConfig,
+    cfg: PretrainConfig,
+    seed: int,
+    device_name: str,
+    val_fraction: float = 0.15,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Supervised pretraining of the whole network on a labelled source set.
+
+    The source cases are preprocessed in memory with the target's plan, so the encoder
+    sees the same grid and intensity scale as later. Writes ``out/checkpoint.pt`` (a
+    medtl checkpoint whose encoder the arms load) with curves and provenance.
+    """
+    out = Path(out)
+    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = df[df["label"] != ""]
+    if len(df) < 2:
+        raise InputError(
+            manifest,
+            f"pretraining needs at least 2 labelled source cases, found {len(df)}",
+            "add labelled cases to the source set, or name a checkpoint in pretrain.checkpoint",
+        )
+    plan = Plan.load(plan_path)
+    cases_dir = out / "cases"
+    from medtl.preprocess.case import save_case
+
+    paths, max_label = [], 0
+    for row in df.itertuples():
+        case = preprocess_files(Path(row.image), Path(row.label), plan)
+        max_label = max(max_label, int(case.label.max()))
+        p = cases_dir / f"{row.case_id}.npz"
+        save_case(p, case)
+        paths.append(p)
+    n_val = max(1, int(round(val_fraction * len(paths))))
+    items = load_training_cases(paths)
+    train_cfg = TrainConfig(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        val_every=cfg.val_every,
+        patch_size=cfg.patch_size,
+    )
+    spec = RunSpec(
+        model=model_cfg,
+        train=train_cfg,
+        num_classes=max_label + 1,
+        classes={str(i): f"source class {i}" for i in range(1, max_label + 1)},
+        seed=seed,
+        tags={"stage": "pretrain"},
+    )
+    device = torch_device(device_name)
+    write_run_record(
+        out / "run.json",
+        {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)},
+        seed=seed,
+        source_cases=len(paths),
+        device=str(device),
+    )
+    fingerprint = json.dumps([to_dict(model_cfg), to_dict(cfg), seed, sorted(df["case_id"])])
+    summary = train_run(
+        spec, items[n_val:], items[:n_val], out, device, progress=progress, fingerprint=fingerprint
+    )
+    (out / "best.pt").replace(out / "checkpoint.pt")
+    for p in paths:
+        p.unlink()
+    cases_dir.rmdir()
+    return summary

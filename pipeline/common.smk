@@ -1,0 +1,73 @@
+# Shared helpers: config sections as JSON for the rules, the case list from the
+# ingest checkpoint, and the resources of GPU rules.
+import json
+import os
+
+import pandas as pd
+
+ARMS = list(config["arms"])
+FOLDS = list(range(config["splits"]["folds"]))
+DEMO = config["dataset"]["kind"] == "demo"
+DEMO_DIR = "data/demo"
+
+
+wildcard_constraints:
+    arm="|".join(ARMS),
+    fold=r"\d+",
+    case=r"[A-Za-z0-9_.-]+",
+
+
+def as_json(value):
+    """A config value as compact, stable JSON (also the params that trigger reruns)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def gpu_resources():
+    """The `gpu` resource of GPU rules, only when the config asks for GPUs."""
+    return {"gpu": config["gpus"]} if config["gpus"] > 0 else {}
+
+
+def target_source():
+    """The target data set: the demo's case sheet or the user's path."""
+    if DEMO:
+        return f"{DEMO_DIR}/target/cases.tsv"
+    if not config["dataset"]["path"]:
+        raise ValueError(
+            "config key 'dataset.path': empty while dataset.kind is 'path'. "
+            "How to fix: name your case sheet, DICOM folder or NIfTI folder."
+        )
+    return config["dataset"]["path"]
+
+
+def pretrain_source():
+    """The labelled source set for pretraining (a file the rule can depend on)."""
+    if DEMO and config["pretrain"]["source"] in (None, f"{DEMO_DIR}/source"):
+        return f"{DEMO_DIR}/source/dataset.json"
+    source = config["pretrain"]["source"]
+    if not source:
+        raise ValueError(
+            "config key 'pretrain.source': empty, but an arm starts from pretrained weights "
+            "and pretrain.checkpoint is not set. How to fix: name a labelled source set, "
+            "or a checkpoint file."
+        )
+    return source
+
+
+def pretrained_checkpoint():
+    """The weights file arms with init: pretrained start from."""
+    return config["pretrain"]["checkpoint"] or "results/pretrain/checkpoint.pt"
+
+
+def manifest_table():
+    """The ingest manifest; reading it waits for the ingest checkpoint."""
+    path = checkpoints.ingest.get().output.manifest
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def labelled_cases(wildcards=None):
+    table = manifest_table()
+    return sorted(table.loc[table["label"] != "", "case_id"])
+
+
+def preprocessed(wildcards=None):
+    return expand("results/preprocess/cases/{case}.npz", case=labelled_cases())

@@ -1,0 +1,28 @@
+# Stage 7: each fold's model segments its held-out cases; masks are written in the
+# original image space (preprocessing inverted).
+
+
+rule predict_fold:
+    input:
+        model="results/train/{arm}/fold{fold}/best.pt",
+        folds="results/splits/folds.json",
+        cases=preprocessed,
+    output:
+        directory("results/predictions/{arm}/fold{fold}"),
+    params:
+        settings=as_json(config["predict"]),
+        run="results/train/{arm}/fold{fold}",
+        device=config["device"],
+    log:
+        "logs/predict/{arm}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/predict/{arm}_fold{fold}.tsv"
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        **gpu_resources(),
+    shell:
+        "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "--cases results/preprocess/cases --out {output} --settings {params.settings:q} "
+        "--device {params.device} --threads {threads} --quiet > {log} 2>&1"

@@ -1,0 +1,50 @@
+# Stage 9: the self-contained HTML report; its figures also go to `snakemake --report`.
+
+
+rule report:
+    input:
+        metrics="results/evaluation/metrics.csv",
+        manifest="results/ingest/manifest.tsv",
+        plan="results/preprocess/plan.json",
+        folds="results/splits/folds.json",
+        curves=expand("results/train/{arm}/fold{fold}/curves.csv", arm=ARMS, fold=FOLDS),
+    output:
+        html="results/report/report.html",
+        summary="results/report/summary.json",
+        dice=report(
+            "results/report/figures/dice_boxplot.png",
+            caption="report/dice_boxplot.rst",
+            category="Evaluation",
+        ),
+        hd95=report(
+            "results/report/figures/hd95_boxplot.png",
+            caption="report/hd95_boxplot.rst",
+            category="Evaluation",
+        ),
+        paired=report(
+            "results/report/figures/paired_differences.png",
+            caption="report/paired_differences.rst",
+            category="Evaluation",
+        ),
+        curves=report(
+            "results/report/figures/training_curves.png",
+            caption="report/training_curves.rst",
+            category="Training",
+        ),
+        overlays=report(
+            "results/report/figures/overlays.png",
+            caption="report/overlays.rst",
+            category="Cases",
+        ),
+    params:
+        settings=as_json(config),
+    log:
+        "logs/report.log",
+    benchmark:
+        "results/benchmarks/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    shell:
+        "medtl report --results results --out {output.html} --figures results/report/figures "
+        "--summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -1,0 +1,217 @@
+"""build_report on a tiny synthetic result tree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from medtl.report.build import ReportError, build_report
+
+ARMS = ["scratch", "finetune"]
+CLASSES = {1: "tumour"}
+CASES = [f"case{i:02d}" for i in range(8)]
+SHAPE = (16, 16, 8)
+AFFINE = np.diag([-1.5, -1.5, 3.0, 1.0])  # LPS-like, anisotropic
+
+
+def _save(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, AFFINE), str(path))
+
+
+def _label(shift: int = 0) -> np.ndarray:
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[5 + shift : 11 + shift, 5:11, 2:6] = 1
+    return lab
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch) -> Path:
+    """Manifest, folds, plan, curves, metrics for 2 arms x 2 folds, one load report."""
+    monkeypatch.chdir(tmp_path)
+    res = Path("results")
+    rng = np.random.default_rng(0)
+    manifest = []
+    for i, case in enumerate(CASES):
+        image = rng.normal(100.0, 10.0, SHAPE).astype(np.float32) + 50.0 * _label()
+        _save(image, Path("data") / f"{case}.nii.gz")
+        _save(_label(), Path("data") / f"{case}_seg.nii.gz")
+        manifest.append(
+            [
+                case,
+                f"pat{i // 2}",
+                f"data/{case}.nii.gz",
+                f"data/{case}_seg.nii.gz",
+                "MR",
+                "1.50x1.50x3.00",
+                "16x16x8",
+                "LPS",
+            ]
+        )
+    cols = [
+        "case_id",
+        "patient_id",
+        "image",
+        "label",
+        "modality",
+        "spacing",
+        "shape",
+        "orientation",
+    ]
+    (res / "ingest").mkdir(parents=True)
+    pd.DataFrame(manifest, columns=cols).to_csv(res / "ingest/manifest.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        [["raw/bad.dcm", "no pixel data", "re-export the series"]],
+        columns=["path", "reason", "fix"],
+    ).to_csv(res / "ingest/rejected.tsv", sep="\t", index=False)
+    (res / "preprocess").mkdir()
+    plan = {
+        "modality": "MR",
+        "target_spacing": [1.5, 1.5, 3.0],
+        "normalization": "zscore",
+        "intensity": {"mean": 100.0, "std": 10.0},
+        "patch_size": [16, 16, 8],
+        "n_cases": 8,
+    }
+    (res / "preprocess/plan.json").write_text(json.dumps(plan))
+    folds = {
+        "k": 2,
+        "seed": 1,
+        "groups": {c: f"pat{i // 2}" for i, c in enumerate(CASES)},
+        "folds": [
+            {"fold": 0, "train": CASES[4:], "val": CASES[4:6], "test": CASES[:4]},
+            {"fold": 1, "train": CASES[:4], "val": CASES[:2], "test": CASES[4:]},
+        ],
+    }
+    (res / "splits").mkdir()
+    (res / "splits/folds.json").write_text(json.dumps(folds))
+
+    rows = []
+    for arm, base in (("scratch", 0.60), ("finetune", 0.80)):
+        for k, fold in enumerate(folds["folds"]):
+            run = res / "train" / arm / f"fold{k}"
+            run.mkdir(parents=True)
+            steps = np.arange(0, 100, 10)
+            val = [0.1 * s / 10 if s % 20 == 0 else np.nan for s in steps]
+            pd.DataFrame(
+                {
+                    "step": steps,
+                    "loss": 1.0 / (1 + steps),
+                    "val_dice": val,
+                    "lr": 1e-3,
+                    "elapsed_s": steps * 0.1,
+                }
+            ).to_csv(run / "curves.csv", index=False)
+            if arm == "finetune":
+                report = {
+                    "source": "pretrain/model.pt",
+                    "format": "medtl",
+                    "loaded": ["a", "b"],
+                    "missing": ["c"],
+                    "unexpected": [],
+                    "shape_mismatch": [],
+                    "encoder_params_total": 1000,
+                    "encoder_params_loaded": 950,
+                    "fraction_loaded": 0.95,
+                }
+                (run / "load_report.json").write_text(json.dumps(report))
+            for j, case in enumerate(fold["test"]):
+                shift = 0 if arm == "finetune" else 1
+                _save(_label(shift), res / "predictions" / arm / f"fold{k}" / f"{case}.nii.gz")
+                dice = base + 0.02 * j + 0.01 * k
+                rows.append([arm, k, case, "tumour", dice, 4.0 - 2.0 * dice])
+    (res / "evaluation").mkdir()
+    pd.DataFrame(rows, columns=["arm", "fold", "case", "class", "dice", "hd95"]).to_csv(
+        res / "evaluation/metrics.csv", index=False
+    )
+    bench = res / "benchmarks" / "train"
+    bench.mkdir(parents=True)
+    (bench / "scratch_fold0.tsv").write_text("s\th:m:s\tmax_rss\n12.5\t0:00:12\t512.3\n")
+    return res
+
+
+def _build(res: Path, out: Path, **kw) -> None:
+    build_report(
+        res,
+        out / "report.html",
+        out / "figures",
+        out / "summary.json",
+        arms=ARMS,
+        reference_arm="scratch",
+        classes=CLASSES,
+        config={"arms": {"scratch": {"init": "random"}}, "seed": 1},
+        **kw,
+    )
+
+
+def test_report_is_self_contained_and_complete(results, tmp_path):
+    out = tmp_path / "out"
+    _build(results, out)
+    html = (out / "report.html").read_text()
+    assert 'src="http' not in html
+    assert "<script" not in html
+    assert len(re.findall(r'src="data:image/png;base64,', html)) >= 4
+    # per-arm table with numbers: finetune Dice mean over 8 cases
+    finetune = 0.80 + np.mean([0.02 * j + 0.01 * k for k in (0, 1) for j in range(4)])
+    assert f"{finetune:.3f} ± " in html
+    assert "finetune improved mean Dice over scratch by 0.200" in html
+    assert "Best mean Dice: <strong>finetune</strong>" in html
+    for text in ("no pixel data", "target_spacing", "1.5 × 1.5 × 3", "0.950", "Runtime", "torch"):
+        assert text in html
+    for name in (
+        "dice_boxplot",
+        "hd95_boxplot",
+        "paired_differences",
+        "training_curves",
+        "overlays",
+    ):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arms"] == ARMS
+    assert set(summary["per_arm"]) == set(ARMS)
+    assert summary["best_arm"]["arm"] == "finetune"
+    assert summary["comparisons"][0]["arm"] == "finetune"
+    assert summary["comparisons"][0]["n"] == len(CASES)
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert leftovers == ["figures", "report.html", "summary.json"]
+
+
+def test_optional_inputs_are_omitted(results, tmp_path):
+    for path in results.glob("train/*/fold*/*"):
+        path.unlink()
+    for path in results.glob("benchmarks/*/*"):
+        path.unlink()
+    out = tmp_path / "out"
+    _build(results, out, n_overlays=1)
+    html = (out / "report.html").read_text()
+    assert 'id="runtime"' not in html
+    assert 'id="weights"' not in html
+    assert 'id="training"' not in html
+    assert not (out / "figures" / "training_curves.png").exists()
+
+
+def test_missing_metrics_names_the_file(results, tmp_path):
+    (results / "evaluation/metrics.csv").unlink()
+    with pytest.raises(ReportError, match=r"evaluation/metrics\.csv"):
+        _build(results, tmp_path / "out")
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_missing_arm_in_metrics_is_an_error(results, tmp_path):
+    with pytest.raises(ReportError, match="frozen"):
+        build_report(
+            results,
+            tmp_path / "r.html",
+            tmp_path / "f",
+            tmp_path / "s.json",
+            arms=["scratch", "frozen"],
+            reference_arm="scratch",
+            classes=CLASSES,
+            config={},
+        )
