@@ -164,10 +164,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, option, where)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(
-            f"config key '{where}': got {value!r}; expected one of "
-            f"{', '.join(_type_name(a) for a in typing.get_args(tp))}"
-        )
+        allowed = " or ".join(_type_name(a) for a in typing.get_args(tp))
+        details = "; ".join(e.split(": ", 1)[-1] for e in errors)
+        raise ConfigError(f"config key '{where}': got {value!r}; expected {allowed} ({details})")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):

@@ -25,4 +25,4 @@ rule predict_fold:
     shell:
         "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases results/preprocess/cases --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads} --quiet > {log} 2>&1"
+        "--device {params.device} --threads {threads} > {log} 2>&1"

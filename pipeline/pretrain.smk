@@ -30,4 +30,4 @@ rule pretrain:
     shell:
         "medtl pretrain --manifest {input.manifest} --plan {input.plan} "
         "--out results/pretrain --settings {params.settings:q} --threads {threads} "
-        "--quiet > {log} 2>&1"
+        "> {log} 2>&1"

@@ -53,4 +53,4 @@ rule train:
     shell:
         "medtl train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
         "--cases results/preprocess/cases --out {params.out} --settings {params.settings:q} "
-        "{params.pretrained} --threads {threads} --quiet > {log} 2>&1"
+        "{params.pretrained} --threads {threads} > {log} 2>&1"

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 from medtl.io.errors import MedtlError
+from medtl.io.files import atomic_write_text
 
 #: Columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = ["arm", "fold", "case", "class", "dice", "hd95"]
@@ -279,21 +278,6 @@ def _tasks(
                 "the workflow from the folder the manifest was made in."
             )
     return tasks
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluate_predictions(

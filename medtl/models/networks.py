@@ -103,9 +103,9 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
     """Build the configured network with a fresh head for ``out_channels`` classes.
 
     Example:
-        >>> net = build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2)
-        >>> net(torch.zeros(1, 1, 16, 16, 16)).shape
-        torch.Size([1, 2, 16, 16, 16])
+        >>> net = build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2).eval()
+        >>> net(torch.zeros(1, 1, 32, 32, 16)).shape
+        torch.Size([1, 2, 32, 32, 16])
     """
     return get_architecture(cfg.name).build(cfg, in_channels, out_channels)
 

@@ -14,10 +14,8 @@ import base64
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from medtl.evaluate.stats import (
     summarise_arms,
 )
 from medtl.io.errors import MedtlError
+from medtl.io.files import atomic_write_bytes
 from medtl.report import figures as F
 
 #: Packages whose versions are listed under provenance.
@@ -59,21 +58,6 @@ class ReportError(MedtlError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _require(path: Path, what: str, stage: str) -> Path:
@@ -572,7 +556,7 @@ class _Figures:
     def add(self, name: str, fig) -> str:
         png = F.to_png(fig)
         fig.clear()
-        _atomic_write_bytes(self.dir / f"{name}.png", png)
+        atomic_write_bytes(self.dir / f"{name}.png", png)
         self.uris[name] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
         return self.uris[name]
 
@@ -691,7 +675,7 @@ def build_report(
         "n_evaluated_cases": int(metrics["case"].nunique()),
         "figures": sorted(figure_uris),
     }
-    _atomic_write_bytes(
+    atomic_write_bytes(
         Path(summary_json), (json.dumps(_json_safe(summary), indent=2) + "\n").encode("utf-8")
     )
-    _atomic_write_bytes(Path(out_html), html.encode("utf-8"))
+    atomic_write_bytes(Path(out_html), html.encode("utf-8"))

@@ -66,14 +66,12 @@ def make_folds(
             for c, p in zip(cases[train_idx], patients[train_idx], strict=True)
             if p in val_patients
         )
-        folds.append(
-            {
-                "fold": fold,
-                "train": train,
-                "val": val or train[:1],
-                "test": sorted(cases[test_idx].tolist()),
-            }
-        )
+        entry = {"fold": fold, "train": train, "val": val, "test": sorted(cases[test_idx].tolist())}
+        if not val:
+            # A single training patient has to serve for checkpoint selection too.
+            entry["val"] = train[:1]
+            entry["note"] = "the validation case is also a training case (one training patient)"
+        folds.append(entry)
     return {
         "k": k,
         "seed": seed,

@@ -55,6 +55,13 @@ def training_transform(
 ) -> Compose:
     """Random patch sampling and augmentation, with MONAI's dictionary transforms."""
     keys = ["image", "label"]
+    # Rotating by 90 degrees in the x-y plane swaps the patch's x and y sides, so it is
+    # only applied to patches with equal x and y sides.
+    rotate = (
+        [RandRotate90d(keys, prob=augment.rotate90, spatial_axes=(0, 1))]
+        if patch_size[0] == patch_size[1]
+        else []
+    )
     return Compose(
         [
             SpatialPadd(keys, spatial_size=list(patch_size)),
@@ -69,7 +76,7 @@ def training_transform(
             RandFlipd(keys, prob=augment.flip, spatial_axis=0),
             RandFlipd(keys, prob=augment.flip, spatial_axis=1),
             RandFlipd(keys, prob=augment.flip, spatial_axis=2),
-            RandRotate90d(keys, prob=augment.rotate90, spatial_axes=(0, 1)),
+            *rotate,
             RandScaleIntensityd("image", factors=augment.intensity_scale, prob=0.5),
             RandShiftIntensityd("image", offsets=augment.intensity_shift, prob=0.5),
             RandGaussianNoised("image", prob=augment.noise, std=0.1),

@@ -105,7 +105,14 @@ def validate(
 
 
 def _save_state(
-    path: Path, model, optimizer, scheduler, step: int, best: float, fingerprint: str
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    step: int,
+    best: float,
+    best_step: int,
+    fingerprint: str,
 ) -> None:
     state = {
         "fingerprint": fingerprint,
@@ -114,6 +121,7 @@ def _save_state(
         "scheduler": scheduler.state_dict(),
         "step": step,
         "best": best,
+        "best_step": best_step,
     }
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
@@ -176,6 +184,7 @@ def train_run(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best = int(state["step"]), float(state["best"])
+        best_step = int(state.get("best_step", 0))
         if curves_path.exists():
             with curves_path.open() as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
@@ -203,12 +212,13 @@ def train_run(
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(image), label)
         loss.backward()
+        loss_value = loss.item()
         optimizer.step()
         scheduler.step()
         step += 1
         row = {
             "step": step,
-            "loss": float(loss),
+            "loss": loss_value,
             "val_dice": "",
             "lr": scheduler.get_last_lr()[0],
             "elapsed_s": time.perf_counter() - start,
@@ -224,8 +234,13 @@ def train_run(
                 atomic_write(
                     out_dir / "best.pt", lambda tmp, payload=payload: torch.save(payload, tmp)
                 )
-            _save_state(last, model, optimizer, scheduler, step, best, fingerprint)
-            bar.set_postfix(loss=f"{float(loss):.3f}", val_dice=f"{val:.3f}")
+            _save_state(last, model, optimizer, scheduler, step, best, best_step, fingerprint)
+            bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{val:.3f}")
+            tqdm.write(
+                f"step {step}/{spec.train.steps}: loss {loss_value:.4f}, validation Dice "
+                f"{val:.4f} (best {best:.4f} at step {best_step}), "
+                f"{time.perf_counter() - start:.0f} s"
+            )
         rows.append(row)
         bar.update(1)
         if step % spec.train.val_every == 0 or step == spec.train.steps:

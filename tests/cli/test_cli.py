@@ -1,0 +1,97 @@
+"""Tests for the command-line interface (medtl.cli.main)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medtl import __version__
+from medtl.cli.main import app
+
+# subcommand → words its --help must contain
+SUBCOMMANDS = {
+    "demo-data": "Generate the built-in demo",
+    "ingest": "convert them to NIfTI",
+    "plan": "preprocessing plan",
+    "preprocess": "Reorient, crop, resample and normalise one case",
+    "split": "grouped by patient",
+    "pretrain": "Supervised pretraining",
+    "train": "Train one transfer arm on one fold",
+    "predict-fold": "held-out cases",
+    "predict": "Segment new cases",
+    "evaluate": "Dice and HD95",
+    "report": "HTML report",
+}
+
+runner = CliRunner()
+
+
+def _plain(text: str) -> str:
+    """Help text without rich's box drawing and line wrapping."""
+    return " ".join(re.sub(r"[│╭╮╰╯─┃━]", " ", text).split())
+
+
+def _stderr(result) -> str:
+    """The error stream (older Click runners mix it into the output)."""
+    try:
+        return result.stderr
+    except ValueError:
+        return result.output
+
+
+def test_help_lists_every_subcommand() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    listed = set()
+    for line in re.sub(r"[│╭╮╰╯─┃━]", " ", result.output).splitlines():
+        m = re.match(r"\s*([a-z][a-z-]+)\s{2,}\S", line)
+        if m:
+            listed.add(m.group(1))
+    assert set(SUBCOMMANDS) <= listed
+    assert "transfer learning" in _plain(result.output)
+
+
+def test_no_arguments_shows_help() -> None:
+    result = runner.invoke(app, [])
+    assert "Usage" in result.output
+    assert "demo-data" in result.output
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_subcommand_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    text = _plain(result.output)
+    assert f"medtl {command}" in text
+    assert SUBCOMMANDS[command] in text
+    assert "--help" in text
+
+
+def test_ingest_missing_path_is_a_one_line_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_folder"
+    result = runner.invoke(app, ["ingest", str(missing), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    lines = _stderr(result).strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("medtl: error:")
+    assert str(missing) in lines[0]
+    assert "does not exist" in lines[0]
+    assert "How to fix" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"medtl {__version__}"
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", __version__)
+
+
+def test_unknown_subcommand_fails() -> None:
+    result = runner.invoke(app, ["trian"])
+    assert result.exit_code != 0
+    assert "trian" in result.output

@@ -1,0 +1,167 @@
+"""The whole Snakemake workflow on a tiny config, its DAG, and its rerun behaviour."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = Path(__file__).with_name("config_tiny.yaml")
+IDENTIFIERS = [b"DEMO-", b"Demo^", b"Demo^Patient"]
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path = TINY) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in ``workdir`` with the venv's tools on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+
+
+def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule → job count from a dry run's job-stats table."""
+    text = result.stdout + result.stderr
+    table = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
+    return {
+        m[1]: int(m[2])
+        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
+        if m[1] not in ("total", "count")
+    }
+
+
+def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    result = snakemake(tmp_path, "-n", configfile=tmp_path / "config" / "config.yaml")
+    assert result.returncode == 0, result.stderr
+    rules = planned_rules(result)
+    # Before the ingest checkpoint has run, the DAG reaches up to it and the rules that
+    # do not depend on the case list.
+    assert {"demo_data", "ingest", "ingest_source", "plan", "pretrain", "split"} <= set(rules)
+    assert rules["evaluate"] == 1 and rules["report"] == 1
+    # 3 arms x 3 folds in the demo config.
+    assert rules["train"] == 9 and rules["predict_fold"] == 9
+
+
+def test_bad_config_names_key_value_and_allowed(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["device"] = "gpu"
+    cfg["train"]["stepz"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "-n", configfile=bad)
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "config key 'device': got 'gpu'; allowed values: 'auto', 'cpu', 'cuda'" in text
+    assert "config key 'train.stepz': unknown" in text
+
+
+@pytest.mark.slow
+def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
+    work = tmp_path / "run"
+    work.mkdir()
+    result = snakemake(work)
+    assert result.returncode == 0, result.stderr[-4000:]
+    res = work / "results"
+
+    # Every stage left its product; the report is self-contained.
+    html = (res / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert 'src="http' not in html
+    cfg = yaml.safe_load(TINY.read_text())
+    manifest = pd.read_csv(res / "ingest" / "manifest.tsv", sep="\t")
+    metrics = pd.read_csv(res / "evaluation" / "metrics.csv")
+    assert list(metrics.columns) == ["arm", "fold", "case", "class", "dice", "hd95"]
+    assert set(metrics["arm"]) == {"scratch", "frozen", "finetune"}
+    assert len(metrics) == 3 * len(manifest)  # one class, every case held out once
+    assert metrics["dice"].between(0, 1).all()
+    for arm in ("frozen", "finetune"):
+        assert (res / "train" / arm / "fold0" / "load_report.json").is_file()
+    assert not (res / "train" / "scratch" / "fold0" / "load_report.json").exists()
+
+    # Masks are on the original image grid.
+    case = manifest.iloc[0]
+    fold = next(
+        f
+        for f in range(2)
+        if (res / "predictions" / "scratch" / f"fold{f}" / f"{case.case_id}.nii.gz").exists()
+    )
+    mask = nib.load(res / "predictions" / "scratch" / f"fold{fold}" / f"{case.case_id}.nii.gz")
+    image = nib.load(work / case.image)
+    assert mask.shape == image.shape
+    assert (mask.affine == image.affine).all()
+
+    # No patient identifier in any output (NIfTI decompressed).
+    for path in list(res.rglob("*")) + list((work / "logs").rglob("*")):
+        if path.is_file():
+            data = path.read_bytes()
+            if path.name.endswith(".gz"):
+                data = gzip.decompress(data)
+            assert not any(i in data for i in IDENTIFIERS), path
+
+    # A second run does nothing.
+    again = snakemake(work, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    # A changed training option reruns train -> predict -> evaluate -> report only.
+    cfg["train"]["steps"] = 5
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    rules = planned_rules(snakemake(work, "-n", configfile=changed))
+    assert set(rules) == {"train", "predict_fold", "evaluate", "report", "all"}, rules
+
+    # --forcerun evaluate reruns evaluate and report only.
+    rules = planned_rules(snakemake(work, "-n", "--forcerun", "evaluate"))
+    assert set(rules) == {"evaluate", "report", "all"}, rules
+
+    # medtl predict segments new cases (a DICOM folder) with the fold ensemble.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    dicom = next((work / "data" / "demo" / "target" / "dicom").glob("patient000/study0/series1"))
+    out = tmp_path / "masks"
+    pred = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medtl",
+            "predict",
+            str(dicom),
+            "--model",
+            str(res),
+            "--out",
+            str(out),
+            "--arm",
+            "finetune",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert pred.returncode == 0, pred.stderr
+    table = pd.read_csv(out / "predictions.tsv", sep="\t")
+    assert len(table) == 1 and table.loc[0, "folds"] == 2
+    new_mask = nib.load(out / f"{table.loc[0, 'case_id']}.nii.gz")
+    assert new_mask.shape == (48, 48, 24)
