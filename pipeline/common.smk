@@ -71,3 +71,39 @@ def labelled_cases(wildcards=None):
 
 def preprocessed(wildcards=None):
     return expand("results/preprocess/cases/{case}.npz", case=labelled_cases())
+
+
+def uses_pretrained(arm):
+    return config["arms"][arm]["init"] == "pretrained"
+
+
+def pretrained_input(wildcards):
+    return [pretrained_checkpoint()] if uses_pretrained(wildcards.arm) else []
+
+
+def train_settings(wildcards):
+    return as_json(
+        {
+            "model": config["model"],
+            "train": config["train"],
+            "arm": config["arms"][wildcards.arm],
+            "predict": config["predict"],
+            "seed": config["seed"],
+            "device": config["device"],
+            "classes": config["classes"],
+            "min_loaded_fraction": config["pretrain"]["min_loaded_fraction"],
+        }
+    )
+
+
+def pretrained_flag(wildcards):
+    return (
+        f"--pretrained {pretrained_checkpoint()}"
+        if uses_pretrained(wildcards.arm)
+        else ""
+    )
+
+
+def parent(path):
+    """The folder of a file path (outputs name their folder through this, not by hand)."""
+    return os.path.dirname(path)

@@ -8,17 +8,20 @@ rule evaluate:
         predictions=expand("results/predictions/{arm}/fold{fold}", arm=ARMS, fold=FOLDS),
     output:
         "results/evaluation/metrics.csv",
-    params:
-        arms=",".join(ARMS),
-        classes=as_json(config["classes"]),
     log:
         "logs/evaluate.log",
     benchmark:
         "results/benchmarks/evaluate.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: 2
     resources:
         mem_mb=4000,
+    params:
+        predictions=lambda wc, input: parent(parent(input.predictions[0])),
+        arms=",".join(ARMS),
+        classes=as_json(config["classes"]),
     shell:
         "medtl evaluate --manifest {input.manifest} --folds {input.folds} "
-        "--predictions results/predictions --arms {params.arms} --classes {params.classes:q} "
+        "--predictions {params.predictions} --arms {params.arms} --classes {params.classes:q} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -9,20 +9,23 @@ rule predict_fold:
         cases=preprocessed,
     output:
         directory("results/predictions/{arm}/fold{fold}"),
-    params:
-        settings=as_json(config["predict"]),
-        run="results/train/{arm}/fold{fold}",
-        device=config["device"],
     log:
         "logs/predict/{arm}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict/{arm}_fold{fold}.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
+        **gpu_resources(),
         mem_mb=8000,
         runtime=60,
-        **gpu_resources(),
+    params:
+        settings=as_json(config["predict"]),
+        run=lambda wc, input: parent(input.model),
+        cases=lambda wc, input: parent(input.cases[0]),
+        device=config["device"],
     shell:
         "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
-        "--cases results/preprocess/cases --out {output} --settings {params.settings:q} "
+        "--cases {params.cases} --out {output} --settings {params.settings:q} "
         "--device {params.device} --threads {threads} > {log} 2>&1"

@@ -7,16 +7,18 @@ rule plan:
         manifest="results/ingest/manifest.tsv",
     output:
         "results/preprocess/plan.json",
-    params:
-        settings=as_json(config["preprocess"]),
-        classes=as_json(config["classes"]),
     log:
         "logs/plan.log",
     benchmark:
         "results/benchmarks/plan.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        settings=as_json(config["preprocess"]),
+        classes=as_json(config["classes"]),
     shell:
         "medtl plan --manifest {input.manifest} --out {output} "
         "--settings {params.settings:q} --classes {params.classes:q} > {log} 2>&1"
@@ -32,6 +34,8 @@ rule preprocess:
         "logs/preprocess/{case}.log",
     benchmark:
         "results/benchmarks/preprocess/{case}.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: 1
     resources:
         mem_mb=2000,

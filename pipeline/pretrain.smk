@@ -9,7 +9,19 @@ rule pretrain:
     output:
         checkpoint="results/pretrain/checkpoint.pt",
         curves="results/pretrain/curves.csv",
+    log:
+        "logs/pretrain.log",
+    benchmark:
+        "results/benchmarks/pretrain.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: config["threads"]
+    resources:
+        **gpu_resources(),
+        mem_mb=8000,
+        runtime=240,
     params:
+        out=lambda wc, output: parent(output.checkpoint),
         settings=as_json(
             {
                 "model": config["model"],
@@ -18,16 +30,7 @@ rule pretrain:
                 "device": config["device"],
             }
         ),
-    log:
-        "logs/pretrain.log",
-    benchmark:
-        "results/benchmarks/pretrain.tsv"
-    threads: config["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        **gpu_resources(),
     shell:
         "medtl pretrain --manifest {input.manifest} --plan {input.plan} "
-        "--out results/pretrain --settings {params.settings:q} --threads {threads} "
+        "--out {params.out} --settings {params.settings:q} --threads {threads} "
         "> {log} 2>&1"

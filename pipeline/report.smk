@@ -36,15 +36,19 @@ rule report:
             caption="report/overlays.rst",
             category="Cases",
         ),
-    params:
-        settings=as_json(config),
     log:
         "logs/report.log",
     benchmark:
         "results/benchmarks/report.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        results=lambda wc, input: parent(parent(input.metrics)),
+        figures=lambda wc, output: parent(output.dice),
+        settings=as_json(config),
     shell:
-        "medtl report --results results --out {output.html} --figures results/report/figures "
+        "medtl report --results {params.results} --out {output.html} --figures {params.figures} "
         "--summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

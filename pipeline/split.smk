@@ -6,17 +6,19 @@ rule split:
         manifest="results/ingest/manifest.tsv",
     output:
         "results/splits/folds.json",
-    params:
-        folds=config["splits"]["folds"],
-        seed=config["splits"]["seed"],
-        val_fraction=config["splits"]["val_fraction"],
     log:
         "logs/split.log",
     benchmark:
         "results/benchmarks/split.tsv"
+    conda:
+        "../envs/medtl.yaml"
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        folds=config["splits"]["folds"],
+        seed=config["splits"]["seed"],
+        val_fraction=config["splits"]["val_fraction"],
     shell:
         "medtl split --manifest {input.manifest} --out {output} --folds {params.folds} "
         "--seed {params.seed} --val-fraction {params.val_fraction} > {log} 2>&1"

@@ -149,6 +149,24 @@ def sources_from_folder(folder: Path) -> tuple[list[CaseSource], list[Rejection]
     return [CaseSource(image=s.files[0].parent) for s in series], rejected
 
 
+def _load_nifti(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A 3-D NIfTI volume (a trailing axis of length 1 dropped) and its affine."""
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(
+            path, f"cannot read {what} as NIfTI ({exc})", f"re-export the {what} as .nii.gz"
+        ) from exc
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(
+            path, f"expected a 3-D {what}, got shape {data.shape}", f"give one 3-D {what} per case"
+        )
+    return data, img.affine
+
+
 def _read_image(source: CaseSource) -> Volume:
     path = source.image
     if path is None or not path.exists():
@@ -171,22 +189,8 @@ def _read_image(source: CaseSource) -> Volume:
             )
         return load_series(series[0])
     if _is_nifti(path):
-        try:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as exc:
-            raise InputError(
-                path, f"cannot read as NIfTI ({exc})", "re-export the image as .nii.gz"
-            ) from exc
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise InputError(
-                path,
-                f"expected a 3-D image, got shape {data.shape}",
-                "give one 3-D volume per case",
-            )
-        return Volume(data, img.affine)
+        data, affine = _load_nifti(path, "image")
+        return Volume(data.astype(np.float32), affine)
     raise InputError(
         path,
         "neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files",
@@ -197,27 +201,19 @@ def _read_image(source: CaseSource) -> Volume:
 def _read_label(path: Path, image: Volume) -> np.ndarray:
     if not path.is_file():
         raise InputError(path, "label file not found", "check the label path")
-    try:
-        img = nib.load(str(path))
-        lab = np.asarray(img.dataobj)
-    except Exception as exc:
-        raise InputError(
-            path, f"cannot read label as NIfTI ({exc})", "re-export the label as .nii.gz"
-        ) from exc
-    if lab.ndim == 4 and lab.shape[3] == 1:
-        lab = lab[..., 0]
+    lab, affine = _load_nifti(path, "label")
     if lab.shape != image.shape:
         raise InputError(
             path,
             f"label shape {lab.shape} does not match image shape {image.shape}",
             "export the label on the image's grid",
         )
-    if not np.allclose(img.affine, image.affine, atol=1e-2):
+    if not np.allclose(affine, image.affine, atol=1e-2):
         raise InputError(
             path,
             "label geometry (affine) does not match its image: "
             f"expected {np.round(image.affine, 3).tolist()}, "
-            f"found {np.round(img.affine, 3).tolist()}",
+            f"found {np.round(affine, 3).tolist()}",
             "export the label on the image's grid (same orientation and origin)",
         )
     if np.any(lab < 0) or not np.allclose(lab, np.round(lab)):

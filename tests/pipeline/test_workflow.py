@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -135,6 +136,20 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     # --forcerun evaluate reruns evaluate and report only.
     rules = planned_rules(snakemake(work, "-n", "--forcerun", "evaluate"))
     assert set(rules) == {"evaluate", "report", "all"}, rules
+
+    # Snakemake's own report carries the figures with their captions.
+    report_zip = tmp_path / "smk-report.zip"
+    rep = snakemake(work, "--report", str(report_zip))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    names = zipfile.ZipFile(report_zip).namelist()
+    for figure in (
+        "dice_boxplot",
+        "hd95_boxplot",
+        "paired_differences",
+        "training_curves",
+        "overlays",
+    ):
+        assert any(n.endswith(f"{figure}.png") for n in names), figure
 
     # medtl predict segments new cases (a DICOM folder) with the fold ensemble.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
