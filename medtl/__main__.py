@@ -1,3 +1,6 @@
+"""``python -m medtl``: the same as the ``medtl`` command."""
+
 from medtl.cli.main import app
 
-app(prog_name="medtl")
+if __name__ == "__main__":
+    app(prog_name="medtl")

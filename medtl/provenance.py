@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import subprocess
@@ -23,6 +24,26 @@ PACKAGES = (
     "scikit-learn",
     "snakemake",
 )
+
+
+SECRET_KEYS = ("salt",)
+
+
+def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the config with secrets (the hashing salt) replaced by a fingerprint.
+
+    The fingerprint tells whether two runs used the same salt without revealing it.
+
+    Example:
+        >>> redact_secrets({"salt": "s3cret", "seed": 1})["salt"]
+        'redacted (sha256 1ec1c26b)'
+    """
+    out = dict(config)
+    for key in SECRET_KEYS:
+        if key in out and out[key] is not None:
+            digest = hashlib.sha256(str(out[key]).encode()).hexdigest()[:8]
+            out[key] = f"redacted (sha256 {digest})"
+    return out
 
 
 def package_versions() -> dict[str, str]:

@@ -394,10 +394,10 @@ def report(
 
     from medtl.config import load_json_arg
     from medtl.io.files import atomic_write_text
-    from medtl.provenance import git_commit, package_versions
+    from medtl.provenance import git_commit, package_versions, redact_secrets
     from medtl.report.build import build_report
 
-    cfg = load_json_arg(settings, "--settings")
+    cfg = redact_secrets(load_json_arg(settings, "--settings"))
     arms = list(cfg.get("arms", {}))
     classes = {int(k): v for k, v in cfg.get("classes", {"1": "foreground"}).items()}
     rep = cfg.get("report", {})

@@ -122,6 +122,10 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
                 data = gzip.decompress(data)
             assert not any(i in data for i in IDENTIFIERS), path
 
+    # The hashing salt is a secret: the report and the resolved config do not show it.
+    for path in (res / "report" / "report.html", res / "report" / "config.resolved.yaml"):
+        assert cfg["salt"] not in path.read_text(), path
+
     # A second run does nothing.
     again = snakemake(work, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
