@@ -28,15 +28,30 @@ def gpu_resources():
 
 
 def target_source():
-    """The target data set: the demo's case sheet or the user's path."""
-    if DEMO:
+    """The target data set: the demo's case sheet, the user's path, or the DICOMweb cache."""
+    kind = config["dataset"]["kind"]
+    if kind == "demo":
         return f"{DEMO_DIR}/target/cases.tsv"
+    if kind == "dicomweb":
+        return config["dataset"]["dicomweb"]["cache"]
     if not config["dataset"]["path"]:
         raise ValueError(
-            "config key 'dataset.path': empty while dataset.kind is 'path'. "
+            f"config key 'dataset.path': empty while dataset.kind is '{kind}'. "
             "How to fix: name your case sheet, DICOM folder or NIfTI folder."
         )
     return config["dataset"]["path"]
+
+
+def ingest_folder(path):
+    """What ingest reads: the DICOMweb cache holding the pull record, or the input itself."""
+    return parent(path) if path.endswith(".medtl-pull.json") else path
+
+
+def target_input():
+    """What ingest waits for: the source itself, or the record of the DICOMweb pull."""
+    if config["dataset"]["kind"] == "dicomweb":
+        return os.path.join(target_source(), ".medtl-pull.json")
+    return target_source()
 
 
 def pretrain_source():

@@ -1,10 +1,30 @@
-# Stage 2: ingest. Finds the cases (DICOM series, NIfTI pairs, case sheet), converts
-# them to NIfTI and lists them; a checkpoint, so later stages fan out over the cases.
+# Stage 2: ingest. Finds the cases (DICOM series with RTSTRUCT / DICOM-SEG labels,
+# NIfTI / nnU-Net / MSD folders, a case sheet), converts them to NIfTI and lists them;
+# a checkpoint, so later stages fan out over the cases found.
+
+
+rule pull_dicomweb:
+    output:
+        os.path.join(config["dataset"]["dicomweb"]["cache"], ".medtl-pull.json"),
+    log:
+        "logs/pull_dicomweb.log",
+    benchmark:
+        "results/benchmarks/pull_dicomweb.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        query=as_json(config["dataset"]["dicomweb"]),
+        cache=lambda wc, output: parent(output[0]),
+    shell:
+        "medtl pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
 
 
 checkpoint ingest:
     input:
-        target_source(),
+        target_input(),
     output:
         manifest="results/ingest/manifest.tsv",
         rejected="results/ingest/rejected.tsv",
@@ -18,12 +38,17 @@ checkpoint ingest:
     resources:
         mem_mb=4000,
     params:
+        source=lambda wc, input: ingest_folder(input[0]),
         out=lambda wc, output: parent(output.manifest),
         salt=config["salt"],
         modality=config["dataset"]["modality"],
+        classes=as_json(config["classes"]),
+        synonyms=as_json(config["dataset"]["label_synonyms"]),
+        workers=config["dataset"]["workers"],
     shell:
-        "medtl ingest {input:q} --out {params.out} --salt {params.salt:q} "
-        "--modality {params.modality} --quiet > {log} 2>&1"
+        "medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
+        "--modality {params.modality} --classes {params.classes:q} "
+        "--synonyms {params.synonyms:q} --workers {params.workers} --quiet > {log} 2>&1"
 
 
 rule ingest_source:

@@ -48,7 +48,8 @@ rule report:
     params:
         results=lambda wc, input: parent(parent(input.metrics)),
         figures=lambda wc, output: parent(output.dice),
-        settings=as_json(config),
+        # The hashing salt is a secret: it stays out of the report (and its command line).
+        settings=as_json({k: v for k, v in config.items() if k != "salt"}),
     shell:
         "medtl report --results {params.results} --out {output.html} --figures {params.figures} "
         "--summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -111,14 +111,20 @@ def demo_data(
     )
 
 
+Classes = Annotated[
+    str, typer.Option(help='Label value → class name as JSON, e.g. {"1": "tumour"}.')
+]
+
+
 @app.command()
 @_guard
 def ingest(
     source: Annotated[
         Path,
         typer.Argument(
-            help="A DICOM folder, a NIfTI folder (with an "
-            "MSD-style dataset.json), or a case-sheet TSV."
+            help="A DICOM folder (any tree; RTSTRUCT / DICOM-SEG labels are paired with the "
+            "series they reference), a NIfTI / nnU-Net v2 / MSD folder with dataset.json, "
+            "or a case-sheet TSV."
         ),
     ],
     out: Annotated[
@@ -128,21 +134,106 @@ def ingest(
     modality: Annotated[
         str, typer.Option(help="Modality of NIfTI input (DICOM has its own).")
     ] = "unknown",
+    classes: Classes = '{"1": "foreground"}',
+    synonyms: Annotated[
+        str,
+        typer.Option(help='Other ROI / segment names per class as JSON, e.g. {"tumour": ["GTV"]}.'),
+    ] = "{}",
+    workers: Annotated[int, typer.Option(help="Parallel DICOM header reads.")] = 4,
     quiet: Quiet = False,
 ) -> None:
     """Find the cases in SOURCE, convert them to NIfTI, and list them.
 
     A case sheet is a TSV with columns `image` (NIfTI file or DICOM series folder),
-    `label` (NIfTI), and optional `patient` and `case_id`. Inputs that cannot be used
-    are listed in rejected.tsv with the reason and how to fix it; the rest carry on.
-    Patient IDs are written only as keyed hashes.
+    `label` (NIfTI, RTSTRUCT or DICOM-SEG), and optional `patient` and `case_id`; it
+    overrides the pairing medtl finds by itself. Inputs that cannot be used are listed
+    in rejected.tsv with the reason and how to fix it; the rest carry on. Patient IDs
+    are written only as keyed hashes; the input is never modified.
     """
+    from medtl.config import load_json_arg
     from medtl.io.ingest import ingest_path
 
-    manifest, rejected = ingest_path(source, out, salt, modality, progress=not quiet)
-    typer.echo(f"ingest: {len(manifest)} cases, {len(rejected)} rejected → {out}/manifest.tsv")
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    manifest, rejected = ingest_path(
+        source,
+        out,
+        salt,
+        modality,
+        progress=not quiet,
+        classes=names,
+        synonyms=load_json_arg(synonyms, "--synonyms"),
+        workers=workers,
+    )
+    typer.echo(f"ingest: {len(manifest)} cases, {len(rejected)} set aside → {out}/manifest.tsv")
     for r in rejected.itertuples():
-        typer.echo(f"  rejected {r.path}: {r.reason}. Fix: {r.fix}", err=True)
+        typer.echo(f"  set aside {r.path}: {r.reason}. Fix: {r.fix}", err=True)
+
+
+@app.command("export-nnunet")
+@_guard
+def export_nnunet(
+    manifest: Annotated[Path, typer.Option(help="manifest.tsv of an ingested data set.")],
+    out: Annotated[Path, typer.Option(help="nnU-Net raw folder (nnUNet_raw) to write into.")],
+    dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (1-999).")] = 500,
+    name: Annotated[str, typer.Option(help="Dataset name (letters, digits, _).")] = "medtl",
+    classes: Classes = '{"1": "foreground"}',
+    channel_names: Annotated[
+        str, typer.Option(help='Channel names as JSON, e.g. {"0": "CT"} (default: modality).')
+    ] = "",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset folder.")] = False,
+) -> None:
+    """Write an ingested data set in nnU-Net v2's raw format (DatasetXXX_Name/).
+
+    So the same cases can be trained with nnU-Net: `imagesTr/<case>_0000.nii.gz` per
+    channel, `labelsTr/`, unlabelled cases in `imagesTs/`, and a v2 `dataset.json`.
+    """
+    import pandas as pd
+
+    from medtl.config import load_json_arg
+    from medtl.io.nnunet import export_nnunet as write
+
+    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    if channel_names:
+        channels = {int(k): v for k, v in load_json_arg(channel_names, "--channel-names").items()}
+    else:
+        modality = df["modality"].iloc[0] if len(df) else "unknown"
+        n = int(df["channels"].iloc[0]) if "channels" in df and len(df) else 1
+        channels = {c: modality if n == 1 else f"{modality}{c}" for c in range(n)}
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    folder = write(df, out, dataset_id, name, names, channels, overwrite=overwrite)
+    typer.echo(f"export-nnunet: {len(df)} cases → {folder}")
+
+
+@app.command()
+@_guard
+def pull(
+    settings: Settings,
+    cache: Annotated[Path, typer.Option(help="Local folder the studies are pulled into.")],
+    quiet: Quiet = False,
+) -> None:
+    """Pull the studies matching a query from a DICOMweb server (PACS) into CACHE.
+
+    Settings: {"url", "patient_id", "study_uids", "modality", "date_from", "date_to",
+    "study_description", "username", "password_env"} (the config's dataset.dicomweb).
+    Resumable: instances already in the cache are skipped. Writes CACHE/.medtl-pull.json.
+    """
+    from dataclasses import asdict
+
+    from medtl.config import load_json_arg
+    from medtl.io.dicomweb import pull as run_pull
+    from medtl.io.dicomweb import query_from_config
+    from medtl.io.files import atomic_write_text
+
+    s = load_json_arg(settings, "--settings")
+    s.pop("cache", None)
+    report = run_pull(query_from_config(s), cache, progress=not quiet)
+    record = asdict(report)
+    record["failed"] = [asdict(r) for r in report.failed]
+    atomic_write_text(cache / ".medtl-pull.json", json.dumps(record, indent=2) + "\n")
+    typer.echo(
+        f"pull: {report.studies} studies, {report.instances_downloaded} instances new, "
+        f"{report.instances_skipped} already cached, {len(report.failed)} failed → {cache}"
+    )
 
 
 @app.command()
@@ -338,19 +429,33 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    format: Annotated[
+        str,
+        typer.Option(
+            help="Output formats, comma-separated: nifti, seg (DICOM-SEG), rtstruct. "
+            "seg and rtstruct reference the source series (DICOM input only)."
+        ),
+    ] = "nifti",
     threads: Threads = 2,
     quiet: Quiet = False,
 ) -> None:
     """Segment new cases with the ensemble of a finished run's fold models.
 
-    Example: `medtl predict scans/ --model results --out masks/`
+    Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
     from medtl.config import PredictConfig
     from medtl.predict.run import predict_new
 
     _threads(threads)
     table = predict_new(
-        input, model, out, arm, PredictConfig(overlap=overlap), device, progress=not quiet
+        input,
+        model,
+        out,
+        arm,
+        PredictConfig(overlap=overlap),
+        device,
+        progress=not quiet,
+        formats=tuple(f.strip() for f in format.split(",") if f.strip()),
     )
     typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv)")
 

@@ -19,7 +19,6 @@ not an order.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from medtl.io.files import atomic_save_dicom
 from medtl.io.volume import Volume
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
@@ -119,7 +119,7 @@ def write_series(
     files = []
     for k in range(stored.shape[2]):
         ds = _slice_dataset(common, geometry, stored[:, :, k], k, rescale_slope, rescale_intercept)
-        files.append(_save_atomically(ds, out_dir / f"IM{k:04d}.dcm"))
+        files.append(atomic_save_dicom(ds, out_dir / f"IM{k:04d}.dcm"))
     return files
 
 
@@ -226,6 +226,7 @@ def _common_dataset(
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SOPClassUID = CT_IMAGE_STORAGE if modality.upper() == "CT" else MR_IMAGE_STORAGE
     ds.StudyDate = study_date
+    ds.StudyTime = ""  # type 2 (General Study module): present, empty, keeps bytes stable
     ds.SeriesDate = study_date
     ds.AccessionNumber = ""
     ds.Modality = modality
@@ -286,14 +287,3 @@ def _slice_dataset(
     ds.file_meta = meta
     ds.preamble = b"\x00" * 128
     return ds
-
-
-def _save_atomically(ds: Dataset, path: Path) -> Path:
-    """Write ``ds`` to a hidden temporary name beside ``path``, then rename it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -42,3 +42,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes atomically."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_save_dicom(ds, path: str | Path) -> Path:
+    """Save a pydicom dataset atomically, as a standard DICOM file (preamble, file meta)."""
+    return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))

@@ -35,7 +35,7 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
             "written by the train stage"
         )
     cfg = parse_section(ModelConfig, payload["model"], "model")
-    model = build_network(cfg, 1, int(payload["num_classes"]))
+    model = build_network(cfg, int(payload.get("in_channels", 1)), int(payload["num_classes"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, payload

@@ -70,6 +70,48 @@ def default_arm(results: Path) -> str:
     return "finetune"
 
 
+OUTPUT_FORMATS = ("nifti", "seg", "rtstruct")
+
+
+def _series_by_uid(source: Path, workers: int) -> dict[str, object]:
+    """The DICOM series under ``source`` (a folder or a sheet's folder), by SeriesInstanceUID."""
+    from medtl.io.dicom import discover
+
+    root = source if source.is_dir() else source.parent
+    return {s.series_uid: s for s in discover(root, workers=workers).series}
+
+
+def _write_dicom_outputs(
+    labels,
+    row,
+    series_index: dict,
+    formats: tuple[str, ...],
+    classes: dict[int, str],
+    out: Path,
+    arm: str,
+) -> list[str]:
+    """DICOM-SEG / RTSTRUCT files of a mask, referencing the case's source series."""
+    from medtl import __version__
+
+    series = series_index.get(getattr(row, "series_uid", "") or "")
+    if series is None:
+        return []
+    written = []
+    if "seg" in formats:
+        from medtl.io.dicomseg import write_seg
+
+        path = out / f"{row.case_id}.seg.dcm"
+        write_seg(labels, series, classes, path, algorithm=f"medtl {arm}", version=__version__)
+        written.append(str(path))
+    if "rtstruct" in formats:
+        from medtl.io.rtstruct import write_rtstruct
+
+        path = out / f"{row.case_id}.rtstruct.dcm"
+        write_rtstruct(labels, series, classes, path, algorithm=f"medtl {arm}", version=__version__)
+        written.append(str(path))
+    return written
+
+
 def predict_new(
     source: Path,
     results: Path,
@@ -79,24 +121,48 @@ def predict_new(
     device_name: str = "auto",
     salt: str = "medtl",
     progress: bool = True,
+    formats: tuple[str, ...] = ("nifti",),
+    workers: int = 4,
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
-    Uses the mean probabilities of all fold models of ``arm`` (the ensemble), the run's
-    preprocessing plan, and writes ``out/<case>.nii.gz`` on each input's original grid
-    plus ``out/predictions.tsv`` listing them.
+    Uses the mean probabilities of all fold models of ``arm`` (the ensemble) and the
+    run's preprocessing plan. Writes ``out/<case>.nii.gz`` on each input's original grid
+    and, for DICOM input with ``formats`` asking for them, ``out/<case>.seg.dcm``
+    (DICOM-SEG) and ``out/<case>.rtstruct.dcm`` referencing the source series, so they
+    open in a PACS viewer or a planning system; ``out/predictions.tsv`` lists them.
     """
+    bad = [f for f in formats if f not in OUTPUT_FORMATS]
+    if bad:
+        raise InputError(
+            ",".join(formats),
+            f"unknown output format {bad[0]!r}",
+            f"use any of {', '.join(OUTPUT_FORMATS)}",
+        )
     cfg = cfg or PredictConfig()
-    results, out = Path(results), Path(out)
+    source, results, out = Path(source), Path(results), Path(out)
     arm = arm or default_arm(results)
     plan = Plan.load(results / "preprocess" / "plan.json")
+    classes = {int(k): v for k, v in plan.classes.items()}
     device = torch_device(device_name)
     loaded = [load_model(p, device) for p in find_fold_models(results, arm)]
     models = [m for m, _ in loaded]
     patch = loaded[0][1]["patch_size"]
     rows = []
     with tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp:
-        manifest, rejected = ingest_path(source, Path(tmp), salt, progress=False)
+        try:
+            manifest, rejected = ingest_path(
+                source, Path(tmp), salt, progress=False, workers=workers, labels=False
+            )
+        except InputError:
+            # Keep the reasons where the user can read them.
+            listing = Path(tmp) / "rejected.tsv"
+            if listing.is_file():
+                atomic_write_text(out / "rejected.tsv", listing.read_text())
+            raise
+        dicom_formats = tuple(f for f in formats if f != "nifti")
+        has_dicom = "series_uid" in manifest and (manifest["series_uid"].fillna("") != "").any()
+        series_index = _series_by_uid(source, workers) if dicom_formats and has_dicom else {}
         for row in tqdm(
             list(manifest.itertuples()),
             desc=f"predict ({arm}, {len(models)} folds)",
@@ -105,11 +171,15 @@ def predict_new(
             case = preprocess_files(Path(row.image), None, plan)
             path = out / f"{row.case_id}.nii.gz"
             labels = segment_case(models, case, patch, cfg, device, path)
+            dicom = _write_dicom_outputs(
+                labels, row, series_index, dicom_formats, classes, out, arm
+            )
             rows.append(
                 {
                     "case_id": row.case_id,
                     "patient_id": row.patient_id,
                     "mask": str(path),
+                    "dicom": ";".join(dicom),
                     "arm": arm,
                     "folds": len(models),
                     "foreground_voxels": int((labels > 0).sum()),

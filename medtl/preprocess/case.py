@@ -55,9 +55,13 @@ def nonzero_bbox(array: np.ndarray) -> list[tuple[int, int]]:
     return [(int(ax.min()), int(ax.max()) + 1) for ax in nz]
 
 
-def normalise(image: np.ndarray, plan: Plan) -> np.ndarray:
-    """Intensity normalisation of the plan (``ct`` or ``zscore``)."""
-    if plan.normalization == "ct":
+def normalise(image: np.ndarray, plan: Plan, channel: int = 0) -> np.ndarray:
+    """Intensity normalisation of the plan (``ct`` or ``zscore``) for one channel.
+
+    ``ct`` uses the data set's foreground statistics of the first channel (CT is one
+    channel); other channels, and every channel under ``zscore``, are z-scored per image.
+    """
+    if plan.normalization == "ct" and channel == 0:
         lo, hi = plan.intensity["p005"], plan.intensity["p995"]
         out = np.clip(image, lo, hi)
         return ((out - plan.intensity["mean"]) / max(plan.intensity["std"], 1e-8)).astype(
@@ -80,22 +84,25 @@ def preprocess_arrays(
         (1, 4, 4, 4)
     """
     data = np.asarray(image.dataobj, dtype=np.float32)
-    if data.ndim != 3:
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
         raise InputError(
             image.get_filename() or "image",
-            f"expected a 3-D image, got shape {data.shape}",
-            "give one 3-D volume per case (split 4-D series into separate channels/cases)",
+            f"expected a 3-D image (or 4-D with channels last), got shape {data.shape}",
+            "give one 3-D volume per case, or its channels stacked along a fourth axis",
         )
+    grid = data.shape[:3]
     ornt = nib.orientations.io_orientation(image.affine)
+    # apply_orientation reorients the first three axes and keeps the channel axis.
     canon = nib.orientations.apply_orientation(data, ornt)
     lab_canon = None
     if label is not None:
         lab = np.asarray(label.dataobj)
-        if lab.shape != data.shape or not np.allclose(label.affine, image.affine, atol=1e-3):
+        if lab.shape != grid or not np.allclose(label.affine, image.affine, atol=1e-3):
             raise InputError(
                 label.get_filename() or "label",
-                f"label grid {lab.shape} does not match image grid {data.shape} "
-                "(shape or affine differ)",
+                f"label grid {lab.shape} does not match image grid {grid} (shape or affine differ)",
                 "export the label on the image's grid (same shape and orientation)",
             )
         lab_canon = nib.orientations.apply_orientation(lab, ornt).astype(np.uint8)
@@ -103,28 +110,36 @@ def preprocess_arrays(
     zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
     spacing = np.empty(3)
     spacing[ornt[:, 0].astype(int)] = zooms
-    bbox = nonzero_bbox(canon) if plan.crop_foreground else [(0, s) for s in canon.shape]
+    canon_grid = canon.shape[:3]
+    if plan.crop_foreground:
+        bbox = nonzero_bbox(np.any(canon != 0, axis=3))
+    else:
+        bbox = [(0, s) for s in canon_grid]
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     cropped = canon[sl]
     new_shape = tuple(
         max(1, int(round(n * s / t)))
-        for n, s, t in zip(cropped.shape, spacing, plan.target_spacing, strict=True)
+        for n, s, t in zip(cropped.shape[:3], spacing, plan.target_spacing, strict=True)
     )
-    resampled = _resize(cropped, new_shape, "linear")
+    channels = [
+        normalise(_resize(cropped[..., c], new_shape, "linear"), plan, c)
+        for c in range(cropped.shape[3])
+    ]
     out_label = None
     if lab_canon is not None:
         out_label = _resize(lab_canon[sl], new_shape, "nearest").astype(np.uint8)
     meta = {
-        "original_shape": list(data.shape),
+        "original_shape": list(grid),
         "original_affine": image.affine.tolist(),
         "ornt": ornt.tolist(),
-        "canonical_shape": list(canon.shape),
+        "canonical_shape": list(canon_grid),
         "bbox": [list(b) for b in bbox],
-        "cropped_shape": list(cropped.shape),
+        "cropped_shape": list(cropped.shape[:3]),
         "resampled_shape": list(new_shape),
         "source_spacing": spacing.tolist(),
+        "channels": len(channels),
     }
-    return PreprocessedCase(normalise(resampled, plan)[None], out_label, meta)
+    return PreprocessedCase(np.stack(channels), out_label, meta)
 
 
 def preprocess_files(image: Path, label: Path | None, plan: Plan) -> PreprocessedCase:

@@ -39,6 +39,7 @@ class RunSpec:
         model: the network settings.
         train: the schedule (steps, batch, patch, lr, augmentation).
         num_classes: output channels including background.
+        in_channels: input channels (image modalities / sequences).
         classes: label value → name, stored in the checkpoint.
         seed: the run's seed.
         freeze_encoder: feature extraction (encoder fixed).
@@ -52,6 +53,7 @@ class RunSpec:
     num_classes: int
     classes: dict[str, str]
     seed: int
+    in_channels: int = 1
     freeze_encoder: bool = False
     encoder_lr_scale: float = 1.0
     predict: PredictConfig = field(default_factory=PredictConfig)
@@ -65,6 +67,7 @@ def checkpoint_payload(model: torch.nn.Module, spec: RunSpec, step: int, val: fl
         "state_dict": model.state_dict(),
         "model": to_dict(spec.model),
         "num_classes": spec.num_classes,
+        "in_channels": spec.in_channels,
         "classes": spec.classes,
         "patch_size": list(spec.train.patch_size),
         "step": step,
@@ -161,7 +164,9 @@ def train_run(
     set_determinism(seed=spec.seed)
     arch: Architecture = get_architecture(spec.model.name)
     check_patch_size(spec.model, spec.train.patch_size)
-    model = init if init is not None else build_network(spec.model, 1, spec.num_classes)
+    model = (
+        init if init is not None else build_network(spec.model, spec.in_channels, spec.num_classes)
+    )
     frozen = freeze_encoder(model, arch) if spec.freeze_encoder else 0
     model.to(device)
     optimizer = torch.optim.AdamW(

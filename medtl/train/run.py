@@ -91,7 +91,8 @@ def train_arm(
     arch = get_architecture(settings.model.name)
     seed = settings.seed * 1000 + fold
     torch.manual_seed(seed)
-    model = build_network(settings.model, 1, num_classes)
+    in_channels = int(train_items[0]["image"].shape[0])
+    model = build_network(settings.model, in_channels, num_classes)
     report = None
     if settings.arm.init == "pretrained":
         if pretrained is None:
@@ -107,6 +108,7 @@ def train_arm(
         num_classes=num_classes,
         classes=settings.classes,
         seed=seed,
+        in_channels=in_channels,
         freeze_encoder=settings.arm.freeze_encoder,
         encoder_lr_scale=settings.arm.encoder_lr_scale,
         predict=settings.predict,
@@ -190,6 +192,7 @@ def pretrain(
         num_classes=max_label + 1,
         classes={str(i): f"source class {i}" for i in range(1, max_label + 1)},
         seed=seed,
+        in_channels=int(items[0]["image"].shape[0]),
         tags={"stage": "pretrain"},
     )
     device = torch_device(device_name)

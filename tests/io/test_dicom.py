@@ -11,9 +11,19 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from medtl.io.dicom import SeriesInfo, discover_series, load_series
+from medtl.io import dicom as dicom_module
+from medtl.io.dicom import (
+    DICOMDIR_REASON,
+    RTSTRUCT_STORAGE,
+    SEGMENTATION_STORAGE,
+    SeriesInfo,
+    discover,
+    discover_series,
+    load_series,
+    load_series_checked,
+)
 from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
 from medtl.io.errors import InputError
 from medtl.io.volume import Volume
@@ -289,16 +299,18 @@ def test_single_slice_series_raises_with_path_and_fix(tmp_path: Path) -> None:
     assert "How to fix:" in message and info.value.fix
 
 
-def test_mixed_orientation_raises(tmp_path: Path) -> None:
+def test_mixed_orientation_without_majority_raises(tmp_path: Path) -> None:
     files = _write(_integer_volume(AXIAL_RAS), tmp_path)
-    ds = pydicom.dcmread(files[2])
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
-    ds.save_as(files[2])
+    for f in files[2:]:  # two axial, two coronal slices: no majority to keep
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        ds.save_as(f)
     series, _ = discover_series(tmp_path)
 
     with pytest.raises(InputError, match="ImageOrientationPatient") as info:
         load_series(series[0])
     assert info.value.path == str(tmp_path)
+    assert "no majority" in info.value.reason
 
 
 def test_mixed_grid_raises(tmp_path: Path) -> None:
@@ -312,15 +324,17 @@ def test_mixed_grid_raises(tmp_path: Path) -> None:
         load_series(series[0])
 
 
-def test_duplicate_position_raises(tmp_path: Path) -> None:
+def test_conflicting_duplicate_position_raises_naming_both_files(tmp_path: Path) -> None:
     files = _write(_integer_volume(AXIAL_RAS), tmp_path)
     ds = pydicom.dcmread(files[1])
     ds.ImagePositionPatient = pydicom.dcmread(files[0]).ImagePositionPatient
     ds.save_as(files[1])
     series, _ = discover_series(tmp_path)
 
-    with pytest.raises(InputError, match="one slice per position"):
+    with pytest.raises(InputError, match="one slice per position") as info:
         load_series(series[0])
+    assert str(files[0]) in info.value.reason and str(files[1]) in info.value.reason
+    assert "different images" in info.value.reason
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,3 +417,458 @@ def test_writer_rejects_sheared_in_plane_axes(tmp_path: Path) -> None:
     affine[0, 1] = 0.5
     with pytest.raises(ValueError, match="orthogonal"):
         _write(_integer_volume(affine), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# Real-data defects: scouts, duplicates, gaps, uneven spacing, tilt
+# ---------------------------------------------------------------------------------------
+
+
+def _copy_as_new_instance(src: Path, dst: Path, tag: str, **changes) -> Path:
+    """A copy of ``src`` with a new SOPInstanceUID and the given attributes changed."""
+    ds = pydicom.dcmread(src)
+    uid = generate_uid(entropy_srcs=["copy", tag])
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(dst, enforce_file_format=True)
+    return dst
+
+
+def _scout_changes(kind: str, template: Path) -> dict:
+    ds = pydicom.dcmread(template)
+    if kind == "image_type":  # same geometry, but ImageType says LOCALIZER
+        return {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}
+    if kind == "orientation":  # a coronal image among axial slices
+        return {"ImageOrientationPatient": [-1, 0, 0, 0, 0, -1]}
+    rows, columns = 3, 4  # other Rows x Columns
+    pixels = np.arange(rows * columns, dtype="<i2").reshape(rows, columns)
+    assert (ds.Rows, ds.Columns) != (rows, columns)
+    return {"Rows": rows, "Columns": columns, "PixelData": pixels.tobytes()}
+
+
+@pytest.mark.parametrize("kind", ["image_type", "orientation", "grid"])
+def test_scout_mixed_into_series_is_set_aside_and_the_rest_loads(tmp_path: Path, kind: str) -> None:
+    volume = _integer_volume(AXIAL_RAS, seed=7, shape=(6, 5, 5))
+    files = _write(volume, tmp_path)
+    scout = _copy_as_new_instance(
+        files[2], tmp_path / "ZZ_scout.dcm", kind, **_scout_changes(kind, files[2])
+    )
+    inventory = discover(tmp_path)
+    assert inventory.rejected == [] and len(inventory.series[0].files) == 6
+
+    loaded, set_aside = load_series_checked(inventory.series[0])
+
+    np.testing.assert_array_equal(loaded.array, volume.array)
+    np.testing.assert_allclose(loaded.affine, AXIAL_RAS, atol=1e-4)
+    assert [r.path for r in set_aside] == [str(scout)]
+    assert set_aside[0].reason.startswith("localizer/scout image mixed into")
+    assert set_aside[0].fix
+    np.testing.assert_array_equal(load_series(inventory.series[0]).array, volume.array)
+
+
+def test_pixel_identical_duplicate_is_set_aside(tmp_path: Path) -> None:
+    volume = _integer_volume(OBLIQUE, seed=8)
+    files = _write(volume, tmp_path)
+    copy = _copy_as_new_instance(files[1], tmp_path / "IM0001_copy.dcm", "dup")
+    series, rejected = discover_series(tmp_path)
+    assert rejected == []
+
+    loaded, set_aside = load_series_checked(series[0])
+
+    np.testing.assert_array_equal(loaded.array, volume.array)
+    assert len(set_aside) == 1 and set_aside[0].path == str(copy)
+    assert set_aside[0].reason.startswith(f"duplicate of {files[1].name}")
+
+
+def test_missing_slice_raises_naming_the_gap(tmp_path: Path) -> None:
+    files = _write(_integer_volume(AXIAL_RAS, shape=(6, 5, 6)), tmp_path)
+    files[3].unlink()  # slices at z = -30.5 + 3k mm; k = 3 (z = -21.5) is missing
+    series, _ = discover_series(tmp_path)
+
+    with pytest.raises(InputError, match="missing slices") as info:
+        load_series(series[0])
+    assert "between z=-24.50 and z=-18.50 mm" in info.value.reason
+    assert "expected spacing 3 mm" in info.value.reason
+    assert info.value.fix
+
+
+def test_non_uniform_spacing_raises(tmp_path: Path) -> None:
+    files = _write(_integer_volume(AXIAL_RAS, shape=(6, 5, 5)), tmp_path)
+    ds = pydicom.dcmread(files[2])
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + 0.2]  # steps 3, 3.2, 2.8, 3 mm
+    ds.save_as(files[2])
+    series, _ = discover_series(tmp_path)
+
+    with pytest.raises(InputError, match="uniform slice spacing") as info:
+        load_series(series[0])
+    assert "2.8 to 3.2 mm" in info.value.reason
+
+
+def test_gantry_tilt_raises_with_angle_and_fix(tmp_path: Path) -> None:
+    tilted = AXIAL_RAS.copy()
+    tilted[1, 2] = 3.0 * np.tan(np.deg2rad(12.0))  # each slice shifted along y: 12 degrees
+    _write(_integer_volume(tilted), tmp_path)
+    series, _ = discover_series(tmp_path)
+
+    with pytest.raises(InputError, match="gantry tilt of 12.00 degrees") as info:
+        load_series(series[0])
+    assert "dcm2niix" in info.value.fix
+
+
+def test_small_rounding_of_positions_is_not_a_tilt(tmp_path: Path) -> None:
+    files = _write(_integer_volume(AXIAL_RAS), tmp_path)
+    ds = pydicom.dcmread(files[1])
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x + 1e-4, y - 1e-4, z]
+    ds.save_as(files[1])
+    series, _ = discover_series(tmp_path)
+
+    np.testing.assert_allclose(load_series(series[0]).affine, AXIAL_RAS, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------
+# Multi-frame (enhanced) images
+# ---------------------------------------------------------------------------------------
+
+ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+
+
+def _item(**attributes) -> Dataset:
+    ds = Dataset()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _enhanced_file(
+    slices: list[Path], path: Path, order: list[int], *, per_frame_rescale: bool = False
+) -> Path:
+    """One Enhanced MR file holding the given single-frame slices as frames, in ``order``.
+
+    Geometry goes into the functional groups: PixelMeasures, PlaneOrientation and (unless
+    ``per_frame_rescale``) PixelValueTransformation shared; PlanePosition per frame.
+    """
+    datasets = [pydicom.dcmread(f) for f in slices]
+    first = datasets[0]
+    ds = Dataset()
+    for element in first:
+        if element.keyword not in _PER_SLICE_KEYWORDS:
+            ds.add(element)
+    uid = generate_uid(entropy_srcs=["enhanced", str(path.name)])
+    ds.SOPClassUID = ENHANCED_MR_STORAGE
+    ds.SOPInstanceUID = uid
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    ds.NumberOfFrames = len(order)
+    rescale = _item(RescaleSlope=first.RescaleSlope, RescaleIntercept=first.RescaleIntercept)
+    rescale.RescaleType = "US"
+    shared = _item(
+        PixelMeasuresSequence=[
+            _item(PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness)
+        ],
+        PlaneOrientationSequence=[_item(ImageOrientationPatient=first.ImageOrientationPatient)],
+    )
+    if not per_frame_rescale:
+        shared.PixelValueTransformationSequence = [rescale]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for n, k in enumerate(order):
+        item = _item(
+            PlanePositionSequence=[_item(ImagePositionPatient=datasets[k].ImagePositionPatient)],
+            FrameContentSequence=[_item(InStackPositionNumber=n + 1)],
+        )
+        if per_frame_rescale:
+            item.PixelValueTransformationSequence = [rescale]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = b"".join(datasets[k].PixelData for k in order)
+    ds["PixelData"].VR = "OW"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENHANCED_MR_STORAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+_PER_SLICE_KEYWORDS = {
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "InstanceNumber",
+    "SOPInstanceUID",
+    "PixelData",
+}
+
+
+@pytest.mark.parametrize("per_frame_rescale", [False, True])
+def test_enhanced_multiframe_loads_like_the_single_frame_series(
+    tmp_path: Path, per_frame_rescale: bool
+) -> None:
+    rng = np.random.default_rng(9)
+    array = rng.uniform(-1000.0, 2000.0, size=SHAPE).astype(np.float32)
+    files = _write(
+        Volume(array, OBLIQUE), tmp_path / "single", rescale_slope=0.5, rescale_intercept=-100.0
+    )
+    enhanced = _enhanced_file(
+        files,
+        tmp_path / "multi" / "enhanced.dcm",
+        [2, 0, 3, 1],
+        per_frame_rescale=per_frame_rescale,
+    )
+    single = _load_only_series(tmp_path / "single")
+
+    inventory = discover(tmp_path / "multi")
+
+    assert inventory.rejected == [] and inventory.labels == []
+    assert [s.files for s in inventory.series] == [(enhanced,)]
+    loaded, set_aside = load_series_checked(inventory.series[0])
+    assert set_aside == []
+    np.testing.assert_array_equal(loaded.array, single.array)
+    np.testing.assert_allclose(loaded.affine, single.affine, atol=1e-6)
+    np.testing.assert_allclose(loaded.affine, OBLIQUE, atol=1e-4)
+    assert loaded.source_uids == single.source_uids
+
+
+def test_enhanced_multiframe_with_a_missing_frame_raises(tmp_path: Path) -> None:
+    files = _write(_integer_volume(AXIAL_RAS, shape=(6, 5, 5)), tmp_path / "single")
+    _enhanced_file(files, tmp_path / "multi" / "enhanced.dcm", [0, 1, 3, 4])
+    series, _ = discover_series(tmp_path / "multi")
+
+    with pytest.raises(InputError, match="missing slices") as info:
+        load_series(series[0])
+    assert "frame 2 and enhanced.dcm frame 3" in info.value.reason
+
+
+def test_multiframe_without_plane_positions_is_rejected(tmp_path: Path) -> None:
+    files = _write(_integer_volume(AXIAL_RAS), tmp_path / "single")
+    path = _enhanced_file(files, tmp_path / "multi" / "cine.dcm", [0, 1, 2, 3])
+    ds = pydicom.dcmread(path)
+    del ds.PerFrameFunctionalGroupsSequence
+    ds.save_as(path)
+
+    inventory = discover(tmp_path / "multi")
+
+    assert inventory.series == []
+    assert "plane position per frame" in inventory.rejected[0].reason
+
+
+# ---------------------------------------------------------------------------------------
+# Compressed pixel data
+# ---------------------------------------------------------------------------------------
+
+COMPRESSED = {
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg2000_lossless": "1.2.840.10008.1.2.4.90",
+    "jpeg_ls_lossless": "1.2.840.10008.1.2.4.80",
+}
+
+
+def _compress_files(files: list[Path], syntax: str) -> None:
+    from pydicom.pixels import get_encoder
+
+    if not get_encoder(syntax).is_available:
+        pytest.skip(f"no encoder for {syntax} installed")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.compress(syntax)
+        ds.save_as(f, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSED))
+def test_compressed_series_decodes(tmp_path: Path, name: str) -> None:
+    volume = _integer_volume(OBLIQUE, seed=10, shape=(40, 33, 3))  # JPEG 2000 needs >= 32
+    files = _write(volume, tmp_path)
+    _compress_files(files, COMPRESSED[name])
+    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == COMPRESSED[name]
+
+    loaded = _load_only_series(tmp_path)
+
+    np.testing.assert_array_equal(loaded.array, volume.array)
+
+
+def test_deflated_series_loads(tmp_path: Path) -> None:
+    volume = _integer_volume(AXIAL_RAS, seed=11)
+    files = _write(volume, tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        ds.save_as(f, enforce_file_format=True)
+
+    np.testing.assert_array_equal(_load_only_series(tmp_path).array, volume.array)
+
+
+def test_missing_decoder_names_the_transfer_syntax_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = _write(_integer_volume(AXIAL_RAS), tmp_path)
+    _compress_files(files, COMPRESSED["rle"])
+    monkeypatch.setattr(dicom_module, "_decoder_available", lambda syntax: False)
+    series, _ = discover_series(tmp_path)
+
+    with pytest.raises(InputError, match="RLE Lossless") as info:
+        load_series(series[0])
+    assert "pip install pylibjpeg" in info.value.fix
+
+
+def test_file_without_preamble_and_meta_is_read(tmp_path: Path) -> None:
+    volume = _integer_volume(AXIAL_RAS, seed=12)
+    files = _write(volume, tmp_path)
+    ds = pydicom.dcmread(files[1])
+    ds.preamble = None
+    ds.file_meta = FileMetaDataset()
+    ds.save_as(files[1], implicit_vr=True, little_endian=True)  # old ACR-NEMA style
+    assert files[1].read_bytes()[128:132] != b"DICM"
+
+    np.testing.assert_array_equal(_load_only_series(tmp_path).array, volume.array)
+
+
+# ---------------------------------------------------------------------------------------
+# Inventory: label objects, DICOMDIR, parallel discovery
+# ---------------------------------------------------------------------------------------
+
+
+def _meta(ds: Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _rtstruct_file(path: Path, series_uids: list[str], tag: str = "a") -> Path:
+    """A minimal RT Structure Set referring to ``series_uids`` of study ``tag``."""
+    uids = _uids(tag)
+    ds = _item(
+        SOPClassUID=RTSTRUCT_STORAGE,
+        SOPInstanceUID=generate_uid(entropy_srcs=["rtstruct", str(path)]),
+        Modality="RTSTRUCT",
+        PatientID="PAT-001",
+        StudyInstanceUID=uids["study_uid"],
+        SeriesInstanceUID=generate_uid(entropy_srcs=["rtstruct-series", str(path)]),
+        StructureSetLabel="contours",
+    )
+    study = _item(
+        ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",
+        ReferencedSOPInstanceUID=uids["study_uid"],
+        RTReferencedSeriesSequence=[_item(SeriesInstanceUID=uid) for uid in series_uids],
+    )
+    ds.ReferencedFrameOfReferenceSequence = [
+        _item(
+            FrameOfReferenceUID=uids["frame_of_reference_uid"],
+            RTReferencedStudySequence=[study],
+        )
+    ]
+    _meta(ds, path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _seg_file(path: Path, series_uid: str, tag: str = "a") -> Path:
+    """A minimal DICOM-SEG (one 2 x 2 binary frame) referring to ``series_uid``."""
+    uids = _uids(tag)
+    ds = _item(
+        SOPClassUID=SEGMENTATION_STORAGE,
+        SOPInstanceUID=generate_uid(entropy_srcs=["seg", str(path)]),
+        Modality="SEG",
+        PatientID="PAT-001",
+        StudyInstanceUID=uids["study_uid"],
+        SeriesInstanceUID=generate_uid(entropy_srcs=["seg-series", str(path)]),
+        FrameOfReferenceUID=uids["frame_of_reference_uid"],
+        ReferencedSeriesSequence=[_item(SeriesInstanceUID=series_uid)],
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        Rows=2,
+        Columns=2,
+        BitsAllocated=1,
+        BitsStored=1,
+        HighBit=0,
+        PixelRepresentation=0,
+        NumberOfFrames=1,
+    )
+    ds.PixelData = b"\x09\x00"
+    ds["PixelData"].VR = "OB"
+    _meta(ds, path)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_rtstruct_and_seg_are_labels_with_their_referenced_series(tmp_path: Path) -> None:
+    _write(_integer_volume(AXIAL_RAS), tmp_path / "image")
+    series_uid = _uids("a")["series_uid"]
+    other = generate_uid(entropy_srcs=["other"])
+    rtstruct = _rtstruct_file(tmp_path / "labels" / "rs.dcm", [series_uid, other, series_uid])
+    seg = _seg_file(tmp_path / "labels" / "seg.dcm", series_uid)
+
+    inventory = discover(tmp_path)
+
+    assert inventory.rejected == []
+    assert len(inventory.series) == 1
+    by_kind = {label.kind: label for label in inventory.labels}
+    assert sorted(by_kind) == ["RTSTRUCT", "SEG"]
+    assert by_kind["RTSTRUCT"].path == rtstruct and by_kind["SEG"].path == seg
+    assert by_kind["RTSTRUCT"].referenced_series_uids == (series_uid, other)
+    assert by_kind["SEG"].referenced_series_uids == (series_uid,)
+    for label in inventory.labels:
+        assert label.patient_key == "PAT-001"
+        assert label.study_uid == _uids("a")["study_uid"]
+        assert label.frame_of_reference_uid == _uids("a")["frame_of_reference_uid"]
+        assert label.sop_instance_uid == pydicom.dcmread(label.path).SOPInstanceUID
+    assert discover_series(tmp_path) == (inventory.series, [])  # labels are not rejections
+
+
+def test_dicomdir_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    from pydicom.fileset import FileSet
+
+    volume = _integer_volume(AXIAL_RAS, seed=13)
+    files = _write(volume, tmp_path / "written")
+    file_set = FileSet()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyTime, ds.StudyID = "120000", "1"  # required by the DICOMDIR STUDY record
+        file_set.add(ds)
+    file_set.write(tmp_path / "media")  # DICOMDIR + PT000000/ST000000/SE000000/IM00000x
+
+    inventory = discover(tmp_path / "media")
+
+    assert [Path(r.path).name for r in inventory.rejected] == ["DICOMDIR"]
+    assert inventory.rejected[0].reason == DICOMDIR_REASON and inventory.rejected[0].fix
+    assert len(inventory.series) == 1 and len(inventory.series[0].files) == len(files)
+    np.testing.assert_array_equal(load_series(inventory.series[0]).array, volume.array)
+
+
+def test_parallel_discovery_gives_the_same_inventory_as_one_worker(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    for n, affine in enumerate((AXIAL_RAS, LPS, OBLIQUE)):
+        _write(_integer_volume(affine, seed=n), tmp_path / f"p{n}" / "s", tag=f"t{n}")
+    _rtstruct_file(tmp_path / "rs.dcm", [_uids("t0")["series_uid"]], tag="t0")
+    _sr_file(tmp_path / "report.dcm")
+    (tmp_path / "notes.txt").write_text("not DICOM")
+
+    serial = discover(tmp_path, workers=1)
+    parallel = discover(tmp_path, workers=4, progress=True)
+
+    assert parallel == serial
+    assert len(serial.series) == 3 and len(serial.labels) == 1 and len(serial.rejected) == 2
+    assert "DICOM headers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="workers"):
+        discover(tmp_path, workers=0)
+
+
+def test_series_are_grouped_by_patient_and_study(tmp_path: Path) -> None:
+    volume = _integer_volume(AXIAL_RAS)
+    _write(volume, tmp_path / "b", patient_id="PAT-B")
+    files = _write(volume, tmp_path / "a", patient_id="PAT-A")
+    # The same SeriesInstanceUID under another patient (a bad anonymisation) stays apart.
+    inventory = discover(tmp_path)
+
+    assert [s.patient_key for s in inventory.series] == ["PAT-A", "PAT-B"]
+    assert inventory.series[0].files == tuple(files)

@@ -301,10 +301,20 @@ def test_label_with_other_shape_is_refused() -> None:
         )
 
 
-def test_non_3d_image_is_refused() -> None:
-    img = nib.Nifti1Image(np.ones((4, 4, 4, 2), np.float32), RAS)
+def test_five_d_image_is_refused() -> None:
+    img = nib.Nifti1Image(np.ones((4, 4, 4, 2, 2), np.float32), RAS)
     with pytest.raises(InputError, match="3-D"):
         preprocess_arrays(img, None, _plan((1, 2, 3)))
+
+
+def test_channels_last_image_gives_one_normalised_channel_each() -> None:
+    rng = np.random.default_rng(0)
+    data = np.stack([rng.normal(10, 2, (8, 6, 4)), rng.normal(-50, 9, (8, 6, 4))], axis=-1)
+    img = nib.Nifti1Image(data.astype(np.float32), LPS)
+    case = preprocess_arrays(img, None, _plan(tuple(float(s) for s in (2.0, 2.0, 3.0))))
+    assert case.image.shape[0] == 2 and case.meta["channels"] == 2
+    for c in range(2):
+        assert abs(case.image[c].mean()) < 1e-4 and abs(case.image[c].std() - 1) < 1e-3
 
 
 def test_crop_foreground_crops_to_nonzero_bbox() -> None:
