@@ -25,9 +25,11 @@ include: "pipeline/pretrain.smk"
 include: "pipeline/train.smk"
 include: "pipeline/predict.smk"
 include: "pipeline/evaluate.smk"
+include: "pipeline/fractions.smk"
 include: "pipeline/report.smk"
 
 
 rule all:
     input:
         "results/report/report.html",
+        FRACTION_TARGETS,

@@ -32,8 +32,11 @@ class ModelConfig:
     """The segmentation network.
 
     Attributes:
-        name: architecture from :data:`medtl.models.networks.ARCHITECTURES`.
-        features: channel widths (``basicunet``: six numbers).
+        name: architecture from :data:`medtl.models.networks.ARCHITECTURES`:
+            ``basicunet``, ``flexibleunet`` (ResNet encoder), ``swinunetr``,
+            ``plainconvunet`` (nnU-Net's PlainConvUNet names).
+        features: channel widths (``basicunet``: six numbers; ``swinunetr``: the first is
+            its feature size; ``plainconvunet``: one per stage).
         backbone: encoder backbone, for architectures that have one (``flexibleunet``).
         dropout: dropout probability.
     """
@@ -68,6 +71,10 @@ class TrainConfig:
         val_every: validate on the inner validation cases every N steps.
         pos_fraction: share of patches centred on foreground.
         augment: augmentation probabilities and magnitudes.
+        warmup_steps: linear learning-rate warm-up over the first N steps, then the
+            cosine decay over the remaining steps (0 = no warm-up).
+        patience: early stopping: stop after N validations in a row without a better
+            validation Dice (0 = off).
     """
 
     steps: int = 300
@@ -78,21 +85,124 @@ class TrainConfig:
     val_every: int = 50
     pos_fraction: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    warmup_steps: int = 0
+    patience: int = 0
+
+
+ARM_STRATEGIES = ("scratch", "frozen", "finetune", "partial", "gradual")
 
 
 @dataclass(frozen=True)
 class ArmConfig:
     """One transfer strategy.
 
+    ``strategy`` may be left out: it is then derived from the older keys, so that
+    ``{init: random}`` means ``scratch``, ``{init: pretrained, freeze_encoder: true}``
+    means ``frozen`` and any other pretrained arm means ``finetune``. After construction
+    ``strategy`` is always set and ``freeze_encoder`` is true exactly for ``frozen``.
+
     Attributes:
         init: ``random`` or ``pretrained`` (encoder weights from the pretrained checkpoint).
-        freeze_encoder: keep the encoder fixed (feature extraction).
+        freeze_encoder: keep the encoder fixed (feature extraction); the same as
+            ``strategy: frozen``.
         encoder_lr_scale: the encoder's learning rate as a fraction of the base rate.
+        strategy: ``scratch`` (random start, every layer trains), ``frozen`` (the encoder,
+            its normalisation statistics included, stays fixed), ``finetune`` (every
+            layer trains), ``partial`` (only the last ``unfreeze_stages`` encoder stages
+            train) or ``gradual`` (the encoder starts frozen and its stages unfreeze one
+            by one, deepest first, on the schedule of ``unfreeze_every`` or ``unfreeze_at``).
+        unfreeze_stages: ``partial`` only: how many of the deepest encoder stages train.
+        unfreeze_every: ``gradual`` only: unfreeze one more stage every N steps (the
+            deepest at step N, the next at 2N, ...).
+        unfreeze_at: ``gradual`` only: the step at which each stage unfreezes, deepest
+            first; stages beyond the list stay frozen.
     """
 
     init: str = "random"
     freeze_encoder: bool = False
     encoder_lr_scale: float = 1.0
+    strategy: str | None = None
+    unfreeze_stages: int = 0
+    unfreeze_every: int = 0
+    unfreeze_at: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = "arms.<arm>"
+        strategy = self.strategy
+        if strategy is None:
+            if self.freeze_encoder:
+                strategy = "frozen"
+            else:
+                strategy = "scratch" if self.init == "random" else "finetune"
+        if strategy not in ARM_STRATEGIES:
+            raise ConfigError(
+                f"config key '{where}.strategy': got {strategy!r}; allowed values: "
+                f"{', '.join(ARM_STRATEGIES)}"
+            )
+        if self.freeze_encoder and strategy != "frozen":
+            raise ConfigError(
+                f"config key '{where}.freeze_encoder': got true with strategy {strategy!r}; "
+                "freeze_encoder: true means strategy: frozen. How to fix: remove "
+                "freeze_encoder, or set strategy: frozen"
+            )
+        if strategy == "scratch" and self.init != "random":
+            raise ConfigError(
+                f"config key '{where}.init': got {self.init!r} with strategy 'scratch', "
+                "which starts from random weights. How to fix: set init: random, or use "
+                "strategy: finetune to train every layer from pretrained weights"
+            )
+        if self.encoder_lr_scale <= 0:
+            raise ConfigError(
+                f"config key '{where}.encoder_lr_scale': got {self.encoder_lr_scale!r}; "
+                "expected a number above 0. How to fix: use e.g. 0.2, or strategy: frozen "
+                "to keep the encoder fixed"
+            )
+        self._check_schedule(strategy, where)
+        object.__setattr__(self, "strategy", strategy)
+        object.__setattr__(self, "freeze_encoder", strategy == "frozen")
+
+    def _check_schedule(self, strategy: str, where: str) -> None:
+        if strategy == "partial":
+            if self.unfreeze_stages < 1:
+                raise ConfigError(
+                    f"config key '{where}.unfreeze_stages': got {self.unfreeze_stages!r}; "
+                    "strategy 'partial' needs the number of deepest encoder stages to train "
+                    "(1 or more). How to fix: set e.g. unfreeze_stages: 2"
+                )
+        elif self.unfreeze_stages:
+            raise ConfigError(
+                f"config key '{where}.unfreeze_stages': got {self.unfreeze_stages!r} with "
+                f"strategy {strategy!r}; it only applies to strategy 'partial'. How to fix: "
+                "remove it, or set strategy: partial"
+            )
+        if self.unfreeze_every < 0 or any(s < 0 for s in self.unfreeze_at):
+            raise ConfigError(
+                f"config key '{where}.unfreeze_every / unfreeze_at': got "
+                f"{self.unfreeze_every!r} / {list(self.unfreeze_at)!r}; expected steps of 0 "
+                "or more"
+            )
+        scheduled = bool(self.unfreeze_every) + bool(self.unfreeze_at)
+        if strategy == "gradual":
+            if scheduled != 1:
+                raise ConfigError(
+                    f"config key '{where}.unfreeze_every / unfreeze_at': got "
+                    f"{self.unfreeze_every!r} / {list(self.unfreeze_at)!r}; strategy "
+                    "'gradual' needs exactly one schedule. How to fix: set either "
+                    "unfreeze_every: 50 (a stage every 50 steps, deepest first) or "
+                    "unfreeze_at: [50, 100, 150] (the step of each stage, deepest first)"
+                )
+            if list(self.unfreeze_at) != sorted(self.unfreeze_at):
+                raise ConfigError(
+                    f"config key '{where}.unfreeze_at': got {list(self.unfreeze_at)!r}; "
+                    "expected steps in increasing order (deepest stage first). How to fix: "
+                    f"use {sorted(self.unfreeze_at)!r}"
+                )
+        elif scheduled:
+            raise ConfigError(
+                f"config key '{where}.unfreeze_every / unfreeze_at': set with strategy "
+                f"{strategy!r}; they only apply to strategy 'gradual'. How to fix: remove "
+                "them, or set strategy: gradual"
+            )
 
 
 @dataclass(frozen=True)
@@ -101,13 +211,17 @@ class PretrainConfig:
 
     Attributes:
         source: the labelled source set (case sheet, MSD folder) to pretrain on.
-        checkpoint: a weights file to use instead of running the pretrain stage.
+        checkpoint: a weights file (or MONAI bundle folder) to use instead of running the
+            pretrain stage.
+        format: the checkpoint's format (``auto`` detects it), see
+            :data:`medtl.models.weights.FORMATS`.
         min_loaded_fraction: refuse a checkpoint that initialises less of the encoder.
         steps, batch_size, lr, val_every, patch_size: the pretraining schedule.
     """
 
     source: str | None = None
     checkpoint: str | None = None
+    format: str = "auto"
     min_loaded_fraction: float = 0.9
     steps: int = 400
     batch_size: int = 2

@@ -68,6 +68,14 @@ def pretrain_source():
     return source
 
 
+def ssl_manifests():
+    """The image sets self-supervised pretraining learns from: the target, and the source."""
+    manifests = ["results/ingest/manifest.tsv"]
+    if config["pretrain_ssl"]["use_source"] and (DEMO or config["pretrain"]["source"]):
+        manifests.append("results/pretrain/source/manifest.tsv")
+    return manifests
+
+
 def pretrained_checkpoint():
     """The weights file arms with init: pretrained start from."""
     return config["pretrain"]["checkpoint"] or "results/pretrain/checkpoint.pt"
@@ -88,12 +96,19 @@ def preprocessed(wildcards=None):
     return expand("results/preprocess/cases/{case}.npz", case=labelled_cases())
 
 
-def uses_pretrained(arm):
-    return config["arms"][arm]["init"] == "pretrained"
+def arm_weights(arm):
+    """The weights file an arm starts from, or None for a random start."""
+    init = config["arms"][arm]["init"]
+    if init == "pretrained":
+        return pretrained_checkpoint()
+    if init == "ssl":
+        return "results/pretrain_ssl/checkpoint.pt"
+    return None
 
 
 def pretrained_input(wildcards):
-    return [pretrained_checkpoint()] if uses_pretrained(wildcards.arm) else []
+    weights = arm_weights(wildcards.arm)
+    return [weights] if weights else []
 
 
 def train_settings(wildcards):
@@ -107,16 +122,18 @@ def train_settings(wildcards):
             "device": config["device"],
             "classes": config["classes"],
             "min_loaded_fraction": config["pretrain"]["min_loaded_fraction"],
+            "weights_format": (
+                config["pretrain"]["format"]
+                if config["pretrain"]["checkpoint"]
+                else "medtl"
+            ),
         }
     )
 
 
 def pretrained_flag(wildcards):
-    return (
-        f"--pretrained {pretrained_checkpoint()}"
-        if uses_pretrained(wildcards.arm)
-        else ""
-    )
+    weights = arm_weights(wildcards.arm)
+    return f"--pretrained {weights}" if weights else ""
 
 
 def parent(path):

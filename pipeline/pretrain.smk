@@ -34,3 +34,37 @@ rule pretrain:
         "medtl pretrain --manifest {input.manifest} --plan {input.plan} "
         "--out {params.out} --settings {params.settings:q} --threads {threads} "
         "> {log} 2>&1"
+
+
+rule pretrain_ssl:
+    input:
+        manifests=ssl_manifests(),
+        plan="results/preprocess/plan.json",
+    output:
+        checkpoint="results/pretrain_ssl/checkpoint.pt",
+        curves="results/pretrain_ssl/curves.csv",
+    log:
+        "logs/pretrain_ssl.log",
+    benchmark:
+        "results/benchmarks/pretrain_ssl.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: config["threads"]
+    resources:
+        **gpu_resources(),
+        mem_mb=8000,
+        runtime=240,
+    params:
+        out=lambda wc, output: parent(output.checkpoint),
+        manifests=lambda wc, input: " ".join(f"--manifest {m}" for m in input.manifests),
+        settings=as_json(
+            {
+                "model": config["model"],
+                "pretrain_ssl": config["pretrain_ssl"],
+                "seed": config["seed"],
+                "device": config["device"],
+            }
+        ),
+    shell:
+        "medtl pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
+        "--settings {params.settings:q} --threads {threads} > {log} 2>&1"

@@ -8,6 +8,7 @@ rule report:
         plan="results/preprocess/plan.json",
         folds="results/splits/folds.json",
         curves=expand("results/train/{arm}/fold{fold}/curves.csv", arm=ARMS, fold=FOLDS),
+        fractions=FRACTION_TARGETS,
     output:
         html="results/report/report.html",
         summary="results/report/summary.json",

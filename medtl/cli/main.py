@@ -316,6 +316,29 @@ def split(
 
 @app.command()
 @_guard
+def subset(
+    folds: Annotated[Path, typer.Option(help="folds.json from the split stage.")],
+    fold: Annotated[int, typer.Option(help="Fold index.")],
+    fraction: Annotated[float, typer.Option(help="Share of training patients, (0, 1].")],
+    out: Annotated[Path, typer.Option(help="The derived folds.json to write.")],
+    seed: Annotated[int, typer.Option(help="Permutation seed.")] = 0,
+) -> None:
+    """Write a folds file whose fold K trains on a nested, patient-grouped share of cases.
+
+    For label-fraction curves: the validation and held-out cases stay the same, and the
+    subsets are nested (25 % of the patients are among the 50 %).
+    """
+    from medtl.split.subsets import write_subset_folds
+
+    info = json.loads(write_subset_folds(folds, fold, fraction, seed, out).read_text())["subset"]
+    typer.echo(
+        f"subset fold {fold} at {fraction:g}: {info['train_cases']} of "
+        f"{info['full_train_cases']} training cases → {out}"
+    )
+
+
+@app.command()
+@_guard
 def pretrain(
     manifest: Annotated[Path, typer.Option(help="manifest.tsv of the ingested source set.")],
     plan_path: Annotated[Path, typer.Option("--plan", help="The target's plan.json.")],
@@ -347,6 +370,93 @@ def pretrain(
         f"pretrain: best validation Dice {summary['best_val_dice']:.3f} at step "
         f"{summary['best_step']} → {out}/checkpoint.pt"
     )
+
+
+@app.command("pretrain-ssl")
+@_guard
+def pretrain_ssl(
+    manifest: Annotated[
+        list[Path],
+        typer.Option(help="manifest.tsv of each ingested data set to learn from (repeatable)."),
+    ],
+    plan_path: Annotated[Path, typer.Option("--plan", help="The target's plan.json.")],
+    out: Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, curves.csv).")],
+    settings: Settings = "{}",
+    threads: Threads = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Self-supervised pretraining on all images, labelled or not → OUT/checkpoint.pt.
+
+    Masked-volume inpainting plus rotation prediction. Settings: {"model": {...},
+    "pretrain_ssl": {...}, "seed": N, "device": "auto"}.
+    """
+    from medtl.config import ModelConfig, load_json_arg, parse_section
+    from medtl.train.ssl import SSLConfig, pretrain_ssl_from_manifests
+
+    _threads(threads)
+    s = load_json_arg(settings, "--settings")
+    ssl = dict(s.get("pretrain_ssl") or {})
+    ssl.pop("use_source", None)
+    summary = pretrain_ssl_from_manifests(
+        list(manifest),
+        plan_path,
+        out,
+        parse_section(ModelConfig, s.get("model"), "model"),
+        parse_section(SSLConfig, ssl, "pretrain_ssl"),
+        int(s.get("seed", 0)),
+        str(s.get("device", "auto")),
+        progress=not quiet,
+    )
+    typer.echo(
+        f"pretrain-ssl: {summary['images']} images, inpainting loss "
+        f"{summary['first_inpaint_loss']:.3f} → {summary['final_inpaint_loss']:.3f} "
+        f"→ {out}/checkpoint.pt"
+    )
+
+
+@app.command("describe-model")
+@_guard
+def describe_model(
+    config: Annotated[
+        Path, typer.Option(help="Workflow config (YAML) naming the model and the arms.")
+    ] = Path("config/config.yaml"),
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 1,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(help="A weights file: show which stages it covers (no code runs)."),
+    ] = None,
+) -> None:
+    """Print the network as a table: stages, parameters, pretrained, frozen per arm.
+
+    The "understand the architecture" step before choosing a transfer strategy: one row
+    per encoder stage, the decoder and the head, with parameter counts, whether the
+    pretrained weights cover each stage, and whether each arm trains it.
+    """
+    import yaml
+
+    from medtl.config import ArmConfig, ModelConfig, parse_section, validate_config
+    from medtl.models.describe import describe_model as describe
+    from medtl.models.describe import format_table
+
+    cfg = yaml.safe_load(Path(config).read_text()) or {}
+    schema = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "config.schema.yaml"
+    if schema.is_file():
+        validate_config(cfg, schema)
+    model = parse_section(ModelConfig, cfg.get("model"), "model")
+    arms = {n: parse_section(ArmConfig, a, f"arms.{n}") for n, a in cfg.get("arms", {}).items()}
+    keys = None
+    if pretrained is not None:
+        from medtl.models.networks import get_architecture
+        from medtl.models.transfer import read_checkpoint
+
+        # Only the encoder is ever transferred: the decoder and head start fresh.
+        arch = get_architecture(model.name)
+        state, _ = read_checkpoint(pretrained)
+        keys = {k.removeprefix("module.") for k in state}
+        keys = {k for k in keys if arch.part_of(k) == "encoder"}
+    num_classes = 1 + max(int(k) for k in cfg.get("classes", {"1": "x"}))
+    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys)
+    typer.echo(format_table(table))
 
 
 @app.command()
@@ -460,6 +570,29 @@ def predict(
     typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv)")
 
 
+@app.command("export-bundle")
+@_guard
+def export_bundle(
+    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    arm: Annotated[str, typer.Option(help="The arm to export.")],
+    out: Annotated[Path, typer.Option(help="The bundle folder to write.")],
+    fold: Annotated[
+        int | None, typer.Option(help="Which fold's model (default 0; a bundle holds one).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle folder.")] = False,
+) -> None:
+    """Write a trained arm as a MONAI bundle (configs/, models/model.pt, docs/).
+
+    The bundle runs with MONAI alone (`python -m monai.bundle run --config_file
+    configs/inference.json --dataset_dir IN --output_dir OUT`), so the model moves into
+    MONAI Deploy or MONAI Label.
+    """
+    from medtl.export.bundle import export_bundle as write
+
+    folder = write(model, arm, out, fold=fold, overwrite=overwrite)
+    typer.echo(f"export-bundle: {arm} → {folder}")
+
+
 @app.command()
 @_guard
 def evaluate(
@@ -480,6 +613,41 @@ def evaluate(
         manifest, folds, predictions, arms.split(","), names, out, threads=threads
     )
     typer.echo(f"evaluate: {len(df)} rows → {out}")
+
+
+@app.command("evaluate-fractions")
+@_guard
+def evaluate_fractions(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
+    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    fractions_root: Annotated[Path, typer.Option(help="Folder results/fractions.")],
+    fractions: Annotated[str, typer.Option(help="Comma-separated shares, e.g. 0.25,0.5.")],
+    arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
+    out: Annotated[Path, typer.Option(help="label_fraction.csv to write.")],
+    full_metrics: Annotated[
+        Path | None, typer.Option(help="metrics.csv of the full-data arms (the 100 % point).")
+    ] = None,
+    classes: Classes = '{"1": "foreground"}',
+    threads: Threads = 1,
+) -> None:
+    """Dice and HD95 of every arm at every label fraction → label_fraction.csv."""
+    from medtl.config import load_json_arg
+    from medtl.split.subsets import evaluate_fractions as run
+
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    shares = [float(f) for f in fractions.split(",") if f.strip()]
+    df = run(
+        manifest,
+        folds,
+        fractions_root,
+        shares,
+        arms.split(","),
+        names,
+        out,
+        full_metrics=full_metrics,
+        threads=threads,
+    )
+    typer.echo(f"evaluate-fractions: {len(df)} rows → {out}")
 
 
 @app.command()

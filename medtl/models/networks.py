@@ -26,12 +26,15 @@ class Architecture:
         encoder_prefixes: parameter-name prefixes of the encoder.
         head_prefixes: parameter-name prefixes of the output head.
         patch_multiple: every patch side must be a multiple of this.
+        stem_keys: weights of the first layer, whose second axis is the input channels
+            (adapted when a checkpoint was trained with another number of channels).
     """
 
     build: Callable[[ModelConfig, int, int], nn.Module]
     encoder_prefixes: tuple[str, ...]
     head_prefixes: tuple[str, ...]
     patch_multiple: int
+    stem_keys: tuple[str, ...] = ()
 
     def part_of(self, name: str) -> str:
         """``"encoder"``, ``"head"`` or ``"decoder"`` for a parameter or buffer name."""
@@ -73,20 +76,87 @@ def _flexibleunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
     )
 
 
+#: Swin UNETR width when ``model.features`` is not given: the self-supervised weights'.
+SWINUNETR_FEATURE_SIZE = 48
+
+
+def _uses_default_features(cfg: ModelConfig) -> bool:
+    """Whether ``model.features`` was left at its (basicunet-shaped) default."""
+    return tuple(cfg.features) == ModelConfig().features
+
+
+def _swinunetr(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from monai.networks.nets import SwinUNETR
+
+    # model.features[0] is Swin UNETR's feature_size; the default features are basicunet's,
+    # so they mean "not given" here and the published self-supervised width (48) is used.
+    size = SWINUNETR_FEATURE_SIZE if _uses_default_features(cfg) else int(cfg.features[0])
+    if size <= 0 or size % 12:
+        raise ConfigError(
+            f"config key 'model.features': swinunetr takes its feature_size from "
+            f"model.features[0], got {size}; it must be a positive multiple of 12 (its "
+            "attention heads are 3, 6, 12, 24). How to fix: use e.g. features: [48] (the "
+            "published self-supervised weights) or [12] for a small network"
+        )
+    return SwinUNETR(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        feature_size=size,
+        drop_rate=cfg.dropout,
+        spatial_dims=3,
+    )
+
+
+def _plainconvunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from medtl.models.plainconv import NNUNET_FEATURES, PlainConvUNet
+
+    features = NNUNET_FEATURES if _uses_default_features(cfg) else tuple(cfg.features)
+    if not 2 <= len(features) <= 6 or min(features) <= 0:
+        raise ConfigError(
+            f"config key 'model.features': plainconvunet needs 2 to 6 positive stage widths, "
+            f"got {list(features)}; e.g. nnU-Net's 3d_fullres {list(NNUNET_FEATURES)}"
+        )
+    return PlainConvUNet(in_channels, out_channels, features=features, dropout=cfg.dropout)
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "basicunet": Architecture(
         build=_basicunet,
         encoder_prefixes=("conv_0.", "down_1.", "down_2.", "down_3.", "down_4."),
         head_prefixes=("final_conv.",),
         patch_multiple=16,
+        stem_keys=("conv_0.conv_0.conv.weight",),
     ),
     "flexibleunet": Architecture(
         build=_flexibleunet,
         encoder_prefixes=("encoder.",),
         head_prefixes=("segmentation_head.",),
         patch_multiple=32,
+        stem_keys=("encoder.conv1.weight",),
+    ),
+    # The self-supervised Swin UNETR weights cover the Swin transformer only, so that is
+    # the encoder; the convolutional encoder1-4 blocks train from scratch with the decoder.
+    "swinunetr": Architecture(
+        build=_swinunetr,
+        encoder_prefixes=("swinViT.",),
+        head_prefixes=("out.",),
+        patch_multiple=32,
+        stem_keys=("swinViT.patch_embed.proj.weight",),
+    ),
+    # Up to six stages, strides 1 then 2: 2**5 = 32 is a multiple of every stage count's need.
+    "plainconvunet": Architecture(
+        build=_plainconvunet,
+        encoder_prefixes=("encoder.",),
+        head_prefixes=("decoder.seg_layers.",),
+        patch_multiple=32,
+        stem_keys=("encoder.stages.0.0.convs.0.conv.weight",),
     ),
 }
+
+
+def architecture_name(arch: Architecture) -> str:
+    """The registry name of ``arch`` (``""`` for an unregistered one)."""
+    return next((name for name, a in ARCHITECTURES.items() if a is arch), "")
 
 
 def get_architecture(name: str) -> Architecture:

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
 #: Contour colour of the reference label in overlays.
 REFERENCE_COLOUR = "#ffd400"
@@ -174,6 +175,69 @@ def training_curves(curves: dict[str, dict[int, pd.DataFrame]], arms: list[str])
             ax.set_xlabel("step")
             ax.legend(fontsize=7, frameon=False)
             _style(ax)
+    return fig
+
+
+def label_fraction_curves(points: pd.DataFrame, arms: list[str]) -> Figure:
+    """Mean Dice with 95 % CI bars against labelled training cases, one line per arm.
+
+    Args:
+        points: per arm and fraction, columns ``arm, fraction, labelled_cases,
+            mean_dice, ci_low, ci_high`` (see ``build.label_fraction_points``).
+        arms: arms in display order (fixed colours); arms without points are skipped.
+
+    The x axis is logarithmic when the measured points span a factor of 4 or more,
+    else linear; its ticks are the measured numbers of labelled cases (with the
+    fraction). Arms are nudged sideways a little so that their bars do not overlap.
+    """
+    colours = arm_colours(arms)
+    fig = _figure(6.4, 4.0)
+    ax = fig.subplots()
+    xs = sorted(set(pd.to_numeric(points["labelled_cases"], errors="coerce").dropna()))
+    log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 4
+    span = (max(xs) - min(xs)) if len(xs) > 1 else 1.0
+    shown = [a for a in arms if (points["arm"] == a).any()]
+    for i, arm in enumerate(shown):
+        sel = points[points["arm"] == arm].sort_values("labelled_cases")
+        x = sel["labelled_cases"].to_numpy(dtype=float)
+        nudge = 0.03 * (i - (len(shown) - 1) / 2)
+        x = x * (1 + nudge) if log else x + nudge * span
+        y = sel["mean_dice"].to_numpy(dtype=float)
+        err = np.vstack(
+            [
+                np.clip(y - sel["ci_low"].to_numpy(dtype=float), 0, None),
+                np.clip(sel["ci_high"].to_numpy(dtype=float) - y, 0, None),
+            ]
+        )
+        ax.errorbar(
+            x,
+            y,
+            yerr=np.nan_to_num(err),
+            color=colours[arm],
+            marker="o",
+            ms=5,
+            lw=1.6,
+            capsize=3,
+            label=arm,
+        )
+    if log:
+        ax.set_xscale("log")
+    labels = []
+    for x in xs:
+        fracs = sorted(
+            set(points.loc[np.isclose(points["labelled_cases"], x), "fraction"].astype(float))
+        )
+        pct = "/".join(f"{100 * f:.0f}" for f in fracs)
+        labels.append(f"{x:.3g}\n({pct} %)")
+    ax.set_xticks(xs, labels)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("labelled training cases per fold (fraction of the fold's training cases)")
+    ax.set_ylabel("mean Dice over held-out cases (95 % CI)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Label-fraction curves", fontsize=10)
+    if shown:
+        ax.legend(fontsize=8, frameon=False, loc="best")
+    _style(ax)
     return fig
 
 

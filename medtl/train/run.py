@@ -23,15 +23,16 @@ from medtl.config import (
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.models.networks import build_network, get_architecture, torch_device
-from medtl.models.transfer import load_encoder
+from medtl.models.transfer import load_pretrained
 from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.provenance import write_run_record
 from medtl.split.folds import fold_cases, load_folds
 from medtl.train.data import load_training_cases
 from medtl.train.loop import RunSpec, train_run
+from medtl.train.strategies import StrategySpec
 
-ARM_INITS = ("random", "pretrained")
+ARM_INITS = ("random", "pretrained", "ssl")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ArmSettings:
     device: str
     classes: dict[str, str]
     min_loaded_fraction: float
+    weights_format: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArmSettings:
@@ -64,6 +66,7 @@ class ArmSettings:
             device=str(d.get("device", "auto")),
             classes={str(k): str(v) for k, v in d.get("classes", {"1": "foreground"}).items()},
             min_loaded_fraction=float(d.get("min_loaded_fraction", 0.9)),
+            weights_format=str(d.get("weights_format", "auto")),
         )
 
 
@@ -94,13 +97,14 @@ def train_arm(
     in_channels = int(train_items[0]["image"].shape[0])
     model = build_network(settings.model, in_channels, num_classes)
     report = None
-    if settings.arm.init == "pretrained":
+    if settings.arm.init in ("pretrained", "ssl"):
         if pretrained is None:
             raise ConfigError(
-                f"arm {arm_name!r} starts from pretrained weights but no checkpoint "
+                f"arm {arm_name!r} starts from {settings.arm.init} weights but no checkpoint "
                 "was given. How to fix: set pretrain.checkpoint or enable pretraining"
             )
-        report = load_encoder(model, arch, pretrained, settings.min_loaded_fraction)
+        fmt = settings.weights_format if settings.arm.init == "pretrained" else "medtl"
+        report = load_pretrained(model, arch, pretrained, fmt, settings.min_loaded_fraction)
         atomic_write_text(out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     spec = RunSpec(
         model=settings.model,
@@ -112,7 +116,8 @@ def train_arm(
         freeze_encoder=settings.arm.freeze_encoder,
         encoder_lr_scale=settings.arm.encoder_lr_scale,
         predict=settings.predict,
-        tags={"arm": arm_name, "fold": fold},
+        tags={"arm": arm_name, "fold": fold, "strategy": settings.arm.strategy},
+        strategy=StrategySpec.from_arm(settings.arm),
     )
     device = torch_device(settings.device)
     write_run_record(

@@ -25,15 +25,6 @@ OTHER = ModelConfig(features=(8, 8, 16, 16, 32, 8))
 ARCH = get_architecture("basicunet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny networks gain nothing from more, and lose a lot on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _net(cfg: ModelConfig = SMALL, out_channels: int = 2, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_network(cfg, 1, out_channels)
@@ -80,6 +71,7 @@ def test_unknown_architecture_lists_allowed() -> None:
         get_architecture("vnet")
     assert "'vnet'" in str(info.value)
     assert "basicunet" in str(info.value) and "flexibleunet" in str(info.value)
+    assert "swinunetr" in str(info.value) and "plainconvunet" in str(info.value)
 
 
 def test_check_patch_size_suggests_fix() -> None:
@@ -285,3 +277,80 @@ def test_check_patch_size_refuses_single_voxel_bottleneck() -> None:
     with pytest.raises(ConfigError, match="32"):
         check_patch_size(SMALL, (16, 16, 16))
     check_patch_size(SMALL, (16, 16, 32))
+
+
+# ------------------------------------------------------------------ swinunetr, plainconvunet
+
+
+def test_stem_keys_exist_in_every_architecture() -> None:
+    configs = {
+        "basicunet": SMALL,
+        "flexibleunet": ModelConfig(name="flexibleunet", backbone="resnet10"),
+        "swinunetr": ModelConfig(name="swinunetr", features=(12,)),
+        "plainconvunet": ModelConfig(name="plainconvunet", features=(4, 8)),
+    }
+    for name, cfg in configs.items():
+        arch = get_architecture(name)
+        state = build_network(cfg, 2, 3).state_dict()
+        assert arch.stem_keys, name
+        for key in arch.stem_keys:
+            assert arch.part_of(key) == "encoder", key
+            assert state[key].shape[1] == 2, key  # the axis that holds the input channels
+
+
+def test_swinunetr_encoder_is_the_swin_transformer() -> None:
+    arch = get_architecture("swinunetr")
+    net = build_network(ModelConfig(name="swinunetr", features=(12,)), 1, 3)
+    assert net.swinViT.patch_embed.proj.out_channels == 12
+    parts = {name.split(".")[0]: arch.part_of(name) for name, _ in net.named_parameters()}
+    assert parts["swinViT"] == "encoder" and parts["out"] == "head"
+    assert {k for k, v in parts.items() if v == "encoder"} == {"swinViT"}
+    assert parts["encoder1"] == "decoder"  # not covered by the self-supervised weights
+    counts = count_parameters(net, arch)
+    assert counts["encoder"] == 694_998 and counts["head"] == 3 * 12 + 3
+    check_patch_size(ModelConfig(name="swinunetr"), (64, 64, 32))
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        check_patch_size(ModelConfig(name="swinunetr"), (48, 64, 32))
+
+
+def test_swinunetr_feature_size_checked() -> None:
+    with pytest.raises(ConfigError, match=r"model.features.*got 16.*multiple of 12"):
+        build_network(ModelConfig(name="swinunetr", features=(16, 32)), 1, 2)
+
+
+def test_swinunetr_forward() -> None:
+    pytest.importorskip("einops")  # MONAI's Swin transformer rearranges with einops
+    # 64 voxels a side: SwinUNETR instance-normalises its 1/32-scale features (2 voxels).
+    net = build_network(ModelConfig(name="swinunetr", features=(12,)), 1, 2).eval()
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 2, 64, 64, 64)
+
+
+def test_plainconvunet_mirrors_nnunet_names() -> None:
+    arch = get_architecture("plainconvunet")
+    net = build_network(ModelConfig(name="plainconvunet", features=(4, 8, 16)), 1, 3).eval()
+    state = net.state_dict()
+    assert "encoder.stages.0.0.convs.0.conv.weight" in state
+    assert "encoder.stages.2.0.convs.1.norm.bias" in state
+    assert "decoder.transpconvs.0.weight" in state and "decoder.stages.1.convs.1.conv.bias" in state
+    assert [k for k in state if k.startswith("decoder.seg_layers.")] == [
+        "decoder.seg_layers.1.weight",
+        "decoder.seg_layers.1.bias",
+    ]
+    assert not any("all_modules" in k or k.startswith("decoder.encoder.") for k in state)
+    assert state["encoder.stages.1.0.convs.0.conv.weight"].shape == (8, 4, 3, 3, 3)
+    assert net.encoder.stages[1][0].convs[0].conv.stride == (2, 2, 2)
+    assert net.encoder.stages[0][0].convs[0].conv.stride == (1, 1, 1)
+    for name, _ in net.named_parameters():
+        part = arch.part_of(name)
+        assert (part == "encoder") == name.startswith("encoder.")
+        assert (part == "head") == name.startswith("decoder.seg_layers.")
+    with torch.no_grad():
+        assert net(torch.zeros(1, 1, 16, 16, 8)).shape == (1, 3, 16, 16, 8)
+
+
+def test_plainconvunet_features_checked() -> None:
+    with pytest.raises(ConfigError, match="2 to 6 positive stage widths"):
+        build_network(ModelConfig(name="plainconvunet", features=(4,)), 1, 2)
+    with pytest.raises(ConfigError, match="2 to 6"):
+        build_network(ModelConfig(name="plainconvunet", features=(4,) * 7), 1, 2)

@@ -25,15 +25,6 @@ CPU = torch.device("cpu")
 ARCH = get_architecture("basicunet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: tiny networks gain nothing from more, and lose a lot on a busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _item(seed: int, shape: tuple[int, int, int] = SHAPE) -> dict:
     """A case as load_training_cases returns it: a bright box on noise."""
     rng = np.random.default_rng(seed)

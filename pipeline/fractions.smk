@@ -1,0 +1,139 @@
+# Label-fraction curves (optional, config key label_fractions): every arm is trained
+# again on nested, patient-grouped shares of each fold's training cases and evaluated
+# on the same held-out cases; the 100 % point is the normal run's metrics.csv.
+from medtl.split.subsets import folder_fraction, fraction_folders
+
+# Whole percent (folder frac<pct>) → fraction, for the configured fractions below 1.
+LABEL_FRACTIONS = fraction_folders(config.get("label_fractions"))
+FRACTION_PCTS = list(LABEL_FRACTIONS)
+
+
+wildcard_constraints:
+    pct=r"\d+",
+
+
+rule subset_folds:
+    input:
+        folds="results/splits/folds.json",
+    output:
+        "results/fractions/frac{pct}/fold{fold}/folds.json",
+    log:
+        "logs/fractions/subset/frac{pct}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/subset_folds/frac{pct}_fold{fold}.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        fraction=lambda wc: folder_fraction(LABEL_FRACTIONS, wc.pct),
+        seed=config["splits"]["seed"],
+    shell:
+        "medtl subset --folds {input.folds} --fold {wildcards.fold} "
+        "--fraction {params.fraction} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule train_fraction:
+    input:
+        folds="results/fractions/frac{pct}/fold{fold}/folds.json",
+        cases=preprocessed,
+        pretrained=pretrained_input,
+    output:
+        model="results/fractions/frac{pct}/train/{arm}/fold{fold}/best.pt",
+        curves="results/fractions/frac{pct}/train/{arm}/fold{fold}/curves.csv",
+    log:
+        "logs/fractions/train/frac{pct}_{arm}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/train_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: config["threads"]
+    resources:
+        **gpu_resources(),
+        mem_mb=8000,
+        runtime=240,
+    params:
+        settings=train_settings,
+        pretrained=pretrained_flag,
+        out=lambda wc, output: parent(output.model),
+        cases=lambda wc, input: parent(input.cases[0]),
+    shell:
+        "medtl train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
+        "{params.pretrained} --threads {threads} > {log} 2>&1"
+
+
+rule predict_fraction:
+    input:
+        model="results/fractions/frac{pct}/train/{arm}/fold{fold}/best.pt",
+        folds="results/fractions/frac{pct}/fold{fold}/folds.json",
+        cases=preprocessed,
+    output:
+        directory("results/fractions/frac{pct}/predictions/{arm}/fold{fold}"),
+    log:
+        "logs/fractions/predict/frac{pct}_{arm}_fold{fold}.log",
+    benchmark:
+        "results/benchmarks/predict_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: config["threads"]
+    resources:
+        **gpu_resources(),
+        mem_mb=8000,
+        runtime=60,
+    params:
+        settings=as_json(config["predict"]),
+        run=lambda wc, input: parent(input.model),
+        cases=lambda wc, input: parent(input.cases[0]),
+        device=config["device"],
+    shell:
+        "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "--cases {params.cases} --out {output} --settings {params.settings:q} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate_fractions:
+    input:
+        manifest="results/ingest/manifest.tsv",
+        folds="results/splits/folds.json",
+        full="results/evaluation/metrics.csv",
+        subsets=expand(
+            "results/fractions/frac{pct}/fold{fold}/folds.json",
+            pct=FRACTION_PCTS,
+            fold=FOLDS,
+        ),
+        predictions=expand(
+            "results/fractions/frac{pct}/predictions/{arm}/fold{fold}",
+            pct=FRACTION_PCTS,
+            arm=ARMS,
+            fold=FOLDS,
+        ),
+    output:
+        "results/evaluation/label_fraction.csv",
+    log:
+        "logs/evaluate_fractions.log",
+    benchmark:
+        "results/benchmarks/evaluate_fractions.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        # The folder holding frac<pct>/: three levels above a subset folds file.
+        root=lambda wc, input: (
+            parent(parent(parent(input.subsets[0]))) if input.subsets else "."
+        ),
+        fractions=",".join(str(f) for f in LABEL_FRACTIONS.values()),
+        arms=",".join(ARMS),
+        classes=as_json(config["classes"]),
+    shell:
+        "medtl evaluate-fractions --manifest {input.manifest} --folds {input.folds} "
+        "--fractions-root {params.root} --full-metrics {input.full} "
+        "--fractions {params.fractions:q} --arms {params.arms} --classes {params.classes:q} "
+        "--out {output} --threads {threads} > {log} 2>&1"
+
+
+# What `rule all` and the report ask for: the label-fraction table, when configured.
+FRACTION_TARGETS = list(rules.evaluate_fractions.output) if LABEL_FRACTIONS else []

@@ -1,0 +1,84 @@
+"""Tests for the per-stage model description (medtl.models.describe)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medtl.config import ArmConfig, ModelConfig
+from medtl.models.describe import describe_model, format_table, trainable_at_start
+from medtl.models.networks import build_network, count_parameters, get_architecture
+from medtl.train.strategies import StageSchedule, StrategySpec
+
+MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
+ARCH = get_architecture("basicunet")
+ARMS = {
+    "scratch": ArmConfig(init="random"),
+    "frozen": ArmConfig(init="pretrained", freeze_encoder=True),
+    "finetune": ArmConfig(init="pretrained", encoder_lr_scale=0.2),
+    "partial": ArmConfig(init="pretrained", strategy="partial", unfreeze_stages=2),
+    "gradual": ArmConfig(init="pretrained", strategy="gradual", unfreeze_every=50),
+    "listed": ArmConfig(init="pretrained", strategy="gradual", unfreeze_at=(0, 30)),
+}
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    return build_network(MODEL, 1, 2)
+
+
+def test_rows_and_totals_match_the_model(net: torch.nn.Module) -> None:
+    df = describe_model(MODEL, 1, 2, ARMS)
+    stages = ["conv_0", "down_1", "down_2", "down_3", "down_4", "decoder", "head"]
+    assert list(df["stage"]) == stages
+    assert list(df["part"]) == ["encoder"] * 5 + ["decoder", "head"]
+    assert "pretrained" not in df.columns
+    assert int(df["parameters"].sum()) == sum(p.numel() for p in net.parameters())
+    by_part = df.groupby("part")["parameters"].sum().to_dict()
+    assert by_part == count_parameters(net, ARCH)
+    for stage in ("conv_0", "down_4"):
+        n = sum(p.numel() for k, p in net.named_parameters() if k.startswith(stage + "."))
+        assert int(df.loc[df["stage"] == stage, "parameters"].iloc[0]) == n
+
+
+def test_arm_columns_match_the_strategies(net: torch.nn.Module) -> None:
+    df = describe_model(MODEL, 1, 2, ARMS)
+    enc = df["part"] == "encoder"
+    assert set(df.loc[~enc, list(ARMS)].to_numpy().ravel()) == {"trainable"}
+    assert list(df.loc[enc, "scratch"]) == ["trainable"] * 5
+    assert list(df.loc[enc, "finetune"]) == ["trainable"] * 5
+    assert list(df.loc[enc, "frozen"]) == ["frozen"] * 5
+    assert list(df.loc[enc, "partial"]) == ["frozen"] * 3 + ["trainable"] * 2
+    steps = (250, 200, 150, 100, 50)  # every 50 steps, deepest stage first
+    assert list(df.loc[enc, "gradual"]) == [f"unfrozen at step {s}" for s in steps]
+    assert list(df.loc[enc, "listed"]) == ["frozen"] * 3 + ["unfrozen at step 30", "trainable"]
+    for name, arm in ARMS.items():  # the same count as the training loop's schedule
+        schedule = StageSchedule(net, ARCH, StrategySpec.from_arm(arm))
+        assert trainable_at_start(df, name) == schedule.trainable_parameters(0), name
+
+
+def test_pretrained_coverage(net: torch.nn.Module) -> None:
+    encoder = {k for k in net.state_dict() if ARCH.part_of(k) == "encoder"}
+    df = describe_model(MODEL, 1, 2, {}, pretrained_keys=encoder)
+    assert list(df["pretrained"]) == ["yes"] * 5 + ["no", "no"]
+    some = {k for k in encoder if k.startswith("conv_0.")}
+    some.remove(sorted(some)[0])
+    df = describe_model(MODEL, 1, 2, {}, pretrained_keys=some)
+    assert df["pretrained"].iloc[0] == f"partly ({len(some)}/{len(some) + 1} tensors)"
+    assert df["pretrained"].iloc[1] == "no"
+
+
+def test_format_table(net: torch.nn.Module) -> None:
+    df = describe_model(MODEL, 1, 2, {"frozen": ARMS["frozen"], "scratch": ARMS["scratch"]})
+    lines = format_table(df).splitlines()
+    assert len(lines) == len(df) + 4  # header, rule, rows, rule, total
+    assert lines[0].split() == ["part", "stage", "parameters", "frozen", "scratch"]
+    total = sum(p.numel() for p in net.parameters())
+    assert lines[-1].startswith("total") and f"{total:,}" in lines[-1]
+    assert f"{total:,} trainable" in lines[-1]  # scratch trains everything
+    assert f"{trainable_at_start(df, 'frozen'):,} trainable" in lines[-1]
+
+
+def test_arm_named_like_a_column_is_refused() -> None:
+    with pytest.raises(ValueError, match="rename"):
+        describe_model(MODEL, 1, 2, {"parameters": ArmConfig()})
