@@ -138,6 +138,7 @@ class Inputs:
     plan: dict | None = None
     curves: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)
     load_reports: list[dict] = field(default_factory=list)
+    run_summaries: list[dict] = field(default_factory=list)
     benchmarks: pd.DataFrame | None = None
     label_fraction: pd.DataFrame | None = None
 
@@ -188,6 +189,54 @@ def _read_load_reports(results: Path, arms: list[str], folds: dict) -> list[dict
     return out
 
 
+def _read_run_summaries(results: Path, arms: list[str], folds: dict) -> list[dict]:
+    """Each training run's summary.json (strategy, trainable parameters, early stop)."""
+    out = []
+    for arm in arms:
+        for fold in folds["folds"]:
+            k = int(fold["fold"])
+            path = results / "train" / arm / f"fold{k}" / "summary.json"
+            if path.is_file():
+                out.append({"arm": arm, "fold": k, **json.loads(path.read_text())})
+    return out
+
+
+def _trainable_table(summaries: list[dict], arms: list[str]) -> dict | None:
+    """Per arm: strategy, trainable parameters at the start and at most, steps run."""
+    rows = []
+    for arm in arms:
+        runs = [r for r in summaries if r["arm"] == arm]
+        if not runs:
+            continue
+        first = runs[0]
+        trainable = first.get("trainable_parameters") or {}
+        total = sum((first.get("parameters") or {}).values())
+        stopped = sum(bool(r.get("stopped_early")) for r in runs)
+        rows.append(
+            [
+                arm,
+                first.get("strategy", "–"),
+                f"{trainable.get('start', 0):,}" if trainable else "–",
+                f"{trainable.get('max', 0):,}" if trainable else "–",
+                f"{total:,}" if total else "–",
+                f"{np.mean([r.get('steps', 0) for r in runs]):.0f}",
+                f"{stopped} of {len(runs)}",
+            ]
+        )
+    if not rows:
+        return None
+    cols = [
+        "arm",
+        "strategy",
+        "trainable at start",
+        "trainable at most",
+        "all parameters",
+        "steps (mean)",
+        "stopped early",
+    ]
+    return _table(cols, rows, numeric_from=2)
+
+
 def _read_benchmarks(results: Path) -> pd.DataFrame | None:
     root = results / "benchmarks"
     if not root.is_dir():
@@ -233,6 +282,7 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
         inputs.plan = json.loads(plan.read_text())
     inputs.curves = _read_curves(results, arms, folds)
     inputs.load_reports = _read_load_reports(results, arms, folds)
+    inputs.run_summaries = _read_run_summaries(results, arms, folds)
     inputs.benchmarks = _read_benchmarks(results)
     inputs.label_fraction = _read_label_fraction(results / "evaluation" / "label_fraction.csv")
     return inputs
@@ -808,6 +858,7 @@ def build_report(
         "comparison_table": _comparison_table(comparisons) if comparisons else None,
         "figures": figure_uris,
         "load_reports": _load_report_table(inputs.load_reports),
+        "trainable": _trainable_table(inputs.run_summaries, arms),
         "overlay_cases": [c.case for c in overlay_cases],
         "overlay_basis": overlay_basis,
         "overlay_problems": overlay_problems,

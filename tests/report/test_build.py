@@ -108,6 +108,14 @@ def results(tmp_path, monkeypatch) -> Path:
                     "elapsed_s": steps * 0.1,
                 }
             ).to_csv(run / "curves.csv", index=False)
+            summary = {
+                "steps": 100,
+                "strategy": "finetune" if arm == "finetune" else "scratch",
+                "trainable_parameters": {"start": 12345, "max": 12345},
+                "parameters": {"encoder": 10000, "decoder": 2000, "head": 345},
+                "stopped_early": False,
+            }
+            (run / "summary.json").write_text(json.dumps(summary))
             if arm == "finetune":
                 report = {
                     "source": "pretrain/model.pt",
@@ -164,6 +172,8 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
     assert "Best mean Dice: <strong>finetune</strong>" in html
     for text in ("no pixel data", "target_spacing", "1.5 × 1.5 × 3", "0.950", "Runtime", "torch"):
         assert text in html
+    # What each arm trained: strategy and trainable parameters from the runs' summaries.
+    assert "What each arm trained" in html and "12,345" in html
     for name in (
         "dice_boxplot",
         "hd95_boxplot",
