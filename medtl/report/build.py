@@ -178,24 +178,13 @@ def _read_curves(results: Path, arms: list[str], folds: dict) -> dict[str, dict[
     return out
 
 
-def _read_load_reports(results: Path, arms: list[str], folds: dict) -> list[dict]:
+def _read_run_files(results: Path, arms: list[str], folds: dict, name: str) -> list[dict]:
+    """A JSON file of every training run (``train/<arm>/fold<k>/<name>``) that exists."""
     out = []
     for arm in arms:
         for fold in folds["folds"]:
             k = int(fold["fold"])
-            path = results / "train" / arm / f"fold{k}" / "load_report.json"
-            if path.is_file():
-                out.append({"arm": arm, "fold": k, **json.loads(path.read_text())})
-    return out
-
-
-def _read_run_summaries(results: Path, arms: list[str], folds: dict) -> list[dict]:
-    """Each training run's summary.json (strategy, trainable parameters, early stop)."""
-    out = []
-    for arm in arms:
-        for fold in folds["folds"]:
-            k = int(fold["fold"])
-            path = results / "train" / arm / f"fold{k}" / "summary.json"
+            path = results / "train" / arm / f"fold{k}" / name
             if path.is_file():
                 out.append({"arm": arm, "fold": k, **json.loads(path.read_text())})
     return out
@@ -281,8 +270,8 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
     if plan.is_file():
         inputs.plan = json.loads(plan.read_text())
     inputs.curves = _read_curves(results, arms, folds)
-    inputs.load_reports = _read_load_reports(results, arms, folds)
-    inputs.run_summaries = _read_run_summaries(results, arms, folds)
+    inputs.load_reports = _read_run_files(results, arms, folds, "load_report.json")
+    inputs.run_summaries = _read_run_files(results, arms, folds, "summary.json")
     inputs.benchmarks = _read_benchmarks(results)
     inputs.label_fraction = _read_label_fraction(results / "evaluation" / "label_fraction.csv")
     return inputs
