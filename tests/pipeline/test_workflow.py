@@ -61,9 +61,10 @@ def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
     # Before the ingest checkpoint has run, the DAG reaches up to it and the rules that
     # do not depend on the case list.
     assert {"demo_data", "ingest", "ingest_source", "plan", "pretrain", "split"} <= set(rules)
+    assert rules["pretrain_ssl"] == 1
     assert rules["evaluate"] == 1 and rules["report"] == 1
-    # 3 arms x 3 folds in the demo config.
-    assert rules["train"] == 9 and rules["predict_fold"] == 9
+    # 4 arms x 3 folds in the demo config.
+    assert rules["train"] == 12 and rules["predict_fold"] == 12
 
 
 def test_bad_config_names_key_value_and_allowed(tmp_path: Path) -> None:
