@@ -121,6 +121,7 @@ def test_old_arm_keys_keep_their_meaning() -> None:
         "scratch": "scratch",
         "frozen": "frozen",
         "finetune": "finetune",
+        "ssl_finetune": "finetune",  # init: ssl, all layers at the full learning rate
         "p": "partial",
     }
     assert filled["p"]["freeze_encoder"] is False and filled["p"]["unfreeze_at"] == []
