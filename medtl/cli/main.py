@@ -187,12 +187,11 @@ def export_nnunet(
     So the same cases can be trained with nnU-Net: `imagesTr/<case>_0000.nii.gz` per
     channel, `labelsTr/`, unlabelled cases in `imagesTs/`, and a v2 `dataset.json`.
     """
-    import pandas as pd
-
     from medtl.config import load_json_arg
+    from medtl.io.ingest import read_manifest
     from medtl.io.nnunet import export_nnunet as write
 
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = read_manifest(manifest)
     if channel_names:
         channels = {int(k): v for k, v in load_json_arg(channel_names, "--channel-names").items()}
     else:
@@ -247,14 +246,13 @@ def plan(
     ] = '{"1": "foreground"}',
 ) -> None:
     """Compute the preprocessing plan from the data set's fingerprint."""
-    import pandas as pd
-
     from medtl.config import PreprocessConfig, load_json_arg, parse_section
+    from medtl.io.ingest import read_manifest
     from medtl.preprocess.plan import make_plan
 
     cfg = parse_section(PreprocessConfig, load_json_arg(settings, "--settings"), "preprocess")
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = read_manifest(manifest)
     p = make_plan(df, cfg, names)
     p.save(out)
     typer.echo(
@@ -272,13 +270,12 @@ def preprocess(
     out: Annotated[Path, typer.Option(help="The .npz file to write.")],
 ) -> None:
     """Reorient, crop, resample and normalise one case with the plan (cached as .npz)."""
-    import pandas as pd
-
     from medtl.io.errors import InputError
+    from medtl.io.ingest import read_manifest
     from medtl.preprocess.case import preprocess_files, save_case
     from medtl.preprocess.plan import Plan
 
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = read_manifest(manifest)
     rows = df[df["case_id"] == case]
     if rows.empty:
         raise InputError(manifest, f"case {case!r} not in the manifest", "rerun ingest")
@@ -303,11 +300,10 @@ def split(
     ] = 0.2,
 ) -> None:
     """Split the labelled cases into K folds grouped by patient."""
-    import pandas as pd
-
+    from medtl.io.ingest import read_manifest
     from medtl.split.folds import make_folds, save_folds
 
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = read_manifest(manifest)
     f = make_folds(df, folds, seed, val_fraction)
     save_folds(f, out)
     sizes = ", ".join(f"fold {x['fold']}: {len(x['test'])} held out" for x in f["folds"])

@@ -28,6 +28,7 @@ from monai.metrics import compute_hausdorff_distance
 
 from medtl.io.errors import MedtlError
 from medtl.io.files import atomic_write_text
+from medtl.io.ingest import read_manifest
 
 #: Columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = ["arm", "fold", "case", "class", "dice", "hd95"]
@@ -199,27 +200,6 @@ def _evaluate_task(task: _Task, classes: dict[int, str]) -> list[dict]:
     check_same_grid(task.pred, task.ref, pred_img, ref_img)
     rows = case_metrics(pred_img[0], ref_img[0], _spacing(ref_img[1]), classes)
     return [{"arm": task.arm, "fold": task.fold, "case": task.case, **row} for row in rows]
-
-
-def read_manifest(manifest: Path) -> pd.DataFrame:
-    """Read ``manifest.tsv`` with every column as text (empty label = no label).
-
-    Raises:
-        EvaluationError: if the file is missing or lacks ``case_id``/``image``/``label``.
-    """
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise EvaluationError(
-            f"manifest not found: expected {manifest}. How to fix: run the ingest stage first."
-        )
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
-    missing = {"case_id", "image", "label"} - set(df.columns)
-    if missing:
-        raise EvaluationError(
-            f"{manifest}: expected columns case_id, image, label; missing {sorted(missing)}. "
-            "How to fix: regenerate it with the ingest stage."
-        )
-    return df
 
 
 def read_folds(folds: Path) -> dict:

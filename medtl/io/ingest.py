@@ -265,14 +265,12 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
     else:
         volume = _read_nifti_image(source)
     label, label_source = None, ""
-    if not options.labels:
-        pass
-    elif source.label_object is not None:
+    if options.labels and source.label_object is not None:
         obj = source.label_object
         label, notes = _read_dicom_label(obj.path, obj.kind, volume, series, options)
         set_aside += notes
         label_source = obj.kind
-    elif source.label is not None:
+    elif options.labels and source.label is not None:
         kind = None if is_nifti(source.label) else _dicom_label_kind(source.label)
         if kind is None:
             label, label_source = _read_nifti_label(source.label, volume), "NIfTI"
@@ -293,6 +291,29 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
         series_uid=volume.source_uids.get("SeriesInstanceUID", ""),
         set_aside=set_aside,
     )
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read a ``manifest.tsv`` written by :func:`ingest`, every column as text.
+
+    An empty ``label`` means an unlabelled case.
+
+    Raises:
+        InputError: the file is missing, or lacks the ``case_id``, ``image`` or ``label``
+            column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "manifest not found", "run the ingest stage first")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    missing = {"case_id", "image", "label"} - set(df.columns)
+    if missing:
+        raise InputError(
+            path,
+            f"expected columns case_id, image, label; missing {sorted(missing)}",
+            "regenerate it with the ingest stage",
+        )
+    return df
 
 
 def _relative(path: str, root: Path | None) -> str:
@@ -470,4 +491,11 @@ def ingest_path(
     return manifest, rejected
 
 
-__all__ = ["CaseSource", "IngestOptions", "find_sources", "ingest", "ingest_path"]
+__all__ = [
+    "CaseSource",
+    "IngestOptions",
+    "find_sources",
+    "ingest",
+    "ingest_path",
+    "read_manifest",
+]

@@ -35,6 +35,7 @@ from medtl.evaluate.stats import (
 )
 from medtl.io.errors import MedtlError
 from medtl.io.files import atomic_write_bytes
+from medtl.io.ingest import read_manifest
 from medtl.report import figures as F
 
 #: Packages whose versions are listed under provenance.
@@ -254,7 +255,7 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
     results = Path(results)
     manifest_path = _require(results / "ingest" / "manifest.tsv", "manifest", "ingest")
     folds_path = _require(results / "splits" / "folds.json", "folds file", "split")
-    manifest = pd.read_csv(manifest_path, sep="\t", dtype=str, keep_default_na=False)
+    manifest = read_manifest(manifest_path)
     folds = json.loads(folds_path.read_text())
     if not isinstance(folds.get("folds"), list):
         raise ReportError(

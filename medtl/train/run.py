@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from medtl.config import (
@@ -22,6 +21,7 @@ from medtl.config import (
 )
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
+from medtl.io.ingest import read_manifest
 from medtl.models.networks import build_network, get_architecture, torch_device
 from medtl.models.transfer import load_pretrained
 from medtl.preprocess.case import preprocess_files
@@ -163,7 +163,7 @@ def pretrain(
     medtl checkpoint whose encoder the arms load) with curves and provenance.
     """
     out = Path(out)
-    df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    df = read_manifest(manifest)
     df = df[df["label"] != ""]
     if len(df) < 2:
         raise InputError(

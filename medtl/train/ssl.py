@@ -285,8 +285,7 @@ def pretrain_ssl_from_manifests(
     Images are preprocessed in memory with the target's plan (labels are not read), so
     the encoder sees the grid and intensity scale the arms will use.
     """
-    import pandas as pd
-
+    from medtl.io.ingest import read_manifest
     from medtl.models.networks import torch_device
     from medtl.preprocess.case import preprocess_files
     from medtl.preprocess.plan import Plan
@@ -295,7 +294,7 @@ def pretrain_ssl_from_manifests(
     plan = Plan.load(plan_path)
     images = []
     for manifest in manifests:
-        df = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+        df = read_manifest(manifest)
         for row in tqdm(
             list(df.itertuples()),
             desc=f"ssl data {Path(manifest).parent.name}",
