@@ -247,11 +247,90 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Sliding-window inference."""
+    """Sliding-window inference.
+
+    Attributes:
+        overlap: overlap of neighbouring windows (0 to <1).
+        sw_batch_size: windows run through the network at once.
+        mode: blending of overlapping windows, ``gaussian`` or ``constant``.
+        tta: test-time augmentation: also predict the 7 mirrored copies of the case (every
+            combination of flips along the three axes) and average the probabilities.
+    """
 
     overlap: float = 0.5
     sw_batch_size: int = 4
     mode: str = "gaussian"
+    tta: bool = False
+
+
+#: Conventions for the Dice of an empty reference and an empty prediction.
+EMPTY_DICE = ("one", "nan")
+
+#: Post-processing candidates tried on the cross-validation predictions.
+POSTPROCESS_CANDIDATES = ("largest", "min_volume")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How predictions are scored against the reference labels.
+
+    Attributes:
+        nsd_tolerance_mm: tolerance of the normalised surface Dice, in mm, for every class
+            not named in ``nsd_tolerance_by_class``.
+        nsd_tolerance_by_class: per class name, its own tolerance in mm.
+        empty_dice: Dice (and IoU, NSD) when reference and prediction are both empty:
+            ``one`` (a perfect empty answer) or ``nan`` (left out of the means).
+        bootstrap: resamples of the bootstrap confidence intervals.
+    """
+
+    nsd_tolerance_mm: float = 2.0
+    nsd_tolerance_by_class: dict[str, float] = field(default_factory=dict)
+    empty_dice: str = "one"
+    bootstrap: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.empty_dice not in EMPTY_DICE:
+            raise ConfigError(
+                f"config key 'evaluate.empty_dice': got {self.empty_dice!r}; expected one of "
+                f"{', '.join(EMPTY_DICE)}"
+            )
+        bad = {k: v for k, v in self.nsd_tolerance_by_class.items() if not v > 0}
+        if not self.nsd_tolerance_mm > 0 or bad:
+            raise ConfigError(
+                "config key 'evaluate.nsd_tolerance_mm': expected tolerances > 0 mm, got "
+                f"{self.nsd_tolerance_mm!r} and per class {bad or '{}'}"
+            )
+
+    def tolerance(self, class_name: str) -> float:
+        """The NSD tolerance of one class, in mm."""
+        return float(self.nsd_tolerance_by_class.get(class_name, self.nsd_tolerance_mm))
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Post-processing chosen on cross-validation, per arm and class (as nnU-Net does).
+
+    Attributes:
+        enabled: try the candidates on the cross-validation predictions at all.
+        candidates: ``largest`` (keep the largest connected component) and
+            ``min_volume`` (remove components smaller than ``min_volume_mm3``).
+        min_volume_mm3: the smallest component ``min_volume`` keeps, in mm³.
+        min_gain: a candidate is applied only when it raises the class's mean CV Dice by
+            more than this.
+    """
+
+    enabled: bool = True
+    candidates: tuple[str, ...] = ("largest", "min_volume")
+    min_volume_mm3: float = 50.0
+    min_gain: float = 0.0
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.candidates if c not in POSTPROCESS_CANDIDATES]
+        if bad:
+            raise ConfigError(
+                f"config key 'postprocess.candidates': got {bad[0]!r}; expected any of "
+                f"{', '.join(POSTPROCESS_CANDIDATES)}"
+            )
 
 
 T = TypeVar("T")
@@ -294,6 +373,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(
             _coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
         )
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{where}': expected a mapping, got {value!r}")
+        key_tp, value_tp = typing.get_args(tp)
+        return {
+            _coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{where}': expected a number, got {value!r}")
