@@ -320,7 +320,12 @@ def evaluate_fractions(
             without an arm.
         EvaluationError: on a missing prediction or reference label.
     """
-    from medtl.evaluate.metrics import METRIC_COLUMNS, evaluate_predictions, read_folds
+    from medtl.evaluate.metrics import (
+        METRIC_COLUMNS,
+        evaluate_predictions,
+        read_folds,
+        read_metrics,
+    )
 
     folds_data = read_folds(Path(folds))
     fold_ids = [int(f["fold"]) for f in folds_data["folds"]]
@@ -353,14 +358,12 @@ def evaluate_fractions(
         df.insert(2, "labelled_cases", float(np.mean(counts)))
         frames.append(df)
     if full_metrics is not None:
-        full = pd.read_csv(full_metrics)
-        missing = [c for c in METRIC_COLUMNS if c not in full.columns]
-        absent = [a for a in arms if a not in set(full.get("arm", pd.Series(dtype=str)))]
-        if missing or absent:
+        full = read_metrics(full_metrics)
+        absent = [a for a in arms if a not in set(full["arm"])]
+        if absent:
             raise SubsetError(
-                f"{full_metrics}: expected columns {METRIC_COLUMNS} and arms {list(arms)}, "
-                f"missing columns {missing} and arms {absent}. How to fix: rerun the "
-                "'evaluate' rule."
+                f"{full_metrics}: expected results for arms {list(arms)}, missing {absent}. "
+                "How to fix: rerun the 'evaluate' rule."
             )
         full = full[full["arm"].isin(list(arms))][METRIC_COLUMNS].copy()
         counts = [len(f["train"]) for f in folds_data["folds"]]

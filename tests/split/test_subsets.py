@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.split.folds import make_folds, save_folds
 from medtl.split.subsets import (
     FRACTION_COLUMNS,
@@ -160,6 +161,7 @@ def test_evaluate_fractions_table(tmp_path: Path, monkeypatch) -> None:
         [[a, k, c, "fg", 0.9, 1.0] for a in ("scratch", "finetune") for k in (0, 1) for c in cases]
     )
     full.columns = ["arm", "fold", "case", "class", "dice", "hd95"]
+    full = full.reindex(columns=METRIC_COLUMNS, fill_value=0.0).assign(empty="")
     full.to_csv("metrics.csv", index=False)
 
     out = Path("evaluation") / "label_fraction.csv"
