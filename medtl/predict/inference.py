@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from medtl.io.files import atomic_write
 from medtl.io.volume import Volume
 from medtl.models.networks import build_network
 from medtl.models.transfer import WeightsError
+from medtl.postprocess.components import apply_postprocessing, spacing_of
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 
 
@@ -41,6 +43,31 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
     return model, payload
 
 
+#: The spatial dimensions of a ``(batch, channel, x, y, z)`` tensor.
+SPATIAL_DIMS = (2, 3, 4)
+
+
+def mirror_axes(tta: bool) -> list[tuple[int, ...]]:
+    """The flips a prediction is averaged over: none, or every subset of the spatial dims.
+
+    With ``tta`` the 7 non-empty subsets of the three spatial dimensions of a
+    ``(batch, channel, x, y, z)`` tensor follow the identity (as nnU-Net's mirroring).
+
+    Example:
+        >>> mirror_axes(False)
+        [()]
+        >>> len(mirror_axes(True)), mirror_axes(True)[:4]
+        (8, [(), (2,), (3,), (4,)])
+    """
+    if not tta:
+        return [()]
+    return [
+        dims
+        for r in range(len(SPATIAL_DIMS) + 1)
+        for dims in itertools.combinations(SPATIAL_DIMS, r)
+    ]
+
+
 def predict_probabilities(
     models: Sequence[torch.nn.Module],
     case: PreprocessedCase,
@@ -48,22 +75,37 @@ def predict_probabilities(
     cfg: PredictConfig,
     device: torch.device,
 ) -> torch.Tensor:
-    """Mean softmax probabilities of ``models`` over a whole case (sliding window)."""
+    """Mean softmax probabilities of ``models`` over a whole case (sliding window).
+
+    With ``cfg.tta`` each model also predicts the case mirrored along every non-empty
+    subset of the three spatial axes; each prediction is mirrored back and all of them (8
+    per model) are averaged. Only a running sum is kept (on the CPU), so memory does not
+    grow with the number of models or mirrors.
+
+    Returns:
+        float32 ``(classes, x, y, z)`` probabilities on the case's (preprocessed) grid.
+    """
     image = torch.from_numpy(case.image)[None].to(device)
+    flips = mirror_axes(cfg.tta)
     total = None
     with torch.no_grad():
         for model in models:
-            logits = sliding_window_inference(
-                image,
-                roi_size=list(patch_size),
-                sw_batch_size=cfg.sw_batch_size,
-                predictor=model,
-                overlap=cfg.overlap,
-                mode=cfg.mode,
-            )
-            probs = torch.softmax(logits.float(), 1)[0].cpu()
-            total = probs if total is None else total + probs
-    return total / len(models)
+            for dims in flips:
+                logits = sliding_window_inference(
+                    image.flip(dims) if dims else image,
+                    roi_size=list(patch_size),
+                    sw_batch_size=cfg.sw_batch_size,
+                    predictor=model,
+                    overlap=cfg.overlap,
+                    mode=cfg.mode,
+                )
+                probs = torch.softmax(logits.float(), 1)
+                if dims:
+                    probs = probs.flip(dims)
+                probs = probs[0].cpu()
+                total = probs if total is None else total.add_(probs)
+                del logits
+    return total / (len(models) * len(flips))
 
 
 def save_mask(labels: np.ndarray, meta: dict, path: Path) -> None:
@@ -80,9 +122,24 @@ def segment_case(
     cfg: PredictConfig,
     device: torch.device,
     out: Path,
+    *,
+    postprocess: dict | None = None,
 ) -> np.ndarray:
-    """Segment one preprocessed case and write the mask in the original image space."""
+    """Segment one preprocessed case and write the mask in the original image space.
+
+    Args:
+        postprocess: a post-processing decision (``results/postprocess/{arm}.json``, see
+            :mod:`medtl.postprocess.choose`) applied to the labels on the original grid
+            before they are saved; None applies nothing (cross-validation predictions,
+            on which the decision is made, are never post-processed).
+
+    Returns:
+        The labels written (uint8, original grid).
+    """
     probs = predict_probabilities(models, case, patch_size, cfg, device)
     labels = restore_labels(probs, case.meta)
+    if postprocess is not None:
+        spacing = spacing_of(np.asarray(case.meta["original_affine"], dtype=float))
+        labels = apply_postprocessing(labels, postprocess, spacing)
     save_mask(labels, case.meta, out)
     return labels

@@ -14,6 +14,7 @@ from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import ingest_path
 from medtl.models.networks import torch_device
+from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
 from medtl.preprocess.case import load_case, preprocess_files
 from medtl.preprocess.plan import Plan
@@ -32,7 +33,9 @@ def predict_fold(
 ) -> list[Path]:
     """Segment the held-out (``test``) cases of one fold with that fold's best model.
 
-    Masks are written as ``out/<case>.nii.gz`` on each case's original image grid.
+    Masks are written as ``out/<case>.nii.gz`` on each case's original image grid. They
+    are never post-processed: the post-processing of the arm is chosen on them
+    (:mod:`medtl.postprocess.choose`).
     """
     device = torch_device(device_name)
     model, payload = load_model(Path(run_dir) / "best.pt", device)
@@ -41,7 +44,7 @@ def predict_fold(
     for case_id in tqdm(cases, desc=f"predict fold {fold}", disable=not progress):
         case = load_case(Path(cases_dir) / f"{case_id}.npz")
         path = Path(out) / f"{case_id}.nii.gz"
-        segment_case([model], case, payload["patch_size"], cfg, device, path)
+        segment_case([model], case, payload["patch_size"], cfg, device, path, postprocess=None)
         written.append(path)
     return written
 
@@ -112,6 +115,22 @@ def _write_dicom_outputs(
     return written
 
 
+def _decision_for(results: Path, arm: str, classes: dict[int, str]) -> dict | None:
+    """The arm's post-processing decision, checked against the run's classes (or None)."""
+    decision = load_decision(results, arm)
+    if decision is None:
+        return None
+    for name, entry in decision["classes"].items():
+        if classes.get(int(entry["value"])) != name:
+            raise InputError(
+                decision_path(results, arm),
+                f"class {name!r} has label value {entry['value']} there, but the run's plan "
+                f"names the classes {classes}",
+                "delete the decision and rerun the workflow's 'postprocess' rule for this run",
+            )
+    return decision
+
+
 def predict_new(
     source: Path,
     results: Path,
@@ -123,6 +142,7 @@ def predict_new(
     progress: bool = True,
     formats: tuple[str, ...] = ("nifti",),
     workers: int = 4,
+    postprocess: bool = True,
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
@@ -131,6 +151,11 @@ def predict_new(
     and, for DICOM input with ``formats`` asking for them, ``out/<case>.seg.dcm``
     (DICOM-SEG) and ``out/<case>.rtstruct.dcm`` referencing the source series, so they
     open in a PACS viewer or a planning system; ``out/predictions.tsv`` lists them.
+
+    With ``cfg.tta`` every fold model also predicts the mirrored copies of each case. With
+    ``postprocess`` (the default) the arm's post-processing decision chosen on
+    cross-validation (``results/postprocess/<arm>.json``, when the run has one) is applied
+    to each mask; the table's ``postprocess`` column says what was applied per class.
     """
     bad = [f for f in formats if f not in OUTPUT_FORMATS]
     if bad:
@@ -148,6 +173,8 @@ def predict_new(
     loaded = [load_model(p, device) for p in find_fold_models(results, arm)]
     models = [m for m, _ in loaded]
     patch = loaded[0][1]["patch_size"]
+    decision = _decision_for(results, arm, classes) if postprocess else None
+    applied = describe_decision(decision)
     rows = []
     with tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp:
         try:
@@ -170,7 +197,7 @@ def predict_new(
         ):
             case = preprocess_files(Path(row.image), None, plan)
             path = out / f"{row.case_id}.nii.gz"
-            labels = segment_case(models, case, patch, cfg, device, path)
+            labels = segment_case(models, case, patch, cfg, device, path, postprocess=decision)
             dicom = _write_dicom_outputs(
                 labels, row, series_index, dicom_formats, classes, out, arm
             )
@@ -182,6 +209,7 @@ def predict_new(
                     "dicom": ";".join(dicom),
                     "arm": arm,
                     "folds": len(models),
+                    "postprocess": applied,
                     "foreground_voxels": int((labels > 0).sum()),
                 }
             )
