@@ -8,6 +8,7 @@ rule report:
         plan="results/preprocess/plan.json",
         folds="results/splits/folds.json",
         curves=expand("results/train/{arm}/fold{fold}/curves.csv", arm=ARMS, fold=FOLDS),
+        postprocess=expand("results/postprocess/{arm}.json", arm=ARMS),
         fractions=FRACTION_TARGETS,
     output:
         html="results/report/report.html",
@@ -16,6 +17,33 @@ rule report:
             "results/report/figures/dice_boxplot.png",
             caption="report/dice_boxplot.rst",
             category="Evaluation",
+        ),
+        nsd=report(
+            "results/report/figures/nsd_boxplot.png",
+            caption="report/nsd_boxplot.rst",
+            category="Evaluation",
+        ),
+        forest=report(
+            "results/report/figures/difference_forest.png",
+            caption="report/difference_forest.rst",
+            category="Evaluation",
+        ),
+        spacing=report(
+            "results/report/figures/spacing_histogram.png",
+            caption="report/spacing_histogram.rst",
+            category="Dataset",
+        ),
+        volumes=report(
+            "results/report/figures/label_volumes.png",
+            caption="report/label_volumes.rst",
+            category="Dataset",
+        ),
+        tables=multiext(
+            "results/report/tables/",
+            "per_arm.csv",
+            "comparisons.csv",
+            "per_fold.csv",
+            "per_case.csv",
         ),
         hd95=report(
             "results/report/figures/hd95_boxplot.png",

@@ -535,6 +535,10 @@ def predict(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overlap: Annotated[float, typer.Option(help="Sliding-window overlap.")] = 0.5,
+    tta: Annotated[
+        bool,
+        typer.Option(help="Test-time augmentation: average the 8 mirrored predictions."),
+    ] = False,
     format: Annotated[
         str,
         typer.Option(
@@ -547,6 +551,10 @@ def predict(
 ) -> None:
     """Segment new cases with the ensemble of a finished run's fold models.
 
+    The fold models' probabilities are averaged (optionally over mirrored copies too,
+    --tta), and the post-processing the run chose on cross-validation for the arm
+    (results/postprocess/<arm>.json) is applied.
+
     Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
     from medtl.config import PredictConfig
@@ -558,7 +566,7 @@ def predict(
         model,
         out,
         arm,
-        PredictConfig(overlap=overlap),
+        PredictConfig(overlap=overlap, tta=tta),
         device,
         progress=not quiet,
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),
@@ -596,19 +604,84 @@ def evaluate(
     folds: Annotated[Path, typer.Option(help="folds.json.")],
     predictions: Annotated[Path, typer.Option(help="Folder predictions/<arm>/fold<k>/.")],
     arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
-    out: Annotated[Path, typer.Option(help="metrics.csv to write.")],
-    classes: Annotated[str, typer.Option(help="Label names as JSON.")] = '{"1": "foreground"}',
+    out: Annotated[Path, typer.Option(help="The metrics CSV to write.")],
+    fold: Annotated[
+        int | None, typer.Option(help="Only this fold's held-out cases (default: every fold).")
+    ] = None,
+    classes: Classes = '{"1": "foreground"}',
+    settings: Settings = "{}",
     threads: Threads = 1,
 ) -> None:
-    """Dice and HD95 (mm) per case and class, from the written masks."""
-    from medtl.config import load_json_arg
+    """Metrics per case and class from the written masks.
+
+    Dice, IoU, HD95 and ASSD (mm), normalised surface Dice at the configured tolerance,
+    volume error (ml and relative) and lesion-wise detection (TP/FP/FN of connected
+    components). Settings: the config's `evaluate` section as JSON.
+
+    Example: `medtl evaluate --manifest results/ingest/manifest.tsv --folds
+    results/splits/folds.json --predictions results/predictions --arms finetune --fold 0
+    --out finetune_fold0.csv`
+    """
+    from medtl.config import EvaluateConfig, load_json_arg, parse_section
     from medtl.evaluate.metrics import evaluate_predictions
 
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    cfg = parse_section(EvaluateConfig, load_json_arg(settings, "--settings"), "evaluate")
     df = evaluate_predictions(
-        manifest, folds, predictions, arms.split(","), names, out, threads=threads
+        manifest,
+        folds,
+        predictions,
+        arms.split(","),
+        names,
+        out,
+        threads=threads,
+        cfg=cfg,
+        fold=fold,
     )
     typer.echo(f"evaluate: {len(df)} rows → {out}")
+
+
+@app.command("evaluate-merge")
+@_guard
+def evaluate_merge(
+    tables: Annotated[list[Path], typer.Argument(help="Metrics CSVs of single arms and folds.")],
+    out: Annotated[Path, typer.Option(help="metrics.csv to write.")],
+) -> None:
+    """Join the per-arm, per-fold metrics tables into one metrics.csv."""
+    from medtl.evaluate.metrics import combine_metrics
+
+    df = combine_metrics(list(tables), out)
+    typer.echo(f"evaluate-merge: {len(tables)} tables, {len(df)} rows → {out}")
+
+
+@app.command()
+@_guard
+def postprocess(
+    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
+    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    predictions: Annotated[Path, typer.Option(help="Folder predictions/<arm>/fold<k>/.")],
+    arm: Annotated[str, typer.Option(help="The arm whose cross-validation masks to use.")],
+    out: Annotated[Path, typer.Option(help="The decision (JSON) to write.")],
+    classes: Classes = '{"1": "foreground"}',
+    settings: Settings = "{}",
+    threads: Threads = 1,
+) -> None:
+    """Choose post-processing per class on an arm's cross-validation predictions.
+
+    Tries keeping the largest connected component and removing small components; a
+    candidate is chosen only when it raises the class's mean CV Dice. `medtl predict`
+    applies the decision. Settings: the config's `postprocess` section as JSON.
+    """
+    from medtl.config import PostprocessConfig, load_json_arg, parse_section
+    from medtl.postprocess.choose import choose_postprocessing
+
+    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    cfg = parse_section(PostprocessConfig, load_json_arg(settings, "--settings"), "postprocess")
+    decision = choose_postprocessing(
+        manifest, folds, predictions, arm, names, cfg, out, threads=threads
+    )
+    chosen = ", ".join(f"{c}: {d['chosen']}" for c, d in decision["classes"].items())
+    typer.echo(f"postprocess {arm}: {chosen} → {out}")
 
 
 @app.command("evaluate-fractions")

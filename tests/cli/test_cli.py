@@ -22,7 +22,9 @@ SUBCOMMANDS = {
     "train": "Train one transfer arm on one fold",
     "predict-fold": "held-out cases",
     "predict": "Segment new cases",
-    "evaluate": "Dice and HD95",
+    "evaluate": "normalised surface Dice",
+    "evaluate-merge": "Join the per-arm",
+    "postprocess": "Choose post-processing per class",
     "report": "HTML report",
 }
 

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from medtl.report.build import build_report, label_fraction_points, label_fraction_statements
+from medtl.report.build import build_report
+from medtl.report.fractions import label_fraction_points, label_fraction_statements
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("config_tiny.yaml")

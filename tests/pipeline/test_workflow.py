@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,8 @@ import nibabel as nib
 import pandas as pd
 import pytest
 import yaml
+
+from medtl.evaluate.metrics import METRIC_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("config_tiny.yaml")
@@ -95,10 +98,19 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     cfg = yaml.safe_load(TINY.read_text())
     manifest = pd.read_csv(res / "ingest" / "manifest.tsv", sep="\t")
     metrics = pd.read_csv(res / "evaluation" / "metrics.csv")
-    assert list(metrics.columns) == ["arm", "fold", "case", "class", "dice", "hd95"]
+    assert list(metrics.columns) == METRIC_COLUMNS
     assert set(metrics["arm"]) == {"scratch", "frozen", "finetune"}
     assert len(metrics) == 3 * len(manifest)  # one class, every case held out once
-    assert metrics["dice"].between(0, 1).all()
+    for metric in ("dice", "iou", "nsd"):
+        assert metrics[metric].between(0, 1).all(), metric
+    assert (metrics["lesion_tp"] + metrics["lesion_fn"] == metrics["lesions_ref"]).all()
+    # one table per arm and fold, joined
+    assert len(list((res / "evaluation").glob("*/fold*.csv"))) == 3 * 2
+    summary = json.loads((res / "report" / "summary.json").read_text())
+    assert summary["verdict"] and len(summary["all_pairs"]) == 3
+    for arm in ("scratch", "frozen", "finetune"):
+        decision = json.loads((res / "postprocess" / f"{arm}.json").read_text())
+        assert decision["classes"]["tumour"]["chosen"] in ("none", "largest", "min_volume")
     for arm in ("frozen", "finetune"):
         assert (res / "train" / arm / "fold0" / "load_report.json").is_file()
     assert not (res / "train" / "scratch" / "fold0" / "load_report.json").exists()
@@ -136,7 +148,15 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     rules = planned_rules(snakemake(work, "-n", configfile=changed))
-    assert set(rules) == {"train", "predict_fold", "evaluate", "report", "all"}, rules
+    assert set(rules) == {
+        "train",
+        "predict_fold",
+        "evaluate_fold",
+        "evaluate",
+        "postprocess",
+        "report",
+        "all",
+    }, rules
 
     # --forcerun evaluate reruns evaluate and report only.
     rules = planned_rules(snakemake(work, "-n", "--forcerun", "evaluate"))
@@ -146,15 +166,23 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     report_zip = tmp_path / "smk-report.zip"
     rep = snakemake(work, "--report", str(report_zip))
     assert rep.returncode == 0, rep.stderr[-2000:]
-    names = zipfile.ZipFile(report_zip).namelist()
+    archive = zipfile.ZipFile(report_zip)
+    names = archive.namelist()
     for figure in (
         "dice_boxplot",
+        "nsd_boxplot",
         "hd95_boxplot",
+        "difference_forest",
+        "spacing_histogram",
+        "label_volumes",
         "paired_differences",
         "training_curves",
         "overlays",
     ):
         assert any(n.endswith(f"{figure}.png") for n in names), figure
+    pages = b"".join(archive.read(n) for n in names if n.endswith((".html", ".js")))
+    caption = (REPO / "pipeline" / "report" / "difference_forest.rst").read_text().split()[:4]
+    assert " ".join(caption).encode() in pages
 
     # medtl predict segments new cases (a DICOM folder) with the fold ensemble.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -173,6 +201,7 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
             str(out),
             "--arm",
             "finetune",
+            "--tta",
             "--quiet",
         ],
         capture_output=True,
@@ -183,5 +212,9 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     assert pred.returncode == 0, pred.stderr
     table = pd.read_csv(out / "predictions.tsv", sep="\t")
     assert len(table) == 1 and table.loc[0, "folds"] == 2
+    chosen = json.loads((res / "postprocess" / "finetune.json").read_text())
+    assert table.loc[0, "postprocess"].startswith(
+        "none" if chosen["classes"]["tumour"]["chosen"] == "none" else "tumour"
+    )
     new_mask = nib.load(out / f"{table.loc[0, 'case_id']}.nii.gz")
     assert new_mask.shape == (48, 48, 24)
