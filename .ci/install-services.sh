@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install the services the test suite starts by itself: Orthanc with its DICOMweb plugin.
+# Install what the test suite starts by itself: Orthanc with its DICOMweb plugin, and
+# Debian's Chromium with its driver (chromium, chromium-driver), through which the tests open
+# the HTML report in a headless browser (tests/report/test_browser.py).
 #
 # Non-interactive, idempotent, and safe in a container without an init system:
 #
@@ -12,11 +14,13 @@
 #   denies every service action, unless one already exists (Docker images ship one).
 # * Afterwards it stops any Orthanc service that was started nonetheless (systemd unit or
 #   init script), so no server is left listening.
+# * Chromium starts no service; the tests drive /usr/bin/chromium through /usr/bin/chromedriver
+#   themselves (Selenium is told both paths, so it never downloads a browser or driver).
 #
 # Usage: .ci/install-services.sh   (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb)
+PACKAGES=(orthanc orthanc-dicomweb chromium chromium-driver)
 POLICY=/usr/sbin/policy-rc.d
 
 SUDO=()
@@ -79,3 +83,13 @@ if [ -z "$plugin" ]; then
     exit 1
 fi
 echo "install-services: $(/usr/sbin/Orthanc --version 2>/dev/null | head -n 1), plugin $plugin"
+for binary in /usr/bin/chromium /usr/bin/chromedriver; do
+    if [ ! -x "$binary" ]; then
+        echo "install-services: expected $binary after installing chromium and" \
+            "chromium-driver, found none." >&2
+        exit 1
+    fi
+done
+# Debian's /usr/bin/chromium wrapper may print shell noise on stderr; keep only the version.
+echo "install-services: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)," \
+    "$(/usr/bin/chromedriver --version 2>/dev/null | head -n 1)"
