@@ -11,11 +11,8 @@ form.
 from __future__ import annotations
 
 import base64
-import importlib.metadata
 import json
 import math
-import platform
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,31 +22,20 @@ import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 
-from medtl.evaluate.stats import (
-    PairedComparison,
-    StatsError,
-    compare_arms,
-    format_p_value,
-    per_case,
-    summarise_arms,
-)
+from medtl.evaluate.stats import per_case
 from medtl.io.errors import MedtlError
-from medtl.io.files import atomic_write_bytes
+from medtl.io.files import atomic_write_bytes, atomic_write_text
 from medtl.io.ingest import read_manifest
+from medtl.report import evaluation as E
 from medtl.report import figures as F
-
-#: Packages whose versions are listed under provenance.
-PROVENANCE_PACKAGES = [
-    "medtl",
-    "torch",
-    "monai",
-    "numpy",
-    "nibabel",
-    "scipy",
-    "pandas",
-    "matplotlib",
-    "snakemake",
-]
+from medtl.report.fractions import (
+    label_fraction_points,
+    label_fraction_statements,
+    label_fraction_table,
+    read_label_fraction,
+)
+from medtl.report.provenance import provenance_section
+from medtl.report.tables import fmt, fmt_value, json_safe, parse_triplet, table
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -70,61 +56,6 @@ def _require(path: Path, what: str, stage: str) -> Path:
     return path
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
-    """A number for a table: fixed digits, '–' for missing values."""
-    if x is None:
-        return "–"
-    if isinstance(x, (bool, np.bool_)):
-        return str(bool(x))
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    if isinstance(x, (float, np.floating)):
-        return "–" if not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
-    return str(x)
-
-
-def _fmt_value(x: Any) -> str:
-    """A value of the plan or config: lists of numbers as ``a × b × c``."""
-    if isinstance(x, (list, tuple)) and x and all(isinstance(v, (int, float)) for v in x):
-        return " × ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in x)
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, (list, tuple, dict)):
-        return json.dumps(x)
-    return str(x)
-
-
-def _table(columns: list[str], rows: list[list[Any]], numeric_from: int = 1) -> dict:
-    """A table for the template; columns from ``numeric_from`` on are right-aligned."""
-    return {
-        "columns": columns,
-        "rows": [[str(c) for c in row] for row in rows],
-        "numeric_from": numeric_from,
-    }
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/inf to None, numpy scalars to Python, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(float(obj)) else None
-    return obj
-
-
-def _parse_triplet(text: str) -> list[float]:
-    parts = re.split(r"[x×,\s]+", str(text).strip())
-    try:
-        vals = [float(p) for p in parts if p]
-    except ValueError:
-        return [math.nan] * 3
-    return vals if len(vals) == 3 else [math.nan] * 3
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -142,11 +73,18 @@ class Inputs:
     run_summaries: list[dict] = field(default_factory=list)
     benchmarks: pd.DataFrame | None = None
     label_fraction: pd.DataFrame | None = None
+    postprocess: dict[str, dict] = field(default_factory=dict)
+    run_records: list[dict] = field(default_factory=list)
 
 
 def _read_metrics(path: Path, arms: list[str]) -> pd.DataFrame:
+    """``metrics.csv``: text columns kept as text (case ids such as ``007``), the rest numbers.
+
+    Only the columns of the first evaluation (arm, fold, case, class, Dice, HD95) are
+    required; the report shows the others when they are there.
+    """
     _require(path, "metrics table", "evaluate")
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     needed = ["arm", "fold", "case", "class", "dice", "hd95"]
     missing = [c for c in needed if c not in df.columns]
     if missing:
@@ -154,9 +92,9 @@ def _read_metrics(path: Path, arms: list[str]) -> pd.DataFrame:
             f"{path}: expected columns {needed}, missing {missing}. "
             "How to fix: rerun the evaluate stage."
         )
-    df["arm"] = df["arm"].astype(str)
-    df["case"] = df["case"].astype(str)
-    df["class"] = df["class"].astype(str)
+    for col in df.columns:
+        if col not in ("arm", "case", "class", "empty"):
+            df[col] = pd.to_numeric(df[col].replace("", np.nan), errors="coerce")
     absent = [a for a in arms if a not in set(df["arm"])]
     if absent:
         raise ReportError(
@@ -224,7 +162,7 @@ def _trainable_table(summaries: list[dict], arms: list[str]) -> dict | None:
         "steps (mean)",
         "stopped early",
     ]
-    return _table(cols, rows, numeric_from=2)
+    return table(cols, rows, numeric_from=2)
 
 
 def _read_benchmarks(results: Path) -> pd.DataFrame | None:
@@ -274,149 +212,16 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
     inputs.load_reports = _read_run_files(results, arms, folds, "load_report.json")
     inputs.run_summaries = _read_run_files(results, arms, folds, "summary.json")
     inputs.benchmarks = _read_benchmarks(results)
-    inputs.label_fraction = _read_label_fraction(results / "evaluation" / "label_fraction.csv")
+    inputs.label_fraction = read_label_fraction(results / "evaluation" / "label_fraction.csv")
+    inputs.run_records = _read_run_files(results, arms, folds, "run.json")
+    for arm in arms:
+        path = results / "postprocess" / f"{arm}.json"
+        if path.is_file():
+            inputs.postprocess[arm] = json.loads(path.read_text())
     return inputs
 
 
 # ----------------------------------------------------------------------------- label fractions
-
-#: Columns ``label_fraction.csv`` must have.
-LABEL_FRACTION_COLUMNS = ["arm", "fraction", "labelled_cases", "fold", "case", "class", "dice"]
-
-
-def _read_label_fraction(path: Path) -> pd.DataFrame | None:
-    """The label-fraction table, or None when the run made none (it is optional)."""
-    if not path.is_file():
-        return None
-    df = pd.read_csv(path)
-    missing = [c for c in LABEL_FRACTION_COLUMNS if c not in df.columns]
-    if missing:
-        raise ReportError(
-            f"{path}: expected columns {LABEL_FRACTION_COLUMNS}, missing {missing}. "
-            "How to fix: rerun the evaluate_fractions rule."
-        )
-    for col in ("arm", "case", "class"):
-        df[col] = df[col].astype(str)
-    for col in ("fraction", "labelled_cases", "dice"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
-    return df
-
-
-def _mean_ci(values: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap 95 % CI of the mean (the mean itself for one value)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if values.size == 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return mean, float(low), float(high)
-
-
-def label_fraction_points(table: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
-    """Per arm and fraction: labelled cases, cases, mean Dice and its bootstrap 95 % CI.
-
-    Each case is first averaged over its classes, so every held-out case counts once.
-
-    Args:
-        table: the ``label_fraction.csv`` table.
-        arms: arms in display order (others in the table are left out).
-
-    Returns:
-        Columns ``arm, fraction, labelled_cases, n_cases, mean_dice, ci_low, ci_high``,
-        sorted by arm (in ``arms`` order) and fraction.
-    """
-    rows = []
-    for arm in arms:
-        sel = table[table["arm"] == arm]
-        for fraction, part in sel.groupby("fraction", sort=True):
-            cases = per_case(part, arm, "dice")
-            mean, low, high = _mean_ci(cases.to_numpy())
-            rows.append(
-                {
-                    "arm": arm,
-                    "fraction": float(fraction),
-                    "labelled_cases": float(part["labelled_cases"].mean()),
-                    "n_cases": int(len(cases)),
-                    "mean_dice": mean,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
-    cols = ["arm", "fraction", "labelled_cases", "n_cases", "mean_dice", "ci_low", "ci_high"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def _fmt_count(x: float) -> str:
-    """A (mean) number of cases: whole numbers without decimals, else one decimal."""
-    return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
-
-
-def _cases(x: float) -> str:
-    """``1 labelled training case``, ``2.5 labelled training cases``."""
-    text = _fmt_count(x)
-    return f"{text} labelled training case" + ("" if text == "1" else "s")
-
-
-def label_fraction_statements(points: pd.DataFrame, arms: list[str], reference: str) -> list[str]:
-    """One sentence per arm other than ``reference``: the labels it saves, if any.
-
-    For the largest number of labelled cases ``M`` at which ``arm`` reached the
-    reference's mean Dice with fewer cases, the fewest such cases ``N``: "with N
-    labelled cases, arm reached the Dice reference reached with M". Only measured
-    points are compared (no interpolation).
-    """
-    ref = points[points["arm"] == reference].sort_values("labelled_cases", ascending=False)
-    out = []
-    if ref.empty:
-        return out
-    for arm in arms:
-        own = points[(points["arm"] == arm) & points["mean_dice"].notna()]
-        if arm == reference or own.empty:
-            continue
-        found = None
-        for _, r in ref.iterrows():
-            hits = own[
-                (own["labelled_cases"] < r["labelled_cases"]) & (own["mean_dice"] >= r["mean_dice"])
-            ]
-            if len(hits):
-                found = (hits.sort_values("labelled_cases").iloc[0], r)
-                break
-        if found is None:
-            out.append(
-                f"{arm} did not reach, with fewer labelled cases, a mean Dice {reference} "
-                "reached with more (at the measured points)."
-            )
-            continue
-        a, r = found
-        saved = 1.0 - a["labelled_cases"] / r["labelled_cases"]
-        out.append(
-            f"With {_cases(a['labelled_cases'])} per fold, {arm} "
-            f"reached the mean Dice {reference} reached with {_fmt_count(r['labelled_cases'])} "
-            f"({a['mean_dice']:.3f} vs {r['mean_dice']:.3f}): {saved:.0%} fewer labels."
-        )
-    return out
-
-
-def _label_fraction_table(points: pd.DataFrame) -> dict:
-    rows = [
-        [
-            r["arm"],
-            f"{100 * r['fraction']:.0f} %",
-            _fmt_count(r["labelled_cases"]),
-            int(r["n_cases"]),
-            _fmt(r["mean_dice"]),
-            f"{_fmt(r['ci_low'])} to {_fmt(r['ci_high'])}",
-        ]
-        for _, r in points.iterrows()
-    ]
-    cols = ["arm", "fraction", "labelled cases per fold", "n cases", "mean Dice", "95 % CI"]
-    return _table(cols, rows)
-
 
 # ----------------------------------------------------------------------------- sections
 
@@ -432,16 +237,16 @@ def _dataset_section(inputs: Inputs) -> dict:
         ["patients", patients],
         ["modality", ", ".join(f"{k} ({v})" for k, v in modalities.items()) or "–"],
     ]
-    spacing = np.array([_parse_triplet(s) for s in m.get("spacing", [])] or np.zeros((0, 3)))
-    shape = np.array([_parse_triplet(s) for s in m.get("shape", [])] or np.zeros((0, 3)))
+    spacing = np.array([parse_triplet(s) for s in m.get("spacing", [])] or np.zeros((0, 3)))
+    shape = np.array([parse_triplet(s) for s in m.get("shape", [])] or np.zeros((0, 3)))
     rows = []
     for i, axis in enumerate("xyz"):
         sp = spacing[:, i] if len(spacing) else np.array([math.nan])
         sh = shape[:, i] if len(shape) else np.array([math.nan])
         rows.append(
             [axis]
-            + [_fmt(f(sp), 2) for f in (np.nanmin, np.nanmedian, np.nanmax)]
-            + [_fmt(f(sh), 0) for f in (np.nanmin, np.nanmedian, np.nanmax)]
+            + [fmt(f(sp), 2) for f in (np.nanmin, np.nanmedian, np.nanmax)]
+            + [fmt(f(sh), 0) for f in (np.nanmin, np.nanmedian, np.nanmax)]
         )
     cols = ["case_id", "patient_id", "modality", "spacing", "shape", "orientation"]
     cols = [c for c in cols if c in m.columns]
@@ -449,18 +254,18 @@ def _dataset_section(inputs: Inputs) -> dict:
         [*(r[c] for c in cols), "yes" if r.get("label", "") else "no"] for _, r in m.iterrows()
     ]
     section = {
-        "facts": _table(["", "value"], facts, numeric_from=2),
-        "grid": _table(
+        "facts": table(["", "value"], facts, numeric_from=2),
+        "grid": table(
             ["axis", "spacing min", "median", "max (mm)", "shape min", "median", "max (voxels)"],
             rows,
         ),
-        "cases": _table([*cols, "label"], case_rows, numeric_from=len(cols) + 1),
+        "cases": table([*cols, "label"], case_rows, numeric_from=len(cols) + 1),
         "rejected": None,
     }
     if inputs.rejected is not None and len(inputs.rejected):
         r = inputs.rejected
         cols = [c for c in ("path", "reason", "fix") if c in r.columns]
-        section["rejected"] = _table(cols, r[cols].values.tolist(), numeric_from=len(cols))
+        section["rejected"] = table(cols, r[cols].values.tolist(), numeric_from=len(cols))
     return section
 
 
@@ -471,7 +276,7 @@ def _flatten(d: dict, prefix: str = "") -> list[list[str]]:
         if isinstance(v, dict):
             rows += _flatten(v, key + ".")
         else:
-            rows.append([key, _fmt_value(v)])
+            rows.append([key, fmt_value(v)])
     return rows
 
 
@@ -488,65 +293,7 @@ def _folds_section(inputs: Inputs) -> dict:
         rows.append(row)
     cols = ["fold", "train cases", "patients", "val cases", "patients", "test cases", "patients"]
     meta = f"k = {inputs.folds.get('k', len(rows))}, seed = {inputs.folds.get('seed', '–')}"
-    return {"table": _table(cols, rows), "meta": meta}
-
-
-def _arm_table(metrics: pd.DataFrame, arms: list[str], class_names: list[str]) -> dict:
-    dice = summarise_arms(metrics, "dice").set_index(["arm", "class"])
-    hd = summarise_arms(metrics, "hd95").set_index(["arm", "class"])
-    rows = []
-    for arm in arms:
-        for cls in class_names:
-            if (arm, cls) not in dice.index:
-                continue
-            d, h = dice.loc[(arm, cls)], hd.loc[(arm, cls)]
-            rows.append(
-                [
-                    arm,
-                    cls,
-                    f"{_fmt(d['mean'])} ± {_fmt(d['sd'])}",
-                    _fmt(d["median"]),
-                    _fmt(int(d["n"])),
-                    f"{_fmt(h['mean'], 2)} ± {_fmt(h['sd'], 2)}",
-                    _fmt(h["median"], 2),
-                    _fmt(int(h["n"])),
-                ]
-            )
-    cols = ["arm", "class", "Dice mean ± sd", "median", "n", "HD95 mm mean ± sd", "median", "n"]
-    return _table(cols, rows, numeric_from=2)
-
-
-def _comparisons(metrics: pd.DataFrame, arms: list[str], reference: str) -> list[PairedComparison]:
-    out = []
-    for metric in ("dice", "hd95"):
-        for arm in arms:
-            if arm == reference:
-                continue
-            try:
-                out.append(compare_arms(metrics, arm, reference, metric=metric))
-            except StatsError:
-                if metric == "dice":
-                    raise
-    return out
-
-
-def _comparison_table(comparisons: list[PairedComparison]) -> dict:
-    rows = []
-    for c in comparisons:
-        digits = 3 if c.metric == "dice" else 2
-        rows.append(
-            [
-                c.arm,
-                c.reference,
-                "Dice" if c.metric == "dice" else "HD95 (mm)",
-                c.n,
-                f"{c.mean_diff:+.{digits}f}",
-                f"{_fmt(c.ci_low, digits)} to {_fmt(c.ci_high, digits)}",
-                format_p_value(c.p_value),
-            ]
-        )
-    cols = ["arm", "reference", "metric", "n cases", "mean diff", "95 % CI", "Wilcoxon p"]
-    return _table(cols, rows, numeric_from=3)
+    return {"table": table(cols, rows), "meta": meta}
 
 
 def _load_report_table(reports: list[dict]) -> dict | None:
@@ -561,7 +308,7 @@ def _load_report_table(reports: list[dict]) -> dict | None:
                 r["fold"],
                 r.get("format", "–"),
                 Path(str(r.get("source", "–"))).name,
-                _fmt(r.get("fraction_loaded")),
+                fmt(r.get("fraction_loaded")),
                 f"{loaded:,} / {total:,}"
                 if isinstance(loaded, int) and isinstance(total, int)
                 else "–",
@@ -583,10 +330,11 @@ def _load_report_table(reports: list[dict]) -> dict | None:
         "unexpected",
         "shape mismatch",
     ]
-    return _table(cols, rows, numeric_from=4)
+    return table(cols, rows, numeric_from=4)
 
 
-def _runtime_table(bench: pd.DataFrame | None) -> dict | None:
+def _runtime_frame(bench: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per workflow rule: jobs, total/mean/max wall seconds and peak RSS (MB)."""
     if bench is None or bench.empty:
         return None
     bench = bench.copy()
@@ -594,7 +342,7 @@ def _runtime_table(bench: pd.DataFrame | None) -> dict | None:
     rss = pd.to_numeric(bench.get("max_rss", pd.Series(np.nan, index=bench.index)), errors="coerce")
     bench["max_rss"] = rss
     g = bench.groupby("rule")
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "jobs": g.size(),
             "total": g["s"].sum(),
@@ -603,41 +351,32 @@ def _runtime_table(bench: pd.DataFrame | None) -> dict | None:
             "rss": g["max_rss"].max(),
         }
     ).sort_values("total", ascending=False)
+
+
+def _runtime_records(bench: pd.DataFrame | None) -> list[dict]:
+    frame = _runtime_frame(bench)
+    return [] if frame is None else frame.reset_index().to_dict(orient="records")
+
+
+def _runtime_table(bench: pd.DataFrame | None) -> dict | None:
+    frame = _runtime_frame(bench)
+    if frame is None:
+        return None
     rows = [
         [
             rule,
             int(r["jobs"]),
-            _fmt(r["total"], 1),
-            _fmt(r["mean"], 1),
-            _fmt(r["max"], 1),
-            _fmt(r["rss"], 0),
+            fmt(r["total"], 1),
+            fmt(r["mean"], 1),
+            fmt(r["max"], 1),
+            fmt(r["rss"], 0),
         ]
-        for rule, r in table.iterrows()
+        for rule, r in frame.iterrows()
     ]
-    total = _fmt(float(bench["s"].sum()), 1)
-    rows.append(["all rules", int(len(bench)), total, "", "", ""])
+    total = fmt(float(frame["total"].sum()), 1)
+    rows.append(["all rules", int(frame["jobs"].sum()), total, "", "", ""])
     cols = ["rule", "jobs", "total wall s", "mean s", "max s", "peak max_rss MB"]
-    return _table(cols, rows)
-
-
-def _versions() -> list[list[str]]:
-    rows = [["python", platform.python_version()]]
-    for pkg in PROVENANCE_PACKAGES:
-        try:
-            rows.append([pkg, importlib.metadata.version(pkg)])
-        except importlib.metadata.PackageNotFoundError:
-            rows.append([pkg, "not installed"])
-    rows.append(["platform", platform.platform()])
-    return rows
-
-
-def _config_text(config: dict) -> str:
-    try:
-        import yaml
-
-        return yaml.safe_dump(_json_safe(config), sort_keys=False, allow_unicode=True)
-    except Exception:  # noqa: BLE001 - provenance must never break the report
-        return json.dumps(_json_safe(config), indent=2, default=str)
+    return table(cols, rows)
 
 
 # ----------------------------------------------------------------------------- overlays
@@ -713,21 +452,6 @@ def _overlay_cases(
 # ----------------------------------------------------------------------------- build
 
 
-def _per_arm_summary(metrics: pd.DataFrame, arms: list[str]) -> dict:
-    out: dict[str, Any] = {}
-    for arm in arms:
-        cases = per_case(metrics, arm, "dice")
-        entry: dict[str, Any] = {"n_cases": int(len(cases)), "mean_dice": float(cases.mean())}
-        for metric in ("dice", "hd95"):
-            s = summarise_arms(metrics[metrics["arm"] == arm], metric)
-            entry[metric] = {
-                r["class"]: {k: r[k] for k in ("n", "mean", "sd", "median")}
-                for _, r in s.iterrows()
-            }
-        out[arm] = entry
-    return out
-
-
 class _Figures:
     """Collects figures: saves each PNG in ``figures_dir`` and keeps a data URI for HTML."""
 
@@ -743,6 +467,47 @@ class _Figures:
         return self.uris[name]
 
 
+def _volumes(metrics: pd.DataFrame, class_names: list[str]) -> dict[str, np.ndarray]:
+    """Reference volume (ml) of every evaluated case, per class (from one arm's rows)."""
+    if "volume_ref_ml" not in metrics.columns or metrics.empty:
+        return {}
+    first = metrics[metrics["arm"] == metrics["arm"].iloc[0]]
+    return {
+        cls: pd.to_numeric(first.loc[first["class"] == cls, "volume_ref_ml"], errors="coerce")
+        .dropna()
+        .to_numpy()
+        for cls in class_names
+    }
+
+
+def _convention(config: dict, metrics: pd.DataFrame) -> str:
+    """The sentence that states how empty masks and NSD were scored."""
+    ev = config.get("evaluate") or {}
+    empty = ev.get("empty_dice", "one")
+    both = "1 (a correct empty answer)" if empty == "one" else "NaN (left out of the means)"
+    tol = ev.get("nsd_tolerance_mm", 2.0)
+    per = ev.get("nsd_tolerance_by_class") or {}
+    per_txt = "".join(f", {k}: {v} mm" for k, v in per.items())
+    counts = ""
+    if "empty" in metrics.columns:
+        flags = metrics["empty"]
+        found = flags[flags != ""].value_counts()
+        if len(found):
+            counts = (
+                " Found: " + ", ".join(f"{v} rows with {k} empty" for k, v in found.items()) + "."
+            )
+    return (
+        f"When reference and prediction are both empty, Dice, IoU and NSD count as {both}; "
+        "when only one is empty they are 0 and the surface distances (HD95, ASSD) are "
+        f"undefined and left out. NSD tolerance: {tol} mm{per_txt}.{counts}"
+    )
+
+
+def _write_tables(folder: Path, frames: dict[str, pd.DataFrame]) -> None:
+    for name, df in frames.items():
+        atomic_write_text(folder / f"{name}.csv", df.to_csv(index=False))
+
+
 def build_report(
     results: Path,
     out_html: Path,
@@ -754,21 +519,29 @@ def build_report(
     classes: dict[int, str],
     config: dict,
     n_overlays: int = 3,
-) -> None:
-    """Write the HTML report, its figures as PNG files, and ``summary.json``.
+    tables_dir: Path | None = None,
+) -> dict:
+    """Write the HTML report, its figures as PNG files, its tables as CSV and ``summary.json``.
 
     Args:
         results: the ``results`` folder of a run.
         out_html: the report to write (one self-contained file).
-        figures_dir: folder for ``dice_boxplot.png``, ``hd95_boxplot.png``,
-            ``paired_differences.png``, ``training_curves.png``, ``overlays.png`` and, when
-            ``evaluation/label_fraction.csv`` exists, ``label_fraction.png``.
-        summary_json: machine-readable summary (per-arm stats, comparisons, best arm).
+        figures_dir: folder for the figures as PNG (``dice_boxplot.png``,
+            ``nsd_boxplot.png``, ``hd95_boxplot.png``, ``paired_differences.png``,
+            ``difference_forest.png``, ``spacing_histogram.png``, ``label_volumes.png``,
+            ``training_curves.png``, ``overlays.png`` and, with label fractions,
+            ``label_fraction.png``), each when its data exists.
+        summary_json: every number of the report, machine-readable.
         arms: arms in display order.
         reference_arm: the arm the others are compared against (usually ``scratch``).
         classes: ``{label value: class name}``, background excluded.
-        config: the run's configuration, printed under provenance.
+        config: the run's configuration (secrets redacted), shown under provenance.
         n_overlays: cases drawn as overlays (best, median, worst, ...).
+        tables_dir: folder for ``per_arm.csv``, ``comparisons.csv``, ``per_fold.csv`` and
+            ``per_case.csv`` (default: ``tables`` beside ``summary_json``).
+
+    Returns:
+        The summary written to ``summary_json``.
 
     Raises:
         ReportError: if the manifest, folds or metrics are missing (naming the file) or
@@ -785,68 +558,76 @@ def build_report(
     metrics = inputs.metrics
     class_names = [str(v) for v in classes.values() if str(v) in set(metrics["class"])]
     class_names += sorted(set(metrics["class"]) - set(class_names))
-
-    per_arm = _per_arm_summary(metrics, arms)
-    best_arm = max(arms, key=lambda a: np.nan_to_num(per_arm[a]["mean_dice"], nan=-1.0))
-    comparisons = _comparisons(metrics, arms, reference_arm)
-    dice_comparisons = [c for c in comparisons if c.metric == "dice"]
+    n_boot = int((config.get("evaluate") or {}).get("bootstrap", 2000))
+    groups = E.patient_groups(inputs.manifest, inputs.folds)
+    ev = E.evaluate_arms(metrics, arms, reference_arm, groups, n_boot=n_boot, seed=0)
+    case_dice = {a: per_case(metrics, a, "dice") for a in arms}
+    mean_dice = {a: float(case_dice[a].mean()) for a in arms}
+    best_arm = max(arms, key=lambda a: np.nan_to_num(mean_dice[a], nan=-1.0))
 
     figs = _Figures(figures_dir)
-    figure_uris = {
-        "dice_boxplot": figs.add(
-            "dice_boxplot", F.metric_boxplot(metrics, arms, "dice", class_names)
-        ),
-        "hd95_boxplot": figs.add(
-            "hd95_boxplot", F.metric_boxplot(metrics, arms, "hd95", class_names)
-        ),
-        "paired_differences": figs.add(
-            "paired_differences",
-            F.paired_differences(
-                {a: per_case(metrics, a, "dice") for a in arms}, arms, reference_arm
-            ),
-        ),
-    }
+    for metric in ("dice", "nsd", "hd95"):
+        if metric in ev.summaries:
+            figs.add(f"{metric}_boxplot", F.metric_boxplot(metrics, arms, metric, class_names))
+    figs.add("paired_differences", F.paired_differences(case_dice, arms, reference_arm))
+    figs.add(
+        "difference_forest",
+        F.difference_forest(E.forest_rows(ev.versus_reference + ev.all_pairs), "Dice"),
+    )
+    spacing = np.array([parse_triplet(s) for s in inputs.manifest.get("spacing", [])])
+    if spacing.size:
+        figs.add("spacing_histogram", F.spacing_histogram(spacing))
+    volumes = _volumes(metrics, class_names)
+    if volumes:
+        figs.add("label_volumes", F.volume_distribution(volumes))
     if inputs.curves:
-        figure_uris["training_curves"] = figs.add(
-            "training_curves", F.training_curves(inputs.curves, arms)
-        )
+        figs.add("training_curves", F.training_curves(inputs.curves, arms))
     overlay_cases, overlay_basis, overlay_problems = _overlay_cases(
         results, inputs, arms, reference_arm, n_overlays
     )
     if overlay_cases:
-        figure_uris["overlays"] = figs.add(
-            "overlays", F.overlays(overlay_cases, arms, ("axial", "coronal", "sagittal"))
-        )
+        figs.add("overlays", F.overlays(overlay_cases, arms, ("axial", "coronal", "sagittal")))
     label_fraction = None
     if inputs.label_fraction is not None and len(inputs.label_fraction):
         points = label_fraction_points(inputs.label_fraction, arms)
-        figure_uris["label_fraction"] = figs.add(
-            "label_fraction", F.label_fraction_curves(points, arms)
-        )
+        figs.add("label_fraction", F.label_fraction_curves(points, arms))
         label_fraction = {
-            "table": _label_fraction_table(points),
+            "table": label_fraction_table(points),
             "statements": label_fraction_statements(points, arms, reference_arm),
             "points": points.to_dict(orient="records"),
         }
 
+    folds_table, folds_df = E.folds_metric_table(metrics)
+    cases_table, cases_df = E.cases_table(metrics, arms)
+    provenance = provenance_section(config, inputs.run_records, inputs.folds)
+    dice_versus = [c for c in ev.versus_reference if c.metric == "dice"]
     context = {
         "title": "medtl report",
         "arms": arms,
         "reference_arm": reference_arm,
         "class_names": class_names,
         "best_arm": best_arm,
-        "best_mean_dice": _fmt(per_arm[best_arm]["mean_dice"]),
-        "best_n_cases": per_arm[best_arm]["n_cases"],
-        "statements": [c.statement for c in dice_comparisons],
-        "hd95_statements": [c.statement for c in comparisons if c.metric == "hd95"],
+        "best_mean_dice": fmt(mean_dice[best_arm]),
+        "best_n_cases": int(len(case_dice[best_arm])),
+        "verdict": ev.verdict,
+        "statements": [c.statement for c in dice_versus],
+        "other_statements": [c.statement for c in ev.versus_reference if c.metric != "dice"],
+        "convention": _convention(config, metrics),
         "dataset": _dataset_section(inputs),
-        "plan": _table(["key", "value"], _flatten(inputs.plan), numeric_from=2)
+        "plan": table(["key", "value"], _flatten(inputs.plan), numeric_from=2)
         if inputs.plan
         else None,
         "folds": _folds_section(inputs),
-        "arm_table": _arm_table(metrics, arms, class_names),
-        "comparison_table": _comparison_table(comparisons) if comparisons else None,
-        "figures": figure_uris,
+        "arm_table": E.arm_table(ev, arms, class_names),
+        "secondary_table": E.secondary_table(metrics, arms, class_names),
+        "comparison_table": E.comparison_table(ev.versus_reference)
+        if ev.versus_reference
+        else None,
+        "pairs_table": E.comparison_table(ev.all_pairs) if len(ev.all_pairs) > 1 else None,
+        "fold_table": folds_table,
+        "case_table": cases_table,
+        "postprocess": E.postprocess_table(inputs.postprocess),
+        "figures": figs.uris,
         "load_reports": _load_report_table(inputs.load_reports),
         "trainable": _trainable_table(inputs.run_summaries, arms),
         "overlay_cases": [c.case for c in overlay_cases],
@@ -854,29 +635,58 @@ def build_report(
         "overlay_problems": overlay_problems,
         "runtime": _runtime_table(inputs.benchmarks),
         "label_fraction": label_fraction,
-        "config_text": _config_text(config),
-        "versions": _table(["package", "version"], _versions(), numeric_from=2),
+        "provenance": provenance,
     }
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True)
     html = env.get_template("report.html.j2").render(**context).lstrip()
 
+    per_arm_df = pd.concat(
+        [df.assign(metric=m) for m, df in ev.summaries.items()], ignore_index=True
+    )
+    comparisons_df = pd.DataFrame(
+        [{"family": "versus_reference", **asdict(c)} for c in ev.versus_reference]
+        + [{"family": "all_pairs", **asdict(c)} for c in ev.all_pairs]
+    )
+    tables_dir = Path(tables_dir) if tables_dir else Path(summary_json).parent / "tables"
+    _write_tables(
+        tables_dir,
+        {
+            "per_arm": per_arm_df,
+            "comparisons": comparisons_df,
+            "per_fold": folds_df,
+            "per_case": cases_df,
+        },
+    )
     summary = {
         "arms": arms,
         "reference_arm": reference_arm,
         "classes": {str(k): v for k, v in classes.items()},
-        "best_arm": {"arm": best_arm, "mean_dice": per_arm[best_arm]["mean_dice"]},
-        "per_arm": per_arm,
-        "comparisons": [asdict(c) for c in comparisons],
+        "best_arm": {"arm": best_arm, "mean_dice": mean_dice[best_arm]},
+        "mean_dice": mean_dice,
+        "convention": context["convention"],
+        **E.summary_records(ev),
+        "per_fold": folds_df.to_dict(orient="records"),
+        "per_case": cases_df.to_dict(orient="records"),
+        "postprocess": inputs.postprocess,
+        "dataset": {
+            "cases": int(len(inputs.manifest)),
+            "patients": int(inputs.manifest["patient_id"].nunique())
+            if "patient_id" in inputs.manifest
+            else None,
+            "reference_volume_ml": {k: v.tolist() for k, v in volumes.items()},
+        },
         "n_cases": int(len(inputs.manifest)),
         "n_evaluated_cases": int(metrics["case"].nunique()),
-        "figures": sorted(figure_uris),
+        "runtime": _runtime_records(inputs.benchmarks),
+        "provenance": provenance["record"],
+        "figures": sorted(figs.uris),
     }
     if label_fraction is not None:
         summary["label_fraction"] = {
             "points": label_fraction["points"],
             "statements": label_fraction["statements"],
         }
-    atomic_write_bytes(
-        Path(summary_json), (json.dumps(_json_safe(summary), indent=2) + "\n").encode("utf-8")
-    )
+    summary = json_safe(summary)
+    atomic_write_bytes(Path(summary_json), (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     atomic_write_bytes(Path(out_html), html.encode("utf-8"))
+    return summary

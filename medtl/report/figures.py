@@ -23,7 +23,16 @@ REFERENCE_COLOUR = "#ffd400"
 #: Colours of the arms, in the order the arms are given (the reference's yellow skipped).
 ARM_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e377c2"]
 
-_METRIC_LABELS = {"dice": "Dice", "hd95": "HD95 (mm)"}
+_METRIC_LABELS = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "hd95": "HD95 (mm)",
+    "assd": "ASSD (mm)",
+    "nsd": "NSD",
+}
+
+#: Metrics drawn on a 0-1 axis.
+_UNIT_INTERVAL = {"dice", "iou", "nsd"}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -96,9 +105,108 @@ def metric_boxplot(
         ax.set_xticks(positions, arms)
         ax.set_ylabel(_METRIC_LABELS.get(metric, metric))
         ax.set_title(f"{_METRIC_LABELS.get(metric, metric)} — {cls}", fontsize=10)
-        if metric == "dice":
+        if metric in _UNIT_INTERVAL:
             ax.set_ylim(-0.02, 1.02)
         _style(ax)
+    return fig
+
+
+def spacing_histogram(spacing: np.ndarray) -> Figure:
+    """Histograms of voxel spacing along the three axes, one panel each.
+
+    Args:
+        spacing: ``(cases, 3)`` voxel sizes in mm (NaN rows are left out).
+    """
+    spacing = np.asarray(spacing, dtype=float).reshape(-1, 3)
+    fig = _figure(9.0, 2.6)
+    axes = fig.subplots(1, 3)
+    for i, (ax, axis) in enumerate(zip(axes, "xyz", strict=True)):
+        values = spacing[:, i][np.isfinite(spacing[:, i])]
+        if values.size:
+            low, high = float(values.min()), float(values.max())
+            bins = 10 if high - low > 1e-6 else [low - 0.05, low + 0.05]
+            ax.hist(values, bins=bins, color="#1f5f99", alpha=0.8, edgecolor="white")
+        ax.set_title(f"spacing {axis}", fontsize=10)
+        ax.set_xlabel("mm")
+        _style(ax)
+    axes[0].set_ylabel("cases")
+    return fig
+
+
+def volume_distribution(volumes: dict[str, np.ndarray]) -> Figure:
+    """Histogram of reference label volumes (ml) per class, one panel each.
+
+    Args:
+        volumes: per class name, the reference volume of every labelled case in ml.
+    """
+    names = list(volumes) or ["–"]
+    fig = _figure(max(4.0, 3.6 * len(names)), 2.8)
+    axes = np.atleast_1d(fig.subplots(1, len(names), squeeze=False)[0])
+    for ax, name in zip(axes, names, strict=True):
+        values = np.asarray(volumes.get(name, []), dtype=float)
+        values = values[np.isfinite(values)]
+        if values.size:
+            ax.hist(
+                values,
+                bins=min(15, max(3, values.size // 2)),
+                color="#2e7d32",
+                alpha=0.8,
+                edgecolor="white",
+            )
+            empty = int((values == 0).sum())
+            if empty:
+                ax.text(
+                    0.98,
+                    0.92,
+                    f"{empty} empty",
+                    transform=ax.transAxes,
+                    ha="right",
+                    fontsize=8,
+                    color="#555555",
+                )
+        ax.set_title(f"reference volume — {name}", fontsize=10)
+        ax.set_xlabel("ml")
+        ax.set_ylabel("cases")
+        _style(ax)
+    return fig
+
+
+def difference_forest(rows: list[dict], metric_label: str = "Dice") -> Figure:
+    """Mean paired difference with its 95 % CI, one line per comparison.
+
+    Args:
+        rows: dicts with ``label`` (e.g. ``finetune − scratch``), ``mean_diff``,
+            ``ci_low``, ``ci_high`` and ``significant`` (Holm-adjusted p < 0.05).
+        metric_label: the metric's name for the axis.
+    """
+    fig = _figure(6.4, 0.5 * max(1, len(rows)) + 1.2)
+    ax = fig.subplots()
+    if not rows:
+        ax.text(
+            0.5,
+            0.5,
+            "no paired comparison (one arm, or too few cases)",
+            ha="center",
+            va="center",
+            color="#888888",
+            transform=ax.transAxes,
+        )
+        ax.set_axis_off()
+        return fig
+    for i, r in enumerate(reversed(rows)):
+        colour = (
+            "#2e7d32"
+            if r["significant"] and r["mean_diff"] > 0
+            else ("#c62828" if r["significant"] else "#5f6b76")
+        )
+        ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=colour, lw=2.2)
+        ax.plot([r["mean_diff"]], [i], "o", color=colour, ms=6)
+    ax.axvline(0.0, color="#222222", lw=0.9, ls="--")
+    ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)])
+    ax.set_xlabel(f"mean paired difference in {metric_label} (95 % CI)")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="x", color="#e5e5e5", linewidth=0.8)
+    ax.set_axisbelow(True)
     return fig
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtl.evaluate.metrics import METRIC_COLUMNS
+from medtl.evaluate.stats import bootstrap_ci, per_case
 from medtl.report.build import ReportError, build_report
 
 ARMS = ["scratch", "finetune"]
@@ -133,11 +135,13 @@ def results(tmp_path, monkeypatch) -> Path:
                 shift = 0 if arm == "finetune" else 1
                 _save(_label(shift), res / "predictions" / arm / f"fold{k}" / f"{case}.nii.gz")
                 dice = base + 0.02 * j + 0.01 * k
-                rows.append([arm, k, case, "tumour", dice, 4.0 - 2.0 * dice])
+                hd95 = 4.0 - 2.0 * dice
+                rows.append(
+                    [arm, k, case, "tumour", dice, dice - 0.1, hd95, hd95 / 3, dice + 0.05, 2.0]
+                    + [5.4, 5.4 * dice, 5.4 * (dice - 1), dice - 1, 1, 1, 1, 0, 0, ""]
+                )
     (res / "evaluation").mkdir()
-    pd.DataFrame(rows, columns=["arm", "fold", "case", "class", "dice", "hd95"]).to_csv(
-        res / "evaluation/metrics.csv", index=False
-    )
+    pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(res / "evaluation/metrics.csv", index=False)
     bench = res / "benchmarks" / "train"
     bench.mkdir(parents=True)
     (bench / "scratch_fold0.tsv").write_text("s\th:m:s\tmax_rss\n12.5\t0:00:12\t512.3\n")
@@ -167,16 +171,27 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
     assert len(re.findall(r'src="data:image/png;base64,', html)) >= 4
     # per-arm table with numbers: finetune Dice mean over 8 cases
     finetune = 0.80 + np.mean([0.02 * j + 0.01 * k for k in (0, 1) for j in range(4)])
-    assert f"{finetune:.3f} ± " in html
+    # mean (95 % CI), the CI resampling patients (two cases each)
+    groups = pd.Series({c: f"pat{i // 2}" for i, c in enumerate(CASES)})
+    metrics = pd.read_csv(results / "evaluation/metrics.csv")
+    low, high = bootstrap_ci(per_case(metrics, "finetune"), groups, n_boot=2000, seed=0)
+    assert f"{finetune:.3f} ({low:.3f}–{high:.3f})" in html
     assert "finetune improved mean Dice over scratch by 0.200" in html
     assert "Best mean Dice: <strong>finetune</strong>" in html
+    assert "Holm p" in html and "normalised surface Dice" in html
+    # the verdict: one sentence naming the best arm
+    assert re.search(r"<strong>finetune has the best mean Dice[^<]*\.</strong>", html)
     for text in ("no pixel data", "target_spacing", "1.5 × 1.5 × 3", "0.950", "Runtime", "torch"):
         assert text in html
     # What each arm trained: strategy and trainable parameters from the runs' summaries.
     assert "What each arm trained" in html and "12,345" in html
     for name in (
         "dice_boxplot",
+        "nsd_boxplot",
         "hd95_boxplot",
+        "difference_forest",
+        "spacing_histogram",
+        "label_volumes",
         "paired_differences",
         "training_curves",
         "overlays",
@@ -184,12 +199,21 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arms"] == ARMS
-    assert set(summary["per_arm"]) == set(ARMS)
+    assert {r["arm"] for r in summary["per_arm_class"]["dice"]} == set(ARMS)
     assert summary["best_arm"]["arm"] == "finetune"
-    assert summary["comparisons"][0]["arm"] == "finetune"
-    assert summary["comparisons"][0]["n"] == len(CASES)
+    first = summary["versus_reference"][0]
+    assert (first["arm"], first["metric"], first["n"]) == ("finetune", "dice", len(CASES))
+    assert first["p_holm"] >= first["p_value"]
+    assert summary["verdict"].startswith("finetune has the best mean Dice")
+    assert len(summary["per_case"]) == len(CASES)
+    assert len(summary["provenance"]["config_sha256"]) == 64
+    assert summary["provenance"]["seeds"]["config seed"] == 1
     leftovers = sorted(p.name for p in out.iterdir())
-    assert leftovers == ["figures", "report.html", "summary.json"]
+    assert leftovers == ["figures", "report.html", "summary.json", "tables"]
+    per_fold = pd.read_csv(out / "tables" / "per_fold.csv")
+    assert set(per_fold["fold"]) == {0, 1} and set(per_fold["arm"]) == set(ARMS)
+    per_case_csv = pd.read_csv(out / "tables" / "per_case.csv")
+    assert per_case_csv.set_index("case").loc["case00", "finetune"] == pytest.approx(0.80)
 
 
 def test_optional_inputs_are_omitted(results, tmp_path):

@@ -1,0 +1,160 @@
+"""Label-fraction curves: each arm retrained on shares of the training labels.
+
+Reads ``evaluation/label_fraction.csv`` (one row per arm, fraction, held-out case and
+class) and turns it into points with bootstrap CIs, one sentence per arm on the labels
+transfer saved, and a table for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtl.evaluate.stats import per_case
+from medtl.io.errors import MedtlError
+from medtl.report.tables import fmt, table
+
+
+class LabelFractionError(MedtlError):
+    """A label-fraction table that lacks columns."""
+
+
+#: Columns ``label_fraction.csv`` must have.
+LABEL_FRACTION_COLUMNS = ["arm", "fraction", "labelled_cases", "fold", "case", "class", "dice"]
+
+
+def read_label_fraction(path: Path) -> pd.DataFrame | None:
+    """The label-fraction table, or None when the run made none (it is optional)."""
+    if not path.is_file():
+        return None
+    df = pd.read_csv(path)
+    missing = [c for c in LABEL_FRACTION_COLUMNS if c not in df.columns]
+    if missing:
+        raise LabelFractionError(
+            f"{path}: expected columns {LABEL_FRACTION_COLUMNS}, missing {missing}. "
+            "How to fix: rerun the evaluate_fractions rule."
+        )
+    for col in ("arm", "case", "class"):
+        df[col] = df[col].astype(str)
+    for col in ("fraction", "labelled_cases", "dice"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def _mean_ci(values: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap 95 % CI of the mean (the mean itself for one value)."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if values.size == 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return mean, float(low), float(high)
+
+
+def label_fraction_points(table: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
+    """Per arm and fraction: labelled cases, cases, mean Dice and its bootstrap 95 % CI.
+
+    Each case is first averaged over its classes, so every held-out case counts once.
+
+    Args:
+        table: the ``label_fraction.csv`` table.
+        arms: arms in display order (others in the table are left out).
+
+    Returns:
+        Columns ``arm, fraction, labelled_cases, n_cases, mean_dice, ci_low, ci_high``,
+        sorted by arm (in ``arms`` order) and fraction.
+    """
+    rows = []
+    for arm in arms:
+        sel = table[table["arm"] == arm]
+        for fraction, part in sel.groupby("fraction", sort=True):
+            cases = per_case(part, arm, "dice")
+            mean, low, high = _mean_ci(cases.to_numpy())
+            rows.append(
+                {
+                    "arm": arm,
+                    "fraction": float(fraction),
+                    "labelled_cases": float(part["labelled_cases"].mean()),
+                    "n_cases": int(len(cases)),
+                    "mean_dice": mean,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    cols = ["arm", "fraction", "labelled_cases", "n_cases", "mean_dice", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _fmt_count(x: float) -> str:
+    """A (mean) number of cases: whole numbers without decimals, else one decimal."""
+    return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
+
+
+def _cases(x: float) -> str:
+    """``1 labelled training case``, ``2.5 labelled training cases``."""
+    text = _fmt_count(x)
+    return f"{text} labelled training case" + ("" if text == "1" else "s")
+
+
+def label_fraction_statements(points: pd.DataFrame, arms: list[str], reference: str) -> list[str]:
+    """One sentence per arm other than ``reference``: the labels it saves, if any.
+
+    For the largest number of labelled cases ``M`` at which ``arm`` reached the
+    reference's mean Dice with fewer cases, the fewest such cases ``N``: "with N
+    labelled cases, arm reached the Dice reference reached with M". Only measured
+    points are compared (no interpolation).
+    """
+    ref = points[points["arm"] == reference].sort_values("labelled_cases", ascending=False)
+    out = []
+    if ref.empty:
+        return out
+    for arm in arms:
+        own = points[(points["arm"] == arm) & points["mean_dice"].notna()]
+        if arm == reference or own.empty:
+            continue
+        found = None
+        for _, r in ref.iterrows():
+            hits = own[
+                (own["labelled_cases"] < r["labelled_cases"]) & (own["mean_dice"] >= r["mean_dice"])
+            ]
+            if len(hits):
+                found = (hits.sort_values("labelled_cases").iloc[0], r)
+                break
+        if found is None:
+            out.append(
+                f"{arm} did not reach, with fewer labelled cases, a mean Dice {reference} "
+                "reached with more (at the measured points)."
+            )
+            continue
+        a, r = found
+        saved = 1.0 - a["labelled_cases"] / r["labelled_cases"]
+        out.append(
+            f"With {_cases(a['labelled_cases'])} per fold, {arm} "
+            f"reached the mean Dice {reference} reached with {_fmt_count(r['labelled_cases'])} "
+            f"({a['mean_dice']:.3f} vs {r['mean_dice']:.3f}): {saved:.0%} fewer labels."
+        )
+    return out
+
+
+def label_fraction_table(points: pd.DataFrame) -> dict:
+    rows = [
+        [
+            r["arm"],
+            f"{100 * r['fraction']:.0f} %",
+            _fmt_count(r["labelled_cases"]),
+            int(r["n_cases"]),
+            fmt(r["mean_dice"]),
+            f"{fmt(r['ci_low'])} to {fmt(r['ci_high'])}",
+        ]
+        for _, r in points.iterrows()
+    ]
+    cols = ["arm", "fraction", "labelled cases per fold", "n cases", "mean Dice", "95 % CI"]
+    return table(cols, rows)
