@@ -35,6 +35,7 @@ from medtl.report.fractions import (
     read_label_fraction,
 )
 from medtl.report.provenance import provenance_section
+from medtl.report.spec import load_spec, render_spec
 from medtl.report.tables import fmt, fmt_value, json_safe, parse_triplet, table
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -637,6 +638,22 @@ def build_report(
         "label_fraction": label_fraction,
         "provenance": provenance,
     }
+    present = {
+        "plan": context["plan"] is not None,
+        "postprocess": context["postprocess"] is not None,
+        "label-fraction": label_fraction is not None,
+        "training": "training_curves" in figs.uris,
+        "weights": context["load_reports"] is not None,
+        "overlays": bool(overlay_cases or overlay_problems),
+        "runtime": context["runtime"] is not None,
+    }
+    values = {
+        "reference_arm": reference_arm,
+        "folds_meta": context["folds"]["meta"],
+        "overlay_basis": overlay_basis,
+        "overlay_cases": ", ".join(c.case for c in overlay_cases),
+    }
+    context["sections"], context["captions"] = render_spec(load_spec(), values, present)
     env = Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True)
     html = env.get_template("report.html.j2").render(**context).lstrip()
 
