@@ -46,10 +46,10 @@ def redact_secrets(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape results."""
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Installed versions of the packages that shape results (and of ``extra`` ones)."""
     out = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in (*PACKAGES, *extra):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

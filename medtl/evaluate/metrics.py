@@ -482,7 +482,7 @@ def case_metrics(
 # ------------------------------------------------------------------ files
 
 
-def _load_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+def load_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Read a label map: (integer array, affine, shape); trailing singleton axes dropped."""
     img = nib.load(str(path))
     data = np.asarray(img.dataobj)
@@ -540,8 +540,8 @@ class _Task:
 
 
 def _evaluate_task(task: _Task, classes: dict[int, str], cfg: EvaluateConfig) -> list[dict]:
-    pred_img = _load_label(task.pred)
-    ref_img = _load_label(task.ref)
+    pred_img = load_label(task.pred)
+    ref_img = load_label(task.ref)
     check_same_grid(task.pred, task.ref, pred_img, ref_img)
     rows = case_metrics(pred_img[0], ref_img[0], _spacing(ref_img[1]), classes, cfg)
     return [{"arm": task.arm, "fold": task.fold, "case": task.case, **row} for row in rows]

@@ -28,11 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
-from medtl.evaluate.metrics import dice_score, read_folds
+from medtl.evaluate.metrics import dice_score, load_label, read_folds
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
@@ -132,29 +131,12 @@ def _cases(
     return out
 
 
-def _load_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(integer 3-D array, affine)`` of a label map; trailing singleton axes dropped."""
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(
-            path,
-            f"expected a 3-D label map, found shape {tuple(img.shape)}",
-            "write one 3-D label volume per case",
-        )
-    if not np.issubdtype(data.dtype, np.integer):
-        data = np.rint(data)
-    return data.astype(np.int32), np.asarray(img.affine, dtype=float)
-
-
 def _score_case(
     task: _Case, classes: dict[int, str], candidates: tuple[str, ...], min_volume_mm3: float
 ) -> dict:
     """Per class: Dice raw and after each candidate, and which candidates change the mask."""
-    pred, pred_affine = _load_label(task.pred)
-    ref, ref_affine = _load_label(task.ref)
+    pred, pred_affine, _ = load_label(task.pred)
+    ref, ref_affine, _ = load_label(task.ref)
     if pred.shape != ref.shape or not np.allclose(pred_affine, ref_affine, atol=AFFINE_ATOL):
         raise InputError(
             task.pred,

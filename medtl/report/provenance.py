@@ -62,18 +62,6 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def _versions() -> dict[str, str]:
-    versions = P.package_versions()
-    from importlib import metadata
-
-    for name in REPORT_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
 def _yaml(config: dict) -> str:
     import yaml
 
@@ -88,7 +76,7 @@ def provenance_section(config: dict, run_records: list[dict], folds: dict) -> di
         run_records: the ``run.json`` of every training run (with ``arm`` and ``fold``).
         folds: ``folds.json`` (for the split seed).
     """
-    versions = _versions()
+    versions = P.package_versions(REPORT_PACKAGES)
     commit = P.git_commit()
     train_commits = sorted({str(r.get("git_commit")) for r in run_records if r.get("git_commit")})
     seeds = {
