@@ -241,3 +241,53 @@ def fetched_resources(driver: Any) -> list[str]:
     """
     script = "return performance.getEntriesByType('resource').map(e => e.name);"
     return list(driver.execute_script(script))
+
+
+def element_screenshot(driver: Any, element_id: str, out: Path, margin: int = 8) -> Path:
+    """Write a PNG of one element of the page (e.g. a report section) by its id."""
+    box = driver.execute_script(
+        "const r = document.getElementById(arguments[0]).getBoundingClientRect();"
+        "return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height];",
+        element_id,
+    )
+    x, y, w, h = (float(v) for v in box)
+    clip = {
+        "x": max(0.0, x - margin),
+        "y": max(0.0, y - margin),
+        "width": w + 2 * margin,
+        "height": h + 2 * margin,
+        "scale": 1,
+    }
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True, "fromSurface": True, "clip": clip},
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(shot["data"]))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/support/browser.py REPORT.html OUT_DIR [SECTION_ID ...]``.
+
+    Writes ``report-<id>.png`` for each section id (the whole page as
+    ``report-page.png`` when none is given); docs/report.md's pictures come from here.
+    """
+    if len(argv) < 2:
+        print(main.__doc__)
+        return 2
+    report, out_dir, ids = Path(argv[0]), Path(argv[1]), argv[2:]
+    with headless_chromium() as driver:
+        open_file(driver, report)
+        if not ids:
+            print(full_page_screenshot(driver, out_dir / "report-page.png"))
+        for element_id in ids:
+            print(element_screenshot(driver, element_id, out_dir / f"report-{element_id}.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
