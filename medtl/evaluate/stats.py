@@ -427,7 +427,10 @@ def _statement(
         )
     adjusted = family > 0 and math.isfinite(p_holm)
     decision = p_holm if adjusted else p
-    holm_txt = f", Holm-adjusted {_fmt_p(p_holm)} over {family} comparisons" if adjusted else ""
+    plural = "s" if family != 1 else ""
+    holm_txt = (
+        f", Holm-adjusted {_fmt_p(p_holm)} over {family} comparison{plural}" if adjusted else ""
+    )
     test_txt = f"Wilcoxon {_fmt_p(p)}{holm_txt}, n = {n} cases"
     if decision < ALPHA:
         # the sentence gives a size; when the signed difference is negative, say so too
@@ -557,8 +560,16 @@ def compare_all_pairs(
         second_better = d > 0 if higher_better else d < 0
         arm, reference = (second, first) if second_better else (first, second)
         out.append(compare_arms(metrics, arm, reference, metric, seed, n_boot, groups=groups))
-    adjusted = holm([c.p_value for c in out])
-    family = sum(math.isfinite(c.p_value) for c in out)
+    return holm_family(out)
+
+
+def holm_family(comparisons: Sequence[PairedComparison]) -> list[PairedComparison]:
+    """The comparisons with Holm-adjusted p-values over them as one family.
+
+    Each gets ``p_holm`` and a statement whose conclusion rests on the adjusted p.
+    """
+    adjusted = holm([c.p_value for c in comparisons])
+    family = sum(math.isfinite(c.p_value) for c in comparisons)
     return [
         replace(
             c,
@@ -575,7 +586,7 @@ def compare_all_pairs(
                 family,
             ),
         )
-        for c, ph in zip(out, adjusted, strict=True)
+        for c, ph in zip(comparisons, adjusted, strict=True)
     ]
 
 

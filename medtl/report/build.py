@@ -573,7 +573,7 @@ def build_report(
     figs.add("paired_differences", F.paired_differences(case_dice, arms, reference_arm))
     figs.add(
         "difference_forest",
-        F.difference_forest(E.forest_rows(ev.versus_reference + ev.all_pairs), "Dice"),
+        F.difference_forest(E.forest_rows(ev.versus_reference), "Dice"),
     )
     spacing = np.array([parse_triplet(s) for s in inputs.manifest.get("spacing", [])])
     if spacing.size:

@@ -9,7 +9,7 @@ records for ``summary.json``. The numbers come from :mod:`medtl.evaluate.stats`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from medtl.evaluate.stats import (
     compare_arms,
     fold_table,
     format_p_value,
-    holm,
+    holm_family,
     per_case_table,
     summarise_arms,
     verdict,
@@ -110,8 +110,7 @@ def evaluate_arms(
             except StatsError:
                 if metric == "dice":
                     raise
-        adjusted = holm([c.p_value for c in family])
-        versus += [replace(c, p_holm=p) for c, p in zip(family, adjusted, strict=True)]
+        versus += holm_family(family)
     pairs = (
         compare_all_pairs(metrics, arms, "dice", groups=groups, n_boot=n_boot, seed=seed)
         if len(arms) > 1
