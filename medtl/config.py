@@ -75,6 +75,9 @@ class TrainConfig:
             cosine decay over the remaining steps (0 = no warm-up).
         patience: early stopping: stop after N validations in a row without a better
             validation Dice (0 = off).
+        checkpoint_every: save the full training state (weights, optimiser, scheduler,
+            random generators, step, best metric) every N steps, so that a killed job
+            resumes where it stopped (besides every validation).
     """
 
     steps: int = 300
@@ -87,6 +90,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     warmup_steps: int = 0
     patience: int = 0
+    checkpoint_every: int = 25
 
 
 ARM_STRATEGIES = ("scratch", "frozen", "finetune", "partial", "gradual")
@@ -217,6 +221,7 @@ class PretrainConfig:
             :data:`medtl.models.weights.FORMATS`.
         min_loaded_fraction: refuse a checkpoint that initialises less of the encoder.
         steps, batch_size, lr, val_every, patch_size: the pretraining schedule.
+        checkpoint_every: save the full pretraining state every N steps (resumable).
     """
 
     source: str | None = None
@@ -228,6 +233,7 @@ class PretrainConfig:
     lr: float = 2e-3
     val_every: int = 100
     patch_size: tuple[int, int, int] = (32, 32, 16)
+    checkpoint_every: int = 50
 
 
 @dataclass(frozen=True)
