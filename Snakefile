@@ -17,6 +17,7 @@ report: "pipeline/report/workflow.rst"
 
 
 include: "pipeline/common.smk"
+include: "pipeline/device.smk"
 include: "pipeline/demo.smk"
 include: "pipeline/ingest.smk"
 include: "pipeline/preprocess.smk"

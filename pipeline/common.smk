@@ -22,6 +22,12 @@ def as_json(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def attempt_mem(mb):
+    """Memory request (MB) that grows with each attempt: a job killed for exceeding its
+    memory is retried (see `retries:`) with twice, then three times the request."""
+    return lambda wildcards, attempt: mb * attempt
+
+
 def gpu_resources():
     """The `gpu` resource of GPU rules, only when the config asks for GPUs."""
     return {"gpu": config["gpus"]} if config["gpus"] > 0 else {}

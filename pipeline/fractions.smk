@@ -36,6 +36,7 @@ rule subset_folds:
 
 rule train_fraction:
     input:
+        device="results/device.json",
         folds="results/fractions/frac{pct}/fold{fold}/folds.json",
         cases=preprocessed,
         pretrained=pretrained_input,
@@ -46,12 +47,13 @@ rule train_fraction:
         "logs/fractions/train/frac{pct}_{arm}_fold{fold}.log",
     benchmark:
         "results/benchmarks/train_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=240,
     params:
         settings=train_settings,
@@ -66,6 +68,7 @@ rule train_fraction:
 
 rule predict_fraction:
     input:
+        device="results/device.json",
         model="results/fractions/frac{pct}/train/{arm}/fold{fold}/best.pt",
         folds="results/fractions/frac{pct}/fold{fold}/folds.json",
         cases=preprocessed,
@@ -75,12 +78,13 @@ rule predict_fraction:
         "logs/fractions/predict/frac{pct}_{arm}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=60,
     params:
         settings=as_json(config["predict"]),
@@ -115,11 +119,12 @@ rule evaluate_fractions:
         "logs/evaluate_fractions.log",
     benchmark:
         "results/benchmarks/evaluate_fractions.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=attempt_mem(4000),
     params:
         # The folder holding frac<pct>/: three levels above a subset folds file.
         root=lambda wc, input: (

@@ -4,6 +4,7 @@
 
 rule predict_fold:
     input:
+        device="results/device.json",
         model="results/train/{arm}/fold{fold}/best.pt",
         folds="results/splits/folds.json",
         cases=preprocessed,
@@ -13,12 +14,13 @@ rule predict_fold:
         "logs/predict/{arm}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict/{arm}_fold{fold}.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=60,
     params:
         settings=as_json(config["predict"]),

@@ -11,11 +11,12 @@ rule plan:
         "logs/plan.log",
     benchmark:
         "results/benchmarks/plan.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=attempt_mem(4000),
     params:
         settings=as_json(config["preprocess"]),
         classes=as_json(config["classes"]),

@@ -4,6 +4,7 @@
 
 rule pretrain:
     input:
+        device="results/device.json",
         manifest="results/pretrain/source/manifest.tsv",
         plan="results/preprocess/plan.json",
     output:
@@ -13,12 +14,13 @@ rule pretrain:
         "logs/pretrain.log",
     benchmark:
         "results/benchmarks/pretrain.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=240,
     params:
         out=lambda wc, output: parent(output.checkpoint),
@@ -38,6 +40,7 @@ rule pretrain:
 
 rule pretrain_ssl:
     input:
+        device="results/device.json",
         manifests=ssl_manifests(),
         plan="results/preprocess/plan.json",
     output:
@@ -47,12 +50,13 @@ rule pretrain_ssl:
         "logs/pretrain_ssl.log",
     benchmark:
         "results/benchmarks/pretrain_ssl.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=240,
     params:
         out=lambda wc, output: parent(output.checkpoint),

@@ -4,6 +4,7 @@
 
 rule train:
     input:
+        device="results/device.json",
         folds="results/splits/folds.json",
         cases=preprocessed,
         pretrained=pretrained_input,
@@ -14,12 +15,13 @@ rule train:
         "logs/train/{arm}_fold{fold}.log",
     benchmark:
         "results/benchmarks/train/{arm}_fold{fold}.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
     threads: config["threads"]
     resources:
         **gpu_resources(),
-        mem_mb=8000,
+        mem_mb=attempt_mem(8000),
         runtime=240,
     params:
         settings=train_settings,

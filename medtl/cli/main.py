@@ -766,12 +766,24 @@ def report(
 def check_device(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     gpus: Annotated[int, typer.Option(help="GPUs the config asks for.")] = 0,
+    out: Annotated[
+        Path | None, typer.Option(help="Write what was found here (JSON), for provenance.")
+    ] = None,
 ) -> None:
-    """Say at the start whether the requested device exists (not after an hour)."""
+    """Say at the start whether the requested device exists (not after an hour).
+
+    The workflow runs this first, on the kind of node its GPU jobs get: a config that
+    asks for CUDA (`device: cuda` or `gpus` > 0) on a machine where PyTorch sees none
+    fails here, before any data is processed.
+    """
     import torch
 
+    from medtl.io.files import atomic_write_text
+    from medtl.provenance import hardware
+
     asked = f"device {device}" if device != "auto" else f"{gpus} GPU(s)"
-    if (device.startswith("cuda") or gpus > 0) and not torch.cuda.is_available():
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.startswith("cuda") or gpus > 0) and found == 0:
         _fail(
             RuntimeError(
                 f"the config asks for {asked} "
@@ -779,8 +791,26 @@ def check_device(
                 "on CPU, or run on a GPU node with a CUDA build of PyTorch"
             )
         )
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    typer.echo(f"device: {name}")
+    if gpus > found > 0:
+        _fail(
+            RuntimeError(
+                f"the config asks for {gpus} GPUs per job but this node has {found}. How to "
+                f"fix: set gpus: {found} or fewer, or ask the scheduler for a larger node"
+            )
+        )
+    name = torch.cuda.get_device_name(0) if found else "CPU"
+    if out is not None:
+        record = {
+            "device": device,
+            "gpus_asked": gpus,
+            "gpus_found": found,
+            "name": name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            **hardware(),
+        }
+        atomic_write_text(out, json.dumps(record, indent=2) + "\n")
+    typer.echo(f"device: {name}" + (f" ({found} GPU(s))" if found else ""))
 
 
 def run() -> None:  # pragma: no cover

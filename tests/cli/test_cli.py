@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -97,3 +98,18 @@ def test_unknown_subcommand_fails() -> None:
     result = runner.invoke(app, ["trian"])
     assert result.exit_code != 0
     assert "trian" in result.output
+
+
+def test_check_device_refuses_missing_cuda_at_once(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():  # pragma: no cover - this check is for CPU machines
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["check-device", "--gpus", "1"])
+    assert result.exit_code != 0
+    assert "asks for 1 GPU(s) but PyTorch sees no CUDA device" in _plain(_stderr(result))
+    out = tmp_path / "device.json"
+    ok = runner.invoke(app, ["check-device", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    record = json.loads(out.read_text())
+    assert record["gpus_found"] == 0 and record["name"] == "CPU"
