@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import subprocess
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,49 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def write_run_record(path: Path, settings: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """Write the resolved settings with versions, commit and hardware beside a result."""
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, hex.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
+        >>> sha256_file(p)[:12]
+        'ba7816bf8f01'
+    """
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digests(paths: Iterable[Path]) -> dict[str, str]:
+    """SHA-256 of each file, by file name (paths that do not exist are left out)."""
+    return {Path(p).name: sha256_file(p) for p in sorted(map(Path, paths)) if Path(p).is_file()}
+
+
+def combined_digest(hashes: dict[str, str]) -> str:
+    """One SHA-256 over ``name:hash`` lines in name order: equal iff all files are equal."""
+    text = "\n".join(f"{k}:{v}" for k, v in sorted(hashes.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_run_record(
+    path: Path,
+    settings: dict[str, Any],
+    inputs: dict[str, Iterable[Path]] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write the resolved settings with versions, commit, hardware and input hashes.
+
+    Args:
+        path: the ``run.json`` to write (atomically).
+        settings: the resolved settings of the run.
+        inputs: per kind of input (e.g. ``cases``, ``folds``, ``weights``), the files
+            whose SHA-256 is recorded under ``sha256`` (with one combined digest per kind).
+        **extra: more fields (seed, device, ...).
+    """
+    hashes = {kind: digests(files) for kind, files in (inputs or {}).items()}
     record = {
         "settings": settings,
         "versions": package_versions(),
@@ -98,5 +140,9 @@ def write_run_record(path: Path, settings: dict[str, Any], **extra: Any) -> dict
         "hardware": hardware(),
         **extra,
     }
+    if hashes:
+        record["sha256"] = {
+            kind: {"combined": combined_digest(h), "files": h} for kind, h in hashes.items()
+        }
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return record

@@ -600,7 +600,11 @@ def build_report(
 
     folds_table, folds_df = E.folds_metric_table(metrics)
     cases_table, cases_df = E.cases_table(metrics, arms)
-    provenance = provenance_section(config, inputs.run_records, inputs.folds)
+    weights = {
+        (r["arm"], r["fold"]): results / "train" / r["arm"] / f"fold{r['fold']}" / "best.pt"
+        for r in inputs.run_records
+    }
+    provenance = provenance_section(config, inputs.run_records, inputs.folds, weights)
     dice_versus = [c for c in ev.versus_reference if c.metric == "dice"]
     context = {
         "title": "medtl report",

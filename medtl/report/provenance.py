@@ -68,13 +68,40 @@ def _yaml(config: dict) -> str:
     return yaml.safe_dump(json_safe(config), sort_keys=False, allow_unicode=True)
 
 
-def provenance_section(config: dict, run_records: list[dict], folds: dict) -> dict:
+def _short(digest: str | None) -> str:
+    return digest[:12] if digest else "–"
+
+
+def _hash_rows(run_records: list[dict], weights: dict[tuple[str, int], Path]) -> list[dict]:
+    """Per training run: combined SHA-256 of its inputs by kind, and of its trained weights."""
+    rows = []
+    for r in run_records:
+        hashes = r.get("sha256") or {}
+        best = weights.get((r.get("arm"), r.get("fold")))
+        rows.append(
+            {
+                "arm": r.get("arm"),
+                "fold": r.get("fold"),
+                **{f"{kind}_sha256": h.get("combined") for kind, h in hashes.items()},
+                "trained_weights_sha256": P.sha256_file(best) if best and best.is_file() else None,
+            }
+        )
+    return rows
+
+
+def provenance_section(
+    config: dict,
+    run_records: list[dict],
+    folds: dict,
+    weights: dict[tuple[str, int], Path] | None = None,
+) -> dict:
     """The section's tables and the record for ``summary.json``.
 
     Args:
         config: the resolved configuration (secrets already redacted).
         run_records: the ``run.json`` of every training run (with ``arm`` and ``fold``).
         folds: ``folds.json`` (for the split seed).
+        weights: per ``(arm, fold)``, the trained weights (``best.pt``) to hash.
     """
     versions = P.package_versions(REPORT_PACKAGES)
     commit = P.git_commit()
@@ -91,7 +118,9 @@ def provenance_section(config: dict, run_records: list[dict], folds: dict) -> di
             for r in run_records
         }
     )
+    hash_rows = _hash_rows(run_records, weights or {})
     record = {
+        "inputs_and_weights": hash_rows,
         "medtl_version": versions.get("medtl"),
         "git_commit": commit,
         "training_git_commits": train_commits,
@@ -115,7 +144,18 @@ def provenance_section(config: dict, run_records: list[dict], folds: dict) -> di
         ["training", ", ".join(f"{k}: {v}" for k, v in h.items())]
         for h in record["training_hardware"]
     ]
+    kinds = sorted({k for row in hash_rows for k in row if k.endswith("_sha256")})
+    hashes = (
+        table(
+            ["arm", "fold", *(k.removesuffix("_sha256").replace("_", " ") for k in kinds)],
+            [[row["arm"], row["fold"], *(_short(row.get(k)) for k in kinds)] for row in hash_rows],
+            numeric_from=len(kinds) + 2,
+        )
+        if hash_rows
+        else None
+    )
     return {
+        "hashes": hashes,
         "facts": table(["", "value"], facts, numeric_from=2),
         "versions": table(["package", "version"], [[k, v] for k, v in versions.items()], 2),
         "hardware": table(["where", "hardware"], hw_rows, numeric_from=2),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -118,6 +119,10 @@ def results(tmp_path, monkeypatch) -> Path:
                 "stopped_early": False,
             }
             (run / "summary.json").write_text(json.dumps(summary))
+            record = {"seed": 1000 + k, "git_commit": "abc", "hardware": {"machine": "x86_64"}}
+            record["sha256"] = {"cases": {"combined": f"{k}" * 64, "files": {}}}
+            (run / "run.json").write_text(json.dumps(record))
+            (run / "best.pt").write_bytes(b"weights")
             if arm == "finetune":
                 report = {
                     "source": "pretrain/model.pt",
@@ -207,6 +212,12 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
     assert summary["verdict"].startswith("finetune has the best mean Dice")
     assert len(summary["per_case"]) == len(CASES)
     assert len(summary["provenance"]["config_sha256"]) == 64
+    # inputs and trained weights of every run, by SHA-256
+    assert "Inputs and weights" in html and "000000000000" in html and "111111111111" in html
+    best_sha = hashlib.sha256(b"weights").hexdigest()
+    hashes = summary["provenance"]["inputs_and_weights"]
+    assert {h["trained_weights_sha256"] for h in hashes} == {best_sha}
+    assert summary["provenance"]["seeds"]["training seeds"] == [1000, 1001]
     assert summary["provenance"]["seeds"]["config seed"] == 1
     leftovers = sorted(p.name for p in out.iterdir())
     assert leftovers == ["figures", "report.html", "summary.json", "tables"]
