@@ -19,6 +19,7 @@ from medtl.models.networks import build_network
 from medtl.models.transfer import WeightsError
 from medtl.postprocess.components import apply_postprocessing, spacing_of
 from medtl.preprocess.case import PreprocessedCase, restore_labels
+from medtl.train.memory import out_of_memory_hint
 
 
 def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -84,11 +85,14 @@ def predict_probabilities(
 
     Returns:
         float32 ``(classes, x, y, z)`` probabilities on the case's (preprocessed) grid.
+
+    Raises:
+        DeviceMemoryError: the GPU ran out of memory; names ``predict.sw_batch_size``.
     """
     image = torch.from_numpy(case.image)[None].to(device)
     flips = mirror_axes(cfg.tta)
     total = None
-    with torch.no_grad():
+    with torch.no_grad(), out_of_memory_hint("prediction", *inference_hint(cfg, patch_size)):
         for model in models:
             for dims in flips:
                 logits = sliding_window_inference(
@@ -106,6 +110,34 @@ def predict_probabilities(
                 total = probs if total is None else total.add_(probs)
                 del logits
     return total / (len(models) * len(flips))
+
+
+def inference_hint(cfg: PredictConfig, patch_size: Sequence[int]) -> tuple[dict, str]:
+    """Settings and advice for a sliding-window prediction that ran out of memory.
+
+    The peak memory is set by ``sw_batch_size`` windows of the model's patch (fixed when
+    it was trained) plus the whole case's probabilities; ``overlap`` and ``tta`` change
+    the run time (more windows, mirrored copies), not the peak.
+
+    Example:
+        >>> settings, fix = inference_hint(PredictConfig(sw_batch_size=4), (32, 32, 16))
+        >>> settings["predict.sw_batch_size"], fix.split(";")[0]
+        (4, 'lower predict.sw_batch_size (windows run at once, e.g. to 2)')
+    """
+    settings = {
+        "predict.sw_batch_size": cfg.sw_batch_size,
+        "predict.overlap": cfg.overlap,
+        "predict.tta": cfg.tta,
+        "patch (from training)": list(patch_size),
+    }
+    example = f", e.g. to {max(1, cfg.sw_batch_size // 2)}" if cfg.sw_batch_size > 1 else ""
+    fix = (
+        f"lower predict.sw_batch_size (windows run at once{example}); predict.overlap and "
+        "predict.tta only change the run time. At sw_batch_size 1 the model's patch is the "
+        "limit: run on a GPU with more memory or on the CPU (device: cpu), or retrain with "
+        "a smaller train.patch_size"
+    )
+    return settings, fix
 
 
 def save_mask(labels: np.ndarray, meta: dict, path: Path) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import DataLoader, Dataset, list_data_collate
+from monai.data import list_data_collate
 from monai.transforms import (
     Compose,
     RandCropByPosNegLabeld,
@@ -23,6 +23,29 @@ from medtl.config import AugmentConfig
 from medtl.preprocess.case import load_case
 
 
+def training_item(case, name: str, label_map: dict[int, int] | None = None) -> dict:
+    """One preprocessed case as a training item: image, int64 label and name.
+
+    Args:
+        case: a :class:`medtl.preprocess.case.PreprocessedCase` with a label.
+        name: the case's name (``case`` key).
+        label_map: optional remapping of label values (unmapped values become 0).
+
+    Raises:
+        ValueError: the case has no label.
+    """
+    if case.label is None:
+        raise ValueError(f"{name}: a training case needs a label")
+    label = case.label.astype(np.int64)
+    if label_map:
+        label = np.vectorize(lambda v: label_map.get(int(v), 0))(label)
+    return {
+        "image": torch.from_numpy(case.image),
+        "label": torch.from_numpy(label[None]),
+        "case": name,
+    }
+
+
 def load_training_cases(
     paths: Sequence[Path], label_map: dict[int, int] | None = None
 ) -> list[dict]:
@@ -31,22 +54,16 @@ def load_training_cases(
     Args:
         paths: ``.npz`` files from the preprocess stage.
         label_map: optional remapping of label values (e.g. source classes → task classes).
+
+    Raises:
+        ValueError: a case has no label.
     """
     items = []
     for p in paths:
         case = load_case(Path(p))
         if case.label is None:
             raise ValueError(f"{p}: a training case needs a label")
-        label = case.label.astype(np.int64)
-        if label_map:
-            label = np.vectorize(lambda v: label_map.get(int(v), 0))(label)
-        items.append(
-            {
-                "image": torch.from_numpy(case.image),
-                "label": torch.from_numpy(label[None]),
-                "case": Path(p).stem,
-            }
-        )
+        items.append(training_item(case, Path(p).stem, label_map))
     return items
 
 
@@ -84,6 +101,115 @@ def training_transform(
     )
 
 
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed derived from integers (the run's seed, a purpose, a counter).
+
+    Independent streams from one seed, each reproducible from its keys alone, so that a
+    stream's state is a counter.
+
+    Example:
+        >>> a = derive_seed(0, 1, 5)
+        >>> a == derive_seed(0, 1, 5), a == derive_seed(0, 1, 6), 0 <= a < 2**32
+        (True, False, True)
+    """
+    entropy = [int(k) % 2**64 for k in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+class PatchStream:
+    """Endless, resumable stream of augmented patch batches, reproducible from ``seed``.
+
+    Each batch holds ``batch_size`` patches of one case (which keeps the loader cheap on
+    small CPU machines); the cases are visited in a new random order every pass. Batch
+    ``i`` depends only on ``(seed, i)``: the visiting order of its pass and the
+    transforms' random state are derived from them. The stream's whole state is thus
+    the number of batches drawn (:meth:`state_dict`), and a stream restored with
+    :meth:`load_state_dict` continues exactly where the saved one stopped.
+
+    Args:
+        items: cases from :func:`load_training_cases`.
+        patch_size: patch in voxels.
+        batch_size: patches per batch.
+        augment: augmentation settings.
+        pos_fraction: share of patches centred on foreground.
+        seed: the stream's seed.
+
+    Example:
+        >>> import torch
+        >>> from medtl.config import AugmentConfig
+        >>> label = torch.zeros(1, 20, 20, 36, dtype=torch.int64)
+        >>> label[:, 5:12, 5:12, 5:20] = 1
+        >>> items = [{"image": label.float(), "label": label}]
+        >>> a = PatchStream(items, (16, 16, 32), 2, AugmentConfig(), 0.5, seed=0)
+        >>> _ = next(a); saved = a.state_dict(); second = next(a)
+        >>> b = PatchStream(items, (16, 16, 32), 2, AugmentConfig(), 0.5, seed=0)
+        >>> b.load_state_dict(saved)
+        >>> torch.equal(next(b)["image"], second["image"]), second["image"].shape
+        (True, torch.Size([2, 1, 16, 16, 32]))
+    """
+
+    #: Purposes of the derived seeds.
+    _ORDER, _TRANSFORM = 0, 1
+
+    def __init__(
+        self,
+        items: list[dict],
+        patch_size: Sequence[int],
+        batch_size: int,
+        augment: AugmentConfig,
+        pos_fraction: float,
+        seed: int,
+    ) -> None:
+        if not items:
+            raise ValueError("PatchStream: no training cases")
+        self.transform = training_transform(patch_size, augment, pos_fraction, batch_size)
+        self.items = [{k: v for k, v in it.items() if k != "case"} for it in items]
+        self.seed = int(seed)
+        self.index = 0
+        self._order: tuple[int, list[int]] | None = None
+
+    def _case(self, index: int) -> dict:
+        n = len(self.items)
+        epoch, pos = divmod(index, n)
+        if self._order is None or self._order[0] != epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self._ORDER, epoch))
+            self._order = (epoch, torch.randperm(n, generator=g).tolist())
+        return self.items[self._order[1][pos]]
+
+    def __iter__(self) -> PatchStream:
+        return self
+
+    def __next__(self) -> dict:
+        item = self._case(self.index)
+        self.transform.set_random_state(seed=derive_seed(self.seed, self._TRANSFORM, self.index))
+        samples = self.transform(dict(item))
+        self.index += 1
+        batch = list_data_collate([samples])
+        return {k: _plain(v) for k, v in batch.items()}
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream's position (plain integers)."""
+        return {"seed": self.seed, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a position saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state is of a stream with another seed.
+        """
+        if int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"PatchStream: the saved stream has seed {state['seed']}, this one "
+                f"{self.seed}; expected the same seed"
+            )
+        self.index = int(state["index"])
+
+
+def _plain(value):
+    """A MetaTensor as a plain tensor (other values unchanged)."""
+    return value.as_tensor() if hasattr(value, "as_tensor") else value
+
+
 def infinite_batches(
     items: list[dict],
     patch_size: Sequence[int],
@@ -91,23 +217,9 @@ def infinite_batches(
     augment: AugmentConfig,
     pos_fraction: float,
     seed: int,
-) -> Iterator[dict]:
+) -> PatchStream:
     """Endless stream of augmented patch batches, reproducible from ``seed``.
 
-    Each case yields ``batch_size`` patches per visit (one case per batch), which keeps
-    the loader cheap on small CPU machines.
+    The same as :class:`PatchStream`, whose state can be saved and restored.
     """
-    transform = training_transform(patch_size, augment, pos_fraction, batch_size)
-    transform.set_random_state(seed=seed)
-    dataset = Dataset([{k: v for k, v in it.items() if k != "case"} for it in items], transform)
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=1,
-        shuffle=True,
-        num_workers=0,
-        collate_fn=list_data_collate,
-        generator=generator,
-    )
-    while True:
-        yield from loader
+    return PatchStream(items, patch_size, batch_size, augment, pos_fraction, seed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,17 @@ from medtl.models.networks import (
     count_parameters,
     get_architecture,
 )
-from medtl.train.data import infinite_batches
+from medtl.train import distributed
+from medtl.train.data import PatchStream
+from medtl.train.memory import out_of_memory_hint, training_hint, validation_hint
+from medtl.train.state import (
+    curves_up_to,
+    load_state,
+    remove_stale_temporaries,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
 from medtl.train.strategies import StageSchedule, StrategySpec
 
 CURVE_COLUMNS = ["step", "loss", "val_dice", "lr", "elapsed_s", "event"]
@@ -54,6 +63,8 @@ class RunSpec:
         strategy: which encoder stages train and when (:mod:`medtl.train.strategies`);
             None: ``frozen`` or ``finetune`` from ``freeze_encoder`` and
             ``encoder_lr_scale``.
+        section: the config section ``train`` comes from (``train`` or ``pretrain``),
+            named in messages such as the out-of-memory advice.
     """
 
     model: ModelConfig
@@ -67,6 +78,7 @@ class RunSpec:
     predict: PredictConfig = field(default_factory=PredictConfig)
     tags: dict[str, Any] = field(default_factory=dict)
     strategy: StrategySpec | None = None
+    section: str = "train"
 
     def resolved_strategy(self) -> StrategySpec:
         """The strategy to train with (from the old fields when ``strategy`` is None).
@@ -104,10 +116,13 @@ def lr_factor(step: int, steps: int, warmup_steps: int = 0) -> float:
 
 
 def checkpoint_payload(model: torch.nn.Module, spec: RunSpec, step: int, val: float) -> dict:
-    """A checkpoint holding only tensors and plain data (loadable with weights_only=True)."""
+    """A checkpoint holding only tensors and plain data (loadable with weights_only=True).
+
+    The weights are a copy on the CPU, so the payload can be kept while training goes on.
+    """
     return {
         "format": "medtl",
-        "state_dict": model.state_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "model": to_dict(spec.model),
         "num_classes": spec.num_classes,
         "in_channels": spec.in_channels,
@@ -150,32 +165,6 @@ def validate(
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def _save_state(
-    path: Path,
-    model,
-    optimizer,
-    scheduler,
-    step: int,
-    best: float,
-    best_step: int,
-    fingerprint: str,
-    bad_validations: int = 0,
-    stopped_early: bool = False,
-) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "step": step,
-        "best": best,
-        "best_step": best_step,
-        "bad_validations": bad_validations,
-        "stopped_early": stopped_early,
-    }
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
 def _check_schedule(train: TrainConfig) -> None:
     if not 0 <= train.warmup_steps < train.steps:
         raise ConfigError(
@@ -188,13 +177,26 @@ def _check_schedule(train: TrainConfig) -> None:
             f"config key 'train.patience': got {train.patience}; expected 0 (off) or more "
             "validations. How to fix: set e.g. patience: 4"
         )
+    if train.checkpoint_every < 1:
+        raise ConfigError(
+            f"config key 'train.checkpoint_every': got {train.checkpoint_every}; expected 1 "
+            "or more steps. How to fix: set e.g. checkpoint_every: 25"
+        )
 
 
-def _reseed(seed: int) -> None:
-    """Seed every global generator, so that a resumed run repeats an uninterrupted one."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+#: The files a run writes into its folder (their stale temporaries are removed on start).
+RUN_FILES = (
+    "best.pt",
+    "last.pt",
+    "curves.csv",
+    "summary.json",
+    "run.json",
+    "load_report.json",
+    "checkpoint.pt",
+)
+
+#: Version of the ``last.pt`` layout; a state of another version is not resumed.
+STATE_VERSION = 2
 
 
 def train_run(
@@ -208,15 +210,28 @@ def train_run(
     fingerprint: str = "",
     on_step: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> dict[str, Any]:
-    """Train one network and keep its best checkpoint.
+    """Train one network and keep its best checkpoint; resumable, data-parallel.
 
-    Writes ``best.pt`` (weights of the best validation Dice), ``last.pt`` (resumable
-    state, saved at every validation), ``curves.csv`` (step, loss, val_dice, lr — the
-    rate of the next step —, elapsed_s, event: stages unfrozen, early stop) and
-    ``summary.json`` into ``out_dir``. A run whose ``last.pt`` has the same fingerprint
-    resumes from it. The patch stream and the global random generators are reseeded
-    from ``seed + step`` at the start and after every saved state, so a run split in
-    two repeats an uninterrupted one.
+    Writes into ``out_dir``: ``best.pt`` (weights of the best validation Dice),
+    ``last.pt`` (the full state, see below), ``curves.csv`` (step, loss, val_dice, lr —
+    the rate of the next step —, elapsed_s, event: stages unfrozen, early stop) and
+    ``summary.json``. Every file is written to a temporary name and renamed.
+
+    **Resuming.** ``last.pt`` is saved every ``train.checkpoint_every`` steps, at every
+    validation and at the end. It holds the weights, the optimiser, the learning-rate
+    schedule, the step, the best validation Dice (with the best weights themselves, so
+    ``best.pt`` can be restored), the early-stopping counters, the curve rows, the
+    fingerprint, every global random generator (torch CPU and CUDA, NumPy, Python) and
+    the position of the patch stream (:class:`medtl.train.data.PatchStream`). A run
+    whose ``last.pt`` has the same fingerprint continues from it and, on the CPU, ends
+    with exactly the weights and curves of an uninterrupted run; a ``last.pt`` of other
+    settings is ignored (with a note).
+
+    **Several processes.** Launched by ``torchrun`` the run is data-parallel
+    (:mod:`medtl.train.distributed`): every rank draws the same batch and trains on its
+    slice, DDP averages the gradients, rank 0 alone validates and writes; the result is
+    that of one process up to floating-point order. ``train.batch_size`` must be a
+    multiple of the number of processes.
 
     The strategy (:meth:`RunSpec.resolved_strategy`) decides which encoder stages train
     from which step; frozen stages keep their modules in eval mode. With
@@ -228,10 +243,10 @@ def train_run(
         train_items: training cases from :func:`medtl.train.data.load_training_cases`.
         val_items: validation cases (whole volumes) for checkpoint selection.
         out_dir: output folder.
-        device: torch device.
+        device: torch device (``cuda`` becomes ``cuda:LOCAL_RANK`` under ``torchrun``).
         init: a network already initialised (e.g. with pretrained encoder weights);
             built fresh from ``spec`` when None.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only).
         fingerprint: identifies the settings; a ``last.pt`` of other settings is ignored.
         on_step: called as ``on_step(step, model)`` after each optimiser step (and its
             validation and saving, if any), e.g. to watch or interrupt the run.
@@ -239,10 +254,42 @@ def train_run(
     Returns:
         A summary (best step, best validation Dice, steps run, whether it stopped early,
         parameter counts, trainable parameters at the start and at most, seconds).
+
+    Raises:
+        ConfigError: a setting out of range, or a batch that the processes cannot share.
+        DeviceMemoryError: the GPU ran out of memory (names the settings to lower).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with distributed.process_group(device) as rank_device:
+        return _train(
+            spec,
+            train_items,
+            val_items,
+            Path(out_dir),
+            rank_device,
+            init,
+            progress,
+            fingerprint,
+            on_step,
+        )
+
+
+def _train(
+    spec: RunSpec,
+    train_items: list[dict],
+    val_items: list[dict],
+    out_dir: Path,
+    device: torch.device,
+    init: torch.nn.Module | None,
+    progress: bool,
+    fingerprint: str,
+    on_step: Callable[[int, torch.nn.Module], None] | None,
+) -> dict[str, Any]:
+    """The body of :func:`train_run`, in the process group (if any)."""
+    main = distributed.is_main()
+    say = tqdm.write if main else _quiet
     _check_schedule(spec.train)
+    section = spec.section
+    distributed.check_batch_size(spec.train.batch_size, f"{section}.batch_size")
     strategy = spec.resolved_strategy()
     set_determinism(seed=spec.seed)
     arch: Architecture = get_architecture(spec.model.name)
@@ -250,6 +297,7 @@ def train_run(
     model = (
         init if init is not None else build_network(spec.model, spec.in_channels, spec.num_classes)
     )
+    model = distributed.sync_batchnorm(model, device)
     schedule = StageSchedule(model, arch, strategy)
     schedule.apply(0)
     model.to(device)
@@ -261,43 +309,82 @@ def train_run(
     steps, warmup, patience = spec.train.steps, spec.train.warmup_steps, spec.train.patience
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    stream = PatchStream(
+        train_items,
+        spec.train.patch_size,
+        spec.train.batch_size,
+        spec.train.augment,
+        spec.train.pos_fraction,
+        seed=spec.seed,
+    )
     step, best, best_step, bad, stopped = 0, -1.0, 0, 0, False
-    last = out_dir / "last.pt"
-    curves_path = out_dir / "curves.csv"
+    elapsed_before = 0.0
+    best_payload: dict | None = None
     rows: list[dict[str, Any]] = []
-    state = torch.load(last, map_location=device, weights_only=True) if last.exists() else None
-    if state is not None and state.get("fingerprint") == fingerprint:
+    last, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    curves_path = out_dir / "curves.csv"
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir, RUN_FILES)
+    state = _resumable(load_state(last), fingerprint, last, say)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, best = int(state["step"]), float(state["best"])
-        best_step = int(state.get("best_step", 0))
-        bad = int(state.get("bad_validations", 0))
-        stopped = bool(state.get("stopped_early", False))
-        if curves_path.exists():
-            with curves_path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+        best_step = int(state["best_step"])
+        bad = int(state["bad_validations"])
+        stopped = bool(state["stopped_early"])
+        elapsed_before = float(state["elapsed_s"])
+        rows = curves_up_to(state["curves"], step)
+        best_payload = state["best_checkpoint"]
+        stream.load_state_dict(state["stream"])
+        set_rng_state(state["rng"])
+        if main and best_payload is not None:
+            # best.pt may be gone (a workflow deletes the outputs of a failed job)
+            _write_checkpoint(best_path, best_payload)
+        say(f"resuming from {last} at step {step} of {steps}")
 
-    def new_batches():
-        _reseed(spec.seed + step)
-        return infinite_batches(
-            train_items,
-            spec.train.patch_size,
-            spec.train.batch_size,
-            spec.train.augment,
-            spec.train.pos_fraction,
-            seed=spec.seed + step,
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
+    def save() -> None:
+        _write_curves(curves_path, rows)
+        save_state(
+            last,
+            {
+                "version": STATE_VERSION,
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "best": best,
+                "best_step": best_step,
+                "bad_validations": bad,
+                "stopped_early": stopped,
+                "best_checkpoint": best_payload,
+                "curves": rows,
+                "stream": stream.state_dict(),
+                "rng": rng_state(),
+                "elapsed_s": elapsed(),
+                "world_size": distributed.world_size(),
+            },
         )
 
-    batches = new_batches()
+    train_hint = training_hint(
+        section, spec.train.batch_size, spec.train.patch_size, distributed.world_size()
+    )
+    val_hint = validation_hint(section, spec.train.patch_size, spec.predict.sw_batch_size)
     start = time.perf_counter()
     schedule.apply(step)
     schedule.train_mode()
+    net = distributed.wrap(model, device)
     bar = tqdm(
         total=steps,
         initial=step,
-        disable=not progress,
-        desc="train",
+        disable=not (progress and main),
+        desc=section,
         unit="step",
         mininterval=2.0,
     )
@@ -306,16 +393,19 @@ def train_run(
         unfrozen = schedule.unfrozen_at(step)
         if schedule.apply(step):
             schedule.train_mode()
+            net = distributed.wrap(model, device)  # DDP must see the new trainable set
         if unfrozen:
             events.append(f"unfrozen: {', '.join(unfrozen)}")
-            tqdm.write(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
-        batch = next(batches)
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(image), label)
-        loss.backward()
-        loss_value = loss.item()
-        optimizer.step()
+            say(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
+        batch = next(stream)
+        image = distributed.shard(batch["image"]).to(device)
+        label = distributed.shard(batch["label"]).to(device)
+        with out_of_memory_hint(f"{section} step {step + 1}", *train_hint):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(image), label)
+            loss.backward()
+            loss_value = distributed.mean_over_ranks(loss.item(), device)
+            optimizer.step()
         scheduler.step()
         step += 1
         row = {
@@ -323,47 +413,53 @@ def train_run(
             "loss": loss_value,
             "val_dice": "",
             "lr": scheduler.get_last_lr()[0],
-            "elapsed_s": time.perf_counter() - start,
+            "elapsed_s": elapsed(),
             "event": "",
         }
         validated = step % spec.train.val_every == 0 or step == steps
         if validated:
-            val = validate(
-                model, val_items, spec.train.patch_size, spec.num_classes, device, spec.predict
+            val = float("nan")
+            if main:
+                with out_of_memory_hint(f"validation at {section} step {step}", *val_hint):
+                    val = validate(
+                        model,
+                        val_items,
+                        spec.train.patch_size,
+                        spec.num_classes,
+                        device,
+                        spec.predict,
+                    )
+                schedule.train_mode()  # validate() ends with model.train(): refreeze stages
+                row["val_dice"] = val
+                if val > best:
+                    best, best_step, bad = val, step, 0
+                    best_payload = checkpoint_payload(model, spec, step, val)
+                    _write_checkpoint(best_path, best_payload)
+                else:
+                    bad += 1
+                stopped = bool(patience and bad >= patience and step < steps)
+            # rank 0 decided; every rank follows, so that all of them stop together
+            best, b_step, b_bad, b_stop = distributed.broadcast_floats(
+                [best, best_step, bad, stopped], device
             )
-            schedule.train_mode()  # validate() ends with model.train(): refreeze frozen stages
-            row["val_dice"] = val
-            if val > best:
-                best, best_step, bad = val, step, 0
-                payload = checkpoint_payload(model, spec, step, val)
-                atomic_write(
-                    out_dir / "best.pt", lambda tmp, payload=payload: torch.save(payload, tmp)
-                )
-            else:
-                bad += 1
-            if patience and bad >= patience and step < steps:
-                stopped = True
+            best_step, bad, stopped = int(b_step), int(b_bad), bool(b_stop)
+            if stopped:
                 events.append(
                     f"early stop: no better validation Dice in {bad} validations "
                     f"(best {best:.4f} at step {best_step})"
                 )
-            _save_state(
-                last, model, optimizer, scheduler, step, best, best_step, fingerprint, bad, stopped
-            )
             bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{val:.3f}")
-            tqdm.write(
+            say(
                 f"step {step}/{steps}: loss {loss_value:.4f}, validation Dice "
-                f"{val:.4f} (best {best:.4f} at step {best_step}), "
-                f"{time.perf_counter() - start:.0f} s"
+                f"{val:.4f} (best {best:.4f} at step {best_step}), {elapsed():.0f} s"
             )
             if stopped:
-                tqdm.write(f"step {step}/{steps}: {events[-1]}; stopping")
+                say(f"step {step}/{steps}: {events[-1]}; stopping")
         row["event"] = "; ".join(events)
         rows.append(row)
         bar.update(1)
-        if validated:
-            _write_curves(curves_path, rows)
-            batches = new_batches()
+        if main and (validated or step % spec.train.checkpoint_every == 0):
+            save()
         if on_step is not None:
             on_step(step, model)
     bar.close()
@@ -393,10 +489,40 @@ def train_run(
             "start": at_start,
             "max": schedule.trainable_parameters(max(step - 1, 0)),
         },
-        "seconds": time.perf_counter() - start,
+        "processes": distributed.world_size(),
+        "seconds": elapsed(),
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if main:
+        _write_curves(curves_path, rows)
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()  # the other ranks leave once rank 0 has written everything
     return summary
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Messages of ranks other than 0 are dropped."""
+
+
+def _resumable(
+    state: dict[str, Any] | None, fingerprint: str, path: Path, say: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """The saved state if this run can continue from it; None (with a note) otherwise."""
+    if state is None:
+        return None
+    if state.get("fingerprint") != fingerprint:
+        say(f"{path}: saved by a run of other settings; starting over")
+        return None
+    if state.get("version") != STATE_VERSION:
+        say(
+            f"{path}: saved by another medtl version (state layout {state.get('version', 1)}, "
+            f"expected {STATE_VERSION}); starting over"
+        )
+        return None
+    return state
+
+
+def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _write_curves(path: Path, rows: list[dict[str, Any]]) -> None:

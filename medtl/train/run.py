@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from medtl.config import (
     to_dict,
 )
 from medtl.io.errors import InputError
-from medtl.io.files import atomic_write_text
+from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.models.networks import build_network, get_architecture, torch_device
 from medtl.models.transfer import load_pretrained
@@ -28,7 +29,8 @@ from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.provenance import write_run_record
 from medtl.split.folds import fold_cases, load_folds
-from medtl.train.data import load_training_cases
+from medtl.train import distributed
+from medtl.train.data import load_training_cases, training_item
 from medtl.train.loop import RunSpec, train_run
 from medtl.train.strategies import StrategySpec
 
@@ -84,6 +86,8 @@ def train_arm(
 
     Writes into ``out``: ``best.pt``, ``last.pt``, ``curves.csv``, ``summary.json``,
     ``run.json`` (settings, versions, seed) and, for pretrained arms, ``load_report.json``.
+    A killed job resumes from ``last.pt``; under ``torchrun`` the run is data-parallel and
+    rank 0 alone writes (see :func:`medtl.train.loop.train_run`).
     """
     out = Path(out)
     folds = load_folds(folds_path)
@@ -105,7 +109,10 @@ def train_arm(
             )
         fmt = settings.weights_format if settings.arm.init == "pretrained" else "medtl"
         report = load_pretrained(model, arch, pretrained, fmt, settings.min_loaded_fraction)
-        atomic_write_text(out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        if distributed.is_main():
+            atomic_write_text(
+                out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n"
+            )
     spec = RunSpec(
         model=settings.model,
         train=settings.train,
@@ -120,16 +127,23 @@ def train_arm(
         strategy=StrategySpec.from_arm(settings.arm),
     )
     device = torch_device(settings.device)
-    write_run_record(
-        out / "run.json",
-        to_dict(settings),
-        arm=arm_name,
-        fold=fold,
-        seed=seed,
-        train_cases=train_ids,
-        val_cases=val_ids,
-        device=str(device),
-    )
+    if distributed.is_main():
+        write_run_record(
+            out / "run.json",
+            to_dict(settings),
+            inputs={
+                "cases": [Path(cases_dir) / f"{c}.npz" for c in [*train_ids, *val_ids]],
+                "folds": [Path(folds_path)],
+                "pretrained_weights": [Path(pretrained)] if pretrained else [],
+            },
+            arm=arm_name,
+            fold=fold,
+            seed=seed,
+            train_cases=train_ids,
+            val_cases=val_ids,
+            device=str(device),
+            processes=distributed.world_size(),
+        )
     fingerprint = json.dumps(
         [to_dict(settings), arm_name, fold, train_ids, val_ids, str(pretrained)], sort_keys=True
     )
@@ -160,7 +174,10 @@ def pretrain(
 
     The source cases are preprocessed in memory with the target's plan, so the encoder
     sees the same grid and intensity scale as later. Writes ``out/checkpoint.pt`` (a
-    medtl checkpoint whose encoder the arms load) with curves and provenance.
+    medtl checkpoint whose encoder the arms load; a copy of ``best.pt``) with curves,
+    provenance and the resumable ``last.pt`` (every ``cfg.checkpoint_every`` steps). A
+    killed job resumes from ``last.pt``; under ``torchrun`` it runs data-parallel
+    (see :func:`medtl.train.loop.train_run`).
     """
     out = Path(out)
     df = read_manifest(manifest)
@@ -172,24 +189,19 @@ def pretrain(
             "add labelled cases to the source set, or name a checkpoint in pretrain.checkpoint",
         )
     plan = Plan.load(plan_path)
-    cases_dir = out / "cases"
-    from medtl.preprocess.case import save_case
-
-    paths, max_label = [], 0
+    items, max_label = [], 0
     for row in df.itertuples():
         case = preprocess_files(Path(row.image), Path(row.label), plan)
         max_label = max(max_label, int(case.label.max()))
-        p = cases_dir / f"{row.case_id}.npz"
-        save_case(p, case)
-        paths.append(p)
-    n_val = max(1, int(round(val_fraction * len(paths))))
-    items = load_training_cases(paths)
+        items.append(training_item(case, str(row.case_id)))
+    n_val = max(1, int(round(val_fraction * len(items))))
     train_cfg = TrainConfig(
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         val_every=cfg.val_every,
         patch_size=cfg.patch_size,
+        checkpoint_every=cfg.checkpoint_every,
     )
     spec = RunSpec(
         model=model_cfg,
@@ -199,21 +211,29 @@ def pretrain(
         seed=seed,
         in_channels=int(items[0]["image"].shape[0]),
         tags={"stage": "pretrain"},
+        section="pretrain",
     )
     device = torch_device(device_name)
-    write_run_record(
-        out / "run.json",
-        {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)},
-        seed=seed,
-        source_cases=len(paths),
-        device=str(device),
-    )
+    if distributed.is_main():
+        write_run_record(
+            out / "run.json",
+            {"model": to_dict(model_cfg), "pretrain": to_dict(cfg)},
+            inputs={
+                "source_images": [Path(p) for p in df["image"]],
+                "source_labels": [Path(p) for p in df["label"]],
+                "plan": [Path(plan_path)],
+            },
+            seed=seed,
+            source_cases=len(items),
+            device=str(device),
+            processes=distributed.world_size(),
+        )
     fingerprint = json.dumps([to_dict(model_cfg), to_dict(cfg), seed, sorted(df["case_id"])])
     summary = train_run(
         spec, items[n_val:], items[:n_val], out, device, progress=progress, fingerprint=fingerprint
     )
-    (out / "best.pt").replace(out / "checkpoint.pt")
-    for p in paths:
-        p.unlink()
-    cases_dir.rmdir()
+    if distributed.is_main():
+        # a copy, not a rename: best.pt stays beside last.pt, which a rerun resumes from
+        best = out / "best.pt"
+        atomic_write(out / "checkpoint.pt", lambda tmp: shutil.copyfile(best, tmp))
     return summary
