@@ -28,6 +28,20 @@ def attempt_mem(mb):
     return lambda wildcards, attempt: mb * attempt
 
 
+def launcher(wildcards):
+    """`medtl`, or `torchrun` starting one process per GPU (PyTorch DDP) when the config
+    gives training jobs more than one GPU."""
+    n = config["gpus"]
+    if n > 1:
+        return f"python -m torch.distributed.run --standalone --nproc-per-node {n} -m medtl"
+    return "medtl"
+
+
+def threads_per_process(wildcards, threads):
+    """CPU threads of each training process: the job's threads shared among its GPUs."""
+    return max(1, threads // max(1, config["gpus"]))
+
+
 def gpu_resources():
     """The `gpu` resource of GPU rules, only when the config asks for GPUs."""
     return {"gpu": config["gpus"]} if config["gpus"] > 0 else {}

@@ -23,6 +23,8 @@ rule pretrain:
         mem_mb=attempt_mem(8000),
         runtime=240,
     params:
+        launch=launcher,
+        threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
         settings=as_json(
             {
@@ -33,8 +35,8 @@ rule pretrain:
             }
         ),
     shell:
-        "medtl pretrain --manifest {input.manifest} --plan {input.plan} "
-        "--out {params.out} --settings {params.settings:q} --threads {threads} "
+        "{params.launch} pretrain --manifest {input.manifest} --plan {input.plan} "
+        "--out {params.out} --settings {params.settings:q} --threads {params.threads} "
         "> {log} 2>&1"
 
 
@@ -59,6 +61,8 @@ rule pretrain_ssl:
         mem_mb=attempt_mem(8000),
         runtime=240,
     params:
+        launch=launcher,
+        threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
         manifests=lambda wc, input: " ".join(f"--manifest {m}" for m in input.manifests),
         settings=as_json(
@@ -70,5 +74,5 @@ rule pretrain_ssl:
             }
         ),
     shell:
-        "medtl pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
-        "--settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "{params.launch} pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
+        "--settings {params.settings:q} --threads {params.threads} > {log} 2>&1"

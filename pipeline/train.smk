@@ -24,11 +24,13 @@ rule train:
         mem_mb=attempt_mem(8000),
         runtime=240,
     params:
+        launch=launcher,
+        threads=threads_per_process,
         settings=train_settings,
         pretrained=pretrained_flag,
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: parent(input.cases[0]),
     shell:
-        "medtl train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
         "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
-        "{params.pretrained} --threads {threads} > {log} 2>&1"
+        "{params.pretrained} --threads {params.threads} > {log} 2>&1"

@@ -362,10 +362,13 @@ def pretrain(
         str(s.get("device", "auto")),
         progress=not quiet,
     )
-    typer.echo(
-        f"pretrain: best validation Dice {summary['best_val_dice']:.3f} at step "
-        f"{summary['best_step']} → {out}/checkpoint.pt"
-    )
+    from medtl.train.distributed import is_main
+
+    if is_main():  # one summary line, not one per DDP process
+        typer.echo(
+            f"pretrain: best validation Dice {summary['best_val_dice']:.3f} at step "
+            f"{summary['best_step']} → {out}/checkpoint.pt"
+        )
 
 
 @app.command("pretrain-ssl")
@@ -403,11 +406,14 @@ def pretrain_ssl(
         str(s.get("device", "auto")),
         progress=not quiet,
     )
-    typer.echo(
-        f"pretrain-ssl: {summary['images']} images, inpainting loss "
-        f"{summary['first_inpaint_loss']:.3f} → {summary['final_inpaint_loss']:.3f} "
-        f"→ {out}/checkpoint.pt"
-    )
+    from medtl.train.distributed import is_main
+
+    if is_main():  # one summary line, not one per DDP process
+        typer.echo(
+            f"pretrain-ssl: {summary['images']} images, inpainting loss "
+            f"{summary['first_inpaint_loss']:.3f} → {summary['final_inpaint_loss']:.3f} "
+            f"→ {out}/checkpoint.pt"
+        )
 
 
 @app.command("describe-model")
@@ -482,10 +488,13 @@ def train(
     _threads(threads)
     s = ArmSettings.from_dict(load_json_arg(settings, "--settings"))
     summary = train_arm(s, arm, fold, folds, cases, out, pretrained, progress=not quiet)
-    typer.echo(
-        f"train {arm} fold {fold}: best validation Dice {summary['best_val_dice']:.3f} "
-        f"at step {summary['best_step']} ({summary['seconds']:.0f} s)"
-    )
+    from medtl.train.distributed import is_main
+
+    if is_main():  # one summary line, not one per DDP process
+        typer.echo(
+            f"train {arm} fold {fold}: best validation Dice {summary['best_val_dice']:.3f} "
+            f"at step {summary['best_step']} ({summary['seconds']:.0f} s)"
+        )
 
 
 @app.command("predict-fold")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -113,6 +114,13 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
         assert decision["classes"]["tumour"]["chosen"] in ("none", "largest", "min_volume")
     for arm in ("frozen", "finetune"):
         assert (res / "train" / arm / "fold0" / "load_report.json").is_file()
+    # provenance: SHA-256 of each run's inputs, the pretrained weights among them
+    record = json.loads((res / "train" / "finetune" / "fold0" / "run.json").read_text())
+    weights = record["sha256"]["pretrained_weights"]["files"]
+    checkpoint = res / "pretrain" / "checkpoint.pt"
+    assert weights == {"checkpoint.pt": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    assert len(record["sha256"]["cases"]["files"]) > 0 and record["settings"]["seed"] == 1
+    assert json.loads((res / "device.json").read_text())["gpus_found"] == 0
     assert not (res / "train" / "scratch" / "fold0" / "load_report.json").exists()
 
     # Masks are on the original image grid.
@@ -218,3 +226,17 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     )
     new_mask = nib.load(out / f"{table.loc[0, 'case_id']}.nii.gz")
     assert new_mask.shape == (48, 48, 24)
+
+
+def test_several_gpus_launch_training_with_torchrun(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = tmp_path / "config" / "config.yaml"
+    one = snakemake(tmp_path, "-n", "-p", configfile=config)
+    assert one.returncode == 0, one.stderr
+    assert "torch.distributed.run" not in one.stdout
+    two = snakemake(tmp_path, "-n", "-p", "--config", "gpus=2", "threads=4", configfile=config)
+    assert two.returncode == 0, two.stderr
+    launch = "python -m torch.distributed.run --standalone --nproc-per-node 2 -m medtl pretrain "
+    assert launch in two.stdout
+    # each of the two processes gets half of the job's threads (2 cores here)
+    assert re.search(r"-m medtl pretrain .*--threads 1 ", two.stdout)
