@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install what the test suite starts by itself: Orthanc with its DICOMweb plugin, and
-# Debian's Chromium with its driver (chromium, chromium-driver), through which the tests open
-# the HTML report in a headless browser (tests/report/test_browser.py).
+# Install what the test suite starts by itself: Orthanc with its DICOMweb plugin; Debian's
+# Chromium with its driver (chromium, chromium-driver), through which the tests open the HTML
+# report in a headless browser (tests/report/test_browser.py); and SLURM with munge
+# (slurm-wlm, munge), from which tests/support/slurm.py starts a throw-away single-node
+# cluster on 127.0.0.1 (tests/pipeline/test_slurm.py).
 #
 # Non-interactive, idempotent, and safe in a container without an init system:
 #
@@ -14,13 +16,18 @@
 #   denies every service action, unless one already exists (Docker images ship one).
 # * Afterwards it stops any Orthanc service that was started nonetheless (systemd unit or
 #   init script), so no server is left listening.
+# * The munge, slurmctld and slurmd packages start their services from their postinst the
+#   same way (invoke-rc.d / deb-systemd-invoke); the policy-rc.d denies that too, and
+#   afterwards any munged, slurmctld or slurmd that runs from the packaged set-up
+#   (/etc/munge, /etc/slurm, pid files under /run) is stopped. The tests never use them:
+#   their cluster has its own key, configuration, sockets and ports in a temporary folder.
 # * Chromium starts no service; the tests drive /usr/bin/chromium through /usr/bin/chromedriver
 #   themselves (Selenium is told both paths, so it never downloads a browser or driver).
 #
 # Usage: .ci/install-services.sh   (as root, or with sudo available)
 set -euo pipefail
 
-PACKAGES=(orthanc orthanc-dicomweb chromium chromium-driver)
+PACKAGES=(orthanc orthanc-dicomweb chromium chromium-driver slurm-wlm munge)
 POLICY=/usr/sbin/policy-rc.d
 
 SUDO=()
@@ -72,6 +79,23 @@ if [ -f /run/orthanc.pid ]; then
     "${SUDO[@]}" rm -f /run/orthanc.pid
 fi
 
+# The packaged munge and SLURM services: stopped and disabled too (the tests start their own).
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    for unit in slurmd.service slurmctld.service munge.service; do
+        "${SUDO[@]}" systemctl stop "$unit" >/dev/null 2>&1 || true
+        "${SUDO[@]}" systemctl disable "$unit" >/dev/null 2>&1 || true
+    done
+fi
+for daemon in slurmd:/run/slurmd.pid slurmctld:/run/slurmctld.pid munged:/run/munge/munged.pid; do
+    name=${daemon%%:*}
+    pidfile=${daemon#*:}
+    if [ -f "$pidfile" ]; then
+        "${SUDO[@]}" start-stop-daemon --stop --quiet --oknodo --retry=TERM/15/KILL/5 \
+            --pidfile "$pidfile" --exec "/usr/sbin/$name" || true
+        "${SUDO[@]}" rm -f "$pidfile"
+    fi
+done
+
 # Check that what the tests need is there.
 if [ ! -x /usr/sbin/Orthanc ]; then
     echo "install-services: expected /usr/sbin/Orthanc after installing, found none." >&2
@@ -90,6 +114,16 @@ for binary in /usr/bin/chromium /usr/bin/chromedriver; do
         exit 1
     fi
 done
+for binary in /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd /usr/bin/sbatch \
+    /usr/bin/srun /usr/bin/squeue /usr/bin/sinfo /usr/bin/scontrol /usr/bin/scancel; do
+    if [ ! -x "$binary" ]; then
+        echo "install-services: expected $binary after installing slurm-wlm and munge," \
+            "found none." >&2
+        exit 1
+    fi
+done
+echo "install-services: $(/usr/sbin/slurmctld -V 2>/dev/null | head -n 1)," \
+    "$(/usr/sbin/munged --version 2>/dev/null | head -n 1)"
 # Debian's /usr/bin/chromium wrapper may print shell noise on stderr; keep only the version.
 echo "install-services: $(/usr/bin/chromium --version 2>/dev/null | head -n 1)," \
     "$(/usr/bin/chromedriver --version 2>/dev/null | head -n 1)"

@@ -106,6 +106,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(path: Path) -> str:
+    """SHA-256 of the tensors of a checkpoint: names, dtypes, shapes and values.
+
+    Unlike the file's bytes (``torch.save`` writes a random serialisation id and the
+    file name into every file), this is the same for bit-identical weights. A medtl
+    checkpoint's ``state_dict`` is used when there is one; the file is read with
+    ``weights_only=True``.
+    """
+    import torch
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            continue
+        tensor = value.detach().contiguous().cpu()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def digests(paths: Iterable[Path]) -> dict[str, str]:
     """SHA-256 of each file, by file name (paths that do not exist are left out)."""
     return {Path(p).name: sha256_file(p) for p in sorted(map(Path, paths)) if Path(p).is_file()}

@@ -74,11 +74,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from monai.metrics import (
-    compute_average_surface_distance,
-    compute_hausdorff_distance,
-    compute_surface_dice,
-)
 from scipy import ndimage
 
 from medtl.config import EvaluateConfig
@@ -272,6 +267,10 @@ def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, floa
     if pair is None:
         return math.nan
     _quiet_monai()
+    from monai.metrics import (
+        compute_hausdorff_distance,  # imported here: monai takes seconds to load
+    )
+
     value = compute_hausdorff_distance(
         *pair,
         include_background=True,
@@ -306,6 +305,10 @@ def assd_mm(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, floa
     if pair is None:
         return math.nan
     _quiet_monai()
+    from monai.metrics import (
+        compute_average_surface_distance,  # imported here: monai takes seconds to load
+    )
+
     value = compute_average_surface_distance(
         *pair,
         include_background=True,
@@ -350,6 +353,8 @@ def nsd_score(
     if pair is None:
         return 0.0
     _quiet_monai()
+    from monai.metrics import compute_surface_dice  # imported here: monai takes seconds to load
+
     value = compute_surface_dice(
         *pair,
         class_thresholds=[float(tolerance_mm)],

@@ -83,7 +83,9 @@ def _hash_rows(run_records: list[dict], weights: dict[tuple[str, int], Path]) ->
                 "arm": r.get("arm"),
                 "fold": r.get("fold"),
                 **{f"{kind}_sha256": h.get("combined") for kind, h in hashes.items()},
-                "trained_weights_sha256": P.sha256_file(best) if best and best.is_file() else None,
+                "trained_weights_sha256": P.weights_digest(best)
+                if best and best.is_file()
+                else None,
             }
         )
     return rows

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold
 
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
@@ -47,6 +46,8 @@ def make_folds(
             f"{k} folds need at least {k} labelled patients, found {n_patients}",
             f"set splits.folds to at most {max(n_patients, 2)} (and at least 2), or add cases",
         )
+    from sklearn.model_selection import GroupKFold  # slow to import; Snakefiles import this module
+
     splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)
     folds = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -11,9 +10,11 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.evaluate.stats import bootstrap_ci, per_case
+from medtl.provenance import weights_digest
 from medtl.report.build import ReportError, build_report
 
 ARMS = ["scratch", "finetune"]
@@ -122,7 +123,7 @@ def results(tmp_path, monkeypatch) -> Path:
             record = {"seed": 1000 + k, "git_commit": "abc", "hardware": {"machine": "x86_64"}}
             record["sha256"] = {"cases": {"combined": f"{k}" * 64, "files": {}}}
             (run / "run.json").write_text(json.dumps(record))
-            (run / "best.pt").write_bytes(b"weights")
+            torch.save({"format": "medtl", "state_dict": {"w": torch.ones(2)}}, run / "best.pt")
             if arm == "finetune":
                 report = {
                     "source": "pretrain/model.pt",
@@ -214,7 +215,7 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
     assert len(summary["provenance"]["config_sha256"]) == 64
     # inputs and trained weights of every run, by SHA-256
     assert "Inputs and weights" in html and "000000000000" in html and "111111111111" in html
-    best_sha = hashlib.sha256(b"weights").hexdigest()
+    best_sha = weights_digest(next(results.glob("train/*/fold0/best.pt")))
     hashes = summary["provenance"]["inputs_and_weights"]
     assert {h["trained_weights_sha256"] for h in hashes} == {best_sha}
     assert summary["provenance"]["seeds"]["training seeds"] == [1000, 1001]

@@ -1,0 +1,175 @@
+"""The workflow on SLURM: the profile's resources, and a run on a real (throw-away) cluster.
+
+``test_profile_asks_gpus_for_gpu_rules_only`` needs no cluster: a dry run with
+``profiles/slurm`` on the demo config shows which jobs ask for a GPU.
+
+``test_workflow_through_slurm_equals_local_run`` starts a single-node cluster on 127.0.0.1
+(munged, slurmctld and slurmd from Debian's ``slurm-wlm`` and ``munge``;
+``tests/support/slurm.py``), runs the micro workflow through ``--executor slurm`` with the
+project's profile, and checks that every job went through SLURM, that the GPU rules asked
+for a GPU (the node advertises a fake one) and still ran on the CPU, and that the results
+equal a local run's bit for bit. Skipped where SLURM is not installed or this is not root;
+``MEDTL_REQUIRE_SLURM=1`` (set by ``.ci/run``) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
+
+import slurm  # noqa: E402  (tests/support, put on sys.path above)
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+# The rules that run networks and ask SLURM for a GPU (profiles/slurm, set-resources).
+GPU_RULES = {
+    "check_device",
+    "pretrain",
+    "pretrain_ssl",
+    "train",
+    "train_fraction",
+    "predict_fold",
+    "predict_fraction",
+}
+SLURM_TIMEOUT_S = 1200
+
+
+def _job_resources(text: str) -> dict[str, list[dict[str, str]]]:
+    """Rule → the ``resources:`` of each of its jobs, from a dry run's job listing."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    for block in re.split(r"\n(?=\[[^\]]+\]\n(?:rule|checkpoint|localrule) )", text):
+        head = re.search(r"^(?:rule|checkpoint|localrule) (\w+):", block, re.M)
+        found = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if head and found:
+            pairs = (item.split("=", 1) for item in found[1].split(", ") if "=" in item)
+            jobs.setdefault(head[1], []).append({k.strip(): v.strip() for k, v in pairs})
+    return jobs
+
+
+def test_profile_asks_gpus_for_gpu_rules_only(run_workflow, tmp_path: Path) -> None:
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    result = run_workflow(
+        tmp_path,
+        "--profile",
+        str(PROFILE.parent),
+        "-n",
+        configfile=tmp_path / "config" / "config.yaml",
+        timeout=300,
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-4000:]
+    jobs = _job_resources(text)
+    # The demo config plans every GPU rule (pretrain_ssl for its ssl arm, the fraction
+    # rules for its label fractions), and the CPU rules up to the ingest checkpoint.
+    planned_gpu = GPU_RULES & set(jobs)
+    assert planned_gpu >= GPU_RULES - {"check_device"}, sorted(jobs)
+    assert {"demo_data", "ingest", "split", "evaluate_fold", "report"} <= set(jobs)
+    for rule, resources in jobs.items():
+        for res in resources:
+            if rule in GPU_RULES:
+                assert res.get("gpu") == "1", (rule, res)
+                assert int(res["cpus_per_gpu"]) >= 1, (rule, res)
+                assert int(res["mem_mb"]) > 0 and int(res["runtime"]) > 0, (rule, res)
+            else:
+                assert "gpu" not in res and "cpus_per_gpu" not in res, (rule, res)
+                assert "gpu_model" not in res, (rule, res)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm.SlurmCluster]:
+    """A running single-node test cluster with two fake GPUs (two jobs train at once)."""
+    reason = slurm.missing_reason()
+    if reason is not None:
+        if os.environ.get("MEDTL_REQUIRE_SLURM") == "1":
+            pytest.fail(f"MEDTL_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    logs = tmp_path_factory.mktemp("slurm-cluster-logs")
+    with slurm.slurm_cluster(gpus=2, keep=logs) as running:
+        yield running
+
+
+def _test_profile(folder: Path, cluster: slurm.SlurmCluster) -> Path:
+    """The project's SLURM profile, with what this cluster needs: its partition, no account,
+    squeue for job states (no accounting database), and quick status checks."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    profile["default-resources"]["slurm_partition"] = cluster.partition
+    profile["slurm-no-account"] = True
+    profile["slurm-status-command"] = "squeue"
+    profile["slurm-init-seconds-before-status-checks"] = 1
+    profile["seconds-between-status-checks"] = 1
+    profile["latency-wait"] = 10
+    profile["jobs"] = 4
+    profile["keep-going"] = False
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return folder
+
+
+def _slurm_jobs(cluster: slurm.SlurmCluster) -> list[dict[str, str]]:
+    """Every job the controller still knows (MinJobAge=600 keeps finished ones)."""
+    shown = cluster.run("scontrol", "-o", "show", "job")
+    assert shown.returncode == 0, shown.stderr
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in shown.stdout.splitlines() if line]
+
+
+@pytest.mark.slow
+def test_workflow_through_slurm_equals_local_run(
+    cluster: slurm.SlurmCluster, run_workflow, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    work = tmp_path / "run"
+    work.mkdir()
+    profile = _test_profile(tmp_path / "profile", cluster)
+    result = run_workflow(
+        work, "--profile", str(profile), env=cluster.environ(), timeout=SLURM_TIMEOUT_S
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, f"{text[-6000:]}\n{cluster.log_tails()}"
+
+    # Every job but the target rule went through sbatch, and finished there.
+    jobs = _slurm_jobs(cluster)
+    assert jobs, cluster.log_tails()
+    by_rule: dict[str, list[dict[str, str]]] = {}
+    for job in jobs:
+        rule = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", job.get("Comment", ""))
+        assert rule, job
+        by_rule.setdefault(rule[1], []).append(job)
+    assert all(job["JobState"] == "COMPLETED" for job in jobs), [
+        (job["JobId"], job["Comment"], job["JobState"]) for job in jobs
+    ]
+    assert len(by_rule["train"]) == 4 and len(by_rule["predict_fold"]) == 4
+    assert {"demo_data", "ingest", "preprocess", "pretrain", "evaluate", "report"} <= set(by_rule)
+    submitted = len(re.findall(r"has been submitted with SLURM jobid", text))
+    assert submitted == len(jobs)
+
+    # GPU rules asked SLURM for a GPU; CPU rules did not.
+    for rule, rule_jobs in by_rule.items():
+        for job in rule_jobs:
+            tres = job.get("TresPerJob", "") + job.get("TresPerNode", "")
+            if rule in GPU_RULES:
+                assert "gpu:1" in tres, (rule, job)
+            else:
+                assert "gpu" not in tres, (rule, job)
+    # The plugin kept each job's SLURM log.
+    logs = work / ".snakemake" / "slurm_logs"
+    assert len(list((logs / "rule_train").glob("*/*.log"))) == 4
+
+    # The "GPU" was fake: training found no CUDA device and ran on the CPU (device: auto).
+    for run_json in (work / "results" / "train").glob("*/fold*/run.json"):
+        assert json.loads(run_json.read_text())["device"] == "cpu", run_json
+
+    # The same results as the local run, bit for bit. (The local run is asked for only
+    # now, so that a missing SLURM skips this test before any run.)
+    local = request.getfixturevalue("micro_run").results
+    local.assert_same_as(type(local)(work / "results"))
