@@ -119,7 +119,7 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     weights = record["sha256"]["pretrained_weights"]["files"]
     checkpoint = res / "pretrain" / "checkpoint.pt"
     assert weights == {"checkpoint.pt": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
-    assert len(record["sha256"]["cases"]["files"]) > 0 and record["settings"]["seed"] == 1
+    assert len(record["sha256"]["cases"]["files"]) > 0 and record["settings"]["seed"] == cfg["seed"]
     assert json.loads((res / "device.json").read_text())["gpus_found"] == 0
     assert not (res / "train" / "scratch" / "fold0" / "load_report.json").exists()
 
