@@ -157,6 +157,18 @@ def open_file(driver: Any, path: Path, timeout_s: float = PAGE_LOAD_TIMEOUT_S) -
     return url
 
 
+def _capture(driver: Any, clip: dict, out: Path) -> Path:
+    """Write a PNG of the page region ``clip`` (CSS pixels) through the DevTools protocol."""
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True, "fromSurface": True, "clip": clip},
+    )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(base64.b64decode(shot["data"]))
+    return out
+
+
 def full_page_screenshot(driver: Any, out: Path) -> Path:
     """Write a PNG of the whole page (not just the window) through the DevTools protocol."""
     metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
@@ -168,14 +180,7 @@ def full_page_screenshot(driver: Any, out: Path) -> Path:
         "height": max(1, int(size["height"] + 0.5)),
         "scale": 1,
     }
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {"format": "png", "captureBeyondViewport": True, "fromSurface": True, "clip": clip},
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(base64.b64decode(shot["data"]))
-    return out
+    return _capture(driver, clip, out)
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -258,14 +263,7 @@ def element_screenshot(driver: Any, element_id: str, out: Path, margin: int = 8)
         "height": h + 2 * margin,
         "scale": 1,
     }
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot",
-        {"format": "png", "captureBeyondViewport": True, "fromSurface": True, "clip": clip},
-    )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(base64.b64decode(shot["data"]))
-    return out
+    return _capture(driver, clip, out)
 
 
 def main(argv: list[str]) -> int:
