@@ -80,6 +80,7 @@ from medtl.config import EvaluateConfig
 from medtl.io.errors import MedtlError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
+from medtl.io.volume import spacing_of
 
 #: Columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = [
@@ -531,10 +532,6 @@ def check_same_grid(pred_path: Path, ref_path: Path, pred_img: tuple, ref_img: t
         )
 
 
-def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-
-
 @dataclass(frozen=True)
 class _Task:
     arm: str
@@ -548,7 +545,7 @@ def _evaluate_task(task: _Task, classes: dict[int, str], cfg: EvaluateConfig) ->
     pred_img = load_label(task.pred)
     ref_img = load_label(task.ref)
     check_same_grid(task.pred, task.ref, pred_img, ref_img)
-    rows = case_metrics(pred_img[0], ref_img[0], _spacing(ref_img[1]), classes, cfg)
+    rows = case_metrics(pred_img[0], ref_img[0], spacing_of(ref_img[1]), classes, cfg)
     return [{"arm": task.arm, "fold": task.fold, "case": task.case, **row} for row in rows]
 
 

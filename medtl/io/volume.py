@@ -8,6 +8,17 @@ import nibabel as nib
 import numpy as np
 
 
+def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size in mm along the array axes: the column norms of the affine.
+
+    Example:
+        >>> spacing_of(np.diag([0.8, -0.8, 3.0, 1.0]))
+        (0.8, 0.8, 3.0)
+    """
+    affine = np.asarray(affine, dtype=float)
+    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+
+
 @dataclass
 class Volume:
     """A 3-D image (or label) on a physical grid.
@@ -37,7 +48,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the array axes."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return spacing_of(self.affine)
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
-from medtl.evaluate.metrics import dice_score, load_label, read_folds
+from medtl.evaluate.metrics import AFFINE_ATOL, dice_score, load_label, read_folds
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
-from medtl.postprocess.components import NO_POSTPROCESSING, apply_operation, spacing_of
+from medtl.io.volume import spacing_of
+from medtl.postprocess.components import NO_POSTPROCESSING, apply_operation
 
 #: The workflow rule that writes ``predictions/{arm}/fold{k}/{case}.nii.gz``.
 PREDICT_RULE = "predict_fold"
@@ -45,9 +46,6 @@ POSTPROCESS_RULE = "postprocess"
 
 #: Everything a decision may choose for a class.
 CHOICES = (NO_POSTPROCESSING, *POSTPROCESS_CANDIDATES)
-
-#: Largest absolute difference (mm) tolerated between a prediction's and its label's affine.
-AFFINE_ATOL = 1e-3
 
 DISABLED_NOTE = (
     "post-processing disabled (postprocess.enabled: false): no candidate was tried and "

@@ -15,17 +15,6 @@ from scipy import ndimage
 NO_POSTPROCESSING = "none"
 
 
-def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size in mm along the array axes: the column norms of the affine.
-
-    Example:
-        >>> spacing_of(np.diag([0.8, -0.8, 3.0, 1.0]))
-        (0.8, 0.8, 3.0)
-    """
-    affine = np.asarray(affine, dtype=float)
-    return tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
-
-
 def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(component ids, voxel count per id)``; id 0 is the background (count set to 0)."""
     structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)

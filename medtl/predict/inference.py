@@ -14,10 +14,10 @@ from monai.inferers import sliding_window_inference
 from medtl.config import ModelConfig, PredictConfig, parse_section
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write
-from medtl.io.volume import Volume
+from medtl.io.volume import Volume, spacing_of
 from medtl.models.networks import build_network
 from medtl.models.transfer import WeightsError
-from medtl.postprocess.components import apply_postprocessing, spacing_of
+from medtl.postprocess.components import apply_postprocessing
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 from medtl.train.memory import out_of_memory_hint
 

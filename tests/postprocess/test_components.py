@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medtl.io.volume import spacing_of
 from medtl.postprocess.components import (
     apply_operation,
     apply_postprocessing,
     keep_largest,
     remove_small,
-    spacing_of,
 )
 
 
