@@ -181,11 +181,21 @@ def export_nnunet(
         str, typer.Option(help='Channel names as JSON, e.g. {"0": "CT"} (default: modality).')
     ] = "",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset folder.")] = False,
+    folds: Annotated[
+        Path | None,
+        typer.Option(
+            help="medtl's folds.json: also write the same folds as nnU-Net's "
+            "splits_final.json into the dataset folder."
+        ),
+    ] = None,
 ) -> None:
     """Write an ingested data set in nnU-Net v2's raw format (DatasetXXX_Name/).
 
     So the same cases can be trained with nnU-Net: `imagesTr/<case>_0000.nii.gz` per
     channel, `labelsTr/`, unlabelled cases in `imagesTs/`, and a v2 `dataset.json`.
+    With --folds, `splits_final.json` holds medtl's folds (held-out cases as nnU-Net's
+    `val`); copy it into nnUNet_preprocessed/DatasetXXX_Name/ after planning, so both
+    tools train and are scored on the same cases.
     """
     from medtl.config import load_json_arg
     from medtl.io.ingest import read_manifest
@@ -201,6 +211,12 @@ def export_nnunet(
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
     folder = write(df, out, dataset_id, name, names, channels, overwrite=overwrite)
     typer.echo(f"export-nnunet: {len(df)} cases → {folder}")
+    if folds is not None:
+        from medtl.io.nnunet import write_nnunet_splits
+        from medtl.split.folds import load_folds
+
+        path = write_nnunet_splits(load_folds(folds), folder / "splits_final.json")
+        typer.echo(f"export-nnunet: the folds of {folds} → {path}")
 
 
 @app.command()

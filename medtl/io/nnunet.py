@@ -916,3 +916,81 @@ def _export_metadata(
         labels[label_name] = value
     channels = {str(k): str(channel_names[k]) for k in sorted(channel_names, key=int)}
     return labels, channels
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def nnunet_splits(folds: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """medtl's folds as nnU-Net's ``splits_final.json``: one ``{train, val}`` per fold.
+
+    nnU-Net trains on ``train`` and reports on ``val``; medtl's held-out ``test`` cases
+    become nnU-Net's ``val``, and medtl's ``train`` and ``val`` (the cases medtl keeps
+    aside to choose its checkpoint) together become nnU-Net's ``train``. Both tools then
+    see the same training pool and are scored on the same held-out cases. Case ids become
+    nnU-Net identifiers with :func:`nnunet_case_id`, as :func:`export_nnunet` names them.
+
+    Args:
+        folds: the content of medtl's ``folds.json``.
+
+    Example:
+        >>> folds = {"folds": [{"fold": 0, "train": ["a"], "val": ["b"], "test": ["c.1"]}]}
+        >>> nnunet_splits(folds)
+        [{'train': ['a', 'b'], 'val': ['c_1']}]
+    """
+    splits = []
+    for entry in sorted(folds["folds"], key=lambda f: int(f["fold"])):
+        train = [nnunet_case_id(c) for c in [*entry["train"], *entry.get("val", [])]]
+        held_out = [nnunet_case_id(c) for c in entry["test"]]
+        splits.append({"train": sorted(train), "val": sorted(held_out)})
+    return splits
+
+
+def write_nnunet_splits(folds: dict[str, Any], path: str | Path) -> Path:
+    """Write :func:`nnunet_splits` of ``folds`` as JSON to ``path``, atomically.
+
+    nnU-Net reads ``splits_final.json`` from its preprocessed dataset folder
+    (``nnUNet_preprocessed/DatasetXXX_Name/``); copy it there after
+    ``nnUNetv2_plan_and_preprocess`` and before ``nnUNetv2_train``.
+    """
+    path = Path(path)
+    atomic_write_text(path, json.dumps(nnunet_splits(folds), indent=2) + "\n")
+    return path
+
+
+def check_same_folds(folds: dict[str, Any], splits: list[dict[str, Any]]) -> None:
+    """Raise unless nnU-Net's ``splits`` hold exactly medtl's ``folds``.
+
+    For every fold, nnU-Net's ``val`` must be medtl's held-out ``test`` cases and its
+    ``train`` medtl's ``train`` plus ``val``, as sets of nnU-Net identifiers, with no case
+    in both.
+
+    Raises:
+        MedtlError: naming the first fold that differs and the cases that differ.
+
+    Example:
+        >>> folds = {"folds": [{"fold": 0, "train": ["a"], "val": [], "test": ["b"]}]}
+        >>> check_same_folds(folds, [{"train": ["a"], "val": ["b"]}])
+        >>> check_same_folds(folds, [{"train": ["b"], "val": ["a"]}])
+        Traceback (most recent call last):
+        ...
+        medtl.io.errors.MedtlError: fold 0: nnU-Net's val differs from medtl's held-out cases ...
+    """
+    expected = nnunet_splits(folds)
+    fix = "How to fix: write splits_final.json from folds.json with `medtl export-nnunet --folds`"
+    if len(splits) != len(expected):
+        raise MedtlError(
+            f"nnU-Net's splits hold {len(splits)} folds, medtl's folds.json {len(expected)}. " + fix
+        )
+    for k, (want, got) in enumerate(zip(expected, splits, strict=True)):
+        for part, medtl_name in (("val", "held-out"), ("train", "train + val")):
+            a, b = set(want[part]), set(got.get(part, []))
+            if a != b:
+                raise MedtlError(
+                    f"fold {k}: nnU-Net's {part} differs from medtl's {medtl_name} cases "
+                    f"(only in medtl: {sorted(a - b)[:5]}, only in nnU-Net: "
+                    f"{sorted(b - a)[:5]}). " + fix
+                )
+        both = set(got["train"]) & set(got["val"])
+        if both:
+            raise MedtlError(f"fold {k}: cases in both train and val: {sorted(both)[:5]}. " + fix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -13,9 +14,11 @@ import pytest
 from medtl.io.errors import InputError, MedtlError
 from medtl.io.nnunet import (
     ExternalCase,
+    check_same_folds,
     detect_format,
     export_nnunet,
     nnunet_case_id,
+    nnunet_splits,
     read_external,
 )
 
@@ -480,3 +483,65 @@ def test_export_nnunet_command(nnunet_dir: Path, tmp_path: Path, monkeypatch) ->
     back = read_external(tmp_path / "raw" / "Dataset007_Back")
     assert back.channel_names == {0: "CT", 1: "T2"}
     assert {c.case_id for c in back.cases if c.label} == {"case_a", "case_b"}
+
+
+FOLDS = {
+    "k": 2,
+    "folds": [
+        {"fold": 1, "train": ["p3.1", "p4"], "val": ["p1"], "test": ["p2"]},
+        {"fold": 0, "train": ["p2"], "val": ["p1"], "test": ["p3.1", "p4"]},
+    ],
+}
+
+
+def test_nnunet_splits_hold_medtl_folds() -> None:
+    splits = nnunet_splits(FOLDS)
+    # in fold order; medtl's held-out cases are nnU-Net's val, train + val its train
+    assert splits == [
+        {"train": ["p1", "p2"], "val": ["p3_1", "p4"]},
+        {"train": ["p1", "p3_1", "p4"], "val": ["p2"]},
+    ]
+    check_same_folds(FOLDS, splits)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda s: s[:1], "hold 1 folds"),
+        (lambda s: [{"train": ["p1", "p2", "p4"], "val": ["p3_1"]}, s[1]], "fold 0"),
+        (
+            lambda s: [s[0], {"train": ["p1", "p3_1"], "val": ["p2", "p4"]}],
+            "only in nnU-Net: ['p4']",
+        ),
+    ],
+)
+def test_check_same_folds_names_the_difference(tamper, message) -> None:
+    with pytest.raises(MedtlError, match=re.escape(message)):
+        check_same_folds(FOLDS, tamper(nnunet_splits(FOLDS)))
+
+
+def test_export_nnunet_command_writes_the_folds(
+    nnunet_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from medtl.cli.main import app
+    from medtl.io.ingest import ingest_path, read_manifest
+    from medtl.split.folds import make_folds, save_folds
+
+    monkeypatch.chdir(tmp_path)
+    ingest_path(nnunet_dir, Path("ing"), salt="s", progress=False)
+    manifest = read_manifest(Path("ing/manifest.tsv"))
+    labelled = manifest[manifest["label"] != ""]
+    folds = make_folds(labelled, k=2, seed=0, val_fraction=0.0)
+    save_folds(folds, Path("folds.json"))
+    args = ["export-nnunet", "--manifest", "ing/manifest.tsv", "--out", "raw"]
+    args += ["--dataset-id", "8", "--name", "Folds", "--channel-names", '{"0": "CT", "1": "T2"}']
+    result = CliRunner().invoke(app, [*args, "--folds", "folds.json"])
+    assert result.exit_code == 0, result.output
+    dataset = tmp_path / "raw" / "Dataset008_Folds"
+    splits = json.loads((dataset / "splits_final.json").read_text())
+    check_same_folds(folds, splits)
+    # every case nnU-Net is told about exists in the exported dataset
+    exported = {p.name.rsplit("_", 1)[0] for p in (dataset / "imagesTr").iterdir()}
+    assert {c for s in splits for part in s.values() for c in part} == exported
