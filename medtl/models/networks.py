@@ -26,6 +26,8 @@ class Architecture:
         encoder_prefixes: parameter-name prefixes of the encoder.
         head_prefixes: parameter-name prefixes of the output head.
         patch_multiple: every patch side must be a multiple of this.
+        multiple_of: where the multiple depends on the settings (e.g. the number of
+            stages), the function of the model config that gives it; else None.
         stem_keys: weights of the first layer, whose second axis is the input channels
             (adapted when a checkpoint was trained with another number of channels).
     """
@@ -35,6 +37,7 @@ class Architecture:
     head_prefixes: tuple[str, ...]
     patch_multiple: int
     stem_keys: tuple[str, ...] = ()
+    multiple_of: Callable[[ModelConfig], int] | None = None
 
     def part_of(self, name: str) -> str:
         """``"encoder"``, ``"head"`` or ``"decoder"`` for a parameter or buffer name."""
@@ -143,13 +146,14 @@ ARCHITECTURES: dict[str, Architecture] = {
         patch_multiple=32,
         stem_keys=("swinViT.patch_embed.proj.weight",),
     ),
-    # Up to six stages, strides 1 then 2: 2**5 = 32 is a multiple of every stage count's need.
+    # Strides 1 then 2: n stages halve the patch n - 1 times (six by default: 32).
     "plainconvunet": Architecture(
         build=_plainconvunet,
         encoder_prefixes=("encoder.",),
         head_prefixes=("decoder.seg_layers.",),
         patch_multiple=32,
         stem_keys=("encoder.stages.0.0.convs.0.conv.weight",),
+        multiple_of=lambda cfg: 32 if _uses_default_features(cfg) else 2 ** (len(cfg.features) - 1),
     ),
 }
 
@@ -182,7 +186,8 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
 
 def check_patch_size(cfg: ModelConfig, patch_size: tuple[int, ...]) -> None:
     """Refuse a patch the network cannot downsample evenly."""
-    multiple = get_architecture(cfg.name).patch_multiple
+    arch = get_architecture(cfg.name)
+    multiple = arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
     bad = [p for p in patch_size if p % multiple]
     if bad:
         fixed = [max(multiple, round(p / multiple) * multiple) for p in patch_size]

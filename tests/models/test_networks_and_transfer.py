@@ -273,6 +273,19 @@ def test_safetensors_checkpoint_loads(tmp_path: Path) -> None:
         assert torch.equal(target.state_dict()[key], source.state_dict()[key])
 
 
+def test_plainconvunet_patch_multiple_follows_its_stages() -> None:
+    # four stages halve the patch three times: multiples of 8, as nnU-Net's plans use
+    four = ModelConfig(name="plainconvunet", features=(8, 16, 32, 64))
+    check_patch_size(four, (48, 48, 24))
+    net = build_network(four, 1, 2)
+    assert net(torch.zeros(1, 1, 48, 48, 24)).shape == (1, 2, 48, 48, 24)
+    with pytest.raises(ConfigError, match=r"multiple of 8.*\[48, 48, 16\]"):
+        check_patch_size(four, (48, 48, 20))
+    # the default six stages need multiples of 32
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        check_patch_size(ModelConfig(name="plainconvunet"), (48, 48, 24))
+
+
 def test_check_patch_size_refuses_single_voxel_bottleneck() -> None:
     with pytest.raises(ConfigError, match="32"):
         check_patch_size(SMALL, (16, 16, 16))
