@@ -244,11 +244,14 @@ class PreprocessConfig:
         target_spacing: ``auto`` (median spacing of the data set) or three numbers in mm.
         normalization: ``auto`` (by modality), ``zscore`` or ``ct``.
         crop_foreground: crop each case to its non-zero bounding box.
+        workers: cases preprocessed at once (processes); changes the speed, not the plan
+            or the cases, so the workflow keeps it out of the plan's settings.
     """
 
     target_spacing: str | tuple[float, float, float] = "auto"
     normalization: str = "auto"
     crop_foreground: bool = True
+    workers: int = 2
 
 
 @dataclass(frozen=True)

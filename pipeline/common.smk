@@ -22,6 +22,12 @@ def as_json(value):
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def plan_settings():
+    """The preprocess section without `workers`: how many cases run at once changes
+    neither the plan nor the cases, so it must not rerun them."""
+    return as_json({k: v for k, v in config["preprocess"].items() if k != "workers"})
+
+
 def attempt_mem(mb):
     """Memory request (MB) that grows with each attempt: a job killed for exceeding its
     memory is retried (see `retries:`) with twice, then three times the request."""
@@ -113,7 +119,8 @@ def labelled_cases(wildcards=None):
 
 
 def preprocessed(wildcards=None):
-    return expand("results/preprocess/cases/{case}.npz", case=labelled_cases())
+    """The folder of the preprocessed cases (`<case>.npz` of every labelled case)."""
+    return "results/preprocess/cases"
 
 
 def arm_weights(arm):

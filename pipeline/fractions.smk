@@ -61,7 +61,7 @@ rule train_fraction:
         settings=train_settings,
         pretrained=pretrained_flag,
         out=lambda wc, output: parent(output.model),
-        cases=lambda wc, input: parent(input.cases[0]),
+        cases=lambda wc, input: input.cases,
     shell:
         "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
         "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
@@ -91,7 +91,7 @@ rule predict_fraction:
     params:
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
-        cases=lambda wc, input: parent(input.cases[0]),
+        cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
         "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "

@@ -25,7 +25,7 @@ rule predict_fold:
     params:
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
-        cases=lambda wc, input: parent(input.cases[0]),
+        cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
         "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "

@@ -1,4 +1,4 @@
-# Stage 3: the preprocessing plan from the data set's fingerprint, then each case
+# Stage 3: the preprocessing plan from the data set's fingerprint, then every case
 # reoriented, cropped, resampled, normalised and cached.
 
 
@@ -18,28 +18,32 @@ rule plan:
     resources:
         mem_mb=attempt_mem(4000),
     params:
-        settings=as_json(config["preprocess"]),
+        settings=plan_settings(),
         classes=as_json(config["classes"]),
     shell:
         "medtl plan --manifest {input.manifest} --out {output} "
         "--settings {params.settings:q} --classes {params.classes:q} > {log} 2>&1"
 
 
+# One job for all cases: starting Python and PyTorch costs seconds, a case a fraction of
+# one, so the cases share one start and run in parallel inside it (preprocess.workers).
+# The output is the folder: the case list is known only after ingest.
 rule preprocess:
     input:
         manifest="results/ingest/manifest.tsv",
         plan="results/preprocess/plan.json",
     output:
-        "results/preprocess/cases/{case}.npz",
+        directory("results/preprocess/cases"),
     log:
-        "logs/preprocess/{case}.log",
+        "logs/preprocess.log",
     benchmark:
-        "results/benchmarks/preprocess/{case}.tsv"
+        "results/benchmarks/preprocess.tsv"
+    retries: 1
     conda:
         "../envs/medtl.yaml"
-    threads: 1
+    threads: config["preprocess"]["workers"]
     resources:
-        mem_mb=2000,
+        mem_mb=lambda wildcards, threads, attempt: 2000 * threads * attempt,
     shell:
         "medtl preprocess --manifest {input.manifest} --plan {input.plan} "
-        "--case {wildcards.case} --out {output} > {log} 2>&1"
+        "--out-dir {output} --workers {threads} --labelled-only --quiet > {log} 2>&1"

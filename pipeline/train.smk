@@ -29,7 +29,7 @@ rule train:
         settings=train_settings,
         pretrained=pretrained_flag,
         out=lambda wc, output: parent(output.model),
-        cases=lambda wc, input: parent(input.cases[0]),
+        cases=lambda wc, input: input.cases,
     shell:
         "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
         "--cases {params.cases} --out {params.out} --settings {params.settings:q} "

@@ -282,25 +282,86 @@ def plan(
 def preprocess(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv.")],
     plan_path: Annotated[Path, typer.Option("--plan", help="The plan.json.")],
-    case: Annotated[str, typer.Option(help="Case id from the manifest.")],
-    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder to write the cases into, one `CASE_ID.npz` each."),
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Cases preprocessed at once, each in its own process with one thread; "
+            "memory grows with about one case per worker.",
+        ),
+    ] = 2,
+    case: Annotated[
+        list[str] | None,
+        typer.Option(help="Only this case id (repeat for several; default: every case)."),
+    ] = None,
+    labelled_only: Annotated[
+        bool, typer.Option(help="Skip unlabelled cases (training needs only labelled ones).")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --out-dir: the .npz file of a single --case."),
+    ] = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Reorient, crop, resample and normalise one case with the plan (cached as .npz)."""
+    """Reorient, crop, resample and normalise one case, or every case of the manifest in
+    parallel, with the plan (cached as .npz).
+
+    Writes `OUT_DIR/CASE_ID.npz` per case (atomically: never a partial file). A case
+    whose files cannot be used does not stop the others: the rest are written, and the
+    command then fails listing each bad case with its file, the reason and how to fix it.
+    `--case C --out FILE` writes one case to FILE.
+    """
+    import time
+
     from medtl.io.errors import InputError
     from medtl.io.ingest import read_manifest
-    from medtl.preprocess.case import preprocess_files, save_case
     from medtl.preprocess.plan import Plan
 
+    if (out_dir is None) == (out is None):
+        raise InputError(
+            "--out-dir",
+            "give exactly one of --out-dir and --out",
+            "pass --out-dir DIR for every case, or --case C --out FILE for one",
+        )
     df = read_manifest(manifest)
-    rows = df[df["case_id"] == case]
-    if rows.empty:
-        raise InputError(manifest, f"case {case!r} not in the manifest", "rerun ingest")
-    row = rows.iloc[0]
-    c = preprocess_files(
-        Path(row["image"]), Path(row["label"]) if row["label"] else None, Plan.load(plan_path)
+    p = Plan.load(plan_path)
+    if out is not None:
+        from medtl.preprocess.case import preprocess_files, save_case
+
+        if not case or len(case) != 1:
+            raise InputError(
+                "--out", "--out writes one case; give exactly one --case", "use --out-dir"
+            )
+        rows = df[df["case_id"] == case[0]]
+        if rows.empty:
+            raise InputError(manifest, f"case {case[0]!r} not in the manifest", "rerun ingest")
+        row = rows.iloc[0]
+        label = Path(row["label"]) if row["label"] else None
+        c = preprocess_files(Path(row["image"]), label, p)
+        save_case(out, c)
+        typer.echo(f"preprocess: {case[0]} {tuple(c.image.shape[1:])} → {out}")
+        return
+
+    from medtl.preprocess.batch import preprocess_cases
+
+    start = time.perf_counter()
+    done = preprocess_cases(
+        df,
+        p,
+        out_dir,
+        workers=workers,
+        progress=not quiet,
+        cases=case or None,
+        labelled_only=labelled_only,
     )
-    save_case(out, c)
-    typer.echo(f"preprocess: {case} {tuple(c.image.shape[1:])} → {out}")
+    typer.echo(
+        f"preprocess: {len(done)} cases in {time.perf_counter() - start:.1f} s "
+        f"with {workers} workers → {out_dir}"
+    )
 
 
 @app.command()
