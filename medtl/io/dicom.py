@@ -38,7 +38,8 @@ import os
 import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,8 +260,8 @@ class _Frame:
             return self.path.name
         return f"{self.path.name} frame {self.frame + 1}"
 
-    def values(self) -> np.ndarray:
-        """Rescaled pixel values, float64, (Rows, Columns)."""
+    def stored(self) -> np.ndarray:
+        """Stored pixel values as decoded (no rescale), (Rows, Columns); may be read-only."""
         pixels = self.source.values(self.frame)
         if pixels.shape != (self.rows, self.columns):
             raise InputError(
@@ -269,7 +270,11 @@ class _Frame:
                 f"found {pixels.shape}",
                 FIX_REMOVE,
             )
-        return pixels.astype(np.float64) * self.slope + self.intercept
+        return pixels
+
+    def values(self) -> np.ndarray:
+        """Rescaled pixel values, float64, (Rows, Columns)."""
+        return self.stored().astype(np.float64) * self.slope + self.intercept
 
 
 # ---------------------------------------------------------------------------------------
@@ -277,19 +282,24 @@ class _Frame:
 # ---------------------------------------------------------------------------------------
 
 
-def discover(root: Path, workers: int = 4, progress: bool = False) -> DicomInventory:
+def discover(
+    root: Path, workers: int = 4, progress: bool = False, executor: Executor | None = None
+) -> DicomInventory:
     """Find the image series and label objects under ``root``, reading headers only.
 
     Hidden files and folders (name starting with ``.``) are skipped. Every other file ends
     as a series member, a label object or a rejection; one bad file never stops discovery.
     DICOMDIR index files are rejected with a reason (the images they list are found by
     walking the tree). Nothing under ``root`` is modified. The result does not depend on
-    ``workers``.
+    ``workers`` or ``executor``.
 
     Args:
         root: folder to search recursively.
         workers: threads reading headers in parallel (at least 1).
         progress: show a tqdm progress bar on stderr.
+        executor: read the headers on this executor instead of ``workers`` threads, e.g. a
+            process pool the caller goes on using: parsing a header is pure Python and
+            holds the GIL, so threads overlap only the waiting for the disk.
 
     Returns:
         The inventory; all three lists are empty when no file was found.
@@ -314,10 +324,14 @@ def discover(root: Path, workers: int = 4, progress: bool = False) -> DicomInven
             "point ingest at the folder that holds the DICOM series",
         )
     paths = list(_walk_files(root))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+        # Chunks keep the hand-over cost of a process pool small; threads ignore them.
+        chunk = max(1, min(64, len(paths) // (4 * workers)))
         results = list(
             tqdm(
-                pool.map(_inspect, paths),
+                executor.map(_inspect, paths, chunksize=chunk),
                 total=len(paths),
                 desc="DICOM headers",
                 unit="file",
@@ -763,7 +777,9 @@ def load_series(series: SeriesInfo) -> Volume:
     return volume
 
 
-def load_series_checked(series: SeriesInfo) -> tuple[Volume, list[Rejection]]:
+def load_series_checked(
+    series: SeriesInfo, *, keep_integers: bool = False
+) -> tuple[Volume, list[Rejection]]:
     """Read a series' pixels into a float32 volume, with the files it set aside.
 
     Localizer/scout images mixed into the series (ImageType LOCALIZER, an orientation or
@@ -775,9 +791,15 @@ def load_series_checked(series: SeriesInfo) -> tuple[Volume, list[Rejection]]:
 
     Args:
         series: a series from :func:`discover` or :func:`discover_series`.
+        keep_integers: when every slice has an integer RescaleSlope and RescaleIntercept
+            (the usual CT and MR case), return the exact values in the smallest of uint8,
+            int16, uint16, int32 that holds them, in Fortran order (what NIfTI stores),
+            instead of float32: half the memory and the bytes to write for 16-bit data.
+            Other series come back as float32 whatever this says.
 
     Returns:
-        The volume (``array`` float32 indexed ``[column, row, slice]``, ``affine`` RAS+ mm,
+        The volume (``array`` float32 (or an integer type, see ``keep_integers``) indexed
+        ``[column, row, slice]``, ``affine`` RAS+ mm,
         ``modality`` from Modality or ``"unknown"``, ``source_uids`` with
         StudyInstanceUID, SeriesInstanceUID and FrameOfReferenceUID, ``patient_key`` the
         PatientID or ``None``) and the rejections of the files or frames set aside.
@@ -809,9 +831,10 @@ def load_series_checked(series: SeriesInfo) -> tuple[Volume, list[Rejection]]:
     for check in _POSITION_CHECKS:
         check(where, frames, offsets)
     spacing = float(offsets[-1] - offsets[0]) / (len(frames) - 1)
+    array = _stack_integers(frames) if keep_integers else None
     first = frames[0].ds
     volume = Volume(
-        array=_stack_pixels(frames),
+        array=_stack_pixels(frames) if array is None else array,
         affine=_ras_affine(frames[0], spacing),
         modality=_text(first, "Modality") or "unknown",
         source_uids={
@@ -1325,6 +1348,40 @@ def _stack_pixels(frames: list[_Frame]) -> np.ndarray:
     return array
 
 
+_INTEGER_TYPES = (np.uint8, np.int16, np.uint16, np.int32)
+
+
+def _stack_integers(frames: list[_Frame]) -> np.ndarray | None:
+    """The rescaled pixels in the smallest integer type that holds them exactly, else None.
+
+    ``None`` when a slice has a non-integer RescaleSlope or RescaleIntercept, non-integer
+    stored values, or values outside int32. The array is ``[column, row, slice]`` in
+    Fortran order, so each slice is one contiguous block (as NIfTI stores it).
+    """
+    if not all(float(f.slope).is_integer() and float(f.intercept).is_integer() for f in frames):
+        return None
+    stored = [f.stored() for f in frames]
+    if not all(np.issubdtype(s.dtype, np.integer) and s.size for s in stored):
+        return None
+    low, high = np.inf, -np.inf
+    for f, s in zip(frames, stored, strict=True):
+        ends = [int(v) * int(f.slope) + int(f.intercept) for v in (s.min(), s.max())]
+        low, high = min(low, *ends), max(high, *ends)
+    dtype = next(
+        (t for t in _INTEGER_TYPES if np.iinfo(t).min <= low and high <= np.iinfo(t).max), None
+    )
+    if dtype is None:
+        return None
+    first = frames[0]
+    array = np.empty((first.columns, first.rows, len(frames)), dtype=dtype, order="F")
+    for k, (f, s) in enumerate(zip(frames, stored, strict=True)):
+        if f.slope == 1 and f.intercept == 0:
+            array[:, :, k] = s.T
+        else:
+            array[:, :, k] = (s.astype(np.int64) * int(f.slope) + int(f.intercept)).T
+    return array
+
+
 def _decoder_available(syntax: UID) -> bool:
     """Whether pydicom has a working decoder for ``syntax`` in this installation."""
     from pydicom.pixels import get_decoder
@@ -1335,9 +1392,47 @@ def _decoder_available(syntax: UID) -> bool:
         return False
 
 
+_NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
+
+
+def _native_pixels(ds: Dataset, syntax: UID) -> np.ndarray | None:
+    """A single-frame greyscale image of native little-endian pixel data, read directly.
+
+    What ``ds.pixel_array`` returns (the stored values, unused high bits cleared or
+    sign-extended as pydicom does), without its per-file decoder set-up; a read-only view
+    on the file's bytes when no bits need correcting. ``None`` for anything else
+    (compressed, big-endian, multi-frame, colour, 1-bit, short data), left to pydicom.
+    """
+    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed = int(ds.PixelRepresentation) == 1
+        single = int(ds.get("NumberOfFrames", 1) or 1) == 1
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if allocated not in (8, 16, 32) or not 0 < stored <= allocated or not single or samples != 1:
+        return None
+    data = ds.PixelData
+    size = rows * columns * allocated // 8
+    if not isinstance(data, bytes) or len(data) < size or rows < 1 or columns < 1:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+    pixels = np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        shift = allocated - stored
+        pixels = np.right_shift(np.left_shift(pixels, shift), shift)
+    return pixels
+
+
 def _decode(path: Path, ds: Dataset) -> np.ndarray:
     """The stored pixel values of a file: (Rows, Columns) or (frames, Rows, Columns)."""
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    native = _native_pixels(ds, syntax)
+    if native is not None:
+        return native
     compressed = syntax.is_transfer_syntax and syntax.is_compressed
     if compressed and not _decoder_available(syntax):
         raise InputError(
