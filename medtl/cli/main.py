@@ -169,6 +169,53 @@ def ingest(
         typer.echo(f"  set aside {r.path}: {r.reason}. Fix: {r.fix}", err=True)
 
 
+@app.command()
+@_guard
+def convert(
+    dicom_dir: Annotated[
+        Path, typer.Argument(help="A DICOM folder (any tree; every image series is converted).")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder: one NIfTI per series, series.tsv, rejected.tsv.")
+    ],
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Processes converting series in parallel (one series each)."),
+    ] = 2,
+    salt: Annotated[str, typer.Option(help="Key for hashing patient IDs in names.")] = "medtl",
+    compress: Annotated[
+        bool, typer.Option("--compress/--no-compress", help="Write .nii.gz (gzip) or .nii.")
+    ] = True,
+    level: Annotated[
+        int,
+        typer.Option(
+            min=1, max=9, help="gzip level, 1 (fastest, nibabel's default) to 9 (smallest)."
+        ),
+    ] = 1,
+    quiet: Quiet = False,
+) -> None:
+    """Convert every DICOM image series in DICOM_DIR to NIfTI, one file per series.
+
+    Files are named by keyed hashes of the patient and series (no patient identifiers);
+    OUT/series.tsv lists them, OUT/rejected.tsv lists the files and series set aside with
+    the reason and how to fix it. Series get the same checks as in `medtl ingest`
+    (slice order by position, missing slices, spacing, tilt); labels (RTSTRUCT, SEG) are
+    not converted: use `medtl ingest` for them.
+    """
+    from medtl.io.convert import ConvertOptions, convert_dicom
+
+    options = ConvertOptions(
+        salt=salt, workers=workers, compress=compress, level=level, progress=not quiet
+    )
+    result = convert_dicom(dicom_dir, out, options)
+    typer.echo(
+        f"convert: {len(result.series)} series → {out} (list in {result.series_tsv}), "
+        f"{len(result.rejected)} set aside (in {result.rejected_tsv})"
+    )
+    for r in result.rejected:
+        typer.echo(f"  set aside {r.path}: {r.reason}. Fix: {r.fix}", err=True)
+
+
 @app.command("export-nnunet")
 @_guard
 def export_nnunet(
