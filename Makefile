@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint dry-run clean
+.PHONY: install run test lint dry-run clean bench
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,20 @@ test: install  ## run the test suite
 lint: install
 	$(BIN)/ruff check medtl tests
 	$(BIN)/ruff format --check medtl tests
+
+# nnU-Net v2 for the benchmark lives in its own environment: its dependencies pin another
+# torch (2.14.1 with torchvision 0.29.1) than medtl's.
+NNUNET_VENV ?= benchmarks/.venv-nnunet
+NNUNET_PINS ?= torch==2.14.1 torchvision==0.29.1 "nnunetv2>=2.8,<2.9"
+BENCH_ARGS ?=
+
+$(NNUNET_VENV)/.installed:
+	$(PYTHON) -m venv $(NNUNET_VENV)
+	$(NNUNET_VENV)/bin/python -m pip install -q $(NNUNET_PINS)
+	touch $@
+
+bench: install $(NNUNET_VENV)/.installed  ## medtl against nnU-Net v2 on the demo → docs/benchmarks.md
+	$(BIN)/python benchmarks/compare_nnunet.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
 
 clean:  ## remove results, logs and the demo data (not the venv)
 	rm -rf results logs data/demo .snakemake
