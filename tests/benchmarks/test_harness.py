@@ -1,0 +1,114 @@
+"""The benchmark harness's own machinery: timing, the ratio table, the docs update.
+
+The benchmark itself (``make bench``) needs nnU-Net and half an hour; these tests check
+the parts that turn its measurements into the published table.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import compare_nnunet  # noqa: E402
+from measure import CommandFailed, Timing, median_timing, run_timed  # noqa: E402
+
+
+def test_run_timed_measures_cpu_and_memory_of_children(tmp_path: Path) -> None:
+    # a child process that burns CPU and holds ~50 MB: both must show in the parent's figures
+    code = (
+        "import subprocess, sys; subprocess.run([sys.executable, '-c', "
+        "'b = bytearray(50 * 2**20); s = sum(range(3 * 10**6)); import time; time.sleep(0.6)'])"
+    )
+    t = run_timed([sys.executable, "-c", code], poll_s=0.05)
+    assert t.returncode == 0
+    assert t.cpu_s > 0.05
+    assert t.wall_s >= 0.6
+    assert t.peak_rss_mb > 50
+
+
+def test_run_timed_names_the_log_of_a_failed_command(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    with pytest.raises(CommandFailed, match="x.log"):
+        run_timed([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log=log)
+    assert "boom" in log.read_text()
+
+
+def test_run_timed_stops_a_command_when_asked() -> None:
+    t = run_timed(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        on_poll=lambda elapsed: elapsed > 0.3,
+        poll_s=0.05,
+    )
+    assert t.wall_s < 10
+    assert t.returncode != 0  # killed, and not raised: the caller asked for it
+
+
+def test_median_timing() -> None:
+    m = median_timing([Timing(1, 4, 10, 0), Timing(5, 2, 30, 0), Timing(2, 3, 20, 0)])
+    assert (m["wall_s"], m["cpu_s"], m["peak_rss_mb"], m["repeats"]) == (2, 3, 20, 3)
+
+
+def _results() -> dict:
+    timing = {"wall_s": 4.0, "cpu_s": 3.0, "peak_rss_mb": 100.0}
+    peer = {"wall_s": 40.0, "cpu_s": 60.0, "peak_rss_mb": 1000.0}
+    infer = {
+        "medtl": {"s_per_case": 0.2, "s_per_case_with_startup": 1.5, "startup_s": 9, "dice": 0.8},
+        "nnunet": {"s_per_case": 0.3, "s_per_case_with_startup": 3.0, "startup_s": 18, "dice": 0.7},
+    }
+    return {
+        "versions": {
+            "date": "2026-01-01",
+            "machine": "cpu, 2 cores",
+            "gpu": "none",
+            "threads": 2,
+            "medtl": "abc",
+            "torch (medtl)": "2",
+            "monai": "1",
+            "nnunetv2": "2.8",
+            "torch (nnU-Net)": "2",
+            "python": "3.11",
+        },
+        "data": "demo",
+        "fold": 0,
+        "repeats": 3,
+        "total_min": 30.0,
+        "preprocess": {"medtl": timing, "nnunet": peer},
+        "budgets": {
+            "budgets_min": [1, 5],
+            "test_cases": 7,
+            "nnunet": {"dice": [0.1, 0.75], "epochs_run": 9, "epochs_planned": 10},
+            "scratch": {"dice": [0.5, 0.7], "steps_run": 500, "steps_planned": 500},
+            "finetune": {"dice": [0.7, 0.8], "steps_run": 500, "steps_planned": 500},
+        },
+        "inference": {"cases": 7, "no_tta": infer, "tta": infer},
+    }
+
+
+def test_ratio_rows_check_the_targets() -> None:
+    rows = {r["measure"]: r for r in compare_nnunet.ratio_rows(_results())}
+    pre = rows["preprocessing wall (s)"]
+    assert pre["ratio"] == pytest.approx(0.1) and pre["met"] is True
+    # the target of equal budgets is judged on the best arm at the largest budget only
+    assert rows["Dice after 5 min of training: medtl finetune"]["met"] is True
+    assert rows["Dice after 5 min of training: medtl scratch"]["met"] is None
+    assert rows["Dice after 1 min of training: medtl finetune"]["met"] is None
+    # 0.2 / 0.3 s per case is not 2x faster: the table must say the target was missed
+    assert rows["inference s/case after start-up, TTA off"]["met"] is False
+
+
+def test_write_doc_replaces_only_between_the_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(
+        "# Benchmarks\n\nhand-written\n\n<!-- bench:start -->\nstale table\n<!-- bench:end -->\n\nmore\n"
+    )
+    body = compare_nnunet.markdown(_results())
+    compare_nnunet.write_doc(doc, body)
+    text = doc.read_text()
+    assert "stale table" not in text and "hand-written" in text and text.endswith("more\n")
+    assert "| preprocessing wall (s) | 4.00 | nnU-Net 40.00 | 0.10 |" in text
+    assert "**no**" in text  # the missed inference target is visible
