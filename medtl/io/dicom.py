@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -46,6 +47,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
@@ -245,7 +248,7 @@ class _Frame:
     intercept: float
     localizer: bool  # ImageType / FrameType says LOCALIZER
 
-    @property
+    @functools.cached_property
     def normal(self) -> np.ndarray:
         return np.cross(self.row_cosine, self.column_cosine)
 
@@ -484,7 +487,7 @@ def _pixel_data_problem(fp, ds: Dataset, file_size: int) -> str | None:
     Catches files truncated before or inside the pixel data, which a header-only read does
     not notice.
     """
-    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    syntax = _get(ds.file_meta, "TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     if syntax is not None and UID(syntax).is_transfer_syntax and UID(syntax).is_deflated:
         return None  # position refers to the inflated stream; checked when loading
     implicit, little = ds.original_encoding
@@ -525,24 +528,93 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     """Bytes of native (uncompressed) pixel data the header announces, if it says."""
     try:
         pixels = (
-            int(ds.Rows)
-            * int(ds.Columns)
-            * int(ds.get("SamplesPerPixel", 1) or 1)
-            * int(ds.get("NumberOfFrames", 1) or 1)
+            int(_get(ds, "Rows"))
+            * int(_get(ds, "Columns"))
+            * int(_get(ds, "SamplesPerPixel", 1) or 1)
+            * int(_get(ds, "NumberOfFrames", 1) or 1)
         )
-        return (pixels * int(ds.BitsAllocated) + 7) // 8
+        return (pixels * int(_get(ds, "BitsAllocated")) + 7) // 8
     except (AttributeError, TypeError, ValueError):
         return None
 
 
+_DIRECT_VRS = {"US", "DS", "IS", "UI", "CS"}
+_VALID_PARTS = {  # one value of each text type, as PS3.5 table 6.2-1 allows it
+    "DS": re.compile(r"^(?=.{1,16}$)[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"),
+    "IS": re.compile(r"^[-+]?\d{1,11}$"),
+    "UI": re.compile(r"^(?=.{1,64}$)(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"),
+    "CS": re.compile(r"^[A-Z0-9 _]{1,16}$"),
+}
+_FALLBACK = object()
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"expected a DICOM keyword, got {keyword!r}")
+    return tag, dictionary_VR(tag)
+
+
+def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)``, read straight from the file's bytes for simple types.
+
+    pydicom converts an element on first access through its general machinery, which
+    takes 30-50 us, as long as parsing the element; discovery and loading read about 20
+    per file. A little-endian US value, and DS, IS, UI and CS values that pydicom would
+    accept without a warning, are parsed here instead: a float, int or str, or a list of
+    them for several values, in place of pydicom's DSfloat / IS / MultiValue. Anything
+    else (converted already, other types, empty, invalid) goes through pydicom, with its
+    warnings.
+    """
+    tag, dictionary_vr = _tag_and_vr(keyword)
+    element = ds.get_item(tag)
+    if element is None:
+        return default
+    if not isinstance(element, RawDataElement):
+        return ds.get(keyword, default)
+    value = _raw_value(element, element.VR or dictionary_vr)
+    return ds.get(keyword, default) if value is _FALLBACK else value
+
+
+def _raw_value(element: RawDataElement, vr: str) -> Any:
+    """The value of a raw element of a simple type, or ``_FALLBACK``."""
+    raw = element.value
+    if vr not in _DIRECT_VRS or not isinstance(raw, bytes) or not raw:
+        return _FALLBACK
+    if vr == "US":
+        if len(raw) != 2 or not element.is_little_endian:
+            return _FALLBACK
+        return int.from_bytes(raw, "little")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return _FALLBACK
+    parts = text.rstrip("\0 ").split("\\") if vr == "UI" else text.split("\\")
+    parts = [part.strip() for part in parts]
+    # Only values pydicom would accept as they are: it warns about the others.
+    if not all(_VALID_PARTS[vr].match(part) for part in parts):
+        return _FALLBACK
+    try:
+        if vr == "DS":
+            values: list = [float(part) for part in parts]
+        elif vr == "IS":
+            values = [int(part) for part in parts]
+        else:
+            values = parts
+    except ValueError:
+        return _FALLBACK
+    return values[0] if len(values) == 1 else values
+
+
 def _sop_class(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
-    fallback = meta.get("MediaStorageSOPClassUID", "") if meta is not None else ""
-    return str(ds.get("SOPClassUID", "") or fallback or "")
+    fallback = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
+    return str(_get(ds, "SOPClassUID", "") or fallback or "")
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    return str(ds.get(keyword, "") or "")
+    return str(_get(ds, keyword, "") or "")
 
 
 def _label_info(header: _Header, kind: str) -> LabelObjectInfo:
@@ -600,7 +672,7 @@ def _is_multiframe(ds: Dataset) -> bool:
 
 def _number_of_frames(ds: Dataset) -> int:
     try:
-        return int(ds.get("NumberOfFrames", 1) or 1)
+        return int(_get(ds, "NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         return 1
 
@@ -677,7 +749,7 @@ def _check_image_attributes(header: _Header) -> None:
     required = ["SeriesInstanceUID", "Rows", "Columns"]
     if not _is_multiframe(ds):
         required += ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]
-    missing = [kw for kw in required if ds.get(kw) in (None, "")]
+    missing = [kw for kw in required if _get(ds, kw) in (None, "")]
     if missing:
         raise InputError(
             header.path,
@@ -685,7 +757,7 @@ def _check_image_attributes(header: _Header) -> None:
             f"{', '.join(missing)} (a projection radiograph, screenshot or non-image object)",
             FIX_REMOVE,
         )
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = int(_get(ds, "SamplesPerPixel", 1) or 1)
     photometric = _text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2"
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(
@@ -708,7 +780,7 @@ _HEADER_CHECKS: tuple[Callable[[_Header], None], ...] = (
 def _image_entry(header: _Header) -> _ImageEntry:
     ds = header.ds
     try:
-        number: int | None = int(ds.get("SeriesNumber"))
+        number: int | None = int(_get(ds, "SeriesNumber"))
     except (TypeError, ValueError):
         number = None
     return _ImageEntry(
@@ -904,12 +976,12 @@ def _classic_frame(path: Path, ds: Dataset, source: _PixelSource) -> _Frame:
         None,
         ds,
         source,
-        iop=ds.get("ImageOrientationPatient"),
-        ipp=ds.get("ImagePositionPatient"),
-        spacing=ds.get("PixelSpacing"),
-        slope=ds.get("RescaleSlope"),
-        intercept=ds.get("RescaleIntercept"),
-        image_type=ds.get("ImageType"),
+        iop=_get(ds, "ImageOrientationPatient"),
+        ipp=_get(ds, "ImagePositionPatient"),
+        spacing=_get(ds, "PixelSpacing"),
+        slope=_get(ds, "RescaleSlope"),
+        intercept=_get(ds, "RescaleIntercept"),
+        image_type=_get(ds, "ImageType"),
     )
 
 
@@ -977,7 +1049,7 @@ def _make_frame(
         iop_values = _floats(iop)
         ipp_values = _floats(ipp)
         spacing_values = _floats(spacing)
-        rows, columns = int(ds.Rows), int(ds.Columns)
+        rows, columns = int(_get(ds, "Rows")), int(_get(ds, "Columns"))
     except (AttributeError, TypeError, ValueError) as exc:
         raise InputError(
             path,
@@ -1403,19 +1475,20 @@ def _native_pixels(ds: Dataset, syntax: UID) -> np.ndarray | None:
     on the file's bytes when no bits need correcting. ``None`` for anything else
     (compressed, big-endian, multi-frame, colour, 1-bit, short data), left to pydicom.
     """
-    if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+    element = ds.get_item(_PIXEL_DATA_TAG)
+    if syntax not in _NATIVE_LITTLE_ENDIAN or element is None:
         return None
     try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-        signed = int(ds.PixelRepresentation) == 1
-        single = int(ds.get("NumberOfFrames", 1) or 1) == 1
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        rows, columns = int(_get(ds, "Rows")), int(_get(ds, "Columns"))
+        allocated, stored = int(_get(ds, "BitsAllocated")), int(_get(ds, "BitsStored"))
+        signed = int(_get(ds, "PixelRepresentation")) == 1
+        single = int(_get(ds, "NumberOfFrames", 1) or 1) == 1
+        samples = int(_get(ds, "SamplesPerPixel", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
     if allocated not in (8, 16, 32) or not 0 < stored <= allocated or not single or samples != 1:
         return None
-    data = ds.PixelData
+    data = element.value  # raw or converted, native pixel data is the bytes as stored
     size = rows * columns * allocated // 8
     if not isinstance(data, bytes) or len(data) < size or rows < 1 or columns < 1:
         return None
@@ -1429,7 +1502,7 @@ def _native_pixels(ds: Dataset, syntax: UID) -> np.ndarray | None:
 
 def _decode(path: Path, ds: Dataset) -> np.ndarray:
     """The stored pixel values of a file: (Rows, Columns) or (frames, Rows, Columns)."""
-    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    syntax = UID(str(_get(ds.file_meta, "TransferSyntaxUID", "") or ""))
     native = _native_pixels(ds, syntax)
     if native is not None:
         return native

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
@@ -17,7 +19,7 @@ from typer.testing import CliRunner
 from medtl.cli.main import app
 from medtl.io.convert import REJECTED_COLUMNS, SERIES_COLUMNS, ConvertOptions, convert_dicom
 from medtl.io.deid import hash_id
-from medtl.io.dicom import _native_pixels, discover, load_series_checked
+from medtl.io.dicom import _get, _native_pixels, discover, load_series_checked
 from medtl.io.dicom_write import write_series
 from medtl.io.errors import InputError
 from medtl.io.volume import Volume
@@ -170,6 +172,46 @@ def test_direct_pixel_read_equals_pydicom(allocated: int, stored: int, signed: i
         assert direct is not None
         np.testing.assert_array_equal(direct, ds.pixel_array)
         assert direct.dtype == ds.pixel_array.dtype
+
+
+def _reread(ds: Dataset, syntax: str) -> Dataset:
+    """``ds`` written with ``syntax`` and read back, so that its elements are raw."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_direct_values_equal_pydicom(syntax: str) -> None:
+    ds = Dataset()
+    ds.Rows = 512
+    ds.ImagePositionPatient = ["-250.5", " 1e2", "+3.25 "]
+    ds.PixelSpacing = ["0.976562", "0.976562"]
+    ds.RescaleSlope = "1"
+    ds.RescaleIntercept = "-1024.0"
+    ds.SeriesNumber = " 12"
+    ds.SeriesInstanceUID = "1.2.840.113619.2.55.3"  # odd length: padded with a NUL
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SeriesDescription = "Thorax 1.0 B31f"
+    ds.SliceThickness = ""
+    keywords = [e.keyword for e in ds] + ["NumberOfFrames"]
+    fresh, converted = _reread(ds, syntax), _reread(ds, syntax)
+
+    for keyword in keywords:
+        direct = _get(fresh, keyword, "default")
+        expected = converted.get(keyword, "default")
+        if isinstance(expected, pydicom.multival.MultiValue):
+            assert list(direct) == list(expected), keyword
+        else:
+            assert direct == expected and type(direct) in (type(expected), float, int, str)
+    for keyword in ("Rows", "ImagePositionPatient", "SeriesInstanceUID", "ImageType"):
+        assert isinstance(fresh.get_item(keyword), RawDataElement)  # read directly
 
 
 # ------------------------------------------------------------------ bad input
