@@ -161,9 +161,11 @@ class Timing:
 # the loaded volumes) every converter would seem to need as much memory as the benchmark.
 _LAUNCHER = """
 import json, os, sys, time
-report, cpus, cmd = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+report, cpus, nice, cmd = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 if cpus:
     os.sched_setaffinity(0, cpus)
+if nice:
+    os.nice(nice)
 start = time.perf_counter()
 pid = os.posix_spawnp(cmd[0], cmd, os.environ)
 _, status, usage = os.wait4(pid, 0)
@@ -174,7 +176,7 @@ with open(report, "w") as f:
 """
 
 
-def _timed(cmd: list[str], log: Path, cpus: set[int] | None, out: Path) -> Timing:
+def _timed(cmd: list[str], log: Path, cpus: set[int] | None, out: Path, nice: int = 0) -> Timing:
     """Run ``cmd`` pinned to ``cpus``: wall and CPU time and peak RSS (``os.wait4``).
 
     Wall time is measured around the command alone, not the launcher's start-up. CPU
@@ -185,7 +187,7 @@ def _timed(cmd: list[str], log: Path, cpus: set[int] | None, out: Path) -> Timin
     launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(report)]
     with log.open("wb") as stream:
         subprocess.run(
-            [*launcher, json.dumps(sorted(cpus or [])), *cmd],
+            [*launcher, json.dumps(sorted(cpus or [])), str(nice), *cmd],
             stdout=stream,
             stderr=subprocess.STDOUT,
             check=True,
@@ -203,6 +205,10 @@ def _timed(cmd: list[str], log: Path, cpus: set[int] | None, out: Path) -> Timin
         peak_rss_mb=measured["maxrss_kb"] / 1024,  # kB on Linux
         out_mb=sum(p.stat().st_size for p in _volumes(out)) / 1e6,
     )
+
+
+def _load_average() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def _cpu_set(workers: int) -> set[int] | None:
@@ -311,6 +317,7 @@ def run(
     level: int = 1,
     dcm2niix_level: int = 6,
     spec: SeriesSet | None = None,
+    nice: int = 0,
 ) -> dict:
     """Time ``medtl convert`` against ``dcm2niix`` on a generated series set.
 
@@ -324,6 +331,8 @@ def run(
         level: medtl's gzip level (``--level``; 1 is nibabel's default).
         dcm2niix_level: dcm2niix's gzip level (``-<level>``; 6 is its default).
         spec: the series set (default: 8 series of 256 x 256 x ~120 int16 CT slices).
+        nice: niceness of both converters (negative, as root, to measure on a machine
+            others are using: the pinned CPUs then go mostly to the converter).
 
     Returns:
         Medians and per-repeat timings per converter, the ratio of the medians' wall
@@ -335,6 +344,7 @@ def run(
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    load_before = _load_average()
     spec = spec or SeriesSet()
     medtl_cmd = medtl_cmd or [sys.executable, "-m", "medtl"]
     dcm2niix = dcm2niix or _default_dcm2niix()
@@ -359,7 +369,7 @@ def run(
                 cmd += ["--workers", str(workers), "--quiet", *medtl_args]
             else:
                 cmd = [dcm2niix, *gzip_args, "-f", "%j", "-o", str(out), str(dicom)]
-            timings[tool].append(_timed(cmd, runs / f"{tool}-{r}.log", cpus, out))
+            timings[tool].append(_timed(cmd, runs / f"{tool}-{r}.log", cpus, out, nice))
             outs[tool] = out
         agreement = compare_outputs(outs["medtl"], outs["dcm2niix"])
         if not agreement["agree"]:
@@ -398,12 +408,19 @@ def run(
         "dcm2niix_level": dcm2niix_level if compress else None,
         "workers": workers,
         "cpus": sorted(cpus) if cpus else None,
+        "nice": nice,
+        # Other work on the machine, which slows the parallel converter most.
+        "load_average": {"before": load_before, "after": _load_average()},
         "repeats": repeats,
         "n_files": len(files),
         "n_series": spec.n_series,
         "total_mb": sum(p.stat().st_size for p in files) / 1e6,
         "series_set": asdict(spec),
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def _table(result: dict) -> str:
@@ -414,8 +431,10 @@ def _table(result: dict) -> str:
     )
     lines = [
         f"{result['n_series']} series, {result['n_files']} files, {result['total_mb']:.0f} MB; "
-        f"{mode}; {result['workers']} worker(s) on CPUs {result['cpus']}; "
-        f"median of {result['repeats']}",
+        f"{mode}; {result['workers']} worker(s) on CPUs {result['cpus']}, nice "
+        f"{result['nice']}; median of {result['repeats']}; machine load average "
+        f"{_fmt(result['load_average']['before'])} before, "
+        f"{_fmt(result['load_average']['after'])} after",
         f"{'':10} {'wall s':>8} {'best':>6} {'CPU s':>7} {'peak RSS MB':>12} {'output MB':>10}",
     ]
     for tool in ("medtl", "dcm2niix"):
@@ -455,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=SeriesSet.size)
     parser.add_argument("--slices", type=int, default=SeriesSet.slices)
     parser.add_argument("--dcm2niix", default=None, help="the dcm2niix binary")
+    parser.add_argument("--nice", type=int, default=0, help="niceness of both converters")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     result = run(
@@ -465,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         compress=not args.no_compress,
         level=args.level,
         dcm2niix_level=args.dcm2niix_level,
+        nice=args.nice,
         spec=SeriesSet(n_series=args.series, size=args.size, slices=args.slices),
     )
     print(_table(result))
