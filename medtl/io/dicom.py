@@ -1446,11 +1446,16 @@ def _stack_integers(frames: list[_Frame]) -> np.ndarray | None:
         return None
     first = frames[0]
     array = np.empty((first.columns, first.rows, len(frames)), dtype=dtype, order="F")
+    # int32 arithmetic unless a value or an intercept comes near its limits.
+    extremes = [abs(low), abs(high), *(abs(int(f.intercept)) for f in frames)]
+    wide = np.int32 if max(extremes) < 2**30 else np.int64
     for k, (f, s) in enumerate(zip(frames, stored, strict=True)):
         if f.slope == 1 and f.intercept == 0:
             array[:, :, k] = s.T
+        elif f.slope == 1:
+            array[:, :, k] = np.add(s, int(f.intercept), dtype=wide).T
         else:
-            array[:, :, k] = (s.astype(np.int64) * int(f.slope) + int(f.intercept)).T
+            array[:, :, k] = (s.astype(wide) * int(f.slope) + int(f.intercept)).T
     return array
 
 
