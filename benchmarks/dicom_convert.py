@@ -9,9 +9,9 @@ the largest single process, i.e. the main process or one worker, not their sum).
 
 Compression, like with like: by default each side uses its own default gzip level,
 nibabel's 1 for medtl (``--level``) and dcm2niix's 6 (``--dcm2niix-level``). The numbers
-are not the same thing: dcm2niix's internal compressor (miniz, unless pigz is on the PATH)
-at its level 6 writes files about as small as zlib at level 1 (both within about 2 % of
-each other on CT-like data), and zlib at level 6 is several times slower for a 1 % smaller
+are not the same thing: dcm2niix's built-in compressor (used when pigz is not on the PATH)
+at its level 6 writes files about as small as zlib at level 1 (within about 3 % of
+each other on CT-like data), and zlib at level 6 is several times slower for a 2 % smaller
 file. The result reports both sides' output size (``out_mb``) so that the comparison can be
 checked; pass ``--level 6`` for the same nominal level, or ``--no-compress`` for
 ``--no-compress`` against ``-z n``, which compares no compressor at all. dcm2niix writes a
