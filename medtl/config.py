@@ -78,6 +78,12 @@ class TrainConfig:
         checkpoint_every: save the full training state (weights, optimiser, scheduler,
             random generators, step, best metric) every N steps, so that a killed job
             resumes where it stopped (besides every validation).
+        prefetch: batches a background thread prepares ahead while the network trains
+            (0 = off); the batches and results are the same either way.
+        amp: on a CUDA device, run the forward pass in bfloat16 autocast (the loss in
+            float32); ignored on the CPU.
+        channels_last: on a CUDA device, keep the network and its input in the
+            ``channels_last_3d`` memory format; ignored on the CPU.
     """
 
     steps: int = 300
@@ -91,6 +97,9 @@ class TrainConfig:
     warmup_steps: int = 0
     patience: int = 0
     checkpoint_every: int = 25
+    prefetch: int = 2
+    amp: bool = True
+    channels_last: bool = False
 
 
 ARM_STRATEGIES = ("scratch", "frozen", "finetune", "partial", "gradual")
@@ -264,12 +273,18 @@ class PredictConfig:
         mode: blending of overlapping windows, ``gaussian`` or ``constant``.
         tta: test-time augmentation: also predict the 7 mirrored copies of the case (every
             combination of flips along the three axes) and average the probabilities.
+        amp: on a CUDA device, run the network in bfloat16 autocast (probabilities are
+            summed in float32); ignored on the CPU.
+        channels_last: on a CUDA device, run the network in the ``channels_last_3d``
+            memory format; ignored on the CPU.
     """
 
     overlap: float = 0.5
     sw_batch_size: int = 4
     mode: str = "gaussian"
     tta: bool = False
+    amp: bool = True
+    channels_last: bool = False
 
 
 #: Conventions for the Dice of an empty reference and an empty prediction.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -69,6 +71,129 @@ def mirror_axes(tta: bool) -> list[tuple[int, ...]]:
     ]
 
 
+def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on a CUDA device when ``enabled``; a context doing nothing elsewhere.
+
+    bfloat16 keeps float32's range, so no gradient scaling is needed in training.
+
+    Example:
+        >>> with autocast(torch.device("cpu")):
+        ...     torch.is_autocast_enabled()
+        False
+        >>> isinstance(autocast(torch.device("cuda"), enabled=False), contextlib.nullcontext)
+        True
+    """
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def channels_last(value, device: torch.device, enabled: bool = True):
+    """A network or 5-D tensor in the ``channels_last_3d`` memory format on a CUDA device.
+
+    Elsewhere, or unless ``enabled``, ``value`` itself (unchanged). A network is converted
+    in place (as by ``Module.to``).
+
+    Example:
+        >>> x = torch.zeros(1, 2, 3, 4, 5)
+        >>> channels_last(x, torch.device("cpu")) is x
+        True
+        >>> y = channels_last(x, torch.device("cuda"))  # the layout alone: no GPU needed
+        >>> y.is_contiguous(memory_format=torch.channels_last_3d), y.stride()
+        (True, (120, 1, 40, 10, 2))
+    """
+    if enabled and device.type == "cuda":
+        return value.to(memory_format=torch.channels_last_3d)
+    return value
+
+
+def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """The number of windows ``sliding_window_inference`` runs over one image.
+
+    Per axis: one window where the image is no larger than the window, else windows
+    ``int(roi * (1 - overlap))`` apart (at least 1) with the last one flush with the end,
+    as MONAI places them.
+
+    Example:
+        >>> window_count((32, 32, 16), (32, 32, 16), 0.5)
+        1
+        >>> window_count((64, 64, 20), (32, 32, 16), 0.5)  # 3 x 3 x 2
+        18
+    """
+    n = 1
+    for size, roi in zip(image_size, roi_size, strict=True):
+        if size > roi:
+            step = max(int(roi * (1 - overlap)), 1)
+            n *= math.ceil((size - roi) / step) + 1
+    return n
+
+
+def mirror_batch(n_mirrors: int, windows: int, sw_batch_size: int) -> int:
+    """How many mirrored copies of a case to run through one sliding window together.
+
+    Copies are stacked along the batch axis only to fill a batch of ``sw_batch_size``
+    windows that one copy alone leaves part empty: a case of 1 window and 4 windows per
+    batch runs its 8 mirrored copies in 2 network calls instead of 8. Larger cases run
+    one copy at a time: stacking would not save a network call, and the stitched output
+    of a stack is as many times larger. A stack's output is thus at most
+    ``sw_batch_size`` windows large.
+
+    Example:
+        >>> mirror_batch(8, windows=1, sw_batch_size=4), mirror_batch(8, 2, 4)
+        (4, 2)
+        >>> mirror_batch(8, windows=27, sw_batch_size=4), mirror_batch(1, 1, 4)
+        (1, 1)
+    """
+    return max(1, min(n_mirrors, sw_batch_size // max(windows, 1)))
+
+
+def _total_device(device: torch.device, nbytes: int, free_bytes: int | None = None) -> torch.device:
+    """Where the running sum of probabilities is kept: on the GPU if it fits, else the CPU.
+
+    On a CUDA device the sum stays there when it takes at most a quarter of the free
+    memory (``free_bytes``, asked of the device when None), which saves a copy to the
+    host for every model and mirror.
+
+    Example:
+        >>> cpu, gpu = torch.device("cpu"), torch.device("cuda")
+        >>> _total_device(cpu, 10).type, _total_device(gpu, 10, free_bytes=100).type
+        ('cpu', 'cuda')
+        >>> _total_device(gpu, 30, free_bytes=100).type
+        'cpu'
+    """
+    if device.type != "cuda":
+        return torch.device("cpu")
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return device if 4 * nbytes <= free_bytes else torch.device("cpu")
+
+
+def gpu_predictor(model: torch.nn.Module, device: torch.device, cfg: PredictConfig) -> Callable:
+    """The network as a sliding-window predictor, with the GPU settings of ``cfg``.
+
+    On a CUDA device: bfloat16 autocast (``cfg.amp``) and the ``channels_last_3d`` memory
+    format (``cfg.channels_last``; the network is converted in place). Elsewhere, or with
+    both off, the network itself.
+
+    Example:
+        >>> net = torch.nn.Conv3d(1, 2, 1)
+        >>> gpu_predictor(net, torch.device("cpu"), PredictConfig(amp=True)) is net
+        True
+    """
+    amp = cfg.amp and device.type == "cuda"
+    layout = cfg.channels_last and device.type == "cuda"
+    if not (amp or layout):
+        return model
+    if layout:
+        channels_last(model, device)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            return model(channels_last(x, device, layout))
+
+    return predict
+
+
 def predict_probabilities(
     models: Sequence[torch.nn.Module],
     case: PreprocessedCase,
@@ -80,8 +205,14 @@ def predict_probabilities(
 
     With ``cfg.tta`` each model also predicts the case mirrored along every non-empty
     subset of the three spatial axes; each prediction is mirrored back and all of them (8
-    per model) are averaged. Only a running sum is kept (on the CPU), so memory does not
-    grow with the number of models or mirrors.
+    per model) are averaged. A case smaller than a batch of windows runs several mirrored
+    copies at once, stacked along the batch axis (:func:`mirror_batch`). Only a running
+    sum is kept, so memory does not grow with the number of models or mirrors; on a GPU
+    the sum stays there while it fits (:func:`_total_device`) and comes to the CPU once.
+
+    On a CUDA device ``cfg.amp`` runs the network in bfloat16 autocast (windows are
+    stitched and probabilities summed in float32) and ``cfg.channels_last`` in the
+    ``channels_last_3d`` memory format; on the CPU both are ignored.
 
     Returns:
         float32 ``(classes, x, y, z)`` probabilities on the case's (preprocessed) grid.
@@ -91,25 +222,35 @@ def predict_probabilities(
     """
     image = torch.from_numpy(case.image)[None].to(device)
     flips = mirror_axes(cfg.tta)
+    windows = window_count(image.shape[2:], patch_size, cfg.overlap)
+    stack = mirror_batch(len(flips), windows, cfg.sw_batch_size)
+    groups = [flips[i : i + stack] for i in range(0, len(flips), stack)]
     total = None
     with torch.no_grad(), out_of_memory_hint("prediction", *inference_hint(cfg, patch_size)):
         for model in models:
-            for dims in flips:
+            predictor = gpu_predictor(model, device, cfg)
+            for group in groups:
+                copies = [image.flip(dims) if dims else image for dims in group]
                 logits = sliding_window_inference(
-                    image.flip(dims) if dims else image,
+                    torch.cat(copies) if len(copies) > 1 else copies[0],
                     roi_size=list(patch_size),
                     sw_batch_size=cfg.sw_batch_size,
-                    predictor=model,
+                    predictor=predictor,
                     overlap=cfg.overlap,
                     mode=cfg.mode,
                 )
+                del copies
                 probs = torch.softmax(logits.float(), 1)
-                if dims:
-                    probs = probs.flip(dims)
-                probs = probs[0].cpu()
-                total = probs if total is None else total.add_(probs)
                 del logits
-    return total / (len(models) * len(flips))
+                for k, dims in enumerate(group):
+                    p = probs[k].flip([d - 1 for d in dims]) if dims else probs[k]
+                    if total is None:
+                        where = _total_device(device, p.numel() * p.element_size())
+                        total = p.to(where, copy=True)
+                    else:
+                        total.add_(p.to(total.device))
+                del probs
+    return (total / (len(models) * len(flips))).cpu()
 
 
 def inference_hint(cfg: PredictConfig, patch_size: Sequence[int]) -> tuple[dict, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -203,6 +206,167 @@ class PatchStream:
                 f"{self.seed}; expected the same seed"
             )
         self.index = int(state["index"])
+
+
+class Prefetcher:
+    """The batches of a :class:`PatchStream`, prepared ahead by a background thread.
+
+    A thread draws up to ``depth`` batches ahead into a bounded queue, so that batch
+    ``i + 1`` is cropped and augmented on the CPU while step ``i`` runs (the idea of
+    MONAI's ``ThreadBuffer``, with what a resumable run needs besides). The batches and
+    their order are exactly those of the stream itself: batch ``i`` depends only on
+    ``(seed, i)``, never on the thread's timing. :meth:`state_dict` is the position of
+    the consumer (the batches handed out), not of the thread, so a saved run resumes
+    with the first batch it has not trained on. An error in the thread is raised by
+    :meth:`__next__` where the batch was wanted. :meth:`close` (or leaving a ``with``
+    block) stops the thread; a closed prefetcher restarts from its position when it is
+    asked for the next batch. ``depth=0`` draws each batch when it is wanted, without a
+    thread.
+
+    Args:
+        stream: the batches to prepare.
+        depth: batches prepared ahead (0: none, no thread).
+        pin_memory: put the prepared batches in page-locked memory, so that they are
+            copied to a GPU with ``non_blocking=True`` while the CPU goes on (CUDA only).
+
+    Example:
+        >>> import torch
+        >>> from medtl.config import AugmentConfig
+        >>> label = torch.zeros(1, 20, 20, 36, dtype=torch.int64)
+        >>> label[:, 5:12, 5:12, 5:20] = 1
+        >>> items = [{"image": label.float(), "label": label}]
+        >>> def stream():
+        ...     return PatchStream(items, (16, 16, 32), 2, AugmentConfig(), 0.5, seed=0)
+        >>> plain = stream(); expected = [next(plain)["image"] for _ in range(3)]
+        >>> with Prefetcher(stream(), depth=2) as batches:
+        ...     got = [next(batches)["image"] for _ in range(3)]
+        ...     position = batches.state_dict()
+        >>> all(torch.equal(a, b) for a, b in zip(got, expected)), position["index"]
+        (True, 3)
+    """
+
+    #: Seconds between checks of the stop signal while the thread waits for room.
+    POLL_S = 0.05
+    #: Seconds :meth:`close` waits for the thread to finish the batch it is preparing.
+    JOIN_S = 60.0
+
+    def __init__(self, stream: PatchStream, depth: int = 2, pin_memory: bool = False) -> None:
+        if depth < 0:
+            raise ValueError(f"Prefetcher: depth {depth}; expected 0 or more batches")
+        self.stream = stream
+        self.depth = int(depth)
+        self.pin_memory = bool(pin_memory)
+        self._consumed = stream.index
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> dict:
+        if self.depth == 0:
+            batch = next(self.stream)
+            self._consumed = self.stream.index
+            return batch
+        if self._thread is None:
+            self._start()
+        assert self._queue is not None and self._thread is not None
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=self.POLL_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("Prefetcher: the batch thread has stopped") from None
+        if kind == "error":
+            self.close()
+            raise value
+        self._consumed += 1
+        return value
+
+    @property
+    def running(self) -> bool:
+        """Whether the batch thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _start(self) -> None:
+        # the thread starts where the consumer stands (after a close or a reload)
+        self.stream.index = self._consumed
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self.depth)
+        self._thread = threading.Thread(
+            target=self._produce,
+            args=(self._queue, self._stop),
+            name="medtl-prefetch",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _produce(self, out: queue.Queue, stop: threading.Event) -> None:
+        # One CPU thread for this thread's tensor operations (the setting is per thread
+        # with OpenMP): a second team of threads beside the training's would oversubscribe
+        # the cores. The transforms' results do not depend on it.
+        torch.set_num_threads(1)
+        try:
+            while not stop.is_set():
+                batch = next(self.stream)
+                if self.pin_memory:
+                    batch = {k: _pinned(v) for k, v in batch.items()}
+                if not self._put(out, stop, ("batch", batch)):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put(out, stop, ("error", error))
+
+    def _put(self, out: queue.Queue, stop: threading.Event, entry: tuple[str, object]) -> bool:
+        """Queue an entry, waiting for room; False once the consumer has closed."""
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=self.POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop the thread and drop the batches prepared ahead (safe to call again)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        thread.join(self.JOIN_S)
+        if thread.is_alive():  # a daemon thread: it cannot keep the process alive
+            warnings.warn(
+                f"Prefetcher: the batch thread did not stop within {self.JOIN_S:.0f} s",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        self._queue = None
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def state_dict(self) -> dict[str, int]:
+        """The consumer's position: the batches handed out, not those prepared ahead."""
+        return {"seed": self.stream.seed, "index": self._consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position; the batches prepared ahead are dropped.
+
+        Raises:
+            ValueError: the state is of a stream with another seed.
+        """
+        self.close()
+        self.stream.load_state_dict(state)
+        self._consumed = self.stream.index
+
+
+def _pinned(value):
+    """A tensor in page-locked memory (other values unchanged)."""
+    return value.pin_memory() if isinstance(value, torch.Tensor) else value
 
 
 def _plain(value):

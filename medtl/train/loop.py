@@ -27,8 +27,9 @@ from medtl.models.networks import (
     count_parameters,
     get_architecture,
 )
+from medtl.predict.inference import autocast, channels_last, gpu_predictor
 from medtl.train import distributed
-from medtl.train.data import PatchStream
+from medtl.train.data import PatchStream, Prefetcher
 from medtl.train.memory import out_of_memory_hint, training_hint, validation_hint
 from medtl.train.state import (
     curves_up_to,
@@ -142,16 +143,21 @@ def validate(
     device: torch.device,
     predict: PredictConfig,
 ) -> float:
-    """Mean foreground Dice over validation cases (sliding window, whole volumes)."""
+    """Mean foreground Dice over validation cases (sliding window, whole volumes).
+
+    On a CUDA device the network runs with the GPU settings of ``predict`` (bfloat16
+    autocast, memory format), as in prediction.
+    """
     model.eval()
     scores = []
+    predictor = gpu_predictor(model, device, predict)
     with torch.no_grad():
         for item in cases:
             logits = sliding_window_inference(
                 item["image"][None].to(device),
                 roi_size=list(patch_size),
                 sw_batch_size=predict.sw_batch_size,
-                predictor=model,
+                predictor=predictor,
                 overlap=predict.overlap,
                 mode=predict.mode,
             )
@@ -176,6 +182,11 @@ def _check_schedule(train: TrainConfig) -> None:
         raise ConfigError(
             f"config key 'train.patience': got {train.patience}; expected 0 (off) or more "
             "validations. How to fix: set e.g. patience: 4"
+        )
+    if train.prefetch < 0:
+        raise ConfigError(
+            f"config key 'train.prefetch': got {train.prefetch}; expected 0 (off) or more "
+            "batches. How to fix: set e.g. prefetch: 2"
         )
     if train.checkpoint_every < 1:
         raise ConfigError(
@@ -301,6 +312,9 @@ def _train(
     schedule = StageSchedule(model, arch, strategy)
     schedule.apply(0)
     model.to(device)
+    amp = spec.train.amp and device.type == "cuda"
+    layout = spec.train.channels_last and device.type == "cuda"
+    channels_last(model, device, layout)
     optimizer = torch.optim.AdamW(
         schedule.param_groups(spec.train.lr),
         lr=spec.train.lr,
@@ -365,7 +379,7 @@ def _train(
                 "stopped_early": stopped,
                 "best_checkpoint": best_payload,
                 "curves": rows,
-                "stream": stream.state_dict(),
+                "stream": batches.state_dict(),  # the batches trained on, not prefetched
                 "rng": rng_state(),
                 "elapsed_s": elapsed(),
                 "world_size": distributed.world_size(),
@@ -380,6 +394,8 @@ def _train(
     schedule.apply(step)
     schedule.train_mode()
     net = distributed.wrap(model, device)
+    # the next batches are cropped and augmented by a thread while the network trains
+    batches = Prefetcher(stream, spec.train.prefetch, pin_memory=device.type == "cuda")
     bar = tqdm(
         total=steps,
         initial=step,
@@ -388,80 +404,87 @@ def _train(
         unit="step",
         mininterval=2.0,
     )
-    while step < steps and not stopped:
-        events = []
-        unfrozen = schedule.unfrozen_at(step)
-        if schedule.apply(step):
-            schedule.train_mode()
-            net = distributed.wrap(model, device)  # DDP must see the new trainable set
-        if unfrozen:
-            events.append(f"unfrozen: {', '.join(unfrozen)}")
-            say(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
-        batch = next(stream)
-        image = distributed.shard(batch["image"]).to(device)
-        label = distributed.shard(batch["label"]).to(device)
-        with out_of_memory_hint(f"{section} step {step + 1}", *train_hint):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(image), label)
-            loss.backward()
-            loss_value = distributed.mean_over_ranks(loss.item(), device)
-            optimizer.step()
-        scheduler.step()
-        step += 1
-        row = {
-            "step": step,
-            "loss": loss_value,
-            "val_dice": "",
-            "lr": scheduler.get_last_lr()[0],
-            "elapsed_s": elapsed(),
-            "event": "",
-        }
-        validated = step % spec.train.val_every == 0 or step == steps
-        if validated:
-            val = float("nan")
-            if main:
-                with out_of_memory_hint(f"validation at {section} step {step}", *val_hint):
-                    val = validate(
-                        model,
-                        val_items,
-                        spec.train.patch_size,
-                        spec.num_classes,
-                        device,
-                        spec.predict,
-                    )
-                schedule.train_mode()  # validate() ends with model.train(): refreeze stages
-                row["val_dice"] = val
-                if val > best:
-                    best, best_step, bad = val, step, 0
-                    best_payload = checkpoint_payload(model, spec, step, val)
-                    _write_checkpoint(best_path, best_payload)
-                else:
-                    bad += 1
-                stopped = bool(patience and bad >= patience and step < steps)
-            # rank 0 decided; every rank follows, so that all of them stop together
-            best, b_step, b_bad, b_stop = distributed.broadcast_floats(
-                [best, best_step, bad, stopped], device
-            )
-            best_step, bad, stopped = int(b_step), int(b_bad), bool(b_stop)
-            if stopped:
-                events.append(
-                    f"early stop: no better validation Dice in {bad} validations "
-                    f"(best {best:.4f} at step {best_step})"
+    try:
+        while step < steps and not stopped:
+            events = []
+            unfrozen = schedule.unfrozen_at(step)
+            if schedule.apply(step):
+                schedule.train_mode()
+                net = distributed.wrap(model, device)  # DDP must see the new trainable set
+            if unfrozen:
+                events.append(f"unfrozen: {', '.join(unfrozen)}")
+                say(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
+            batch = next(batches)
+            # pinned by the prefetch thread on a GPU: the copies overlap with the CPU's work
+            image = distributed.shard(batch["image"]).to(device, non_blocking=True)
+            label = distributed.shard(batch["label"]).to(device, non_blocking=True)
+            image = channels_last(image, device, layout)
+            with out_of_memory_hint(f"{section} step {step + 1}", *train_hint):
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, amp):
+                    logits = net(image)
+                loss = loss_fn(logits.float(), label)  # no-op on float32 logits (the CPU)
+                loss.backward()
+                loss_value = distributed.mean_over_ranks(loss.item(), device)
+                optimizer.step()
+            scheduler.step()
+            step += 1
+            row = {
+                "step": step,
+                "loss": loss_value,
+                "val_dice": "",
+                "lr": scheduler.get_last_lr()[0],
+                "elapsed_s": elapsed(),
+                "event": "",
+            }
+            validated = step % spec.train.val_every == 0 or step == steps
+            if validated:
+                val = float("nan")
+                if main:
+                    with out_of_memory_hint(f"validation at {section} step {step}", *val_hint):
+                        val = validate(
+                            model,
+                            val_items,
+                            spec.train.patch_size,
+                            spec.num_classes,
+                            device,
+                            spec.predict,
+                        )
+                    schedule.train_mode()  # validate() ends with model.train(): refreeze stages
+                    row["val_dice"] = val
+                    if val > best:
+                        best, best_step, bad = val, step, 0
+                        best_payload = checkpoint_payload(model, spec, step, val)
+                        _write_checkpoint(best_path, best_payload)
+                    else:
+                        bad += 1
+                    stopped = bool(patience and bad >= patience and step < steps)
+                # rank 0 decided; every rank follows, so that all of them stop together
+                best, b_step, b_bad, b_stop = distributed.broadcast_floats(
+                    [best, best_step, bad, stopped], device
                 )
-            bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{val:.3f}")
-            say(
-                f"step {step}/{steps}: loss {loss_value:.4f}, validation Dice "
-                f"{val:.4f} (best {best:.4f} at step {best_step}), {elapsed():.0f} s"
-            )
-            if stopped:
-                say(f"step {step}/{steps}: {events[-1]}; stopping")
-        row["event"] = "; ".join(events)
-        rows.append(row)
-        bar.update(1)
-        if main and (validated or step % spec.train.checkpoint_every == 0):
-            save()
-        if on_step is not None:
-            on_step(step, model)
+                best_step, bad, stopped = int(b_step), int(b_bad), bool(b_stop)
+                if stopped:
+                    events.append(
+                        f"early stop: no better validation Dice in {bad} validations "
+                        f"(best {best:.4f} at step {best_step})"
+                    )
+                bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{val:.3f}")
+                say(
+                    f"step {step}/{steps}: loss {loss_value:.4f}, validation Dice "
+                    f"{val:.4f} (best {best:.4f} at step {best_step}), {elapsed():.0f} s"
+                )
+                if stopped:
+                    say(f"step {step}/{steps}: {events[-1]}; stopping")
+            row["event"] = "; ".join(events)
+            rows.append(row)
+            bar.update(1)
+            if main and (validated or step % spec.train.checkpoint_every == 0):
+                save()
+            if on_step is not None:
+                on_step(step, model)
+    finally:
+        batches.close()  # also on an error or Ctrl-C: no thread left behind
     bar.close()
     counts = count_parameters(model, arch)
     total = sum(counts.values())
