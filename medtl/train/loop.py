@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +145,12 @@ def validate(
 ) -> float:
     """Mean foreground Dice over validation cases (sliding window, whole volumes).
 
-    On a CUDA device the network runs with the GPU settings of ``predict`` (bfloat16
-    autocast, memory format), as in prediction.
+    On a CUDA device the network runs in bfloat16 autocast with ``predict.amp``, as in
+    prediction; its memory format stays the training's (``train.channels_last``).
     """
     model.eval()
     scores = []
-    predictor = gpu_predictor(model, device, predict)
+    predictor = gpu_predictor(model, device, replace(predict, channels_last=False))
     with torch.no_grad():
         for item in cases:
             logits = sliding_window_inference(

@@ -190,3 +190,12 @@ def test_the_cuda_predictor_converts_the_network_and_its_input() -> None:
     with torch.no_grad():
         torch.testing.assert_close(predict(x), expected.detach(), atol=1e-5, rtol=1e-5)
     assert layouts == [True]
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available.*:UserWarning")
+def test_amp_alone_leaves_the_networks_memory_format() -> None:
+    # the training's validation runs so: its network keeps the training's memory format
+    net = _unet(0)
+    predict = gpu_predictor(net, CUDA, PredictConfig(amp=True, channels_last=False))
+    assert predict is not net  # wrapped for autocast
+    assert all(p.is_contiguous() for p in net.parameters())
