@@ -53,9 +53,10 @@ class nnUNetTrainer_medtlBudget(nnUNetTrainer):
 
     def run_training(self):
         self.on_train_start()
-        for epoch in range(self.current_epoch, self.num_epochs):
+        first = self.current_epoch
+        for epoch in range(first, self.num_epochs):
             start = time()
-            if epoch == self.current_epoch:
+            if epoch == first:
                 self.print_to_log_file(f"bench: first epoch at {start - self.bench_t0:.2f}")
             self.on_epoch_start()
             self.on_train_epoch_start()
