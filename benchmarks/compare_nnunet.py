@@ -181,12 +181,13 @@ def prepare(b: Bench, cfg: dict) -> dict:
     data = b.work / "data"
     if a.data:
         target, source = Path(a.data).resolve(), None
-        if cfg["pretrain"]["checkpoint"]:
-            source = None
-        elif cfg["pretrain"]["source"] and not str(cfg["pretrain"]["source"]).startswith(
-            "data/demo"
+        own_source = str(cfg["pretrain"]["source"] or "")
+        if (
+            not cfg["pretrain"]["checkpoint"]
+            and own_source
+            and not own_source.startswith("data/demo")
         ):
-            source = (ROOT / cfg["pretrain"]["source"]).resolve()
+            source = (ROOT / own_source).resolve()
     else:
         demo = cfg["dataset"]["demo"]
         if not (data / "target" / "cases.tsv").is_file():
@@ -382,6 +383,12 @@ def preprocess(b: Bench, cfg: dict, d: dict) -> dict:
     }
 
 
+def held_out(b: Bench, d: dict) -> tuple[list[str], dict[str, Path]]:
+    """The held-out cases of ``--fold`` and their reference labels (case -> file)."""
+    cases = next(f["test"] for f in d["folds_data"]["folds"] if f["fold"] == b.args.fold)
+    return cases, {c: b.work / "medtl" / "ingest" / "labels" / f"{c}.nii.gz" for c in cases}
+
+
 def train_settings(cfg: dict, arm: str, **train_overrides) -> dict:
     train = {**cfg["train"], **train_overrides}
     return {
@@ -560,8 +567,7 @@ def budgets(b: Bench, cfg: dict, d: dict, pre: dict, thr: dict, weights) -> dict
     marks = [m * 60.0 for m in b.args.budgets]
     total = marks[-1]
     classes = [int(k) for k in cfg["classes"]]
-    test_cases = next(f["test"] for f in d["folds_data"]["folds"] if f["fold"] == b.args.fold)
-    refs = {c: b.work / "medtl" / "ingest" / "labels" / f"{c}.nii.gz" for c in test_cases}
+    test_cases, refs = held_out(b, d)
     out: dict = {"budgets_min": b.args.budgets, "test_cases": len(test_cases)}
 
     # nnU-Net: epochs sized so its poly schedule ends at the largest budget.
@@ -705,8 +711,7 @@ def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
     from medtl.io.nnunet import nnunet_case_id
 
     classes = [int(k) for k in cfg["classes"]]
-    test_cases = next(f["test"] for f in d["folds_data"]["folds"] if f["fold"] == b.args.fold)
-    refs = {c: b.work / "medtl" / "ingest" / "labels" / f"{c}.nii.gz" for c in test_cases}
+    test_cases, refs = held_out(b, d)
     n = len(test_cases)
     best_arm = max(b.args.arms, key=lambda a: np.nan_to_num(bud[a]["dice"][-1], nan=-1))
     # medtl predict reads a finished run's folder: the plan and the fold model.

@@ -104,7 +104,8 @@ def test_ratio_rows_check_the_targets() -> None:
 def test_write_doc_replaces_only_between_the_markers(tmp_path: Path) -> None:
     doc = tmp_path / "benchmarks.md"
     doc.write_text(
-        "# Benchmarks\n\nhand-written\n\n<!-- bench:start -->\nstale table\n<!-- bench:end -->\n\nmore\n"
+        "# Benchmarks\n\nhand-written\n\n"
+        "<!-- bench:start -->\nstale table\n<!-- bench:end -->\n\nmore\n"
     )
     body = compare_nnunet.markdown(_results())
     compare_nnunet.write_doc(doc, body)
