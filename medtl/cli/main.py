@@ -686,7 +686,7 @@ def predict(
 
     The fold models' probabilities are averaged (optionally over mirrored copies too,
     --tta), and the post-processing the run chose on cross-validation for the arm
-    (results/postprocess/<arm>.json) is applied.
+    (`results/postprocess/<arm>.json`) is applied.
 
     Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
@@ -735,7 +735,7 @@ def export_bundle(
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
     folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[Path, typer.Option(help="Folder predictions/<arm>/fold<k>/.")],
+    predictions: Annotated[Path, typer.Option(help="Folder `predictions/<arm>/fold<k>/`.")],
     arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
     out: Annotated[Path, typer.Option(help="The metrics CSV to write.")],
     fold: Annotated[
@@ -792,7 +792,7 @@ def evaluate_merge(
 def postprocess(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
     folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[Path, typer.Option(help="Folder predictions/<arm>/fold<k>/.")],
+    predictions: Annotated[Path, typer.Option(help="Folder `predictions/<arm>/fold<k>/`.")],
     arm: Annotated[str, typer.Option(help="The arm whose cross-validation masks to use.")],
     out: Annotated[Path, typer.Option(help="The decision (JSON) to write.")],
     classes: Classes = '{"1": "foreground"}',

@@ -76,7 +76,9 @@ def check_separate(out: str | Path, inputs: Iterable[str | Path | None], option:
         )
 
 
-def _replaceable(out: Path, known: tuple[str, ...], command: str) -> bool:
+def _replaceable(
+    out: Path, known: tuple[str, ...], command: str, signature: tuple[str, ...]
+) -> bool:
     """Whether ``out`` holds nothing but an earlier output of ``command``."""
     entries = [p.name for p in out.iterdir()]
     if not entries:
@@ -88,12 +90,18 @@ def _replaceable(out: Path, known: tuple[str, ...], command: str) -> bool:
         except (OSError, ValueError):
             return False
     # Folders written before the marker existed: recognised by their file names only.
+    if signature and not any(name in signature for name in entries):
+        return False
     return all(any(fnmatch.fnmatch(name, pattern) for pattern in known) for name in entries)
 
 
 @contextmanager
 def fresh_folder(
-    out: str | Path, command: str, known: tuple[str, ...] = (), option: str = "--out"
+    out: str | Path,
+    command: str,
+    known: tuple[str, ...] = (),
+    option: str = "--out",
+    signature: tuple[str, ...] = (),
 ) -> Iterator[Path]:
     """A new folder to write a command's whole output into; it becomes ``out`` on success.
 
@@ -109,6 +117,9 @@ def fresh_folder(
         command: the command writing it (``predict``, ``ingest``, ...).
         known: glob patterns of the names the command writes, to recognise an output of an
             earlier medtl version that wrote no marker.
+        signature: names of which such an earlier output holds at least one (e.g. its
+            table), so that a folder of the user's own files that happen to match ``known``
+            is not taken for one.
         option: the option that named ``out``, for the message.
 
     Example:
@@ -124,7 +135,7 @@ def fresh_folder(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, f"{option} is a file, expected a folder", f"give {option} a folder")
-    if out.is_dir() and not _replaceable(out, known, command):
+    if out.is_dir() and not _replaceable(out, known, command, signature):
         raise InputError(
             out,
             f"{option} already holds files that `medtl {command}` did not write "

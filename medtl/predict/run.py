@@ -13,6 +13,7 @@ from medtl.config import PredictConfig
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import ingest_path
+from medtl.io.outputs import check_separate, fresh_folder
 from medtl.models.networks import torch_device
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
@@ -64,13 +65,34 @@ def find_fold_models(results: Path, arm: str) -> list[Path]:
 
 
 def default_arm(results: Path) -> str:
-    """The arm the run's report found best, else ``finetune``."""
-    summary = Path(results) / "report" / "summary.json"
+    """The arm the run's report found best; the only arm trained; else an error.
+
+    The report's ``summary.json`` writes ``best_arm`` as ``{"arm": NAME, "mean_dice": x}``
+    (an earlier version wrote the name alone; both are read).
+    """
+    results = Path(results)
+    summary = results / "report" / "summary.json"
     if summary.is_file():
-        best = json.loads(summary.read_text()).get("best_arm")
-        if best:
-            return str(best)
-    return "finetune"
+        try:
+            best = json.loads(summary.read_text()).get("best_arm")
+        except ValueError as exc:
+            raise InputError(
+                summary, f"not valid JSON ({exc})", "rerun the workflow's report rule"
+            ) from exc
+        if isinstance(best, dict):
+            best = best.get("arm")
+        if isinstance(best, str) and best:
+            return best
+    arms = sorted(p.parent.parent.name for p in (results / "train").glob("*/fold*/best.pt"))
+    if len(set(arms)) == 1:
+        return arms[0]
+    raise InputError(
+        results,
+        "no report names the best arm"
+        + (f" and several arms were trained ({', '.join(sorted(set(arms)))})" if arms else "")
+        + (" and no trained model was found" if not arms else ""),
+        "name the arm with --arm, or give --model the results folder of a finished run",
+    )
 
 
 OUTPUT_FORMATS = ("nifti", "seg", "rtstruct")
@@ -166,6 +188,8 @@ def predict_new(
         )
     cfg = cfg or PredictConfig()
     source, results, out = Path(source), Path(results), Path(out)
+    # Before anything is read: the masks never land in, over or around the scans or the run.
+    check_separate(out, [source, results])
     arm = arm or default_arm(results)
     plan = Plan.load(results / "preprocess" / "plan.json")
     classes = {int(k): v for k, v in plan.classes.items()}
@@ -176,17 +200,19 @@ def predict_new(
     decision = _decision_for(results, arm, classes) if postprocess else None
     applied = describe_decision(decision)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp,
+        fresh_folder(
+            out, "predict", known=PREDICT_OUTPUTS, signature=("predictions.tsv", "rejected.tsv")
+        ) as staging,
+    ):
         try:
             manifest, rejected = ingest_path(
-                source, Path(tmp), salt, progress=False, workers=workers, labels=False
+                source, Path(tmp) / "ingest", salt, progress=False, workers=workers, labels=False
             )
-        except InputError:
-            # Keep the reasons where the user can read them.
-            listing = Path(tmp) / "rejected.tsv"
-            if listing.is_file():
-                atomic_write_text(out / "rejected.tsv", listing.read_text())
-            raise
+        except InputError as exc:
+            listing = Path(tmp) / "ingest" / "rejected.tsv"
+            raise _no_usable_case(exc, listing) from exc
         dicom_formats = tuple(f for f in formats if f != "nifti")
         has_dicom = "series_uid" in manifest and (manifest["series_uid"].fillna("") != "").any()
         series_index = _series_by_uid(source, workers) if dicom_formats and has_dicom else {}
@@ -196,17 +222,19 @@ def predict_new(
             disable=not progress,
         ):
             case = preprocess_files(Path(row.image), None, plan)
-            path = out / f"{row.case_id}.nii.gz"
-            labels = segment_case(models, case, patch, cfg, device, path, postprocess=decision)
+            name = f"{row.case_id}.nii.gz"
+            labels = segment_case(
+                models, case, patch, cfg, device, staging / name, postprocess=decision
+            )
             dicom = _write_dicom_outputs(
-                labels, row, series_index, dicom_formats, classes, out, arm
+                labels, row, series_index, dicom_formats, classes, staging, arm
             )
             rows.append(
                 {
                     "case_id": row.case_id,
                     "patient_id": row.patient_id,
-                    "mask": str(path),
-                    "dicom": ";".join(dicom),
+                    "mask": str(out / name),
+                    "dicom": ";".join(str(out / Path(d).name) for d in dicom),
                     "arm": arm,
                     "folds": len(models),
                     "postprocess": applied,
@@ -214,7 +242,22 @@ def predict_new(
                 }
             )
         if len(rejected):
-            atomic_write_text(out / "rejected.tsv", rejected.to_csv(sep="\t", index=False))
-    table = pd.DataFrame(rows)
-    atomic_write_text(out / "predictions.tsv", table.to_csv(sep="\t", index=False))
+            atomic_write_text(staging / "rejected.tsv", rejected.to_csv(sep="\t", index=False))
+        table = pd.DataFrame(rows)
+        atomic_write_text(staging / "predictions.tsv", table.to_csv(sep="\t", index=False))
     return table
+
+
+#: What ``medtl predict`` writes into ``--out`` (to recognise an earlier version's output).
+PREDICT_OUTPUTS = ("predictions.tsv", "rejected.tsv", "*.nii.gz", "*.seg.dcm", "*.rtstruct.dcm")
+
+
+def _no_usable_case(exc: InputError, listing: Path) -> InputError:
+    """Ingest found no case to segment: the error, with every reason (nothing is written)."""
+    if not listing.is_file():
+        return exc
+    table = pd.read_csv(listing, sep="\t", dtype=str, keep_default_na=False)
+    if table.empty:
+        return exc
+    reasons = "; ".join(f"{r.path}: {r.reason} (fix: {r.fix})" for r in table.itertuples())
+    return InputError(exc.path, f"no case could be segmented. Set aside: {reasons}", exc.fix)

@@ -113,3 +113,26 @@ def test_check_device_refuses_missing_cuda_at_once(tmp_path) -> None:
     assert ok.exit_code == 0, ok.output
     record = json.loads(out.read_text())
     assert record["gpus_found"] == 0 and record["name"] == "CPU"
+
+
+def _help_sources(command) -> str:
+    """The text a command's --help is rendered from: its docstring and option helps."""
+    return " ".join([command.help or ""] + [getattr(p, "help", None) or "" for p in command.params])
+
+
+def test_help_keeps_every_placeholder() -> None:
+    """`<arm>`-style placeholders are not swallowed as HTML by the markdown help renderer
+    (`medtl predict --help` once printed `results/postprocess/.json`)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, command in group.commands.items():
+        result = runner.invoke(app, [name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, name
+        shown = _plain(result.output)
+        for placeholder in re.findall(r"<[a-z_]+>", _help_sources(command)):
+            assert placeholder in shown, f"medtl {name} --help drops {placeholder}"
+            checked += 1
+        assert "/.json" not in shown and "//" not in shown.replace("://", ""), name
+    assert checked >= 4  # predict, evaluate, postprocess, export-nnunet have some
