@@ -30,6 +30,7 @@ from medtl.models.networks import (
 from medtl.predict.inference import autocast, channels_last, gpu_predictor
 from medtl.train import distributed
 from medtl.train.data import PatchStream, Prefetcher
+from medtl.train.health import check_finite_loss
 from medtl.train.memory import out_of_memory_hint, training_hint, validation_hint
 from medtl.train.state import (
     curves_up_to,
@@ -426,6 +427,7 @@ def _train(
                 loss = loss_fn(logits.float(), label)  # no-op on float32 logits (the CPU)
                 loss.backward()
                 loss_value = distributed.mean_over_ranks(loss.item(), device)
+                check_finite_loss(loss_value, step + 1, section)
                 optimizer.step()
             scheduler.step()
             step += 1

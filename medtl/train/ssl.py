@@ -39,6 +39,7 @@ from medtl.io.files import atomic_write, atomic_write_text
 from medtl.models.networks import build_network, check_patch_size, get_architecture
 from medtl.train import distributed
 from medtl.train.data import derive_seed
+from medtl.train.health import check_finite_loss
 from medtl.train.memory import out_of_memory_hint, training_hint
 from medtl.train.state import (
     curves_up_to,
@@ -418,10 +419,13 @@ def _pretrain(
             loss = inpaint + cfg.rotation_weight * rotation
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            values = [
+                distributed.mean_over_ranks(t.item(), device) for t in (loss, inpaint, rotation)
+            ]
+            check_finite_loss(values[0], step + 1, "pretrain_ssl")
             optimizer.step()
         scheduler.step()
         step += 1
-        values = [distributed.mean_over_ranks(t.item(), device) for t in (loss, inpaint, rotation)]
         rows.append(
             {
                 "step": step,
