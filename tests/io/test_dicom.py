@@ -13,7 +13,6 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from medtl.io import dicom as dicom_module
 from medtl.io.dicom import (
     DICOMDIR_REASON,
     RTSTRUCT_STORAGE,
@@ -24,6 +23,7 @@ from medtl.io.dicom import (
     load_series,
     load_series_checked,
 )
+from medtl.io.dicom import pixels as dicom_pixels
 from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
 from medtl.io.errors import InputError
 from medtl.io.volume import Volume
@@ -710,7 +710,7 @@ def test_missing_decoder_names_the_transfer_syntax_and_the_fix(
 ) -> None:
     files = _write(_integer_volume(AXIAL_RAS), tmp_path)
     _compress_files(files, COMPRESSED["rle"])
-    monkeypatch.setattr(dicom_module, "_decoder_available", lambda syntax: False)
+    monkeypatch.setattr(dicom_pixels, "_decoder_available", lambda syntax: False)
     series, _ = discover_series(tmp_path)
 
     with pytest.raises(InputError, match="RLE Lossless") as info:
