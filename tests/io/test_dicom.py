@@ -22,6 +22,7 @@ from medtl.io.dicom import (
     discover_series,
     load_series,
     load_series_checked,
+    load_series_with_notes,
 )
 from medtl.io.dicom import pixels as dicom_pixels
 from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
@@ -494,17 +495,29 @@ def test_missing_slice_raises_naming_the_gap(tmp_path: Path) -> None:
     assert info.value.fix
 
 
-def test_non_uniform_spacing_raises(tmp_path: Path) -> None:
-    files = _write(_integer_volume(AXIAL_RAS, shape=(6, 5, 5)), tmp_path)
+def test_non_uniform_spacing_is_resampled_with_a_note(tmp_path: Path) -> None:
+    volume = _integer_volume(AXIAL_RAS, shape=(6, 5, 5))
+    files = _write(volume, tmp_path)
     ds = pydicom.dcmread(files[2])
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     ds.ImagePositionPatient = [x, y, z + 0.2]  # steps 3, 3.2, 2.8, 3 mm
     ds.save_as(files[2])
     series, _ = discover_series(tmp_path)
 
-    with pytest.raises(InputError, match="uniform slice spacing") as info:
-        load_series(series[0])
-    assert "2.8 to 3.2 mm" in info.value.reason
+    loaded = load_series_with_notes(series[0])
+
+    # 12 mm from first to last slice at (at most) the smallest step, 2.8 mm: 5 steps of 2.4.
+    acquired = np.array([0.0, 3.0, 6.2, 9.0, 12.0])
+    targets = 2.4 * np.arange(6)
+    expected = np.apply_along_axis(lambda v: np.interp(targets, acquired, v), 2, volume.array)
+    assert loaded.volume.shape == (6, 5, 6)
+    # float32 holds values below 4096 to within 4096 * 2**-24: the interpolation is exact.
+    np.testing.assert_allclose(loaded.volume.array, expected, rtol=0, atol=4096 * 2.0**-24)
+    np.testing.assert_allclose(loaded.volume.spacing, (0.8, 1.2, 2.4), atol=1e-9)
+    np.testing.assert_allclose(loaded.volume.affine[:3, 3], AXIAL_RAS[:3, 3], atol=1e-9)
+    assert len(loaded.notes) == 1
+    assert "resampled to 6 equidistant slices 2.4 mm apart" in loaded.notes[0]
+    assert "2.8 to 3.2 mm" in loaded.notes[0]
 
 
 def test_gantry_tilt_raises_with_angle_and_fix(tmp_path: Path) -> None:

@@ -53,7 +53,12 @@ from medtl.io.dicom.headers import (
     SEGMENTATION_STORAGE,
     _get,
 )
-from medtl.io.dicom.loading import load_series, load_series_checked
+from medtl.io.dicom.loading import (
+    LoadedSeries,
+    load_series,
+    load_series_checked,
+    load_series_with_notes,
+)
 from medtl.io.dicom.pairing import SeriesLabel, pair_labels
 from medtl.io.dicom.pixels import _native_pixels
 from medtl.io.errors import Rejection
@@ -73,6 +78,7 @@ __all__ = [
     "SEGMENTATION_STORAGE",
     "DicomInventory",
     "LabelObjectInfo",
+    "LoadedSeries",
     "Rejection",
     "SeriesInfo",
     "SeriesLabel",
@@ -82,5 +88,6 @@ __all__ = [
     "discover_series",
     "load_series",
     "load_series_checked",
+    "load_series_with_notes",
     "pair_labels",
 ]

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 
 from medtl.io.dicom.headers import (
     FIX_REMOVE,
+    _ds_quantum,
     _frame_geometry_problem,
     _get,
     _group_value,
@@ -43,6 +44,7 @@ class _Frame:
     row_cosine: np.ndarray  # X: direction of increasing column index (array axis i)
     column_cosine: np.ndarray  # Y: direction of increasing row index (array axis j)
     position: np.ndarray  # ImagePositionPatient, LPS mm
+    position_quantum: float  # its rounding step as written ("-12.3": 0.1 mm); 0 if unknown
     rows: int
     columns: int
     pixel_spacing: np.ndarray  # [between rows (along Y), between columns (along X)]
@@ -123,6 +125,7 @@ def _classic_frame(path: Path, ds: Dataset, source: _PixelSource) -> _Frame:
         source,
         iop=_get(ds, "ImageOrientationPatient"),
         ipp=_get(ds, "ImagePositionPatient"),
+        ipp_quantum=_ds_quantum(ds, "ImagePositionPatient"),
         spacing=_get(ds, "PixelSpacing"),
         slope=_get(ds, "RescaleSlope"),
         intercept=_get(ds, "RescaleIntercept"),
@@ -153,6 +156,7 @@ def _multiframe_frames(path: Path, ds: Dataset, source: _PixelSource) -> list[_F
                 source,
                 iop=value("PlaneOrientationSequence", "ImageOrientationPatient"),
                 ipp=value("PlanePositionSequence", "ImagePositionPatient"),
+                ipp_quantum=_ds_quantum(_plane_position(item, shared), "ImagePositionPatient"),
                 spacing=value("PixelMeasuresSequence", "PixelSpacing"),
                 slope=value("PixelValueTransformationSequence", "RescaleSlope"),
                 intercept=value("PixelValueTransformationSequence", "RescaleIntercept"),
@@ -160,6 +164,15 @@ def _multiframe_frames(path: Path, ds: Dataset, source: _PixelSource) -> list[_F
             )
         )
     return frames
+
+
+def _plane_position(item: Dataset, shared: Dataset | None) -> Dataset | None:
+    """The Plane Position item that gives the frame its ImagePositionPatient."""
+    for group in (item, shared):
+        sequence = group.get("PlanePositionSequence") if group is not None else None
+        if sequence and sequence[0].get("ImagePositionPatient") not in (None, ""):
+            return sequence[0]
+    return None
 
 
 def _frame_type(item: Dataset, shared: Dataset | None) -> Any:
@@ -183,6 +196,7 @@ def _make_frame(
     *,
     iop: Any,
     ipp: Any,
+    ipp_quantum: float,
     spacing: Any,
     slope: Any,
     intercept: Any,
@@ -230,6 +244,7 @@ def _make_frame(
         row_cosine=row_cosine,
         column_cosine=column_cosine,
         position=ipp_values,
+        position_quantum=ipp_quantum,
         rows=rows,
         columns=columns,
         pixel_spacing=spacing_values,

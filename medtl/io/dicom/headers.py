@@ -13,6 +13,7 @@ import functools
 import re
 import struct
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,50 @@ def _raw_value(element: RawDataElement, vr: str) -> Any:
     except ValueError:
         return _FALLBACK
     return values[0] if len(values) == 1 else values
+
+
+def _ds_quantum(container: Dataset | None, keyword: str) -> float:
+    """The coarsest rounding step of a DS attribute as the file writes it, in its unit.
+
+    A value written with ``d`` decimals was rounded to ``10**-d``: ``"-12.3\\4.56\\7"`` gives
+    0.1 (whole numbers beside decimals are taken as trimmed zeros), ``"12\\-4\\7"`` gives 1.0.
+    0.0 when the text is not known (the attribute is absent, or holds numbers set in
+    memory).
+    """
+    if container is None:
+        return 0.0
+    tag, _ = _tag_and_vr(keyword)
+    element = container.get_item(tag)
+    if element is None:
+        return 0.0
+    raw = element.value
+    if isinstance(element, RawDataElement):
+        if not isinstance(raw, bytes):
+            return 0.0
+        texts: list[str | None] = list(raw.decode("ascii", "replace").split("\\"))
+    else:
+        if isinstance(raw, str):
+            values: list = raw.split("\\")
+        elif isinstance(raw, bytes) or not hasattr(raw, "__iter__"):
+            values = [raw]
+        else:
+            values = list(raw)
+        texts = [v if isinstance(v, str) else getattr(v, "original_string", None) for v in values]
+    if any(text is None for text in texts):
+        return 0.0
+    texts = [str(text).strip(" \0") for text in texts]
+    # A writer that trims trailing zeros writes 7.0 as "7": whole numbers beside decimals
+    # say nothing about the rounding.
+    decimal = [text for text in texts if "." in text]
+    quantum = 0.0
+    for text in decimal or texts:
+        try:
+            exponent = Decimal(text).as_tuple().exponent
+        except InvalidOperation:
+            return 0.0
+        if isinstance(exponent, int):
+            quantum = max(quantum, 10.0**exponent)
+    return quantum
 
 
 def _sop_class(ds: Dataset) -> str:

@@ -1,21 +1,31 @@
 """Read a series' pixels into a :class:`~medtl.io.volume.Volume`, with every check.
 
-:func:`load_series_checked` reads every file, splits multi-frame files into frames, sets
+:func:`load_series_with_notes` reads every file, splits multi-frame files into frames, sets
 aside localizer/scout images and pixel-identical duplicates (:mod:`.set_aside`), orders the
 slices along the normal and checks their positions (:mod:`.geometry`), and stacks the
-pixels (:mod:`.pixels`). Per-series checks are the rows of :data:`_SERIES_CHECKS`.
+pixels (:mod:`.pixels`), resampled to equidistant slices when the spacing varies.
+:func:`load_series_checked` and :func:`load_series` give less of the same. Per-series
+checks are the rows of :data:`_SERIES_CHECKS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medtl.io.dicom.discovery import SeriesInfo
 from medtl.io.dicom.frames import _Frame, _read_frames
-from medtl.io.dicom.geometry import _POSITION_CHECKS, _ras_affine, _sort_by_position
+from medtl.io.dicom.geometry import (
+    _POSITION_CHECKS,
+    _ras_affine,
+    _resample_slices,
+    _slice_axis,
+    _sort_by_position,
+    _Stack,
+)
 from medtl.io.dicom.headers import FIX_ONE_SERIES, _fmt, _text
 from medtl.io.dicom.pixels import _stack_integers, _stack_pixels
 from medtl.io.dicom.set_aside import _SET_ASIDE_FILTERS, _set_aside_duplicates
@@ -42,15 +52,56 @@ def load_series(series: SeriesInfo) -> Volume:
     return volume
 
 
+@dataclass(frozen=True)
+class LoadedSeries:
+    """A series read by :func:`load_series_with_notes`.
+
+    Attributes:
+        volume: the image.
+        set_aside: rejections of the files or frames left out (localizers, duplicates).
+        notes: what was done to the slices that the user must know, one sentence each,
+            e.g. that variable slice spacing was resampled to equidistant slices; write
+            them beside the image (the manifest's ``note``).
+    """
+
+    volume: Volume
+    set_aside: list[Rejection] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+
+
 def load_series_checked(
     series: SeriesInfo, *, keep_integers: bool = False
 ) -> tuple[Volume, list[Rejection]]:
     """Read a series' pixels into a float32 volume, with the files it set aside.
 
+    The volume and set-aside files of :func:`load_series_with_notes`, without its notes:
+    callers that write the volume for a user should call that one and show the notes.
+
+    Args:
+        series: a series from :func:`discover` or :func:`discover_series`.
+        keep_integers: see :func:`load_series_with_notes`.
+
+    Returns:
+        The volume and the rejections of the files or frames set aside.
+
+    Raises:
+        InputError: see :func:`load_series_with_notes`.
+    """
+    loaded = load_series_with_notes(series, keep_integers=keep_integers)
+    return loaded.volume, loaded.set_aside
+
+
+def load_series_with_notes(series: SeriesInfo, *, keep_integers: bool = False) -> LoadedSeries:
+    """Read a series' pixels into a float32 volume, with the files it set aside and notes.
+
     Localizer/scout images mixed into the series (ImageType LOCALIZER, an orientation or
     Rows x Columns other than the majority's) and pixel-identical copies of a slice are set
-    aside; the rest must form one regular grid. Slices are sorted by ImagePositionPatient
-    projected on the slice normal, not by InstanceNumber. Values are
+    aside; the rest must form one untilted stack without missing slices. Slices are sorted
+    by ImagePositionPatient projected on the slice normal, not by InstanceNumber. Steps
+    that differ only by the rounding of ImagePositionPatient in the header (GE writes 0.1
+    mm) count as regular, and the spacing is the least-squares fit through all slices;
+    genuinely variable spacing is resampled to equidistant slices by linear interpolation
+    (as dcm2niix's '_Eq' image), with a note saying so. Values are
     ``stored * RescaleSlope + RescaleIntercept`` (defaults 1 and 0; per frame for
     multi-frame files).
 
@@ -60,22 +111,21 @@ def load_series_checked(
             (the usual CT and MR case), return the exact values in the smallest of uint8,
             int16, uint16, int32 that holds them, in Fortran order (what NIfTI stores),
             instead of float32: half the memory and the bytes to write for 16-bit data.
-            Other series come back as float32 whatever this says.
+            Other series, and resampled ones, come back as float32 whatever this says.
 
     Returns:
         The volume (``array`` float32 (or an integer type, see ``keep_integers``) indexed
         ``[column, row, slice]``, ``affine`` RAS+ mm,
         ``modality`` from Modality or ``"unknown"``, ``source_uids`` with
         StudyInstanceUID, SeriesInstanceUID and FrameOfReferenceUID, ``patient_key`` the
-        PatientID or ``None``) and the rejections of the files or frames set aside.
+        PatientID or ``None``), the rejections of the files or frames set aside, and notes.
 
     Raises:
         InputError: fewer than 2 slices left, a file that cannot be read or decoded (the
             message names the transfer syntax), orientations without a clear majority,
             different PixelSpacing, two different images at one position, missing slices,
-            non-uniform spacing, gantry tilt, or slices not on one line. The path is the
-            series folder (or the first file when the series spans folders), or the
-            offending file.
+            gantry tilt, or slices not on one line. The path is the series folder (or the
+            first file when the series spans folders), or the offending file.
     """
     where = _series_location(series)
     label = f"series {series.description!r}" if series.description else "the series"
@@ -93,14 +143,19 @@ def load_series_checked(
     frames, offsets, duplicates = _set_aside_duplicates(where, frames, offsets)
     set_aside += duplicates
     _require_slices(where, label, frames, set_aside)
+    stack = _Stack(frames, offsets)
     for check in _POSITION_CHECKS:
-        check(where, frames, offsets)
-    spacing = float(offsets[-1] - offsets[0]) / (len(frames) - 1)
-    array = _stack_integers(frames) if keep_integers else None
+        check(where, stack)
+    axis = _slice_axis(stack)
+    if axis.targets is not None:
+        array = _resample_slices(_stack_pixels(frames), offsets, axis.targets)
+    else:
+        integers = _stack_integers(frames) if keep_integers else None
+        array = _stack_pixels(frames) if integers is None else integers
     first = frames[0].ds
     volume = Volume(
-        array=_stack_pixels(frames) if array is None else array,
-        affine=_ras_affine(frames[0], spacing),
+        array=array,
+        affine=_ras_affine(frames[0], axis.spacing),
         modality=_text(first, "Modality") or "unknown",
         source_uids={
             kw: _text(first, kw)
@@ -108,7 +163,7 @@ def load_series_checked(
         },
         patient_key=_text(first, "PatientID") or None,
     )
-    return volume, set_aside
+    return LoadedSeries(volume, set_aside, (axis.note,) if axis.note else ())
 
 
 def _series_location(series: SeriesInfo) -> Path:
