@@ -187,6 +187,16 @@ def series_grid(
 
     where = Path(where) if where is not None else Path(series.series_uid)
     grid = SeriesGrid(np.asarray(image.affine, float), image.shape, (), frame_of_reference)
+    if len(headers) < grid.shape[2]:
+        raise InputError(
+            where,
+            f"{GEOMETRY_MISMATCH}: the image has {grid.shape[2]} slices, its series only "
+            f"{len(headers)} files, as when a series of variable slice spacing is resampled "
+            "to equidistant slices; a label drawn on the acquired slices has no slice of its "
+            "own there",
+            "ask for a reconstruction of the series with constant slice spacing and draw (or "
+            "copy) the label on it; or pass the volume loaded from this very series",
+        )
     slots: list[Dataset | None] = [None] * grid.shape[2]
     expected_iop = grid.lps_cosines()
     for header, (iop, ipp, _, rows, columns) in zip(headers, geometry, strict=True):

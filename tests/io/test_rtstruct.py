@@ -347,3 +347,20 @@ def test_write_rtstruct_refuses_a_mask_off_the_grid_or_with_unknown_values(tmp_p
     mask[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"found \[7\]"):
         write_rtstruct(mask, series, {1: "a"}, tmp_path / "x.dcm")
+
+
+def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
+    """Variable slice spacing is resampled at load; the label's slices are not the image's."""
+    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
+
+    from medtl.io.dicom import discover_series, load_series_with_notes
+    from medtl.io.rtstruct import series_grid
+
+    dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
+    (series,), _ = discover_series(tmp_path / "ct")
+    loaded = load_series_with_notes(series)
+    assert loaded.notes and loaded.volume.shape[2] == 6
+
+    with pytest.raises(InputError, match="variable slice spacing") as info:
+        series_grid(series, loaded.volume, where=tmp_path / "RS.dcm")
+    assert "constant slice spacing" in info.value.fix
