@@ -364,3 +364,23 @@ def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
     with pytest.raises(InputError, match="variable slice spacing") as info:
         series_grid(series, loaded.volume, where=tmp_path / "RS.dcm")
     assert "constant slice spacing" in info.value.fix
+
+
+def test_write_rtstruct_round_trip_on_ge_rounded_positions(tmp_path):
+    """Positions written to 0.1 mm: contours go where the loaded image's slices are."""
+    import dicom_builders
+
+    from medtl.io.dicom import discover_series
+
+    dicom_builders.write_series_at(
+        tmp_path / "mr", 7.013 * np.arange(20), orientation="oblique", decimals=1
+    )
+    (series,), _ = discover_series(tmp_path / "mr")
+    image = load_series(series)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[2:6, 1:5, :] = 1
+    classes = {0: "background", 1: "tumour"}
+    out = write_rtstruct(mask, series, classes, tmp_path / "rs.dcm")
+
+    result = rasterise_rtstruct(out, image, series, build_name_map(classes, None))
+    assert np.array_equal(result.array, mask)

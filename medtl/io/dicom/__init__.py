@@ -52,6 +52,7 @@ from medtl.io.dicom.headers import (
     RTSTRUCT_STORAGE,
     SEGMENTATION_STORAGE,
     _get,
+    position_rounding,
 )
 from medtl.io.dicom.loading import (
     LoadedSeries,
@@ -90,4 +91,5 @@ __all__ = [
     "load_series_checked",
     "load_series_with_notes",
     "pair_labels",
+    "position_rounding",
 ]

@@ -326,6 +326,15 @@ def _ds_quantum(container: Dataset | None, keyword: str) -> float:
     return quantum
 
 
+def position_rounding(ds: Dataset) -> float:
+    """How far each ImagePositionPatient coordinate of ``ds`` may be from the truth, mm.
+
+    Half the rounding step the header writes it to: 0.05 mm for GE's ``"-12.3"``, 0 when
+    the text is not known.
+    """
+    return 0.5 * _ds_quantum(ds, "ImagePositionPatient")
+
+
 def _sop_class(ds: Dataset) -> str:
     meta = getattr(ds, "file_meta", None)
     fallback = _get(meta, "MediaStorageSOPClassUID", "") if meta is not None else ""
