@@ -251,9 +251,9 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
     (bad / "half.dcm").write_bytes(data[: len(data) // 2])
     (bad / "short_pixels.dcm").write_bytes(data[:-10])  # header intact, pixels cut
     _sr_file(bad / "report.dcm")
-    (root / ".DS_Store").write_bytes(b"\0\1\2")  # hidden: skipped silently
+    (root / ".DS_Store").write_bytes(b"\0\1\2")  # hidden: not read, listed
     (root / ".hidden").mkdir()
-    shutil.copy(files[0], root / ".hidden" / "copy.dcm")
+    shutil.copy(files[0], root / ".hidden" / "copy.dcm")  # inside a hidden folder: not read
     before = _digest(root)
 
     series, rejected = discover_series(root)
@@ -261,7 +261,16 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
     assert len(series) == 1
     assert series[0].files == tuple(files)
     by_name = {Path(r.path).name: r for r in rejected}
-    assert sorted(by_name) == ["half.dcm", "notes.txt", "report.dcm", "short_pixels.dcm"]
+    assert sorted(by_name) == [
+        ".DS_Store",
+        ".hidden",
+        "half.dcm",
+        "notes.txt",
+        "report.dcm",
+        "short_pixels.dcm",
+    ]
+    assert "hidden file" in by_name[".DS_Store"].reason
+    assert "hidden folder" in by_name[".hidden"].reason
     assert "expected a DICOM file" in by_name["notes.txt"].reason
     assert "truncated" in by_name["half.dcm"].reason
     assert "truncated" in by_name["short_pixels.dcm"].reason
@@ -273,8 +282,33 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
 
 def test_empty_folder_gives_empty_results(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    (tmp_path / "empty" / ".hidden_file").write_text("x")
-    assert discover_series(tmp_path / "empty") == ([], [])
+
+    inventory = discover(tmp_path / "empty")
+
+    assert (inventory.series, inventory.labels, inventory.rejected) == ([], [], [])
+    assert inventory.files_seen == 0 and inventory.temporaries == []
+    assert inventory.summary().startswith("0 files looked at: 0 image series")
+
+
+def test_unfinished_temporaries_are_skipped_and_counted_not_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pull or write killed mid-way leaves `.<name>.<random>.tmp<suffix>` behind."""
+    files = _write(_integer_volume(AXIAL_RAS), tmp_path / "cache" / "study" / "series")
+    temporary = files[0].parent / ".1.2.3.dcm.a1b2c3d4.tmp.2.3.dcm"
+    temporary.write_bytes(b"")  # killed before a byte was written
+    (tmp_path / "cache" / ".medtl-pull.json").write_text("{}")  # the pull's own record
+    (tmp_path / "cache" / ".DS_Store").write_bytes(b"\0")
+
+    with caplog.at_level("WARNING", logger="medtl.io.dicom.discovery"):
+        inventory = discover(tmp_path / "cache")
+
+    assert inventory.temporaries == [temporary]
+    assert [Path(r.path).name for r in inventory.rejected] == [".DS_Store"]
+    assert len(inventory.series) == 1 and inventory.series[0].files == tuple(files)
+    assert inventory.files_seen == len(files) + 1  # the series and .DS_Store
+    assert "1 unfinished medtl temporaries skipped" in inventory.summary()
+    assert "unfinished temporary" in caplog.text and temporary.name in caplog.text
 
 
 def test_missing_folder_raises_input_error(tmp_path: Path) -> None:

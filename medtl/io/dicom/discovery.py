@@ -12,8 +12,9 @@ The checks a file must pass to count as an image slice are the rows of
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ from medtl.io.dicom.headers import (
     _text,
 )
 from medtl.io.errors import InputError, Rejection
+from medtl.io.files import is_temporary
+
+log = logging.getLogger(__name__)
 
 _NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.": "structured report or key object selection (SR/KO)",
@@ -101,12 +105,35 @@ class DicomInventory:
     Attributes:
         series: image series, sorted by patient, study, SeriesNumber, SeriesInstanceUID.
         labels: RTSTRUCT and SEG objects, sorted by path.
-        rejected: files that are neither, sorted by path, each with a reason and a fix.
+        rejected: files that are neither, sorted by path, each with a reason and a fix;
+            hidden files and folders (``.DS_Store``, ``.git``) among them, not read.
+        files_seen: files looked at (read or rejected); 0 for an empty folder.
+        temporaries: unfinished temporaries of medtl's own writes (a download or a write
+            killed mid-way, see :func:`medtl.io.files.is_temporary`), skipped: they are
+            not inputs and not rejections.
     """
 
     series: list[SeriesInfo] = field(default_factory=list)
     labels: list[LabelObjectInfo] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    files_seen: int = 0
+    temporaries: list[Path] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: what was looked at and what it held, e.g. for a "nothing found" message.
+
+        Example:
+            >>> DicomInventory(files_seen=3).summary()
+            '3 files looked at: 0 image series, 0 label objects, 0 files set aside'
+        """
+        line = (
+            f"{self.files_seen} file{'' if self.files_seen == 1 else 's'} looked at: "
+            f"{len(self.series)} image series, {len(self.labels)} label objects, "
+            f"{len(self.rejected)} files set aside"
+        )
+        if self.temporaries:
+            line += f", {len(self.temporaries)} unfinished medtl temporaries skipped"
+        return line
 
 
 @dataclass(frozen=True)
@@ -134,8 +161,11 @@ def discover(
 ) -> DicomInventory:
     """Find the image series and label objects under ``root``, reading headers only.
 
-    Hidden files and folders (name starting with ``.``) are skipped. Every other file ends
-    as a series member, a label object or a rejection; one bad file never stops discovery.
+    Every file ends as a series member, a label object or a rejection; one bad file never
+    stops discovery. Hidden files and folders (name starting with ``.``) are not read and
+    are rejected with their reason, except medtl's own: its records (``.medtl-pull.json``)
+    are skipped, and the temporaries an interrupted write left are skipped, counted in
+    ``temporaries`` and logged as a warning, never rejected.
     DICOMDIR index files are rejected with a reason (the images they list are found by
     walking the tree). Nothing under ``root`` is modified. The result does not depend on
     ``workers`` or ``executor``.
@@ -149,7 +179,8 @@ def discover(
             holds the GIL, so threads overlap only the waiting for the disk.
 
     Returns:
-        The inventory; all three lists are empty when no file was found.
+        The inventory; all its lists are empty and ``files_seen`` is 0 when no file was
+        found.
 
     Raises:
         InputError: ``root`` is not an existing folder.
@@ -170,7 +201,8 @@ def discover(
             f"expected a folder of DICOM files, found {found} at this path",
             "point ingest at the folder that holds the DICOM series",
         )
-    paths = list(_walk_files(root))
+    walk = _walk(root)
+    paths = walk.files
     with ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
@@ -186,10 +218,22 @@ def discover(
             )
         )
     images = [r for r in results if isinstance(r, _ImageEntry)]
+    if walk.temporaries:
+        log.warning(
+            "skipped %d unfinished temporary file(s) of an interrupted medtl write under %s "
+            "(e.g. %s): not inputs. Run the interrupted command again; `medtl pull` removes "
+            "its own before it starts",
+            len(walk.temporaries),
+            root,
+            walk.temporaries[0].name,
+        )
+    rejected = [r for r in results if isinstance(r, Rejection)] + walk.hidden
     return DicomInventory(
         series=_group_series(images),
         labels=sorted((r for r in results if isinstance(r, LabelObjectInfo)), key=_path_key),
-        rejected=sorted((r for r in results if isinstance(r, Rejection)), key=lambda r: r.path),
+        rejected=sorted(rejected, key=lambda r: r.path),
+        files_seen=len(paths) + walk.hidden_files,
+        temporaries=walk.temporaries,
     )
 
 
@@ -216,13 +260,70 @@ def _path_key(label: LabelObjectInfo) -> str:
     return str(label.path)
 
 
-def _walk_files(root: Path) -> Iterator[Path]:
-    """Non-hidden files under ``root`` in a deterministic order."""
+_HIDDEN_FILE_FIX = (
+    "nothing to do for system files such as .DS_Store; if it is a DICOM image, rename it "
+    "without the leading '.'"
+)
+_HIDDEN_FOLDER_FIX = (
+    "nothing to do for system folders such as .git or .Trashes; if it holds DICOM images, "
+    "rename it without the leading '.'"
+)
+_MEDTL_RECORD_PREFIX = ".medtl-"  # medtl's own records, e.g. the cache's .medtl-pull.json
+
+
+@dataclass
+class _Walk:
+    """The files under a folder, split into those to read and those skipped.
+
+    Attributes:
+        files: non-hidden files, in a deterministic order.
+        hidden: a rejection for each hidden file and hidden folder (not entered).
+        hidden_files: how many of ``hidden`` are files.
+        temporaries: medtl's unfinished temporaries (files and staging folders).
+    """
+
+    files: list[Path] = field(default_factory=list)
+    hidden: list[Rejection] = field(default_factory=list)
+    hidden_files: int = 0
+    temporaries: list[Path] = field(default_factory=list)
+
+
+def _walk(root: Path) -> _Walk:
+    """Walk ``root``; hidden names are rejected with a reason, except medtl's own files."""
+    walk = _Walk()
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
+        entered = []
+        for name in sorted(dirs):
+            path = Path(folder) / name
             if not name.startswith("."):
-                yield Path(folder) / name
+                entered.append(name)
+            elif is_temporary(path):
+                walk.temporaries.append(path)
+            else:
+                walk.hidden.append(
+                    Rejection(
+                        str(path),
+                        "hidden folder (its name starts with '.'): not searched",
+                        _HIDDEN_FOLDER_FIX,
+                    )
+                )
+        dirs[:] = entered
+        for name in sorted(files):
+            path = Path(folder) / name
+            if not name.startswith("."):
+                walk.files.append(path)
+            elif is_temporary(path):
+                walk.temporaries.append(path)
+            elif not name.startswith(_MEDTL_RECORD_PREFIX):
+                walk.hidden_files += 1
+                walk.hidden.append(
+                    Rejection(
+                        str(path),
+                        "hidden file (its name starts with '.'): not read",
+                        _HIDDEN_FILE_FIX,
+                    )
+                )
+    return walk
 
 
 def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection:
