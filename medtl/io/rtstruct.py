@@ -630,9 +630,22 @@ def check_mask(mask: np.ndarray, grid: SeriesGrid, classes: dict[int, str]) -> n
     """``mask`` as a uint8 array, checked to fit ``grid`` and hold only known classes.
 
     Raises:
+        InputError: the mask has more slices than the series has files, as when a series of
+            variable slice spacing was resampled at load: a DICOM label object must
+            reference the series' own slices.
         ValueError: wrong shape, a non-integer array, or values that are no class.
     """
     mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[:2] == grid.shape[:2] and mask.shape[2] > grid.shape[2]:
+        first = grid.headers[0].filename if grid.headers else ""
+        raise InputError(
+            Path(first).parent if first else "the series",
+            f"expected a mask on the series' own {grid.shape[2]} slices, found "
+            f"{mask.shape[2]}: the series has variable slice spacing and its image was "
+            "resampled to equidistant slices, which a DICOM-SEG or RTSTRUCT cannot reference",
+            "write the prediction as NIfTI, or ask for a reconstruction of the series with "
+            "constant slice spacing",
+        )
     if mask.shape != grid.shape:
         raise ValueError(
             f"expected a mask of the series grid's shape {grid.shape} (columns, rows, "

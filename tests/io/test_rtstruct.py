@@ -384,3 +384,17 @@ def test_write_rtstruct_round_trip_on_ge_rounded_positions(tmp_path):
 
     result = rasterise_rtstruct(out, image, series, build_name_map(classes, None))
     assert np.array_equal(result.array, mask)
+
+
+def test_writing_a_label_on_a_resampled_series_is_an_input_error(tmp_path):
+    import dicom_builders
+
+    from medtl.io.dicom import discover_series
+
+    dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
+    (series,), _ = discover_series(tmp_path / "ct")
+    image = load_series(series)  # resampled: 6 slices from 5 files
+
+    with pytest.raises(InputError, match="variable slice spacing") as info:
+        write_rtstruct(np.zeros(image.shape, np.uint8), series, {1: "a"}, tmp_path / "rs.dcm")
+    assert "NIfTI" in info.value.fix
