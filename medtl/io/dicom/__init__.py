@@ -60,7 +60,12 @@ from medtl.io.dicom.loading import (
     load_series_checked,
     load_series_with_notes,
 )
-from medtl.io.dicom.pairing import SeriesLabel, pair_labels
+from medtl.io.dicom.pairing import (
+    SeriesLabel,
+    label_of_set_aside_image,
+    left_behind,
+    pair_labels,
+)
 from medtl.io.dicom.pixels import _native_pixels
 from medtl.io.errors import Rejection
 
@@ -87,6 +92,8 @@ __all__ = [
     "_native_pixels",
     "discover",
     "discover_series",
+    "label_of_set_aside_image",
+    "left_behind",
     "load_series",
     "load_series_checked",
     "load_series_with_notes",

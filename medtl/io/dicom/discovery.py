@@ -111,6 +111,9 @@ class DicomInventory:
         temporaries: unfinished temporaries of medtl's own writes (a download or a write
             killed mid-way, see :func:`medtl.io.files.is_temporary`), skipped: they are
             not inputs and not rejections.
+        set_aside_series: SeriesInstanceUID -> the first rejection of a file of that series
+            (one that failed a header check), so that a label object drawn on a series
+            whose files were all rejected can say why.
     """
 
     series: list[SeriesInfo] = field(default_factory=list)
@@ -118,6 +121,7 @@ class DicomInventory:
     rejected: list[Rejection] = field(default_factory=list)
     files_seen: int = 0
     temporaries: list[Path] = field(default_factory=list)
+    set_aside_series: dict[str, Rejection] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line: what was looked at and what it held, e.g. for a "nothing found" message.
@@ -227,13 +231,20 @@ def discover(
             root,
             walk.temporaries[0].name,
         )
+    failed = [r for r in results if isinstance(r, _RejectedImage)]
     rejected = [r for r in results if isinstance(r, Rejection)] + walk.hidden
+    rejected += [r.rejection for r in failed]
+    set_aside_series: dict[str, Rejection] = {}
+    for r in sorted(failed, key=lambda r: r.rejection.path):
+        if r.series_uid:
+            set_aside_series.setdefault(r.series_uid, r.rejection)
     return DicomInventory(
         series=_group_series(images),
         labels=sorted((r for r in results if isinstance(r, LabelObjectInfo)), key=_path_key),
         rejected=sorted(rejected, key=lambda r: r.path),
         files_seen=len(paths) + walk.hidden_files,
         temporaries=walk.temporaries,
+        set_aside_series=set_aside_series,
     )
 
 
@@ -326,7 +337,15 @@ def _walk(root: Path) -> _Walk:
     return walk
 
 
-def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection:
+@dataclass(frozen=True)
+class _RejectedImage:
+    """A file rejected by a header check, with the series it said it belongs to."""
+
+    rejection: Rejection
+    series_uid: str
+
+
+def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection | _RejectedImage:
     """What one file is; never raises."""
     if path.name.upper() == "DICOMDIR":
         return Rejection(str(path), DICOMDIR_REASON, _FIX_DICOMDIR)
@@ -337,8 +356,11 @@ def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection:
             return Rejection(str(path), DICOMDIR_REASON, _FIX_DICOMDIR)
         if sop in _LABEL_KINDS:
             return _label_info(header, _LABEL_KINDS[sop])
-        for check in _HEADER_CHECKS:
-            check(header)
+        try:
+            for check in _HEADER_CHECKS:
+                check(header)
+        except InputError as err:
+            return _RejectedImage(err.to_rejection(), _text(header.ds, "SeriesInstanceUID"))
         return _image_entry(header)
     except InputError as err:
         return err.to_rejection()
