@@ -14,10 +14,12 @@ import sys
 import zlib
 from pathlib import Path
 
+import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from medtl.io.dicom import discover_series, load_series, load_series_with_notes
@@ -189,7 +191,6 @@ def _corners(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
 
 def _simpleitk(folder: Path):
     """SimpleITK's reading of the series in ``folder`` (GDCM orders the files by position)."""
-    sitk = pytest.importorskip("SimpleITK")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
     warnings = sitk.ProcessObject_GetGlobalWarningDisplay()
@@ -211,9 +212,6 @@ def _medtl_ras(volume: Volume, index: tuple[int, int, int]) -> np.ndarray:
 
 @pytest.mark.parametrize("name", sorted(SITK_SERIES))
 def test_same_corners_and_voxels_as_simpleitk(tmp_path: Path, name: str) -> None:
-    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
-    import SimpleITK as sitk
-
     orientation, offsets, decimals = SITK_SERIES[name]
     dicom_builders.write_series_at(
         tmp_path / "series", offsets, orientation=orientation, decimals=decimals, tag=name
@@ -240,9 +238,6 @@ def test_variable_spacing_has_the_corners_and_end_slices_of_simpleitk(tmp_path: 
     """SimpleITK keeps the 7 slices (spaced first-to-last / 6, with a warning); medtl
     resamples to 9 equidistant ones. Both span the acquired slices: same 8 corners, and the
     first and last slices are the acquired ones in both."""
-    import dicom_builders
-    import SimpleITK as sitk
-
     offsets = [0.0, 5.0, 10.0, 15.0, 22.0, 29.0, 36.0]
     dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique")
     ours = _load(tmp_path / "series")
@@ -265,8 +260,6 @@ def test_variable_spacing_has_the_corners_and_end_slices_of_simpleitk(tmp_path: 
 
 def test_ge_rounded_positions_are_accepted_with_the_fitted_spacing(tmp_path: Path) -> None:
     """A 20-slice oblique series with positions written to 0.1 mm, as GE scanners do."""
-    import dicom_builders
-
     written = dicom_builders.write_series_at(
         tmp_path / "series", GE_SPACING * np.arange(20), orientation="oblique", decimals=1
     )
@@ -287,8 +280,6 @@ def test_ge_rounded_positions_are_accepted_with_the_fitted_spacing(tmp_path: Pat
 
 def test_steps_beyond_the_header_precision_are_resampled_not_accepted(tmp_path: Path) -> None:
     """Rounding explains steps within about 0.2 mm of 7 mm here; a 0.5 mm jump it does not."""
-    import dicom_builders
-
     offsets = GE_SPACING * np.arange(12)
     offsets[6:] += 0.5  # one step of 7.5 mm: no gap (under 1.5 x 7), but not rounding
     dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique", decimals=1)
@@ -301,8 +292,6 @@ def test_steps_beyond_the_header_precision_are_resampled_not_accepted(tmp_path: 
 
 
 def test_a_gap_in_rounded_positions_is_still_missing_slices(tmp_path: Path) -> None:
-    import dicom_builders
-
     offsets = np.delete(GE_SPACING * np.arange(12), 5)  # slice 5 missing: a 14 mm step
     dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique", decimals=1)
     series, _ = discover_series(tmp_path / "series")
@@ -313,8 +302,6 @@ def test_a_gap_in_rounded_positions_is_still_missing_slices(tmp_path: Path) -> N
 
 def test_variable_spacing_gives_the_same_image_as_dcm2niix_eq(tmp_path: Path) -> None:
     """Steps of 5 then 7 mm: resampled as dcm2niix's equidistant '_Eq' image."""
-    import dicom_builders
-
     binary = _dcm2niix()
     if binary is None:
         pytest.skip("dcm2niix is not installed")
