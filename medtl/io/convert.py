@@ -50,6 +50,7 @@ from tqdm import tqdm
 from medtl.io.deid import hash_id
 from medtl.io.errors import InputError, MedtlError, Rejection
 from medtl.io.files import atomic_write, atomic_write_text
+from medtl.io.outputs import check_separate, fresh_folder
 
 # nibabel's own default for .nii.gz (nibabel.openers.Opener.default_compresslevel).
 DEFAULT_LEVEL = 1
@@ -94,6 +95,8 @@ class ConvertedSeries:
         dtype: the NIfTI data type, e.g. ``"int16"``.
         slices: slices in the volume.
         set_aside: files or frames of the series left out (listed in ``rejected.tsv``).
+        note: what was done to the slices, e.g. variable slice spacing resampled to
+            equidistant slices; ``""`` when nothing was.
     """
 
     file: str
@@ -106,6 +109,7 @@ class ConvertedSeries:
     dtype: str
     slices: int
     set_aside: int
+    note: str = ""
 
 
 SERIES_COLUMNS = [f.name for f in fields(ConvertedSeries)]
@@ -143,9 +147,14 @@ class _Task:
 def convert_dicom(root: Path, out: Path, options: ConvertOptions) -> ConvertResult:
     """Write one NIfTI per image series under ``root`` into ``out``, with the lists.
 
+    The output is written into a hidden folder beside ``out`` that replaces ``out`` as a
+    whole once complete (:func:`medtl.io.outputs.fresh_folder`): a failed run leaves an
+    earlier output as it was, and a finished one never mixes in files of an earlier run.
+
     Args:
-        root: the DICOM folder (any tree; hidden files are skipped).
-        out: the output folder (created if needed); files of the same name are replaced.
+        root: the DICOM folder (any tree; hidden files are listed as set aside).
+        out: the output folder: new, empty, or an earlier output of ``medtl convert``;
+            never inside ``root``, nor holding it.
         options: salt, workers, compression.
 
     Returns:
@@ -153,13 +162,12 @@ def convert_dicom(root: Path, out: Path, options: ConvertOptions) -> ConvertResu
         ``out/rejected.tsv``.
 
     Raises:
-        InputError: ``root`` is not a folder, or no series could be converted (the
-            reasons are in ``rejected.tsv``, which is written first).
+        InputError: ``root`` is not a folder; ``out`` is, holds or lies inside ``root``,
+            or holds files ``medtl convert`` did not write; or no series could be
+            converted (the reasons are in ``rejected.tsv``, which is written first).
         ValueError: ``workers`` below 1 or ``level`` outside 1-9.
         MedtlError: a worker process died (e.g. killed for lack of memory).
     """
-    from medtl.io.dicom import discover
-
     root, out = Path(root), Path(out)
     if options.workers < 1:
         raise ValueError(
@@ -170,6 +178,26 @@ def convert_dicom(root: Path, out: Path, options: ConvertOptions) -> ConvertResu
             f"expected a gzip level from 1 to 9, got {options.level}; fix: pass --level 1 "
             "(fastest, nibabel's default) to 9 (smallest)"
         )
+    check_separate(out, [root])
+    known = ("series.tsv", "rejected.tsv", "*.nii", "*.nii.gz")
+    with fresh_folder(out, "convert", known=known) as staging:
+        result, found = _convert_into(root, staging, options)
+    result.series_tsv, result.rejected_tsv = out / "series.tsv", out / "rejected.tsv"
+    if not result.series:
+        raise InputError(
+            root,
+            f"expected at least one DICOM image series that can be converted, found none "
+            f"({found}; {len(result.rejected)} files or series set aside in all)",
+            f"see the reasons in {result.rejected_tsv}; point convert at the folder that "
+            "holds the DICOM series",
+        )
+    return result
+
+
+def _convert_into(root: Path, out: Path, options: ConvertOptions) -> tuple[ConvertResult, str]:
+    """Convert into ``out`` (the staging folder); the result and what discovery looked at."""
+    from medtl.io.dicom import discover
+
     results: dict[int, ConvertedSeries] = {}
     with ExitStack() as stack:
         # One pool for the header reads and the series: forked once, after the imports.
@@ -195,25 +223,15 @@ def convert_dicom(root: Path, out: Path, options: ConvertOptions) -> ConvertResu
         series=[results[i] for i in sorted(results)],
         rejected=sorted(rejected, key=lambda r: r.path),
     )
-    result.series_tsv = atomic_write_text(
-        out / "series.tsv", _tsv(SERIES_COLUMNS, [astuple(r) for r in result.series])
-    )
-    result.rejected_tsv = atomic_write_text(
+    atomic_write_text(out / "series.tsv", _tsv(SERIES_COLUMNS, [astuple(r) for r in result.series]))
+    atomic_write_text(
         out / "rejected.tsv",
         _tsv(
             REJECTED_COLUMNS,
             [(_relative(r.path, root), r.reason, r.fix) for r in result.rejected],
         ),
     )
-    if not result.series:
-        raise InputError(
-            root,
-            f"expected at least one DICOM image series that can be converted, found none "
-            f"({len(inventory.series)} series, {len(rejected)} files or series set aside)",
-            f"see the reasons in {result.rejected_tsv}; point convert at the folder that "
-            "holds the DICOM series",
-        )
-    return result
+    return result, inventory.summary()
 
 
 def _tasks(series: list, root: Path, out: Path, options: ConvertOptions) -> list[_Task]:
@@ -266,10 +284,10 @@ def _pool(workers: int) -> Executor:
 
 def _convert_series(task: _Task) -> tuple[int, ConvertedSeries | None, list[Rejection]]:
     """Read, check and write one series (in a worker); a series that fails is set aside."""
-    from medtl.io.dicom import load_series_checked
+    from medtl.io.dicom import load_series_with_notes
 
     try:
-        volume, set_aside = load_series_checked(task.series, keep_integers=True)
+        loaded = load_series_with_notes(task.series, keep_integers=True)
     except InputError as err:
         return task.index, None, [err.to_rejection()]
     except Exception as exc:  # one odd series must not stop the others
@@ -287,6 +305,7 @@ def _convert_series(task: _Task) -> tuple[int, ConvertedSeries | None, list[Reje
                 )
             ],
         )
+    volume, set_aside = loaded.volume, loaded.set_aside
     image = volume.to_nifti()
     atomic_write(task.path, lambda tmp: _save(image, tmp, task.compress, task.level))
     row = ConvertedSeries(
@@ -300,6 +319,7 @@ def _convert_series(task: _Task) -> tuple[int, ConvertedSeries | None, list[Reje
         dtype=str(volume.array.dtype),
         slices=volume.shape[2],
         set_aside=len(set_aside),
+        note="; ".join(loaded.notes),
     )
     return task.index, row, set_aside
 

@@ -51,7 +51,6 @@ LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 LOCAL_SCHEME = "99MEDTL"  # private coding scheme for class codes (PS3.16 section 8.2)
 
-_SLICE_TOL = 0.1  # voxels
 _ORIENTATION_TOL = 1e-3
 _SEG_SERIES_NUMBER = 902
 # Type 2 attributes highdicom reads from the source images; absent ones are set empty.
@@ -245,7 +244,7 @@ def _frame_slice(
         )
     i, j, k = grid.to_voxel(np.array([[float(v) for v in ipp]]))[0]
     slot = int(np.rint(k))
-    if max(abs(i), abs(j), abs(k - slot)) > _SLICE_TOL or not 0 <= slot < grid.shape[2]:
+    if np.any(np.abs([i, j, k - slot]) > grid.slack()) or not 0 <= slot < grid.shape[2]:
         raise InputError(
             path,
             f"{GEOMETRY_MISMATCH}: frame {f + 1} lies at voxel ({i:.2f}, {j:.2f}, {k:.2f}) of "

@@ -8,7 +8,8 @@ WADO-RS into::
     cache/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
 
 Each file is written atomically, so a killed pull never leaves a file that looks complete,
-and a pull is resumable: an instance whose file is already in the cache is skipped. An
+and a pull is resumable: an instance whose file is already in the cache is skipped, and
+the unfinished temporaries of a killed pull are removed when the next one starts. An
 instance that cannot be retrieved is set aside as a :class:`~medtl.io.errors.Rejection`
 and the others carry on; run the pull again to retry it. The cache is then an ordinary
 DICOM folder for :func:`medtl.io.ingest.ingest_path`.
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from medtl.config import ConfigError
 from medtl.io.errors import InputError, Rejection
-from medtl.io.files import atomic_write
+from medtl.io.files import atomic_write, is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,8 @@ class PullReport:
         instances_downloaded: instances retrieved and written to the cache by this pull.
         instances_skipped: instances already in the cache, not retrieved again.
         failed: studies, series or instances that could not be searched or retrieved.
+        temporaries_removed: unfinished temporaries of an earlier, interrupted pull that
+            this one removed from the cache before it started.
     """
 
     studies: int
@@ -207,6 +210,7 @@ class PullReport:
     instances_downloaded: int
     instances_skipped: int
     failed: list[Rejection] = field(default_factory=list)
+    temporaries_removed: int = 0
 
 
 def _valid_date(text: str) -> bool:
@@ -432,6 +436,34 @@ def _retrieve(client: DICOMwebClient, study: str, series: str, sop: str, path: P
     return None
 
 
+def remove_stale_temporaries(cache: Path) -> int:
+    """Delete the unfinished temporaries an interrupted pull left in ``cache``.
+
+    A pull writes each instance under a hidden temporary name and renames it when
+    complete (:func:`medtl.io.files.atomic_write`); a pull killed mid-write leaves the
+    temporary behind, often empty. Only names of that pattern
+    (:func:`medtl.io.files.is_temporary`) are removed, and hidden folders are not entered:
+    nothing else in the cache is touched. Two pulls must not share a cache at the same time.
+
+    Args:
+        cache: the pull's cache folder (missing: nothing to do).
+
+    Returns:
+        How many files were removed.
+    """
+    removed = 0
+    for folder, dirs, files in os.walk(cache):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(folder) / name
+            if name.startswith(".") and is_temporary(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        log.info("removed %d unfinished temporary file(s) of an earlier pull", removed)
+    return removed
+
+
 def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport:
     """Retrieve the instances of the studies that match ``query`` into ``cache``.
 
@@ -456,6 +488,7 @@ def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport
     cache = Path(cache)
     url = query.url.rstrip("/")
     failed: list[Rejection] = []
+    removed = remove_stale_temporaries(cache)
     with _redacted_logs(query.patient_id), _session(query) as session:
         client = DICOMwebClient(url, session=session)
         client.set_http_retry_params(
@@ -531,6 +564,7 @@ def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport
         instances_downloaded=downloaded,
         instances_skipped=skipped,
         failed=failed,
+        temporaries_removed=removed,
     )
     log.info(
         "dicomweb pull from %s: %d studies, %d series, %d instances downloaded, %d skipped, "
@@ -545,4 +579,10 @@ def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport
     return report
 
 
-__all__ = ["DicomwebQuery", "PullReport", "pull", "query_from_config"]
+__all__ = [
+    "DicomwebQuery",
+    "PullReport",
+    "pull",
+    "query_from_config",
+    "remove_stale_temporaries",
+]

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+# What tempfile.mkstemp / mkdtemp put between prefix and suffix: 8 of [a-z0-9_].
+_RANDOM = r"[a-z0-9_]{8}"
+# atomic_write's temporary: ".<name>.<random>.tmp<suffixes of name>".
+_TEMPORARY_FILE = re.compile(rf"^\.(?P<name>.+)\.{_RANDOM}\.tmp(?P<suffix>.*)$")
+# medtl.io.outputs.fresh_folder's staging and retired folders: ".<name>.partial-<random>".
+_STAGING_FOLDER = re.compile(rf"^\..+\.(partial|old)-{_RANDOM}$")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -32,6 +40,27 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         if tmp_path.exists():
             tmp_path.unlink()
     return path
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like a temporary of medtl's own writes.
+
+    :func:`atomic_write` writes ``.<name>.<random>.tmp<suffixes>`` beside ``name`` and
+    renames it when complete; :func:`medtl.io.outputs.fresh_folder` stages a folder as
+    ``.<name>.partial-<random>``. A process killed mid-write leaves one behind: never an
+    input, never a result.
+
+    Example:
+        >>> is_temporary("cache/1.2.3/.4.5.dcm.k2j_x9a0.tmp.5.dcm")
+        True
+        >>> is_temporary(".DS_Store"), is_temporary("IM0001.dcm")
+        (False, False)
+    """
+    name = Path(path).name
+    match = _TEMPORARY_FILE.match(name)
+    if match is not None:
+        return "".join(Path(match["name"]).suffixes) == match["suffix"]
+    return _STAGING_FOLDER.match(name) is not None
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

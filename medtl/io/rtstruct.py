@@ -39,7 +39,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ImplicitVRLittleEndian, generate_uid
 
-from medtl.io.dicom import SeriesInfo
+from medtl.io.dicom import SeriesInfo, position_rounding
 from medtl.io.errors import InputError
 from medtl.io.files import atomic_save_dicom
 from medtl.io.roi_names import MAX_CLASS, match_name
@@ -110,12 +110,25 @@ class SeriesGrid:
         shape: ``(columns, rows, slices)``.
         headers: the header (no pixel data) of each array slice ``k``.
         frame_of_reference_uid: FrameOfReferenceUID of the series, ``""`` if absent.
+        rounding: how far each coordinate of the headers' ImagePositionPatient may be from
+            the true position, mm (half the rounding step they are written to: 0.05 for
+            GE's ``"-12.3"``).
     """
 
     affine: np.ndarray
     shape: tuple[int, int, int]
     headers: tuple[Dataset, ...]
     frame_of_reference_uid: str
+    rounding: float = 0.0
+
+    def slack(self) -> np.ndarray:
+        """How far (voxels, per array axis) a point placed by the headers may lie off the grid.
+
+        :data:`_SLICE_TOL`, plus the rounding of two positions (the point's and the grid
+        origin's): at most ``2 * sqrt(3) * rounding`` mm, in voxels of each axis.
+        """
+        sizes = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return _SLICE_TOL + 2.0 * np.sqrt(3.0) * self.rounding / sizes
 
     @property
     def sop_index(self) -> dict[str, int]:
@@ -148,8 +161,9 @@ def series_grid(
 
     Without ``image`` the grid is built from the headers the way
     :func:`medtl.io.dicom.load_series` builds it (slices sorted along the normal of
-    ImageOrientationPatient). With ``image`` (a volume loaded from ``series``) its affine and
-    shape are used, and every file must sit on one of its slices.
+    ImageOrientationPatient, spaced by a least-squares fit through their positions). With
+    ``image`` (a volume loaded from ``series``) its affine and shape are used, and every
+    file must sit on one of its slices, to within the rounding of its position.
 
     Args:
         series: the image series.
@@ -170,12 +184,16 @@ def series_grid(
         )
     geometry = [_geometry(h) for h in headers]
     frame_of_reference = str(headers[0].get("FrameOfReferenceUID", "") or "")
+    rounding = max(position_rounding(h) for h in headers)
     if image is None:
         iop, _, spacing, rows, columns = geometry[0]
         normal = np.cross(iop[:3], iop[3:])
         offsets = np.array([g[1] @ normal for g in geometry])
         order = np.argsort(offsets, kind="stable")
-        step = float(np.median(np.diff(offsets[order]))) if len(order) > 1 else 1.0
+        # The least-squares slope through all slices, as the loader spaces them: positions
+        # rounded in the header (GE: 0.1 mm) make single steps alternate.
+        index = np.arange(len(order), dtype=float) - (len(order) - 1) / 2
+        step = float(index @ offsets[order] / (index @ index)) if len(order) > 1 else 1.0
         lps = np.eye(4)
         lps[:3, 0] = iop[:3] * spacing[1]
         lps[:3, 1] = iop[3:] * spacing[0]
@@ -183,10 +201,23 @@ def series_grid(
         lps[:3, 3] = geometry[order[0]][1]
         affine = _RAS_FROM_LPS @ lps
         shape = (columns, rows, len(headers))
-        return SeriesGrid(affine, shape, tuple(headers[i] for i in order), frame_of_reference)
+        ordered = tuple(headers[i] for i in order)
+        return SeriesGrid(affine, shape, ordered, frame_of_reference, rounding)
 
     where = Path(where) if where is not None else Path(series.series_uid)
-    grid = SeriesGrid(np.asarray(image.affine, float), image.shape, (), frame_of_reference)
+    grid = SeriesGrid(
+        np.asarray(image.affine, float), image.shape, (), frame_of_reference, rounding
+    )
+    if len(headers) < grid.shape[2]:
+        raise InputError(
+            where,
+            f"{GEOMETRY_MISMATCH}: the image has {grid.shape[2]} slices, its series only "
+            f"{len(headers)} files, as when a series of variable slice spacing is resampled "
+            "to equidistant slices; a label drawn on the acquired slices has no slice of its "
+            "own there",
+            "ask for a reconstruction of the series with constant slice spacing and draw (or "
+            "copy) the label on it; or pass the volume loaded from this very series",
+        )
     slots: list[Dataset | None] = [None] * grid.shape[2]
     expected_iop = grid.lps_cosines()
     for header, (iop, ipp, _, rows, columns) in zip(headers, geometry, strict=True):
@@ -203,7 +234,8 @@ def series_grid(
             )
         i, j, k = grid.to_voxel(ipp[None])[0]
         slot = int(np.rint(k))
-        if max(abs(i), abs(j), abs(k - slot)) > _SLICE_TOL or not 0 <= slot < len(slots):
+        off_grid = np.any(np.abs([i, j, k - slot]) > grid.slack())
+        if off_grid or not 0 <= slot < len(slots):
             raise InputError(
                 where,
                 f"{GEOMETRY_MISMATCH}: series file {name} lies at voxel ({i:.2f}, {j:.2f}, "
@@ -219,7 +251,7 @@ def series_grid(
             f"slices {missing}",
             "pass the volume loaded from this very series and the series' full file list",
         )
-    return SeriesGrid(grid.affine, grid.shape, tuple(slots), frame_of_reference)
+    return SeriesGrid(grid.affine, grid.shape, tuple(slots), frame_of_reference, rounding)
 
 
 # ---------------------------------------------------------------------------------------
@@ -348,12 +380,13 @@ def _rasterise_roi(
         slice_k = float(np.median(voxel[:, 2]))
         k = int(np.rint(slice_k))
         off = float(np.max(np.abs(voxel[:, 2] - k)))
-        if off > _SLICE_TOL:
+        tolerance = float(grid.slack()[2])
+        if off > tolerance:
             raise InputError(
                 path,
                 f"contour not on an image slice: contour {n} of ROI {name!r} spans slice "
                 f"index {voxel[:, 2].min():.2f} to {voxel[:, 2].max():.2f} of the image, "
-                f"expected every point within {_SLICE_TOL} of one integer slice index",
+                f"expected every point within {tolerance:.2g} of one integer slice index",
                 "pair the RTSTRUCT with the series it was drawn on; contours drawn on slices "
                 "at other positions or angles cannot be filled on this grid",
             )
@@ -597,9 +630,22 @@ def check_mask(mask: np.ndarray, grid: SeriesGrid, classes: dict[int, str]) -> n
     """``mask`` as a uint8 array, checked to fit ``grid`` and hold only known classes.
 
     Raises:
+        InputError: the mask has more slices than the series has files, as when a series of
+            variable slice spacing was resampled at load: a DICOM label object must
+            reference the series' own slices.
         ValueError: wrong shape, a non-integer array, or values that are no class.
     """
     mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[:2] == grid.shape[:2] and mask.shape[2] > grid.shape[2]:
+        first = grid.headers[0].filename if grid.headers else ""
+        raise InputError(
+            Path(first).parent if first else "the series",
+            f"expected a mask on the series' own {grid.shape[2]} slices, found "
+            f"{mask.shape[2]}: the series has variable slice spacing and its image was "
+            "resampled to equidistant slices, which a DICOM-SEG or RTSTRUCT cannot reference",
+            "write the prediction as NIfTI, or ask for a reconstruction of the series with "
+            "constant slice spacing",
+        )
     if mask.shape != grid.shape:
         raise ValueError(
             f"expected a mask of the series grid's shape {grid.shape} (columns, rows, "

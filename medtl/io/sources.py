@@ -118,45 +118,17 @@ def from_dicom_tree(folder: Path, workers: int = 4, progress: bool = False):
 
     A series referenced by several label objects takes the first (by file name); the
     others are listed as set aside. Label objects that reference no series found are
-    set aside too.
+    set aside too (see :func:`medtl.io.dicom.pair_labels`).
     """
-    from medtl.io.dicom import discover
+    from medtl.io.dicom import discover, pair_labels
 
     inventory = discover(folder, workers=workers, progress=progress)
-    rejected = list(inventory.rejected)
-    by_series: dict[str, list] = {}
-    for obj in sorted(inventory.labels, key=lambda o: str(o.path)):
-        for uid in obj.referenced_series_uids:
-            by_series.setdefault(uid, []).append(obj)
-    known = {s.series_uid for s in inventory.series}
-    for obj in inventory.labels:
-        if not any(uid in known for uid in obj.referenced_series_uids):
-            rejected.append(
-                Rejection(
-                    str(obj.path),
-                    f"{obj.kind} references no image series found in the folder",
-                    "put the label object beside the series it was drawn on",
-                )
-            )
-    sources = []
-    for series in inventory.series:
-        labels = by_series.get(series.series_uid, [])
-        for extra in labels[1:]:
-            rejected.append(
-                Rejection(
-                    str(extra.path),
-                    f"another label object ({labels[0].kind}) is used for the same series",
-                    "pair label objects with series explicitly in a case sheet",
-                )
-            )
-        sources.append(
-            CaseSource(
-                image=series.files[0].parent,
-                series=series,
-                label_object=labels[0] if labels else None,
-            )
-        )
-    return sources, rejected
+    pairs, unused = pair_labels(inventory)
+    sources = [
+        CaseSource(image=pair.series.files[0].parent, series=pair.series, label_object=pair.label)
+        for pair in pairs
+    ]
+    return sources, [*inventory.rejected, *unused]
 
 
 def from_nifti_folder(folder: Path) -> list[CaseSource]:

@@ -146,7 +146,7 @@ def test_several_workers_write_the_same_files(tmp_path: Path) -> None:
         convert_dicom(tmp_path / "in", out, ConvertOptions(salt="s", workers=workers))
         outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
-    assert len(outs[1]) == 3 + 2
+    assert len(outs[1]) == 3 + 2 + 1  # the images, series.tsv, rejected.tsv, the marker
     assert outs[1] == outs[2]
 
 
@@ -256,6 +256,58 @@ def test_bad_options_say_how_to_fix(tmp_path: Path) -> None:
     for options in (ConvertOptions(salt="s", workers=0), ConvertOptions(salt="s", level=12)):
         with pytest.raises(ValueError, match="fix"):
             convert_dicom(tmp_path, tmp_path / "out", options)
+
+
+def test_out_inside_the_input_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a", "a")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    for out in (tmp_path / "in" / "nifti", tmp_path / "in", tmp_path):
+        with pytest.raises(InputError, match="never writes over or inside its input") as info:
+            convert_dicom(tmp_path / "in", out, ConvertOptions(salt="s", workers=1))
+        assert "--out" in info.value.fix
+
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_second_run_leaves_no_file_of_the_first(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a", "a")
+    _, files = _write(tmp_path / "in" / "b", "b")
+    options = ConvertOptions(salt="s", workers=1)
+    first = convert_dicom(tmp_path / "in", tmp_path / "out", options)
+    assert len(first.series) == 2
+    for path in files:
+        path.unlink()
+
+    second = convert_dicom(tmp_path / "in", tmp_path / "out", options)
+
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
+    assert written == [second.series[0].file]
+    assert [row["file"] for row in _rows(tmp_path / "out" / "series.tsv")] == written
+    assert second.series_tsv == tmp_path / "out" / "series.tsv"
+
+
+def test_out_holding_other_files_is_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "in" / "a", "a")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.docx").write_text("mine")
+
+    with pytest.raises(InputError, match="did not write"):
+        convert_dicom(tmp_path / "in", tmp_path / "out", ConvertOptions(salt="s", workers=1))
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["thesis.docx"]
+
+
+def test_variable_spacing_is_resampled_and_noted_in_series_tsv(tmp_path: Path) -> None:
+    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
+
+    dicom_builders.write_series_at(tmp_path / "in" / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
+
+    result = convert_dicom(tmp_path / "in", tmp_path / "out", ConvertOptions(salt="s", workers=1))
+
+    (row,) = _rows(tmp_path / "out" / "series.tsv")
+    assert "resampled to 6 equidistant slices 4.8 mm apart" in row["note"]
+    assert row["shape"] == "8x6x6" and row["dtype"] == "float32"
+    assert result.series[0].note == row["note"]
 
 
 # ------------------------------------------------------------------ no identifiers

@@ -13,7 +13,6 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
-from medtl.io import dicom as dicom_module
 from medtl.io.dicom import (
     DICOMDIR_REASON,
     RTSTRUCT_STORAGE,
@@ -23,7 +22,9 @@ from medtl.io.dicom import (
     discover_series,
     load_series,
     load_series_checked,
+    load_series_with_notes,
 )
+from medtl.io.dicom import pixels as dicom_pixels
 from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
 from medtl.io.errors import InputError
 from medtl.io.volume import Volume
@@ -250,9 +251,9 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
     (bad / "half.dcm").write_bytes(data[: len(data) // 2])
     (bad / "short_pixels.dcm").write_bytes(data[:-10])  # header intact, pixels cut
     _sr_file(bad / "report.dcm")
-    (root / ".DS_Store").write_bytes(b"\0\1\2")  # hidden: skipped silently
+    (root / ".DS_Store").write_bytes(b"\0\1\2")  # hidden: not read, listed
     (root / ".hidden").mkdir()
-    shutil.copy(files[0], root / ".hidden" / "copy.dcm")
+    shutil.copy(files[0], root / ".hidden" / "copy.dcm")  # inside a hidden folder: not read
     before = _digest(root)
 
     series, rejected = discover_series(root)
@@ -260,7 +261,16 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
     assert len(series) == 1
     assert series[0].files == tuple(files)
     by_name = {Path(r.path).name: r for r in rejected}
-    assert sorted(by_name) == ["half.dcm", "notes.txt", "report.dcm", "short_pixels.dcm"]
+    assert sorted(by_name) == [
+        ".DS_Store",
+        ".hidden",
+        "half.dcm",
+        "notes.txt",
+        "report.dcm",
+        "short_pixels.dcm",
+    ]
+    assert "hidden file" in by_name[".DS_Store"].reason
+    assert "hidden folder" in by_name[".hidden"].reason
     assert "expected a DICOM file" in by_name["notes.txt"].reason
     assert "truncated" in by_name["half.dcm"].reason
     assert "truncated" in by_name["short_pixels.dcm"].reason
@@ -272,8 +282,33 @@ def test_bad_files_are_rejected_and_good_series_still_found(tmp_path: Path) -> N
 
 def test_empty_folder_gives_empty_results(tmp_path: Path) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)
-    (tmp_path / "empty" / ".hidden_file").write_text("x")
-    assert discover_series(tmp_path / "empty") == ([], [])
+
+    inventory = discover(tmp_path / "empty")
+
+    assert (inventory.series, inventory.labels, inventory.rejected) == ([], [], [])
+    assert inventory.files_seen == 0 and inventory.temporaries == []
+    assert inventory.summary().startswith("0 files looked at: 0 image series")
+
+
+def test_unfinished_temporaries_are_skipped_and_counted_not_rejected(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pull or write killed mid-way leaves `.<name>.<random>.tmp<suffix>` behind."""
+    files = _write(_integer_volume(AXIAL_RAS), tmp_path / "cache" / "study" / "series")
+    temporary = files[0].parent / ".1.2.3.dcm.a1b2c3d4.tmp.2.3.dcm"
+    temporary.write_bytes(b"")  # killed before a byte was written
+    (tmp_path / "cache" / ".medtl-pull.json").write_text("{}")  # the pull's own record
+    (tmp_path / "cache" / ".DS_Store").write_bytes(b"\0")
+
+    with caplog.at_level("WARNING", logger="medtl.io.dicom.discovery"):
+        inventory = discover(tmp_path / "cache")
+
+    assert inventory.temporaries == [temporary]
+    assert [Path(r.path).name for r in inventory.rejected] == [".DS_Store"]
+    assert len(inventory.series) == 1 and inventory.series[0].files == tuple(files)
+    assert inventory.files_seen == len(files) + 1  # the series and .DS_Store
+    assert "1 unfinished medtl temporaries skipped" in inventory.summary()
+    assert "unfinished temporary" in caplog.text and temporary.name in caplog.text
 
 
 def test_missing_folder_raises_input_error(tmp_path: Path) -> None:
@@ -494,17 +529,29 @@ def test_missing_slice_raises_naming_the_gap(tmp_path: Path) -> None:
     assert info.value.fix
 
 
-def test_non_uniform_spacing_raises(tmp_path: Path) -> None:
-    files = _write(_integer_volume(AXIAL_RAS, shape=(6, 5, 5)), tmp_path)
+def test_non_uniform_spacing_is_resampled_with_a_note(tmp_path: Path) -> None:
+    volume = _integer_volume(AXIAL_RAS, shape=(6, 5, 5))
+    files = _write(volume, tmp_path)
     ds = pydicom.dcmread(files[2])
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
     ds.ImagePositionPatient = [x, y, z + 0.2]  # steps 3, 3.2, 2.8, 3 mm
     ds.save_as(files[2])
     series, _ = discover_series(tmp_path)
 
-    with pytest.raises(InputError, match="uniform slice spacing") as info:
-        load_series(series[0])
-    assert "2.8 to 3.2 mm" in info.value.reason
+    loaded = load_series_with_notes(series[0])
+
+    # 12 mm from first to last slice at (at most) the smallest step, 2.8 mm: 5 steps of 2.4.
+    acquired = np.array([0.0, 3.0, 6.2, 9.0, 12.0])
+    targets = 2.4 * np.arange(6)
+    expected = np.apply_along_axis(lambda v: np.interp(targets, acquired, v), 2, volume.array)
+    assert loaded.volume.shape == (6, 5, 6)
+    # float32 holds values below 4096 to within 4096 * 2**-24: the interpolation is exact.
+    np.testing.assert_allclose(loaded.volume.array, expected, rtol=0, atol=4096 * 2.0**-24)
+    np.testing.assert_allclose(loaded.volume.spacing, (0.8, 1.2, 2.4), atol=1e-9)
+    np.testing.assert_allclose(loaded.volume.affine[:3, 3], AXIAL_RAS[:3, 3], atol=1e-9)
+    assert len(loaded.notes) == 1
+    assert "resampled to 6 equidistant slices 2.4 mm apart" in loaded.notes[0]
+    assert "2.8 to 3.2 mm" in loaded.notes[0]
 
 
 def test_gantry_tilt_raises_with_angle_and_fix(tmp_path: Path) -> None:
@@ -710,7 +757,7 @@ def test_missing_decoder_names_the_transfer_syntax_and_the_fix(
 ) -> None:
     files = _write(_integer_volume(AXIAL_RAS), tmp_path)
     _compress_files(files, COMPRESSED["rle"])
-    monkeypatch.setattr(dicom_module, "_decoder_available", lambda syntax: False)
+    monkeypatch.setattr(dicom_pixels, "_decoder_available", lambda syntax: False)
     series, _ = discover_series(tmp_path)
 
     with pytest.raises(InputError, match="RLE Lossless") as info:

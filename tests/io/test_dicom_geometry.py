@@ -14,14 +14,17 @@ import sys
 import zlib
 from pathlib import Path
 
+import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from medtl.io.dicom import discover_series, load_series
+from medtl.io.dicom import discover_series, load_series, load_series_with_notes
 from medtl.io.dicom_write import write_series
+from medtl.io.errors import InputError
 from medtl.io.volume import Volume
 
 SHAPE = (8, 7, 5)
@@ -165,3 +168,162 @@ def test_same_image_as_dcm2niix(tmp_path: Path, name: str, reverse: bool) -> Non
     assert theirs.shape == ours.shape
     np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), atol=1e-3)
     np.testing.assert_allclose(ours.affine, theirs.affine, atol=TOL_MM)
+
+
+# ---------------------------------------------------------------------------------------
+# Against SimpleITK, and positions rounded in the header (GE writes 0.1 mm)
+# ---------------------------------------------------------------------------------------
+
+GE_SPACING = 7.013  # mm: an oblique 20-slice GE MR series; steps alternate 6.96 / 7.07 mm
+SITK_SERIES = {
+    # name: (orientation, offsets along the normal (mm), decimals of ImagePositionPatient)
+    "axial": ("axial", 2.5 * np.arange(6), None),
+    "oblique": ("oblique", 2.5 * np.arange(6), None),
+    "oblique-ge-rounded": ("oblique", GE_SPACING * np.arange(20), 1),
+}
+
+
+def _corners(shape: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+    return [
+        (i, j, k) for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)
+    ]
+
+
+def _simpleitk(folder: Path):
+    """SimpleITK's reading of the series in ``folder`` (GDCM orders the files by position)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    warnings = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # it warns for non-uniform steps
+    try:
+        return reader.Execute()
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(warnings)
+
+
+def _simpleitk_ras(image, index: tuple[int, int, int]) -> np.ndarray:
+    """RAS mm of a voxel of a SimpleITK image (index order x, y, z = column, row, slice)."""
+    return RAS_FROM_LPS @ np.array(image.TransformIndexToPhysicalPoint(index))
+
+
+def _medtl_ras(volume: Volume, index: tuple[int, int, int]) -> np.ndarray:
+    return (volume.affine @ np.append(np.array(index, dtype=float), 1.0))[:3]
+
+
+@pytest.mark.parametrize("name", sorted(SITK_SERIES))
+def test_same_corners_and_voxels_as_simpleitk(tmp_path: Path, name: str) -> None:
+    orientation, offsets, decimals = SITK_SERIES[name]
+    dicom_builders.write_series_at(
+        tmp_path / "series", offsets, orientation=orientation, decimals=decimals, tag=name
+    )
+    ours = _load(tmp_path / "series")
+    theirs = _simpleitk(tmp_path / "series")
+
+    # Both take the first slice's ImagePositionPatient as the origin. Positions written in
+    # full (16 characters) leave only float64 arithmetic between the two; positions rounded
+    # to 0.1 mm are known to +-0.05 mm per coordinate, so two readers may place a slice
+    # that far apart (SimpleITK spaces the slices by first-to-last / (n - 1), medtl by a
+    # least-squares fit through all of them).
+    tolerance = 0.05 if decimals == 1 else 1e-6
+    assert ours.shape == tuple(theirs.GetSize())
+    for corner in _corners(ours.shape):
+        np.testing.assert_allclose(
+            _medtl_ras(ours, corner), _simpleitk_ras(theirs, corner), atol=tolerance
+        )
+    # GetArrayFromImage is indexed [slice, row, column]; medtl's arrays [column, row, slice].
+    np.testing.assert_array_equal(ours.array, sitk.GetArrayFromImage(theirs).transpose(2, 1, 0))
+
+
+def test_variable_spacing_has_the_corners_and_end_slices_of_simpleitk(tmp_path: Path) -> None:
+    """SimpleITK keeps the 7 slices (spaced first-to-last / 6, with a warning); medtl
+    resamples to 9 equidistant ones. Both span the acquired slices: same 8 corners, and the
+    first and last slices are the acquired ones in both."""
+    offsets = [0.0, 5.0, 10.0, 15.0, 22.0, 29.0, 36.0]
+    dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique")
+    ours = _load(tmp_path / "series")
+    theirs = _simpleitk(tmp_path / "series")
+
+    size = tuple(theirs.GetSize())
+    assert ours.shape == (*size[:2], 9)
+    for i in (0, size[0] - 1):
+        for j in (0, size[1] - 1):
+            for k_ours, k_theirs in ((0, 0), (8, size[2] - 1)):
+                np.testing.assert_allclose(
+                    _medtl_ras(ours, (i, j, k_ours)),
+                    _simpleitk_ras(theirs, (i, j, k_theirs)),
+                    atol=1e-6,
+                )
+    array = sitk.GetArrayFromImage(theirs).transpose(2, 1, 0)
+    np.testing.assert_array_equal(ours.array[:, :, 0], array[:, :, 0])
+    np.testing.assert_array_equal(ours.array[:, :, -1], array[:, :, -1])
+
+
+def test_ge_rounded_positions_are_accepted_with_the_fitted_spacing(tmp_path: Path) -> None:
+    """A 20-slice oblique series with positions written to 0.1 mm, as GE scanners do."""
+    written = dicom_builders.write_series_at(
+        tmp_path / "series", GE_SPACING * np.arange(20), orientation="oblique", decimals=1
+    )
+    steps = np.diff(written.positions @ written.normal)
+    assert steps.max() - steps.min() > 0.07  # more than 1 %: rejected before the fix
+
+    series, rejected = discover_series(tmp_path / "series")
+    loaded = load_series_with_notes(series[0])
+
+    assert rejected == [] and loaded.set_aside == [] and loaded.notes == ()
+    # The fit through 20 offsets, each within E = 0.05 * (|nx| + |ny| + |nz|) mm of the
+    # truth, finds the spacing to within E * sum|u| / sum(u^2) (u: centred slice index).
+    u = np.arange(20) - 9.5
+    error = 0.05 * np.abs(written.normal).sum() * np.abs(u).sum() / (u @ u)
+    assert abs(loaded.volume.spacing[2] - GE_SPACING) <= error
+    np.testing.assert_array_equal(loaded.volume.array, written.values)
+
+
+def test_steps_beyond_the_header_precision_are_resampled_not_accepted(tmp_path: Path) -> None:
+    """Rounding explains steps within about 0.2 mm of 7 mm here; a 0.5 mm jump it does not."""
+    offsets = GE_SPACING * np.arange(12)
+    offsets[6:] += 0.5  # one step of 7.5 mm: no gap (under 1.5 x 7), but not rounding
+    dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique", decimals=1)
+    series, _ = discover_series(tmp_path / "series")
+
+    loaded = load_series_with_notes(series[0])
+
+    assert len(loaded.notes) == 1 and "resampled" in loaded.notes[0]
+    assert loaded.volume.shape[2] > 12
+
+
+def test_a_gap_in_rounded_positions_is_still_missing_slices(tmp_path: Path) -> None:
+    offsets = np.delete(GE_SPACING * np.arange(12), 5)  # slice 5 missing: a 14 mm step
+    dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique", decimals=1)
+    series, _ = discover_series(tmp_path / "series")
+
+    with pytest.raises(InputError, match="missing slices"):
+        load_series_with_notes(series[0])
+
+
+def test_variable_spacing_gives_the_same_image_as_dcm2niix_eq(tmp_path: Path) -> None:
+    """Steps of 5 then 7 mm: resampled as dcm2niix's equidistant '_Eq' image."""
+    binary = _dcm2niix()
+    if binary is None:
+        pytest.skip("dcm2niix is not installed")
+    offsets = [0.0, 5.0, 10.0, 15.0, 22.0, 29.0, 36.0]
+    dicom_builders.write_series_at(tmp_path / "series", offsets, orientation="oblique")
+    out = tmp_path / "nifti"
+    out.mkdir()
+    result = subprocess.run(
+        [binary, "-z", "n", "-b", "n", "-f", "out", "-o", str(out), str(tmp_path / "series")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    series, _ = discover_series(tmp_path / "series")
+    loaded = load_series_with_notes(series[0])
+
+    theirs = nib.as_closest_canonical(nib.load(out / "out_Eq_1.nii"))
+    ours = nib.as_closest_canonical(loaded.volume.to_nifti())
+    assert ours.shape == theirs.shape
+    # dcm2niix computes positions in float32 (about 1e-5 mm here) and keeps the series'
+    # integer type, rounding each interpolated value to the nearest integer.
+    np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-4)
+    np.testing.assert_allclose(ours.get_fdata(), theirs.get_fdata(), rtol=0, atol=0.5)
+    assert "variable slice spacing (5 to 7 mm" in loaded.notes[0]

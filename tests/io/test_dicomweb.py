@@ -23,7 +23,13 @@ import pytest
 
 from medtl.config import ConfigError
 from medtl.demo.generate import generate_demo
-from medtl.io.dicomweb import DicomwebQuery, PullReport, pull, query_from_config
+from medtl.io.dicomweb import (
+    DicomwebQuery,
+    PullReport,
+    pull,
+    query_from_config,
+    remove_stale_temporaries,
+)
 from medtl.io.errors import InputError
 from medtl.io.ingest import ingest_path
 
@@ -119,6 +125,33 @@ def test_pull_without_the_password_variable_is_an_input_error(tmp_path, monkeypa
     )
     with pytest.raises(InputError, match="MEDTL_TEST_NO_SUCH_PASSWORD"):
         pull(query, tmp_path / "cache", progress=False)
+
+
+def test_pull_first_removes_the_temporaries_a_killed_pull_left(tmp_path, monkeypatch):
+    """A pull killed mid-write leaves `.<sop>.dcm.<random>.tmp<suffix>`; the next removes it."""
+    series = tmp_path / "cache" / "1.2.3" / "1.2.3.4"
+    series.mkdir(parents=True)
+    stale = series / ".1.2.3.4.5.dcm.x7k2p9q1.tmp.2.3.4.5.dcm"
+    stale.write_bytes(b"")
+    kept = [series / "1.2.3.4.6.dcm", tmp_path / "cache" / ".medtl-pull.json"]
+    for path in kept:
+        path.write_text("not ours to remove")
+    (series / ".DS_Store").write_bytes(b"\0")
+    kept.append(series / ".DS_Store")
+
+    query = DicomwebQuery(
+        f"http://127.0.0.1:{_closed_port()}/dicom-web",
+        username="reader",
+        password_env="MEDTL_TEST_NO_SUCH_PASSWORD",
+    )
+    monkeypatch.delenv("MEDTL_TEST_NO_SUCH_PASSWORD", raising=False)
+    with pytest.raises(InputError):  # no password to log in with; the cleanup came first
+        pull(query, tmp_path / "cache", progress=False)
+
+    assert not stale.exists()
+    assert all(path.exists() for path in kept)
+    assert remove_stale_temporaries(tmp_path / "cache") == 0
+    assert remove_stale_temporaries(tmp_path / "no-such-cache") == 0
 
 
 # --- against Orthanc ---------------------------------------------------------------------

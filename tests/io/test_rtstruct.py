@@ -347,3 +347,54 @@ def test_write_rtstruct_refuses_a_mask_off_the_grid_or_with_unknown_values(tmp_p
     mask[0, 0, 0] = 7
     with pytest.raises(ValueError, match=r"found \[7\]"):
         write_rtstruct(mask, series, {1: "a"}, tmp_path / "x.dcm")
+
+
+def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
+    """Variable slice spacing is resampled at load; the label's slices are not the image's."""
+    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
+
+    from medtl.io.dicom import discover_series, load_series_with_notes
+    from medtl.io.rtstruct import series_grid
+
+    dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
+    (series,), _ = discover_series(tmp_path / "ct")
+    loaded = load_series_with_notes(series)
+    assert loaded.notes and loaded.volume.shape[2] == 6
+
+    with pytest.raises(InputError, match="variable slice spacing") as info:
+        series_grid(series, loaded.volume, where=tmp_path / "RS.dcm")
+    assert "constant slice spacing" in info.value.fix
+
+
+def test_write_rtstruct_round_trip_on_ge_rounded_positions(tmp_path):
+    """Positions written to 0.1 mm: contours go where the loaded image's slices are."""
+    import dicom_builders
+
+    from medtl.io.dicom import discover_series
+
+    dicom_builders.write_series_at(
+        tmp_path / "mr", 7.013 * np.arange(20), orientation="oblique", decimals=1
+    )
+    (series,), _ = discover_series(tmp_path / "mr")
+    image = load_series(series)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[2:6, 1:5, :] = 1
+    classes = {0: "background", 1: "tumour"}
+    out = write_rtstruct(mask, series, classes, tmp_path / "rs.dcm")
+
+    result = rasterise_rtstruct(out, image, series, build_name_map(classes, None))
+    assert np.array_equal(result.array, mask)
+
+
+def test_writing_a_label_on_a_resampled_series_is_an_input_error(tmp_path):
+    import dicom_builders
+
+    from medtl.io.dicom import discover_series
+
+    dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
+    (series,), _ = discover_series(tmp_path / "ct")
+    image = load_series(series)  # resampled: 6 slices from 5 files
+
+    with pytest.raises(InputError, match="variable slice spacing") as info:
+        write_rtstruct(np.zeros(image.shape, np.uint8), series, {1: "a"}, tmp_path / "rs.dcm")
+    assert "NIfTI" in info.value.fix
