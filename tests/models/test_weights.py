@@ -74,8 +74,40 @@ def _medicalnet_checkpoint(path: Path, net: torch.nn.Module) -> Path:
     return path
 
 
-def _nnunet_checkpoint(path: Path, net: torch.nn.Module, seed: int = 0) -> Path:
-    """``checkpoint_final.pth`` of nnU-Net v2, with its aliases, extra heads and numpy logs."""
+def _nnunet_plans(n_stages: int, strides: list | None = None) -> dict:
+    """nnU-Net v2 plans (≥ 2.4 layout) of a 3-D PlainConvUNet with ``n_stages`` stages."""
+    return {
+        "plans_name": "nnUNetPlans",
+        "configurations": {
+            "3d_fullres": {
+                "patch_size": [32, 32, 32],
+                "architecture": {
+                    "network_class_name": (
+                        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+                    ),
+                    "arch_kwargs": {
+                        "n_stages": n_stages,
+                        "conv_op": "torch.nn.modules.conv.Conv3d",
+                        "kernel_sizes": [[3, 3, 3]] * n_stages,
+                        "strides": strides or [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
+                        "n_conv_per_stage": [2] * n_stages,
+                        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
+                    },
+                },
+            },
+            "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
+        },
+    }
+
+
+def _nnunet_checkpoint(
+    path: Path, net: torch.nn.Module, seed: int = 0, plans: dict | None | bool = True
+) -> Path:
+    """``checkpoint_final.pth`` of nnU-Net v2, with its aliases, extra heads and numpy logs.
+
+    ``plans``: True stores plans matching ``net`` in ``init_args`` (as nnU-Net does), a
+    dict stores that dict, None leaves them out.
+    """
     torch.manual_seed(seed)
     canonical = {k: v.clone() for k, v in net.state_dict().items()}
     n_stages = len(net.encoder.stages)
@@ -93,6 +125,8 @@ def _nnunet_checkpoint(path: Path, net: torch.nn.Module, seed: int = 0) -> Path:
             weights["decoder." + key] = weights[key]
     width0 = net.encoder.stages[0][0].convs[0].conv.out_channels
     n_classes = canonical[f"decoder.seg_layers.{n_stages - 2}.weight"].shape[0]
+    if plans is True:
+        plans = _nnunet_plans(n_stages)
     for s in range(n_stages - 1):  # one segmentation layer per decoder stage (deep supervision)
         width = net.decoder.stages[s].convs[0].conv.out_channels
         weights[f"decoder.seg_layers.{s}.weight"] = torch.randn(n_classes, width, 1, 1, 1)
@@ -114,7 +148,7 @@ def _nnunet_checkpoint(path: Path, net: torch.nn.Module, seed: int = 0) -> Path:
             "_best_ema": np.float64(0.51),
             "current_epoch": 2,
             "init_args": {
-                "plans": {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {}}},
+                **({"plans": plans} if plans is not None else {}),
                 "configuration": "3d_fullres",
                 "fold": 0,
                 "dataset_json": {"labels": {"background": 0, "organ": 1}},
@@ -275,7 +309,10 @@ def test_medicalnet_other_backbone_refused_with_suggestion(tmp_path: Path) -> No
     with pytest.raises(WeightsError) as info:
         load_pretrained(target, get_architecture("flexibleunet"), path)
     msg = str(info.value)
-    assert "looks like a resnet10: set model.backbone: resnet10" in msg
+    assert (
+        "looks like a resnet10 (1, 1, 1, 1 basic blocks in layer1-4), the model's backbone is "
+        "resnet18 (2, 2, 2, 2 basic blocks in layer1-4): set model.backbone: resnet10"
+    ) in msg
     assert "18 unexpected" in msg  # resnet10's shortcut-B downsample convolutions
     assert "encoder.layer2.0.downsample.0.weight" in msg
 
@@ -422,7 +459,7 @@ def test_stem_adaptation_can_be_switched_off(tmp_path: Path) -> None:
     )
     assert report.adapted == []
     assert [m["key"] for m in report.shape_mismatch] == ["conv_0.conv_0.conv.weight"]
-    assert any("allow input-channel adaptation" in note for note in report.notes)
+    assert any("allow input-channel adaptation" in s for s in report.suggestions)
 
 
 # --------------------------------------------------------------- detection and errors
@@ -448,6 +485,7 @@ _DETECTION_CASES = [
         {
             "network_weights": _tiny("encoder.stages.0.0.convs.0.conv.weight"),
             "trainer_name": "nnUNetTrainer",
+            "init_args": {"plans": _nnunet_plans(1), "configuration": "3d_fullres"},
         },
         "nnunet",
     ),
