@@ -585,16 +585,18 @@ def describe_model(
     model = parse_section(ModelConfig, cfg.get("model"), "model")
     arms = {n: parse_section(ArmConfig, a, f"arms.{n}") for n, a in cfg.get("arms", {}).items()}
     num_classes = 1 + max(int(k) for k in cfg.get("classes", {"1": "x"}))
-    report, keys = None, None
+    report, keys, network = None, None, None
     pre = cfg.get("pretrain") or {}
     if pretrained is not None:
+        from medtl.models.networks import build_network
         from medtl.models.transfer import plan_checkpoint
 
         fmt = format or str(pre.get("format") or "auto")
+        network = build_network(model, in_channels, num_classes)
         # the same reading and matching as training: only encoder tensors are transferred
-        report = plan_checkpoint(pretrained, fmt, model, in_channels, num_classes)
+        report = plan_checkpoint(pretrained, fmt, model, in_channels, num_classes, network=network)
         keys = set(report.loaded)
-    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys)
+    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys, network=network)
     typer.echo(format_table(table))
     if report is not None:
         from medtl.models import transfer

@@ -412,18 +412,20 @@ def plan_checkpoint(
     in_channels: int,
     num_classes: int,
     adapt_channels: bool = True,
+    network: nn.Module | None = None,
 ) -> LoadReport:
     """What training would load from ``path`` into the configured network; no thresholds.
 
-    Builds the network as training does and runs :func:`plan_transfer` on it; nothing
-    is trained or copied. ``medtl describe-model --pretrained`` shows this report.
+    Builds the network as training does (or takes ``network``, built from the same
+    settings) and runs :func:`plan_transfer` on it; nothing is trained or copied.
+    ``medtl describe-model --pretrained`` shows this report.
 
     Raises:
         WeightsError: the checkpoint cannot be read (missing, unsafe, truncated, in
             another format, empty).
         medtl.config.ConfigError: the model settings cannot be built.
     """
-    model = build_network(model_cfg, in_channels, num_classes)
+    model = network if network is not None else build_network(model_cfg, in_channels, num_classes)
     weights = read_weights(Path(path), fmt, model_keys=model.state_dict().keys())
     return plan_transfer(model, get_architecture(model_cfg.name), weights, adapt_channels).report
 

@@ -289,6 +289,12 @@ def _unreadable(path: Path, exc: Exception, allow: list[Any], remake: str) -> We
             f"({size:,} bytes)",
             remake,
         )
+    if head.startswith(b"version https://git-lfs"):
+        return WeightsFileError(
+            path,
+            "is a Git LFS pointer (a few lines of text), not the weights it stands for",
+            "fetch the file's content in its repository (git lfs pull), or download it again",
+        )
     kind = "text" if _looks_like_text(head) else "other data"
     return WeightsFileError(
         path,
