@@ -131,7 +131,7 @@ class LoadReport:
     @property
     def skipped_stages(self) -> list[str]:
         """Encoder stages that get nothing although a deeper stage gets weights."""
-        deepest = max((i for i, s in enumerate(self.stages) if s["loaded"]), default=-1)
+        deepest = max((i for i, s in enumerate(self.stages) if s["loaded"]), default=0)
         return [s["stage"] for s in self.stages[:deepest] if not s["loaded"]]
 
     def summary(self) -> str:
@@ -630,8 +630,8 @@ def _refusal(report: LoadReport, problems: list[str], keys: list[str]) -> str:
     return (
         f"{report.source}: refused: "
         + "; ".join(problems)
-        + f". {len(report.missing)} missing, {len(report.unexpected)} unexpected, "
-        f"{len(report.shape_mismatch)} of other shape; {report.summary()}"
+        + f".\n  {len(report.missing)} missing, {len(report.unexpected)} unexpected, "
+        f"{len(report.shape_mismatch)} of other shape: {report.summary()}"
         + ("\n" + "\n".join(lines) if lines else "")
         + (f"\nSuggested settings:{hints}" if hints else "")
         + "\nHow to fix: choose model settings (model.name, model.features, model.backbone) "

@@ -228,7 +228,7 @@ def test_resnet18_weights_refused_for_a_resnet10_backbone(tmp_path: Path) -> Non
         "looks like a resnet18 (2, 2, 2, 2 basic blocks in layer1-4), the model's backbone is "
         "resnet10 (1, 1, 1, 1 basic blocks in layer1-4): set model.backbone: resnet18"
     ) in msg
-    assert "18 missing, 48 unexpected, 0 of other shape" in msg
+    assert "18 missing, 48 unexpected, 0 of other shape: " in msg
     assert "pretrain.max_unused_fraction" in msg
     for key, value in target.state_dict().items():
         assert torch.equal(value, before[key]), key
