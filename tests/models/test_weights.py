@@ -584,3 +584,25 @@ def test_report_to_dict_has_format_adapted_and_fraction() -> None:
     d = report.to_dict()
     assert d["format"] == "nnunet" and d["adapted"] == [] and d["fraction_loaded"] == 0.75
     json.dumps(d)
+
+
+def test_check_checkpoint_reads_and_matches_without_training(tmp_path: Path) -> None:
+    """The workflow's start-up check: the same report as training, and the same refusal."""
+    from medtl.models.transfer import check_checkpoint
+
+    source = _net(BASIC, seed=1)
+    path = tmp_path / "pre.pt"
+    torch.save(source.state_dict(), path)
+    before = path.read_bytes()
+    report = check_checkpoint(path, "auto", BASIC, 1, 3)
+    trained = load_pretrained(_net(BASIC, out_channels=3), get_architecture("basicunet"), path)
+    assert report.to_dict() == trained.to_dict()
+    assert report.fraction_loaded == 1.0 and path.read_bytes() == before
+    wide = tmp_path / "wide.pt"
+    torch.save(_net(ModelConfig(features=(8, 8, 16, 16, 32, 8))).state_dict(), wide)
+    with pytest.raises(WeightsError, match=r"wide.pt: refused: only 0%"):
+        check_checkpoint(wide, "auto", BASIC, 1, 3)
+    report = check_checkpoint(wide, "auto", BASIC, 1, 3, 0.0, 1.0)  # allowed explicitly
+    assert report.loaded == [] and report.unused_tensors == report.checkpoint_tensors == 40
+    with pytest.raises(WeightsError, match="set format: state_dict"):
+        check_checkpoint(path, "medicalnet", BASIC, 1, 3)
