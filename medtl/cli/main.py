@@ -549,14 +549,28 @@ def describe_model(
     in_channels: Annotated[int, typer.Option(help="Input channels.")] = 1,
     pretrained: Annotated[
         Path | None,
-        typer.Option(help="A weights file: show which stages it covers (no code runs)."),
+        typer.Option(
+            help="A weights file or MONAI bundle folder: show which stages training would "
+            "load from it (no code runs)."
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="The weights' format (auto, medtl, state_dict, safetensors, swinunetr_ssl, "
+            "medicalnet, monai_bundle, nnunet); default: the config's pretrain.format.",
+        ),
     ] = None,
 ) -> None:
     """Print the network as a table: stages, parameters, pretrained, frozen per arm.
 
     The "understand the architecture" step before choosing a transfer strategy: one row
     per encoder stage, the decoder and the head, with parameter counts, whether the
-    pretrained weights cover each stage, and whether each arm trains it.
+    pretrained weights cover each stage, and whether each arm trains it. With
+    --pretrained, the weights are read and matched exactly as training does (the
+    format's renaming, shapes, first-layer adaptation), the load summary is printed, and
+    a checkpoint training would refuse stops with its reason (exit code 1).
     """
     import yaml
 
@@ -570,19 +584,32 @@ def describe_model(
         validate_config(cfg, schema)
     model = parse_section(ModelConfig, cfg.get("model"), "model")
     arms = {n: parse_section(ArmConfig, a, f"arms.{n}") for n, a in cfg.get("arms", {}).items()}
-    keys = None
-    if pretrained is not None:
-        from medtl.models.networks import get_architecture
-        from medtl.models.transfer import read_checkpoint
-
-        # Only the encoder is ever transferred: the decoder and head start fresh.
-        arch = get_architecture(model.name)
-        state, _ = read_checkpoint(pretrained)
-        keys = {k.removeprefix("module.") for k in state}
-        keys = {k for k in keys if arch.part_of(k) == "encoder"}
     num_classes = 1 + max(int(k) for k in cfg.get("classes", {"1": "x"}))
-    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys)
+    report, keys, network = None, None, None
+    pre = cfg.get("pretrain") or {}
+    if pretrained is not None:
+        from medtl.models.networks import build_network
+        from medtl.models.transfer import plan_checkpoint
+
+        fmt = format or str(pre.get("format") or "auto")
+        network = build_network(model, in_channels, num_classes)
+        # the same reading and matching as training: only encoder tensors are transferred
+        report = plan_checkpoint(pretrained, fmt, model, in_channels, num_classes, network=network)
+        keys = set(report.loaded)
+    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys, network=network)
     typer.echo(format_table(table))
+    if report is not None:
+        from medtl.models import transfer
+
+        typer.echo(f"pretrained: {report.summary()}")
+        for note in report.notes:
+            typer.echo(f"  note: {note}")
+        transfer.refuse_mismatch(
+            report,
+            float(pre.get("min_loaded_fraction", transfer.MIN_LOADED_FRACTION)),
+            float(pre.get("max_unused_fraction", transfer.MAX_UNUSED_FRACTION)),
+        )
+        typer.echo("pretrained: training would accept these weights")
 
 
 @app.command()

@@ -48,7 +48,7 @@ import torch
 from medtl import __version__
 from medtl.config import ModelConfig, PredictConfig, parse_section
 from medtl.io.errors import InputError, MedtlError
-from medtl.models.transfer import WeightsError
+from medtl.models.weights import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan
 
 #: Architectures the export can write as a MONAI ``network_def``.
@@ -579,11 +579,13 @@ def _fold_dir(results: Path, arm: str, fold: int | None) -> tuple[Path, int, int
 
 
 def _load_payload(checkpoint: Path) -> dict[str, Any]:
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    rerun = f"rerun the training job that writes it: snakemake --cores all --forcerun {checkpoint}"
+    payload = safe_load(checkpoint, remake=rerun)
     if not isinstance(payload, dict) or payload.get("format") != "medtl":
-        raise WeightsError(
-            f"{checkpoint}: not a medtl model checkpoint; expected the best.pt "
-            "written by the train stage"
+        raise WeightsFileError(
+            checkpoint,
+            "is not a medtl model checkpoint; expected the best.pt written by the train stage",
+            rerun,
         )
     return payload
 

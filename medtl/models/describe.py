@@ -9,6 +9,7 @@ stage trains from the start, stays frozen, or unfreezes at a later step.
 from __future__ import annotations
 
 import pandas as pd
+from torch import nn
 
 from medtl.config import ArmConfig, ModelConfig
 from medtl.models.networks import build_network, get_architecture
@@ -32,6 +33,7 @@ def describe_model(
     num_classes: int,
     arms: dict[str, ArmConfig],
     pretrained_keys: set[str] | None = None,
+    network: nn.Module | None = None,
 ) -> pd.DataFrame:
     """One row per encoder stage (stem first), then the decoder and the head.
 
@@ -42,6 +44,7 @@ def describe_model(
         arms: arm name → its parsed settings.
         pretrained_keys: state-dict names that pretrained weights initialise (e.g. the
             ``loaded`` list of a load report); None leaves out the ``pretrained`` column.
+        network: the network built from ``cfg`` (built here when None).
 
     Returns:
         Columns ``part`` (encoder, decoder, head), ``stage``, ``parameters``,
@@ -70,7 +73,7 @@ def describe_model(
             "expected other names. How to fix: rename these arms"
         )
     arch = get_architecture(cfg.name)
-    model = build_network(cfg, in_channels, num_classes)
+    model = network if network is not None else build_network(cfg, in_channels, num_classes)
     stages = encoder_stages(model, arch)
     params = dict(model.named_parameters())
     state_keys = list(model.state_dict(keep_vars=True))

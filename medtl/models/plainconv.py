@@ -18,8 +18,9 @@ nnU-Net's state dicts also name every convolution a second time
 are aliases of the same tensors and are not rebuilt here (the nnU-Net reader in
 :mod:`medtl.models.weights` drops them).
 
-Only isotropic 3×3×3 kernels and stride-2 downsampling are supported: nnU-Net plans
-with anisotropic kernels (e.g. ``[1, 3, 3]``) load as shape mismatches.
+Only isotropic 3×3×3 kernels and stride-2 downsampling are supported: an nnU-Net
+checkpoint whose plans say otherwise (kernels ``[1, 3, 3]``, strides ``[1, 2, 2]``) is
+refused by :mod:`medtl.models.nnunet_plans`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from medtl.config import (
     ArmConfig,
@@ -24,7 +25,7 @@ from medtl.io.errors import InputError
 from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.models.networks import build_network, get_architecture, torch_device
-from medtl.models.transfer import load_pretrained
+from medtl.models.transfer import MAX_UNUSED_FRACTION, load_pretrained
 from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.provenance import write_run_record
@@ -50,6 +51,7 @@ class ArmSettings:
     classes: dict[str, str]
     min_loaded_fraction: float
     weights_format: str = "auto"
+    max_unused_fraction: float = MAX_UNUSED_FRACTION
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArmSettings:
@@ -69,6 +71,7 @@ class ArmSettings:
             classes={str(k): str(v) for k, v in d.get("classes", {"1": "foreground"}).items()},
             min_loaded_fraction=float(d.get("min_loaded_fraction", 0.9)),
             weights_format=str(d.get("weights_format", "auto")),
+            max_unused_fraction=float(d.get("max_unused_fraction", MAX_UNUSED_FRACTION)),
         )
 
 
@@ -108,8 +111,18 @@ def train_arm(
                 "was given. How to fix: set pretrain.checkpoint or enable pretraining"
             )
         fmt = settings.weights_format if settings.arm.init == "pretrained" else "medtl"
-        report = load_pretrained(model, arch, pretrained, fmt, settings.min_loaded_fraction)
+        report = load_pretrained(
+            model,
+            arch,
+            pretrained,
+            fmt,
+            settings.min_loaded_fraction,
+            max_unused_fraction=settings.max_unused_fraction,
+        )
         if distributed.is_main():
+            tqdm.write(f"pretrained weights: {report.summary()}")
+            for note in report.notes:
+                tqdm.write(f"  note: {note}")
             atomic_write_text(
                 out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n"
             )

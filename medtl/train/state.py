@@ -98,7 +98,13 @@ def load_state(path: Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from medtl.models.weights import safe_load
+
+    return safe_load(
+        path,
+        remake=f"delete {path} and rerun: the run then starts again from step 0 instead of "
+        "resuming",
+    )
 
 
 def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:

@@ -1,13 +1,20 @@
-"""Tests for the per-stage model description (medtl.models.describe)."""
+"""Tests for the per-stage model description (medtl.models.describe) and its command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
+from weight_layouts import medicalnet_checkpoint, swin_ssl_checkpoint
 
+from medtl.cli.main import app
 from medtl.config import ArmConfig, ModelConfig
 from medtl.models.describe import describe_model, format_table, trainable_at_start
 from medtl.models.networks import build_network, count_parameters, get_architecture
+from medtl.models.transfer import load_pretrained
 from medtl.train.strategies import StageSchedule, StrategySpec
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
@@ -82,3 +89,79 @@ def test_format_table(net: torch.nn.Module) -> None:
 def test_arm_named_like_a_column_is_refused() -> None:
     with pytest.raises(ValueError, match="rename"):
         describe_model(MODEL, 1, 2, {"parameters": ArmConfig()})
+
+
+# ------------------------------------------------------------------ medtl describe-model
+
+
+ARMS_YAML = {"init": "pretrained", "freeze_encoder": True}
+
+
+def _describe_cli(tmp_path: Path, model: dict, weights: Path, *extra: str):
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": model, "classes": {"1": "organ"}, "arms": {"frozen": ARMS_YAML}})
+    )
+    args = ["describe-model", "--config", str(config), "--pretrained", str(weights), *extra]
+    return CliRunner().invoke(app, args)
+
+
+def _rows(output: str) -> dict[str, list[str]]:
+    """The table's rows by stage name (the columns split on runs of spaces)."""
+    lines = output.splitlines()
+    end = next(i for i, line in enumerate(lines[2:], 2) if line.startswith("---"))
+    return {line.split()[1]: line.split() for line in lines[2:end]}
+
+
+@pytest.mark.parametrize(
+    ("model", "writer", "name"),
+    [
+        ({"name": "swinunetr", "features": [12]}, swin_ssl_checkpoint, "model_swinvit.pt"),
+        (
+            {"name": "flexibleunet", "backbone": "resnet10"},
+            medicalnet_checkpoint,
+            "resnet_10_23dataset.pth",
+        ),
+    ],
+)
+def test_describe_model_shows_what_training_loads(
+    tmp_path: Path, model: dict, writer, name: str
+) -> None:
+    """Published layouts: every encoder stage pretrained, and the training report's counts."""
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+    torch.manual_seed(1)
+    network = build_network(cfg, 1, 2)
+    path = writer(tmp_path / name, network)
+    result = _describe_cli(tmp_path, model, path)
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    encoder = [r for r in rows.values() if r[0] == "encoder"]
+    assert encoder and all(r[3] == "yes" for r in encoder), result.output
+    assert rows["decoder"][3] == "no" and rows["head"][3] == "no"
+    trained = load_pretrained(network, get_architecture(cfg.name), path)  # as training does
+    assert trained.fraction_loaded == 1.0
+    assert f"pretrained: {trained.summary()}" in result.output
+    assert "training would accept these weights" in result.output
+
+
+def test_describe_model_refuses_what_training_refuses(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_network(ModelConfig(name="flexibleunet", backbone="resnet18"), 1, 2)
+    path = medicalnet_checkpoint(tmp_path / "resnet_18.pth", source)
+    result = _describe_cli(tmp_path, {"name": "flexibleunet", "backbone": "resnet10"}, path)
+    assert result.exit_code == 1
+    rows = _rows(result.output)
+    assert rows["encoder.layer2"][3:5] == ["partly", "(12/18"]
+    assert "medtl: error: " in result.output and "set model.backbone: resnet18" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_describe_model_format_option(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    cfg = {"name": "flexibleunet", "backbone": "resnet10"}
+    net = build_network(ModelConfig(**cfg), 1, 2)
+    path = medicalnet_checkpoint(tmp_path / "resnet_10.pth", net)
+    result = _describe_cli(tmp_path, cfg, path, "--format", "nnunet")
+    assert result.exit_code == 1
+    assert "format 'nnunet' expects" in result.output and "set format: medicalnet" in result.output
+    assert _describe_cli(tmp_path, cfg, path, "--format", "medicalnet").exit_code == 0

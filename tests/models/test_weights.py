@@ -1,8 +1,8 @@
 """Tests for the pretrained-weight formats (medtl.models.weights) and their loading
 (medtl.models.transfer.load_pretrained).
 
-Every checkpoint is written here, in the published key layout, with random weights:
-nothing is downloaded.
+Every checkpoint is written by the test (``weight_layouts.py``), in the published key
+layout, with random weights: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 import pathlib
 import pickle
+import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from weight_layouts import (
+    medicalnet_checkpoint,
+    nnunet_checkpoint,
+    nnunet_plans,
+    swin_ssl_checkpoint,
+)
 
 from medtl.config import ModelConfig
 from medtl.models.networks import build_network, encoder_state_keys, get_architecture
@@ -23,6 +29,7 @@ from medtl.models.weights import FORMATS, read_weights
 
 SWIN = ModelConfig(name="swinunetr", features=(12,))
 RESNET10 = ModelConfig(name="flexibleunet", backbone="resnet10")
+RESNET18 = ModelConfig(name="flexibleunet", backbone="resnet18")
 PLAIN = ModelConfig(name="plainconvunet", features=(4, 8, 16))
 BASIC = ModelConfig(features=(4, 4, 8, 8, 16, 4))
 
@@ -51,83 +58,6 @@ def _assert_encoder_copied(
 # --------------------------------------------------------------- published layouts
 
 
-def _swin_ssl_checkpoint(path: Path, net: torch.nn.Module) -> Path:
-    """``model_swinvit.pt``: the Swin transformer as ``module.…`` with timm MLP names."""
-    state = {}
-    for key, value in net.state_dict().items():
-        if key.startswith("swinViT."):
-            key = key.removeprefix("swinViT.")
-            key = key.replace(".mlp.linear1.", ".mlp.fc1.").replace(".mlp.linear2.", ".mlp.fc2.")
-            state[f"module.{key}"] = value.clone()
-    torch.save({"state_dict": state}, path)
-    return path
-
-
-def _medicalnet_checkpoint(path: Path, net: torch.nn.Module) -> Path:
-    """``resnet_10.pth``: ``{"state_dict": {"module.conv1.weight", "module.layer1.0…"}}``."""
-    state = {
-        "module." + k.removeprefix("encoder."): v.clone()
-        for k, v in net.state_dict().items()
-        if k.startswith("encoder.")
-    }
-    torch.save({"state_dict": state}, path)
-    return path
-
-
-def _nnunet_checkpoint(path: Path, net: torch.nn.Module, seed: int = 0) -> Path:
-    """``checkpoint_final.pth`` of nnU-Net v2, with its aliases, extra heads and numpy logs."""
-    torch.manual_seed(seed)
-    canonical = {k: v.clone() for k, v in net.state_dict().items()}
-    n_stages = len(net.encoder.stages)
-    weights: dict[str, torch.Tensor] = {}
-    for key, value in canonical.items():
-        if key.startswith("decoder.seg_layers."):
-            continue
-        weights[key] = value
-        # nnU-Net's ConvDropoutNormReLU registers conv and norm again in all_modules
-        alias = key.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1.")
-        if alias != key:
-            weights[alias] = value
-    for key in list(weights):  # the decoder keeps a reference to the encoder
-        if key.startswith("encoder."):
-            weights["decoder." + key] = weights[key]
-    width0 = net.encoder.stages[0][0].convs[0].conv.out_channels
-    n_classes = canonical[f"decoder.seg_layers.{n_stages - 2}.weight"].shape[0]
-    for s in range(n_stages - 1):  # one segmentation layer per decoder stage (deep supervision)
-        width = net.decoder.stages[s].convs[0].conv.out_channels
-        weights[f"decoder.seg_layers.{s}.weight"] = torch.randn(n_classes, width, 1, 1, 1)
-        weights[f"decoder.seg_layers.{s}.bias"] = torch.randn(n_classes)
-    assert weights[f"decoder.seg_layers.{n_stages - 2}.weight"].shape[1] == width0
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    torch.save(
-        {
-            "network_weights": weights,
-            "optimizer_state": optimizer.state_dict(),
-            "grad_scaler_state": None,
-            "logging": {
-                "mean_fg_dice": [np.float64(0.5), np.float64(0.61)],
-                "ema_fg_dice": [np.float64(0.5), np.float64(0.51)],
-                "dice_per_class_or_region": [[np.float64(0.5)], [np.float64(0.61)]],
-                "train_losses": [np.float32(-0.2), np.float32(-0.4)],
-                "epoch_start_timestamps": [1.0, 2.0],
-            },
-            "_best_ema": np.float64(0.51),
-            "current_epoch": 2,
-            "init_args": {
-                "plans": {"plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {}}},
-                "configuration": "3d_fullres",
-                "fold": 0,
-                "dataset_json": {"labels": {"background": 0, "organ": 1}},
-                "device": torch.device("cpu"),
-            },
-            "trainer_name": "nnUNetTrainer",
-            "inference_allowed_mirroring_axes": (0, 1, 2),
-        },
-        path,
-    )
-    return path
-
-
 def _bundle(folder: Path, net: torch.nn.Module, marker: Path) -> Path:
     """A MONAI bundle whose config holds an expression that would create ``marker`` if run."""
     (folder / "configs").mkdir(parents=True)
@@ -149,7 +79,7 @@ def _bundle(folder: Path, net: torch.nn.Module, marker: Path) -> Path:
 
 def test_swin_ssl_weights_load_into_swinunetr(tmp_path: Path) -> None:
     source = _net(SWIN, seed=1)
-    path = _swin_ssl_checkpoint(tmp_path / "model_swinvit.pt", source)
+    path = swin_ssl_checkpoint(tmp_path / "model_swinvit.pt", source)
     raw = torch.load(path, weights_only=True)["state_dict"]
     assert "module.patch_embed.proj.weight" in raw
     assert "module.layers1.0.blocks.0.mlp.fc1.weight" in raw
@@ -212,7 +142,7 @@ def test_swin_disruptive_autoencoder_layout(tmp_path: Path) -> None:
 
 
 def test_swin_other_feature_size_refused_with_suggestion(tmp_path: Path) -> None:
-    path = _swin_ssl_checkpoint(
+    path = swin_ssl_checkpoint(
         tmp_path / "model_swinvit.pt", _net(ModelConfig(name="swinunetr", features=(24,)))
     )
     target = _net(SWIN)
@@ -235,7 +165,7 @@ def test_swin_other_feature_size_refused_with_suggestion(tmp_path: Path) -> None
 
 def test_medicalnet_resnet10_loads_into_flexibleunet(tmp_path: Path) -> None:
     source = _net(RESNET10, seed=1)
-    path = _medicalnet_checkpoint(tmp_path / "resnet_10_23dataset.pth", source)
+    path = medicalnet_checkpoint(tmp_path / "resnet_10_23dataset.pth", source)
     raw = torch.load(path, weights_only=True)["state_dict"]
     assert {
         "module.conv1.weight",
@@ -270,18 +200,77 @@ def test_medicalnet_resnet10_loads_into_flexibleunet(tmp_path: Path) -> None:
 
 
 def test_medicalnet_other_backbone_refused_with_suggestion(tmp_path: Path) -> None:
-    path = _medicalnet_checkpoint(tmp_path / "resnet_10.pth", _net(RESNET10, seed=1))
+    path = medicalnet_checkpoint(tmp_path / "resnet_10.pth", _net(RESNET10, seed=1))
     target = _net(ModelConfig(name="flexibleunet", backbone="resnet18"), seed=3)
     with pytest.raises(WeightsError) as info:
         load_pretrained(target, get_architecture("flexibleunet"), path)
     msg = str(info.value)
-    assert "looks like a resnet10: set model.backbone: resnet10" in msg
+    assert (
+        "looks like a resnet10 (1, 1, 1, 1 basic blocks in layer1-4), the model's backbone is "
+        "resnet18 (2, 2, 2, 2 basic blocks in layer1-4): set model.backbone: resnet10"
+    ) in msg
     assert "18 unexpected" in msg  # resnet10's shortcut-B downsample convolutions
     assert "encoder.layer2.0.downsample.0.weight" in msg
 
 
+def test_resnet18_weights_refused_for_a_resnet10_backbone(tmp_path: Path) -> None:
+    """Its first blocks match a ResNet-10 by name: 98.8 % "loaded", half the file unused."""
+    source = _net(RESNET18, seed=1)
+    path = medicalnet_checkpoint(tmp_path / "resnet_18_23dataset.pth", source)
+    arch = get_architecture("flexibleunet")
+    target = _net(RESNET10, seed=2)
+    before = _snapshot(target)
+    with pytest.raises(WeightsError) as info:
+        load_pretrained(target, arch, path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: refused: 48 of the 102 encoder tensors of this medicalnet")
+    assert (
+        "looks like a resnet18 (2, 2, 2, 2 basic blocks in layer1-4), the model's backbone is "
+        "resnet10 (1, 1, 1, 1 basic blocks in layer1-4): set model.backbone: resnet18"
+    ) in msg
+    assert "18 missing, 48 unexpected, 0 of other shape: " in msg
+    assert "pretrain.max_unused_fraction" in msg
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+    # allowed explicitly, it loads what fits, and the counts cover both whole encoders
+    report = load_pretrained(target, arch, path, max_unused_fraction=1.0)
+    ckpt = {k: v for k, v in source.state_dict().items() if k.startswith("encoder.")}
+    second_blocks = {k for k in ckpt if re.match(r"encoder\.layer[1-4]\.1\.", k)}
+    downsample = {k for k in target.state_dict() if ".downsample." in k}
+    assert sorted(report.unexpected) == sorted(second_blocks) and len(second_blocks) == 48
+    assert sorted(report.missing) == sorted(downsample) and len(downsample) == 18
+    counts = (report.target_tensors, report.checkpoint_tensors, report.unused_tensors)
+    assert counts == (72, 102, 48)
+    assert report.checkpoint_values_total == sum(v.numel() for v in ckpt.values())
+    assert report.checkpoint_values_unused == sum(ckpt[k].numel() for k in second_blocks)
+    assert report.fraction_unused > 0.5  # the second blocks hold most of a ResNet-18
+    assert 0.9 < report.fraction_loaded < 1.0  # what let it through before
+    assert report.summary().startswith(
+        f"{path} (medicalnet): loaded 54 of 72 encoder tensors of the model"
+    )
+    assert "48 of 102 encoder tensors of the checkpoint unused" in report.summary()
+    assert report.to_dict()["unused_tensors"] == 48
+
+
+def test_encoder_stage_left_random_below_loaded_ones_is_refused(tmp_path: Path) -> None:
+    source = _net(BASIC, seed=1)
+    path = tmp_path / "no_stem.pt"
+    torch.save({k: v for k, v in source.state_dict().items() if not k.startswith("conv_0.")}, path)
+    arch = get_architecture("basicunet")
+    with pytest.raises(WeightsError) as info:
+        load_pretrained(_net(BASIC, seed=2), arch, path)
+    msg = str(info.value)
+    assert "encoder stage conv_0 would get nothing from this checkpoint" in msg
+    assert "of the encoder's parameters could be loaded" not in msg  # enough by share
+    assert "min_loaded_fraction: 0" in msg
+    report = load_pretrained(_net(BASIC, seed=2), arch, path, min_fraction=0.0)
+    assert report.fraction_loaded > 0.9 and report.skipped_stages == ["conv_0"]
+    assert [s["loaded"] for s in report.stages][:2] == [0, report.stages[1]["tensors"]]
+
+
 def test_medicalnet_into_other_architecture_suggests_name(tmp_path: Path) -> None:
-    path = _medicalnet_checkpoint(tmp_path / "resnet_10.pth", _net(RESNET10, seed=1))
+    path = medicalnet_checkpoint(tmp_path / "resnet_10.pth", _net(RESNET10, seed=1))
     with pytest.raises(WeightsError) as info:
         load_pretrained(_net(BASIC), get_architecture("basicunet"), path)
     assert "set model.name: flexibleunet and model.backbone: resnet10" in str(info.value)
@@ -329,9 +318,9 @@ def test_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
 # --------------------------------------------------------------- nnU-Net v2
 
 
-def test_nnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
+def testnnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
     source = _net(PLAIN, out_channels=3, seed=1)
-    path = _nnunet_checkpoint(tmp_path / "checkpoint_final.pth", source)
+    path = nnunet_checkpoint(tmp_path / "checkpoint_final.pth", source)
     # the file really holds numpy scalars, which plain weights_only loading refuses
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
@@ -353,9 +342,68 @@ def test_nnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
     _assert_encoder_copied(target, source.state_dict(), before, "plainconvunet")
 
 
+def test_nnunet_checkpoint_without_plans(tmp_path: Path) -> None:
+    """Plans come from the file, else from plans.json in the trainer folder above fold_N."""
+    trainer = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (trainer / "fold_0").mkdir(parents=True)
+    path = nnunet_checkpoint(trainer / "fold_0" / "checkpoint_final.pth", _net(PLAIN), plans=None)
+    with pytest.raises(WeightsError) as info:
+        read_weights(path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: is an nnU-Net checkpoint without its plans")
+    assert "How to fix: put the plans.json nnU-Net wrote" in msg
+    (trainer / "plans.json").write_text(json.dumps(nnunet_plans(3)))
+    weights = read_weights(path)
+    assert any(
+        "plans.json), configuration 3d_fullres: PlainConvUNet, 3 stages, 3×3×3 kernels, "
+        "strides 1, 2, 2; 2 convolutions per stage" in note
+        for note in weights.notes
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]]}, "its strides are [[1, 1, 1], [1, 2, 2]"),
+        ({"kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}, "its kernel sizes are [[1, 3, 3]"),
+        ({"n_conv_per_stage": [1, 3, 4]}, "[1, 3, 4] convolutions per stage"),
+    ],
+)
+def test_nnunet_plans_of_another_network_refused(tmp_path: Path, change: dict, expected: str):
+    plans = nnunet_plans(3)
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(change)
+    path = nnunet_checkpoint(tmp_path / "checkpoint_final.pth", _net(PLAIN), plans=plans)
+    with pytest.raises(WeightsError) as info:
+        load_pretrained(_net(PLAIN), get_architecture("plainconvunet"), path)
+    msg = str(info.value)
+    assert msg.startswith(f"{path}: the nnU-Net plans (the checkpoint's init_args) describe")
+    assert expected in msg and "How to fix" in msg
+
+
+def test_nnunet_older_plans_layout_and_residual_encoder(tmp_path: Path) -> None:
+    old = {
+        "configurations": {
+            "3d_fullres": {
+                "UNet_class_name": "PlainConvUNet",
+                "conv_kernel_sizes": [[3, 3, 3]] * 3,
+                "pool_op_kernel_sizes": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                "n_conv_per_stage_encoder": [2, 2, 2],
+            }
+        }
+    }
+    path = nnunet_checkpoint(tmp_path / "old.pth", _net(PLAIN), plans=old)
+    assert read_weights(path).format == "nnunet"
+    residual = nnunet_plans(3)
+    arch = residual["configurations"]["3d_fullres"]["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.ResidualEncoderUNet"
+    path = nnunet_checkpoint(tmp_path / "res.pth", _net(PLAIN), plans=residual)
+    with pytest.raises(WeightsError, match="its network is a ResidualEncoderUNet"):
+        read_weights(path)
+
+
 def test_nnunet_other_widths_refused_with_suggestion(tmp_path: Path) -> None:
     wide = ModelConfig(name="plainconvunet", features=(8, 16, 32))
-    path = _nnunet_checkpoint(tmp_path / "checkpoint_final.pth", _net(wide))
+    path = nnunet_checkpoint(tmp_path / "checkpoint_final.pth", _net(wide))
     with pytest.raises(WeightsError) as info:
         load_pretrained(_net(PLAIN), get_architecture("plainconvunet"), path)
     msg = str(info.value)
@@ -422,7 +470,7 @@ def test_stem_adaptation_can_be_switched_off(tmp_path: Path) -> None:
     )
     assert report.adapted == []
     assert [m["key"] for m in report.shape_mismatch] == ["conv_0.conv_0.conv.weight"]
-    assert any("allow input-channel adaptation" in note for note in report.notes)
+    assert any("allow input-channel adaptation" in s for s in report.suggestions)
 
 
 # --------------------------------------------------------------- detection and errors
@@ -448,6 +496,7 @@ _DETECTION_CASES = [
         {
             "network_weights": _tiny("encoder.stages.0.0.convs.0.conv.weight"),
             "trainer_name": "nnUNetTrainer",
+            "init_args": {"plans": nnunet_plans(1), "configuration": "3d_fullres"},
         },
         "nnunet",
     ),
@@ -535,3 +584,25 @@ def test_report_to_dict_has_format_adapted_and_fraction() -> None:
     d = report.to_dict()
     assert d["format"] == "nnunet" and d["adapted"] == [] and d["fraction_loaded"] == 0.75
     json.dumps(d)
+
+
+def test_check_checkpoint_reads_and_matches_without_training(tmp_path: Path) -> None:
+    """The workflow's start-up check: the same report as training, and the same refusal."""
+    from medtl.models.transfer import check_checkpoint
+
+    source = _net(BASIC, seed=1)
+    path = tmp_path / "pre.pt"
+    torch.save(source.state_dict(), path)
+    before = path.read_bytes()
+    report = check_checkpoint(path, "auto", BASIC, 1, 3)
+    trained = load_pretrained(_net(BASIC, out_channels=3), get_architecture("basicunet"), path)
+    assert report.to_dict() == trained.to_dict()
+    assert report.fraction_loaded == 1.0 and path.read_bytes() == before
+    wide = tmp_path / "wide.pt"
+    torch.save(_net(ModelConfig(features=(8, 8, 16, 16, 32, 8))).state_dict(), wide)
+    with pytest.raises(WeightsError, match=r"wide.pt: refused: only 0%"):
+        check_checkpoint(wide, "auto", BASIC, 1, 3)
+    report = check_checkpoint(wide, "auto", BASIC, 1, 3, 0.0, 1.0)  # allowed explicitly
+    assert report.loaded == [] and report.unused_tensors == report.checkpoint_tensors == 40
+    with pytest.raises(WeightsError, match="set format: state_dict"):
+        check_checkpoint(path, "medicalnet", BASIC, 1, 3)

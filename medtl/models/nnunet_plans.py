@@ -1,0 +1,239 @@
+"""The network an nnU-Net v2 checkpoint was trained with, from its plans.
+
+An nnU-Net checkpoint's tensors do not say everything about its network: strides leave
+no trace in weight shapes, so weights of a network that downsampled ``[1, 2, 2]`` load
+by name and shape into medtl's ``plainconvunet`` (stride 2 everywhere) and then compute
+something else. The plans say how the network was built; nnU-Net v2 stores them in the
+checkpoint (``init_args["plans"]``) and beside it (``plans.json`` in the trainer folder
+``<Trainer>__<Plans>__<configuration>/``, above ``fold_N/``). :func:`check_plans` reads
+them and refuses a network medtl does not rebuild.
+
+Example:
+    >>> plans = {"configurations": {"3d_fullres": {"architecture": {
+    ...     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    ...     "arch_kwargs": {"n_stages": 2, "kernel_sizes": [[3, 3, 3]] * 2,
+    ...                     "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [2, 2],
+    ...                     "conv_op": "torch.nn.modules.conv.Conv3d"}}}}}
+    >>> describe_network(network_of(plans, "3d_fullres", Path("plans.json")))
+    'PlainConvUNet, 2 stages, 3×3×3 kernels, strides 1, 2; 2 convolutions per stage'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medtl.models.weights import WeightsError, WeightsFileError
+
+_PLANS_FIX = (
+    "put the plans.json nnU-Net wrote for this model (nnUNet_results/DatasetXXX/"
+    "<Trainer>__<Plans>__<configuration>/plans.json) in the folder above the checkpoint's "
+    "fold_N folder, or use the checkpoint_final.pth nnU-Net v2 wrote (it holds its plans)"
+)
+
+
+@dataclass(frozen=True)
+class PlannedNetwork:
+    """The network of one nnU-Net configuration, as its plans describe it.
+
+    Attributes:
+        source: where the plans were read (the checkpoint, or a ``plans.json``).
+        configuration: e.g. ``3d_fullres``.
+        class_name: the network class, e.g. ``PlainConvUNet``.
+        conv_op: the convolution class as written in the plans (may be empty).
+        kernel_sizes: per stage, the kernel size per axis.
+        strides: per stage, the stride per axis.
+        convs_per_stage: per encoder stage, the number of convolutions.
+    """
+
+    source: str
+    configuration: str
+    class_name: str
+    conv_op: str
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    convs_per_stage: list[int]
+
+
+def find_plans(checkpoint: Mapping[str, Any], path: Path) -> tuple[Mapping[str, Any], str]:
+    """The plans of an nnU-Net checkpoint: in the file, else ``plans.json`` beside it.
+
+    Raises:
+        WeightsFileError: neither holds them, or the ``plans.json`` is not JSON.
+    """
+    init_args = checkpoint.get("init_args")
+    plans = init_args.get("plans") if isinstance(init_args, Mapping) else None
+    if isinstance(plans, Mapping):
+        return plans, "the checkpoint's init_args"
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "plans.json"
+        if candidate.is_file():
+            try:
+                found = json.loads(candidate.read_text())
+            except (ValueError, OSError) as exc:
+                raise WeightsFileError(
+                    candidate, f"cannot be read as JSON ({exc})", _PLANS_FIX
+                ) from None
+            if isinstance(found, Mapping):
+                return found, str(candidate)
+    raise WeightsFileError(
+        path,
+        "is an nnU-Net checkpoint without its plans: neither the file (init_args['plans']) "
+        "nor a plans.json beside it or in the folder above says how its network was built "
+        "(kernel sizes, strides, convolutions per stage), which the weights alone do not show",
+        _PLANS_FIX,
+    )
+
+
+def _configuration_name(checkpoint: Mapping[str, Any], path: Path, plans: Mapping) -> str | None:
+    init_args = checkpoint.get("init_args")
+    name = init_args.get("configuration") if isinstance(init_args, Mapping) else None
+    if isinstance(name, str):
+        return name
+    trainer_folder = path.parent.parent.name  # <Trainer>__<Plans>__<configuration>
+    if trainer_folder.count("__") == 2:
+        return trainer_folder.rsplit("__", 1)[-1]
+    configs = plans.get("configurations")
+    if isinstance(configs, Mapping) and len(configs) == 1:
+        return str(next(iter(configs)))
+    return None
+
+
+def network_of(plans: Mapping[str, Any], configuration: str, source: Path | str) -> PlannedNetwork:
+    """The network of ``configuration`` in ``plans`` (nnU-Net v2 ≥ 2.4 and older layouts).
+
+    A configuration's ``inherits_from`` is followed, as nnU-Net does.
+
+    Raises:
+        WeightsError: the plans have no such configuration or do not describe its network.
+    """
+    configs = plans.get("configurations")
+    if not isinstance(configs, Mapping) or configuration not in configs:
+        have = ", ".join(map(str, configs)) if isinstance(configs, Mapping) else "none"
+        raise WeightsError(
+            f"{source}: the nnU-Net plans have no configuration {configuration!r} (found: "
+            f"{have}). How to fix: use the plans.json written with this checkpoint"
+        )
+    chain: list[Mapping[str, Any]] = []
+    name: Any = configuration
+    while isinstance(name, str) and isinstance(configs.get(name), Mapping) and len(chain) < 10:
+        chain.append(configs[name])
+        name = configs[name].get("inherits_from")
+    merged: dict[str, Any] = {}
+    for part in reversed(chain):
+        merged.update(part)
+    arch = merged.get("architecture")
+    if isinstance(arch, Mapping):  # nnU-Net ≥ 2.4
+        kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
+        class_name = arch.get("network_class_name")
+        kernels, strides = kwargs.get("kernel_sizes"), kwargs.get("strides")
+        convs, conv_op = kwargs.get("n_conv_per_stage"), kwargs.get("conv_op", "")
+    else:  # nnU-Net 2.0 to 2.3
+        class_name = merged.get("UNet_class_name")
+        kernels, strides = merged.get("conv_kernel_sizes"), merged.get("pool_op_kernel_sizes")
+        convs, conv_op = merged.get("n_conv_per_stage_encoder"), ""
+    if not (isinstance(class_name, str) and kernels and strides and convs):
+        raise WeightsError(
+            f"{source}: the nnU-Net plans do not describe the network of configuration "
+            f"{configuration!r} (expected architecture.network_class_name and arch_kwargs "
+            "kernel_sizes, strides, n_conv_per_stage). How to fix: use the plans.json "
+            "nnU-Net v2 wrote with this checkpoint"
+        )
+    if not isinstance(convs, list | tuple):
+        convs = [convs] * len(kernels)
+
+    def per_axis(value: Any) -> list[int]:
+        return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)] * 3
+
+    return PlannedNetwork(
+        source=str(source),
+        configuration=configuration,
+        class_name=class_name.rsplit(".", 1)[-1],
+        conv_op=str(conv_op or ""),
+        kernel_sizes=[per_axis(k) for k in kernels],
+        strides=[per_axis(s) for s in strides],
+        convs_per_stage=[int(c) for c in convs],
+    )
+
+
+def describe_network(net: PlannedNetwork) -> str:
+    """One line: class, stages, kernels, strides and convolutions per stage."""
+    kernels = {"×".join(map(str, k)) for k in net.kernel_sizes}
+    strides = ", ".join(
+        str(s[0]) if len(set(s)) == 1 else "×".join(map(str, s)) for s in net.strides
+    )
+    convs = set(net.convs_per_stage)
+    return (
+        f"{net.class_name}, {len(net.kernel_sizes)} stages, "
+        f"{'/'.join(sorted(kernels))} kernels, strides {strides}; "
+        f"{'/'.join(map(str, sorted(convs)))} convolutions per stage"
+    )
+
+
+def plainconv_differences(net: PlannedNetwork) -> list[str]:
+    """How ``net`` differs from medtl's ``plainconvunet`` (empty: medtl rebuilds it)."""
+    out = []
+    if net.class_name != "PlainConvUNet":
+        out.append(
+            f"its network is a {net.class_name}; medtl's plainconvunet rebuilds nnU-Net's "
+            "PlainConvUNet only"
+        )
+    if "2d" in net.conv_op.lower() or any(len(k) != 3 for k in net.kernel_sizes):
+        out.append("it is a 2-D network; medtl's networks are 3-D")
+    elif any(k != [3, 3, 3] for k in net.kernel_sizes):
+        out.append(
+            f"its kernel sizes are {net.kernel_sizes}; plainconvunet uses 3×3×3 in every stage"
+        )
+    expected = [[1, 1, 1]] + [[2, 2, 2]] * (len(net.strides) - 1)
+    if net.strides != expected:
+        out.append(
+            f"its strides are {net.strides}; plainconvunet uses 1 in the first stage and 2 "
+            "along every axis after (strides leave no trace in the weights' shapes, so these "
+            "would load and then compute something else)"
+        )
+    if any(c != 2 for c in net.convs_per_stage):
+        out.append(
+            f"its encoder has {net.convs_per_stage} convolutions per stage; plainconvunet has 2"
+        )
+    return out
+
+
+def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:
+    """Refuse an nnU-Net checkpoint whose network medtl's ``plainconvunet`` does not rebuild.
+
+    Args:
+        checkpoint: the loaded ``checkpoint_final.pth`` (a dict).
+        path: its file, to find ``plans.json`` beside it and to name it.
+
+    Returns:
+        A note for the load report: where the plans came from and what they describe.
+
+    Raises:
+        WeightsFileError: no plans in the file or beside it.
+        WeightsError: the plans describe another network (listing how it differs).
+    """
+    plans, source = find_plans(checkpoint, path)
+    name = _configuration_name(checkpoint, path, plans)
+    if name is None:
+        configs = plans.get("configurations")
+        have = ", ".join(map(str, configs)) if isinstance(configs, Mapping) else "none"
+        raise WeightsError(
+            f"{path}: cannot tell which nnU-Net configuration this checkpoint is (the file "
+            f"has no init_args['configuration'], and the plans hold {have}). How to fix: "
+            "keep the checkpoint in nnU-Net's <Trainer>__<Plans>__<configuration>/fold_N/ "
+            "folder, or use the checkpoint_final.pth nnU-Net v2 wrote"
+        )
+    net = network_of(plans, name, source)
+    problems = plainconv_differences(net)
+    if problems:
+        raise WeightsError(
+            f"{path}: the nnU-Net plans ({source}) describe a network medtl does not rebuild "
+            f"({describe_network(net)}): " + "; ".join(problems) + ". How to fix: use an "
+            "nnU-Net checkpoint of a 3-D PlainConvUNet with 3×3×3 kernels and isotropic "
+            "stride-2 downsampling (nnU-Net's 3d_fullres on isotropic data), or train without "
+            "these weights"
+        )
+    return f"nnU-Net plans ({source}), configuration {name}: {describe_network(net)}"
