@@ -158,8 +158,11 @@ def test_ingest_rejects_bad_rows_and_keeps_good_ones(demo: Path, tmp_path: Path)
     extra.mkdir()
     moved = extra / "moved_label.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(first.dataobj), shifted), str(moved))
+    # the first case comes with the moved label instead of its own (a file listed twice
+    # is set aside as such, so its own row is left out)
     rows = [
-        {"image": str(target / r.image), "label": str(target / r.label)} for r in sheet.itertuples()
+        {"image": str(target / r.image), "label": str(target / r.label)}
+        for r in sheet.iloc[1:].itertuples()
     ]
     rows.insert(1, {"image": str(target / "dicom" / "missing_series"), "label": ""})
     rows.insert(3, {"image": str(target / sheet.loc[0, "image"]), "label": str(moved)})
@@ -171,7 +174,7 @@ def test_ingest_rejects_bad_rows_and_keeps_good_ones(demo: Path, tmp_path: Path)
     manifest, rejected = ingest_path(bad_sheet, out, salt="s", progress=False)
     assert _tree_hashes(demo) | _tree_hashes(extra) == before  # input untouched
 
-    assert len(manifest) == len(sheet)  # the good rows carried on
+    assert len(manifest) == len(sheet) - 1  # the good rows carried on
     assert len(rejected) == 2
     on_disk = pd.read_csv(out / "rejected.tsv", sep="\t", dtype=str)
     assert list(on_disk.columns) == ["path", "reason", "fix"]
@@ -219,6 +222,9 @@ def test_ingest_path_errors(tmp_path: Path) -> None:
     assert "nowhere" in str(info.value) and "does not exist" in str(info.value)
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text("picture\tlabel\nx.nii.gz\t\n")
+    with pytest.raises(InputError, match="unknown column 'picture'.*known columns are image"):
+        ingest_path(sheet, tmp_path / "out", salt="s", progress=False)
+    sheet.write_text("label\tpatient\nx.nii.gz\tp1\n")
     with pytest.raises(InputError, match="no 'image' column"):
         ingest_path(sheet, tmp_path / "out", salt="s", progress=False)
     sheet.write_text("image\tlabel\nmissing.nii.gz\t\n")
