@@ -143,7 +143,8 @@ def check_finite(array: np.ndarray, path: Path, what: str) -> None:
         kinds = [k for k, f in (("NaN", np.isnan), ("infinite", np.isinf)) if f(array).any()]
         raise InputError(
             path,
-            f"{what} has {n:,} voxels that are not finite ({' and '.join(kinds)}; the first at "
+            f"{what} has {n:,} {'voxel that is' if n == 1 else 'voxels that are'} not finite "
+            f"({' and '.join(kinds)}; the first at "
             f"voxel {list(first)} of {_dims(array.shape)})",
             f"repair the {what} (e.g. replace NaN with the background value) or export it "
             "again; one NaN voxel would make the normalised image all NaN",

@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from nibabel.imageglobals import LoggingOutputSuppressor
 
-from medtl.io.checks import check_axes, check_geometry, check_size
+from medtl.io.checks import MAX_VOXELS, check_axes, check_geometry, check_size
 from medtl.io.errors import InputError
 from medtl.io.volume import spacing_of
 
@@ -212,27 +213,29 @@ def _declared(header, path: Path, what: str) -> tuple[tuple[int, ...], int, int]
             f"{what} data type {dtype} is not a real number type (RGB or complex voxels)",
             f"save the {what} with one real value per voxel (e.g. int16 or float32)",
         )
-    check_size(shape, path, what)
-    return shape, offset, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return shape, offset, int(np.prod([max(s, 0) for s in shape], dtype=np.int64)) * dtype.itemsize
 
 
 def _gzip_payload(path: Path, expected: int) -> tuple[int, str]:
-    """Bytes a gzip file decompresses to, counted up to ``expected``, and any error.
+    """Bytes a gzip file decompresses to (``expected`` when it holds enough), and any error.
 
     The gzip trailer's ISIZE (the size modulo 2**32) settles it at once for a file
-    written in one piece; otherwise the stream is decompressed and counted, never held.
+    written in one piece; otherwise (several gzip members, a truncated or forged file) the
+    stream is decompressed and counted, never held, up to ``expected``.
     """
     with open(path, "rb") as f:
         f.seek(-4, 2)
         if int.from_bytes(f.read(4), "little") == expected % 2**32:
             return expected, ""
+    # Beyond the most any accepted file holds, the size limit refuses the file anyway.
+    enough = min(expected, MAX_VOXELS * 8 + 1024)
     count = 0
     try:
         with gzip.open(path, "rb") as g:
-            while chunk := g.read(1 << 20):
+            while chunk := g.read(1 << 16):
                 count += len(chunk)
-                if count >= expected:
-                    return count, ""
+                if count >= enough:
+                    return expected, ""
     except Exception as exc:
         return count, describe_error(exc)
     return count, ""
@@ -247,12 +250,14 @@ def _check_payload(path: Path, what: str, shape, offset: int, nbytes: int, gz: b
         found, error = path.stat().st_size, ""
     if found >= expected:
         return
-    holds = "decompresses to" if gz else "holds"
+    if error:
+        holds = f"decompression fails after {found:,} bytes ({error})"
+    else:
+        holds = f"the file {'decompresses to' if gz else 'holds'} {found:,} bytes"
     raise InputError(
         path,
         f"{what} file is truncated or its header is wrong: the header declares "
-        f"{'x'.join(str(s) for s in shape)} voxels ({nbytes:,} bytes from byte {offset}), "
-        f"the file {holds} {found:,} bytes" + (f" ({error})" if error else ""),
+        f"{'x'.join(str(s) for s in shape)} voxels ({nbytes:,} bytes from byte {offset}), " + holds,
         f"copy or export the {what} again; the file was cut off or its header damaged",
     )
 
@@ -299,9 +304,11 @@ def _read_nifti(path: Path, what: str, channels: bool) -> ImageFile:
     klass, header = _nifti_header(raw, path, what)
     shape, offset, nbytes = _declared(header, path, what)
     _check_payload(path, what, shape, offset, nbytes, gz)
+    check_size(shape, path, what)
     check_axes(shape, path, what, channels)
     try:
-        with opener(path, "rb") as f:
+        # nibabel logs the header fixes it makes (pixdim 0 -> 1); medtl refuses them instead.
+        with opener(path, "rb") as f, LoggingOutputSuppressor():
             holder = nib.FileHolder(filename=str(path), fileobj=f)
             img = klass.from_file_map({"image": holder, "header": holder})
             affine = _geometry_from_nifti(header, img.affine, path, what)
@@ -336,11 +343,12 @@ def _read_nifti_pair(path: Path, what: str, channels: bool) -> ImageFile:
             f"convert the {what} to NIfTI (.nii.gz) with its true orientation",
         )
     shape, offset, nbytes = _declared(header, path, what)
-    gz = _is_gzip(data)
-    _check_payload(data, what, shape, offset, nbytes, gz)
+    _check_payload(data, what, shape, offset, nbytes, _is_gzip(data))
+    check_size(shape, path, what)
     check_axes(shape, path, what, channels)
     try:
-        img = nib.Nifti1Pair.from_filename(str(path))
+        with LoggingOutputSuppressor():
+            img = nib.Nifti1Pair.from_filename(str(path))
         affine = _geometry_from_nifti(header, img.affine, path, what)
         array = _nifti_array(img, path, what)
     except InputError:
@@ -474,15 +482,25 @@ def _read_itk(path: Path, what: str, channels: bool) -> ImageFile:
     declared = size + ((n_channels,) if n_channels > 1 else ())
     check_size(declared, path, what)
     check_axes(declared, path, what, channels)
-    if "complex" in reader.GetPixelIDTypeAsString():
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    if "complex" in pixel:
         raise InputError(
             path,
-            f"{what} voxels are complex numbers ({reader.GetPixelIDTypeAsString()})",
+            f"{what} voxels are complex numbers ({pixel})",
             f"save the {what} with one real value per voxel",
         )
+    spacing = np.asarray(reader.GetSpacing(), dtype=float)
+    for axis, size in enumerate(spacing):
+        if not np.isfinite(size) or size <= 0:
+            raise InputError(
+                path,
+                f"voxel size {size:g} mm along axis {axis} in the header; a voxel size must "
+                "be a positive number",
+                f"fix the voxel size in the {what}'s header (e.g. in 3D Slicer) or export it again",
+            )
     lps = np.eye(4)
     direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
-    lps[:3, :3] = direction * np.asarray(reader.GetSpacing(), dtype=float)
+    lps[:3, :3] = direction * spacing
     lps[:3, 3] = reader.GetOrigin()
     affine = check_geometry(_LPS_TO_RAS @ lps, path, what)
     _check_itk_payload(path, fields, reader, what)
@@ -496,3 +514,26 @@ def _read_itk(path: Path, what: str, channels: bool) -> ImageFile:
     array = np.transpose(array, (2, 1, 0, 3) if array.ndim == 4 else (2, 1, 0))
     meta = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
     return ImageFile(path, _drop_trailing_ones(np.ascontiguousarray(array)), affine, meta)
+
+
+def itk_image(array: np.ndarray, affine: np.ndarray):
+    """A SimpleITK image of voxels ``[i, j, k]`` (``[i, j, k, c]``: c components) on a RAS+
+    affine: the inverse of what :func:`read_image` does with NRRD and MetaImage files.
+
+    Example:
+        >>> image = itk_image(np.zeros((4, 5, 6), np.int16), np.diag([-2.0, 2.0, 3.0, 1.0]))
+        >>> image.GetSize(), image.GetSpacing(), image.GetDirection()[0]
+        ((4, 5, 6), (2.0, 2.0, 3.0), 1.0)
+    """
+    import SimpleITK as sitk
+
+    vector = array.ndim == 4
+    image = sitk.GetImageFromArray(
+        np.transpose(array, (2, 1, 0, 3) if vector else (2, 1, 0)), isVector=vector
+    )
+    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=float)  # the flip is its own inverse
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in lps[:3, 3]])
+    image.SetDirection([float(d) for d in (lps[:3, :3] / spacing).ravel()])
+    return image

@@ -427,6 +427,7 @@ def input_paths(source: Path | None, sources: list[CaseSource]) -> list[Path]:
 class _Seen:
     """The images written so far, by content, to set aside the same scan listed twice."""
 
+    root: Path | None = None
     by_key: dict[str, list[tuple[np.ndarray, str, str]]] = dataclasses.field(default_factory=dict)
 
     def duplicate_of(self, volume: Volume, source: CaseSource, case_id: str) -> Rejection | None:
@@ -435,7 +436,8 @@ class _Seen:
             if np.allclose(affine, volume.affine, atol=1e-3):
                 return Rejection(
                     str(source.image),
-                    f"the same image as {first_path} (case {first_case!r}): identical voxels "
+                    f"the same image as {_relative(first_path, self.root)} (case "
+                    f"{first_case!r}): identical voxels "
                     "and geometry. One scan in two cases can land in both the training and "
                     "the test set",
                     "list each scan once (remove this case, or give it the scan it should have)",
@@ -493,7 +495,7 @@ def ingest(
     rows: list[ManifestRow] = []
     rejections = list(rejected or [])
     seen: dict[str, int] = {}
-    images = _Seen()
+    images = _Seen(root)
     with fresh_folder(out, "ingest", known=OUTPUT_NAMES) as staging:
         for source in tqdm(sources, desc="ingest", disable=not options.progress):
             try:
