@@ -203,8 +203,10 @@ def _nifti_shape(path: Path) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in nib.load(str(path)).shape)
     except Exception as exc:
+        from medtl.io.images import describe_error
+
         raise InputError(
-            path, f"cannot read as NIfTI ({exc})", "re-export the file as .nii.gz"
+            path, f"cannot read as NIfTI ({describe_error(exc)})", "re-export the file as .nii.gz"
         ) from exc
 
 
