@@ -197,7 +197,8 @@ def check_label_values(array: np.ndarray, path: Path, classes: dict[int, str] | 
         said = f"0 to {MAX_LABEL}"
     else:
         allowed = {0, *classes}
-        said = "0 (background), " + ", ".join(f"{k} ({v})" for k, v in sorted(classes.items()))
+        named = ", ".join(f"{k} ({v})" for k, v in sorted(classes.items()) if k != 0)
+        said = "0 (background)" + (f", {named}" if named else "")
     wrong = [v for v in values if v not in allowed]
     if wrong:
         raise InputError(

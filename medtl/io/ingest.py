@@ -156,8 +156,10 @@ def _read_image_file(source: CaseSource) -> Volume:
     A 4-D file is read as channels only when the dataset declares them
     (``source.four_d``, an MSD ``dataset.json`` naming its ``modality``).
     """
+    from medtl.io.slicer import is_slicer_segmentation
+
     first = read_image(source.image, "image", channels=source.four_d)
-    if first.fields and any(k.startswith("Segment0_") for k in first.fields):
+    if is_slicer_segmentation(first):
         raise InputError(
             source.image,
             "a 3D Slicer segmentation given as the image (its header names segments)",

@@ -992,6 +992,20 @@ def _(root):
     return _run(root, root / "in", "Segmentation.seg.nrrd")
 
 
+@case(
+    "nrrd_seg_given_as_image",
+    "NRRD / MHA",
+    "a sheet row whose image is a 3D Slicer `.seg.nrrd`",
+    SET_ASIDE,
+    r"a 3D Slicer segmentation given as the image",
+    names="drawn.seg.nrrd",
+)
+def _(root):
+    meta = {"Segment0_Name": "tumour", "Segment0_LabelValue": "1", "Segment0_Layer": "0"}
+    seg = _itk(root / "in" / "labels" / "drawn.seg.nrrd", _label(), meta=meta)
+    return _run(root, _sheet_case(root, seg), "drawn.seg.nrrd", CLASSES)
+
+
 def _values_equal(case_id: str, expected: np.ndarray):
     def check(outcome) -> None:
         got = np.asarray(_ingested(outcome, case_id).dataobj)
