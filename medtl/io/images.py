@@ -498,10 +498,11 @@ def _read_itk(path: Path, what: str, channels: bool) -> ImageFile:
                 "be a positive number",
                 f"fix the voxel size in the {what}'s header (e.g. in 3D Slicer) or export it again",
             )
+    dim = int(reader.GetDimension())
     lps = np.eye(4)
-    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(3, 3)
-    lps[:3, :3] = direction * spacing
-    lps[:3, 3] = reader.GetOrigin()
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    lps[:3, :3] = direction * spacing[:3]
+    lps[:3, 3] = reader.GetOrigin()[:3]
     affine = check_geometry(_LPS_TO_RAS @ lps, path, what)
     _check_itk_payload(path, fields, reader, what)
     try:
@@ -510,8 +511,9 @@ def _read_itk(path: Path, what: str, channels: bool) -> ImageFile:
         raise InputError(
             path, f"cannot read {what} as {fmt} ({_itk_reason(exc, path)})", fix
         ) from exc
-    array = sitk.GetArrayFromImage(image)  # [z, y, x] (+ components last)
-    array = np.transpose(array, (2, 1, 0, 3) if array.ndim == 4 else (2, 1, 0))
+    array = sitk.GetArrayFromImage(image)  # [(t,) z, y, x] (+ components last)
+    axes = list(range(dim))[::-1] + ([dim] if array.ndim > dim else [])
+    array = np.transpose(array, axes)
     meta = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
     return ImageFile(path, _drop_trailing_ones(np.ascontiguousarray(array)), affine, meta)
 

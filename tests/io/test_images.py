@@ -137,3 +137,18 @@ def test_channels_only_when_asked(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"4-D image with 2 volumes"):
         read_image(path)
     assert read_image(path, channels=True).array.shape == (*SHAPE, 2)
+
+
+def test_four_d_itk_image_with_one_volume_is_three_d(tmp_path: Path) -> None:
+    data = _volume(6)
+    series = sitk.JoinSeries([itk_image(data, np.diag([0.5, 0.5, 2.0, 1.0]))])
+    assert series.GetDimension() == 4
+    path = tmp_path / "t1.mha"
+    sitk.WriteImage(series, str(path))
+    image = read_image(path)
+    np.testing.assert_array_equal(image.array, data)
+    np.testing.assert_allclose(image.affine, np.diag([0.5, 0.5, 2.0, 1.0]), atol=1e-12)
+    two = tmp_path / "t2.mha"
+    sitk.WriteImage(sitk.JoinSeries([itk_image(data, np.eye(4))] * 2), str(two))
+    with pytest.raises(InputError, match=r"4-D image with 2 volumes"):
+        read_image(two)
