@@ -429,8 +429,9 @@ def _check_itk_payload(path: Path, fields: dict[str, str], reader, what: str) ->
 
     encoding = fields.get("encoding", "raw").lower()
     compressed = fields.get("compresseddata", "false").lower() == "true"
-    if encoding not in ("raw",) or compressed or "byte skip" in fields or "byteskip" in fields:
-        return
+    skips = ("byte skip", "byteskip", "line skip", "lineskip", "headersize")
+    if encoding != "raw" or compressed or any(key in fields for key in skips):
+        return  # compressed, or data that starts at an offset: SimpleITK's reader judges
     size = reader.GetSize()
     component = sitk.Image([1] * len(size), reader.GetPixelID()).GetSizeOfPixelComponent()
     nbytes = int(np.prod(size, dtype=np.int64)) * reader.GetNumberOfComponents() * component
