@@ -123,18 +123,32 @@ def ingest(
         Path,
         typer.Argument(
             help="A DICOM folder (any tree; RTSTRUCT / DICOM-SEG labels are paired with the "
-            "series they reference), a NIfTI / nnU-Net v2 / MSD folder with dataset.json, "
-            "or a case-sheet TSV."
+            "series they reference), a folder of image files (NIfTI, NRRD, MetaImage; "
+            "images/ and labels/ are paired by name), an nnU-Net v2 / MSD folder with "
+            "dataset.json, or a case sheet (.tsv or .csv)."
         ),
     ],
     out: Annotated[
-        Path, typer.Option(help="Output folder: manifest.tsv, rejected.tsv, images/, labels/.")
+        Path,
+        typer.Option(
+            help="Output folder: manifest.tsv, rejected.tsv, images/, labels/. A new folder "
+            "(or an earlier ingest's output, which is replaced as a whole); never the input "
+            "or a folder holding or inside it."
+        ),
     ],
     salt: Annotated[str, typer.Option(help="Key for hashing patient IDs.")] = "medtl",
     modality: Annotated[
-        str, typer.Option(help="Modality of NIfTI input (DICOM has its own).")
+        str, typer.Option(help="Modality of image files (DICOM has its own).")
     ] = "unknown",
-    classes: Classes = '{"1": "foreground"}',
+    classes: Annotated[
+        str,
+        typer.Option(
+            help='Label value → class name as JSON, e.g. {"1": "tumour"}. Label files may '
+            "hold only 0 and these values; RTSTRUCT, DICOM-SEG and Slicer segment names are "
+            "matched to these names. Default: the labels a dataset.json declares, else any "
+            'value 0-255, and names matched to {"1": "foreground"}.'
+        ),
+    ] = "",
     synonyms: Annotated[
         str,
         typer.Option(help='Other ROI / segment names per class as JSON, e.g. {"tumour": ["GTV"]}.'),
@@ -144,16 +158,26 @@ def ingest(
 ) -> None:
     """Find the cases in SOURCE, convert them to NIfTI, and list them.
 
-    A case sheet is a TSV with columns `image` (NIfTI file or DICOM series folder),
-    `label` (NIfTI, RTSTRUCT or DICOM-SEG), and optional `patient` and `case_id`; it
-    overrides the pairing medtl finds by itself. Inputs that cannot be used are listed
-    in rejected.tsv with the reason and how to fix it; the rest carry on. Patient IDs
-    are written only as keyed hashes; the input is never modified.
+    A case sheet is a table (tab- or comma-separated) with a header line and columns
+    `image` (an image file or a DICOM series folder), `label` (NIfTI, NRRD, MetaImage,
+    3D Slicer .seg.nrrd, RTSTRUCT or DICOM-SEG), and optional `patient` and `case_id`; it
+    overrides the pairing medtl finds by itself. Inputs that cannot be used are listed in
+    rejected.tsv with the reason and how to fix it; the rest carry on. Patient IDs are
+    written only as keyed hashes; the input is never modified.
     """
-    from medtl.config import load_json_arg
+    from medtl.config import ConfigError, load_json_arg
     from medtl.io.ingest import ingest_path
 
-    names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
+    names = None
+    if classes.strip():
+        given = load_json_arg(classes, "--classes")
+        try:
+            names = {int(k): str(v) for k, v in given.items()}
+        except ValueError as exc:
+            raise ConfigError(
+                f"--classes: expected label values (integers) as keys, got {list(given)}. "
+                'How to fix: write e.g. {"1": "tumour", "2": "oedema"}'
+            ) from exc
     manifest, rejected = ingest_path(
         source,
         out,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -23,14 +23,30 @@ import pandas as pd
 import pydicom
 from tqdm.auto import tqdm
 
+from medtl.config import ConfigError
+from medtl.io.checks import (
+    check_axes,
+    check_finite,
+    check_label_values,
+    check_not_constant,
+    content_key,
+)
 from medtl.io.deid import hash_id
 from medtl.io.errors import InputError, MedtlError, Rejection
 from medtl.io.files import atomic_write, atomic_write_text
+from medtl.io.images import (
+    IMAGE_SUFFIXES,
+    companion_files,
+    is_image_file,
+    read_image,
+)
+from medtl.io.outputs import check_separate, fresh_folder
 from medtl.io.sources import (
+    SHEET_SUFFIXES,
     CaseSource,
     from_dataset_json,
     from_dicom_tree,
-    from_nifti_folder,
+    from_image_folder,
     from_sheet,
     is_nifti,
     nifti_stem,
@@ -49,10 +65,17 @@ MANIFEST_COLUMNS = [
     "channels",
     "label_source",
     "series_uid",
+    "note",
 ]
 REJECTED_COLUMNS = ["path", "reason", "fix"]
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+#: The classes DICOM ROI / segment names are matched to when none are given.
+DEFAULT_CLASSES = {1: "foreground"}
+#: What ``ingest`` writes, to recognise an earlier output that has no marker file.
+OUTPUT_NAMES = ("manifest.tsv", "rejected.tsv", "images", "labels")
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,12 @@ class IngestOptions:
 
     Attributes:
         salt: key of the patient-id hashes.
-        modality: modality of NIfTI input (DICOM carries its own).
-        classes: label value → class name, for DICOM label objects.
+        modality: modality of image files (DICOM carries its own).
+        classes: label value → class name. Label files may hold only 0 and these values;
+            DICOM and Slicer label names are matched to these names. None when not given:
+            label files are then checked against the values their dataset declares
+            (``dataset.json``), or only for being 0..255, and names are matched to
+            :data:`DEFAULT_CLASSES`.
         synonyms: class name → other ROI / segment names of that class.
         workers: parallel DICOM header reads.
         progress: show progress bars.
@@ -71,11 +98,21 @@ class IngestOptions:
 
     salt: str
     modality: str | None = None
-    classes: dict[int, str] = field(default_factory=lambda: {1: "foreground"})
-    synonyms: dict[str, list[str]] = field(default_factory=dict)
+    classes: dict[int, str] | None = None
+    synonyms: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     workers: int = 4
     progress: bool = True
     labels: bool = True
+
+    @property
+    def name_map(self) -> dict[str, int]:
+        """Normalised ROI / segment name → class value (see :mod:`medtl.io.roi_names`)."""
+        from medtl.io.roi_names import build_name_map
+
+        try:
+            return build_name_map(self.classes or DEFAULT_CLASSES, self.synonyms)
+        except ValueError as exc:
+            raise ConfigError(f"classes / label_synonyms (--classes, --synonyms): {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,7 @@ class ManifestRow:
     channels: int = 1
     label_source: str = ""
     series_uid: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -100,51 +138,69 @@ class _Loaded:
     label_source: str
     series_uid: str
     set_aside: list[Rejection]
+    notes: tuple[str, ...] = ()
+
+
+def _left_behind(source: CaseSource, cause: Rejection) -> list[Rejection]:
+    """The other input of a case whose image or label was set aside, with the reason.
+
+    A case sheet's image is not listed when only its label failed: the same image may
+    serve other rows.
+    """
+    from medtl.io.dicom import left_behind
+
+    obj = source.label_object
+    if obj is not None:
+        return left_behind(cause, source.image, obj.path, obj.kind)
+    if source.label is not None and Path(cause.path) != Path(source.label):
+        return left_behind(cause, source.image, source.label)
+    return []
 
 
 def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-def _load_nifti(
-    path: Path, what: str, allow_channels: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """A 3-D NIfTI volume (a trailing axis of length 1 dropped) and its affine.
+def _image_values(array: np.ndarray, path: Path, what: str) -> np.ndarray:
+    """The voxels as float32, after checking they are finite and not all one value."""
+    values = array.astype(np.float32)
+    check_finite(values, path, what)
+    check_not_constant(values, path, what)
+    return values
 
-    With ``allow_channels``, a 4-D volume (channels last) is kept as it is.
+
+def _read_image_file(source: CaseSource) -> Volume:
+    """The image of a case given as files: one 3-D file, or one file per channel.
+
+    A 4-D file is read as channels only when the dataset declares them
+    (``source.four_d``, an MSD ``dataset.json`` naming its ``modality``).
     """
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
-    except Exception as exc:
+    from medtl.io.slicer import is_slicer_segmentation
+
+    first = read_image(source.image, "image", channels=source.four_d)
+    if is_slicer_segmentation(first):
         raise InputError(
-            path, f"cannot read {what} as NIfTI ({exc})", f"re-export the {what} as .nii.gz"
-        ) from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3 and not (allow_channels and data.ndim == 4):
-        raise InputError(
-            path, f"expected a 3-D {what}, got shape {data.shape}", f"give one 3-D {what} per case"
+            source.image,
+            "a 3D Slicer segmentation given as the image (its header names segments)",
+            "give it as the case's label and the volume it was drawn on as the image",
         )
-    return data, img.affine
-
-
-def _read_nifti_image(source: CaseSource) -> Volume:
-    data, affine = _load_nifti(source.image, "image", allow_channels=True)
+    data = _image_values(first.array, source.image, "image")
     if not source.channels:
-        return Volume(data.astype(np.float32), affine)
+        return Volume(data, first.affine)
     stack = [data[..., None] if data.ndim == 3 else data]
     for extra in source.channels:
-        more, more_affine = _load_nifti(extra, "image channel", allow_channels=True)
-        if more.shape[:3] != data.shape[:3] or not np.allclose(more_affine, affine, atol=1e-3):
+        more = read_image(extra, "image channel")
+        if more.array.shape[:3] != data.shape[:3] or not np.allclose(
+            more.affine, first.affine, atol=1e-3
+        ):
             raise InputError(
                 extra,
-                f"channel grid {more.shape[:3]} does not match the first channel's "
+                f"channel grid {more.array.shape[:3]} does not match the first channel's "
                 f"{data.shape[:3]} (shape or affine differ)",
                 "resample every channel of a case onto one grid before ingest",
             )
-        stack.append(more[..., None] if more.ndim == 3 else more)
-    return Volume(np.concatenate(stack, axis=3).astype(np.float32), affine)
+        stack.append(_image_values(more.array, extra, "image channel")[..., None])
+    return Volume(np.concatenate(stack, axis=3), first.affine)
 
 
 def _series_of_folder(path: Path, options: IngestOptions):
@@ -166,31 +222,57 @@ def _series_of_folder(path: Path, options: IngestOptions):
     return inventory.series[0]
 
 
-def _read_nifti_label(path: Path, image: Volume) -> np.ndarray:
+def _read_label_file(
+    path: Path, image: Volume, options: IngestOptions, declared: dict[int, str] | None
+) -> tuple[np.ndarray, list[Rejection], str]:
+    """A label file (NIfTI, NRRD, MetaImage or 3D Slicer segmentation) on the image's grid.
+
+    Returns:
+        The uint8 label map, notes on segments not used, and the label's kind.
+    """
+    from medtl.io.slicer import is_slicer_segmentation, read_slicer_segmentation
+
     if not path.is_file():
         raise InputError(path, "label file not found", "check the label path")
-    lab, affine = _load_nifti(path, "label")
-    if lab.shape != image.shape:
+    lab = read_image(path, "label", channels=True)
+    if is_slicer_segmentation(lab):
+        conversion = read_slicer_segmentation(lab, image, options.name_map)
+        notes = [
+            Rejection(
+                str(path),
+                f"segment {name!r} matches no class; not used",
+                "add the name to dataset.label_synonyms if it names one of the classes",
+            )
+            for name in conversion.unmatched
+        ]
+        if not conversion.used:
+            raise InputError(
+                path,
+                "no segment of this 3D Slicer segmentation matches a class (names found: "
+                f"{', '.join(conversion.unmatched) or 'none'}; classes: "
+                f"{', '.join((options.classes or DEFAULT_CLASSES).values())})",
+                "name the classes' other names in dataset.label_synonyms, or rename the "
+                "segments in Slicer",
+            )
+        return conversion.array, notes, "Slicer"
+    check_axes(lab.array.shape, path, "label")
+    if lab.array.shape != image.shape:
         raise InputError(
             path,
-            f"label shape {lab.shape} does not match image shape {image.shape}",
+            f"label shape {lab.array.shape} does not match image shape {image.shape}",
             "export the label on the image's grid",
         )
-    if not np.allclose(affine, image.affine, atol=1e-2):
+    if not np.allclose(lab.affine, image.affine, atol=1e-2):
         raise InputError(
             path,
             "label geometry (affine) does not match its image: "
             f"expected {np.round(image.affine, 3).tolist()}, "
-            f"found {np.round(affine, 3).tolist()}",
+            f"found {np.round(lab.affine, 3).tolist()}",
             "export the label on the image's grid (same orientation and origin)",
         )
-    if np.any(lab < 0) or not np.allclose(lab, np.round(lab)):
-        raise InputError(
-            path,
-            "label values must be non-negative integers",
-            "save the label as an integer label map",
-        )
-    return lab.astype(np.uint8)
+    classes = options.classes if options.classes else declared
+    kind = "NIfTI" if is_nifti(path) else "NRRD" if "nrrd" in path.name.lower() else "MetaImage"
+    return check_label_values(lab.array, path, classes), [], kind
 
 
 def _dicom_label_kind(path: Path) -> str | None:
@@ -205,9 +287,7 @@ def _dicom_label_kind(path: Path) -> str | None:
 def _read_dicom_label(
     path: Path, kind: str, image: Volume, series, options: IngestOptions
 ) -> tuple[np.ndarray, list[Rejection]]:
-    from medtl.io.roi_names import build_name_map
-
-    name_map = build_name_map(options.classes, options.synonyms)
+    name_map = options.name_map
     if kind == "RTSTRUCT":
         from medtl.io.rtstruct import rasterise_rtstruct
 
@@ -229,7 +309,7 @@ def _read_dicom_label(
             path,
             f"no ROI / segment of this {kind} matches a class "
             f"(names found: {', '.join(conversion.unmatched) or 'none'}; classes: "
-            f"{', '.join(options.classes.values())})",
+            f"{', '.join((options.classes or DEFAULT_CLASSES).values())})",
             "name the classes' other names in dataset.label_synonyms",
         )
     return conversion.array.astype(np.uint8), notes
@@ -237,33 +317,42 @@ def _read_dicom_label(
 
 def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
     """Read one case's image and label; raises InputError for what cannot be used."""
-    from medtl.io.dicom import load_series_checked
+    from medtl.io.dicom import load_series_with_notes
 
     set_aside: list[Rejection] = []
+    notes: tuple[str, ...] = ()
     series = source.series
     path = source.image
     if series is None:
         if path is None or not path.exists():
+            where = f" (listed on {source.origin})" if source.origin else ""
             raise InputError(
-                path, "image not found", "check the path in the case sheet or dataset.json"
+                path,
+                f"image not found{where}",
+                "check the path in the case sheet or dataset.json (relative paths are "
+                "relative to the sheet)",
             )
         if path.is_dir():
             series = _series_of_folder(path, options)
-        elif not is_nifti(path):
+        elif not is_image_file(path):
             raise InputError(
                 path,
-                "neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files",
-                "convert the image to NIfTI or give its DICOM series folder",
+                "neither an image file (" + ", ".join(IMAGE_SUFFIXES) + ") nor a folder of "
+                "DICOM files",
+                "convert the image to NIfTI (.nii.gz) or give its DICOM series folder",
             )
     if series is not None:
-        volume, set_aside = load_series_checked(series)
+        loaded_series = load_series_with_notes(series)
+        volume, set_aside = loaded_series.volume, list(loaded_series.set_aside)
+        notes = tuple(loaded_series.notes)
         # Labels are matched to the slices that made the volume, not to set-aside files.
         dropped = {str(Path(r.path)) for r in set_aside}
         series = dataclasses.replace(
             series, files=tuple(f for f in series.files if str(Path(f)) not in dropped)
         )
+        volume.array = _image_values(volume.array, path, "image")
     else:
-        volume = _read_nifti_image(source)
+        volume = _read_image_file(source)
     label, label_source = None, ""
     if options.labels and source.label_object is not None:
         obj = source.label_object
@@ -271,13 +360,16 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
         set_aside += notes
         label_source = obj.kind
     elif options.labels and source.label is not None:
-        kind = None if is_nifti(source.label) else _dicom_label_kind(source.label)
+        kind = None if is_image_file(source.label) else _dicom_label_kind(source.label)
         if kind is None:
-            label, label_source = _read_nifti_label(source.label, volume), "NIfTI"
+            label, notes, label_source = _read_label_file(
+                source.label, volume, options, source.classes
+            )
+            set_aside += notes
         elif series is None:
             raise InputError(
                 source.label,
-                f"a {kind} label needs its DICOM image series, but the image is NIfTI",
+                f"a {kind} label needs its DICOM image series, but the image is a file",
                 "give the image as the DICOM series folder the label was drawn on",
             )
         else:
@@ -290,6 +382,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
         label_source=label_source,
         series_uid=volume.source_uids.get("SeriesInstanceUID", ""),
         set_aside=set_aside,
+        notes=notes,
     )
 
 
@@ -335,6 +428,64 @@ def _case_id(source: CaseSource, volume: Volume, patient: str, seen: dict[str, i
     return _safe_id(nifti_stem(source.image))
 
 
+def input_paths(source: Path | None, sources: list[CaseSource]) -> list[Path]:
+    """Every input file and folder: the source, and what its cases name.
+
+    Images, labels and channel files count, with the data files their headers name (an
+    ``.nhdr``'s ``.raw``, a ``.hdr``'s ``.img``), so that no output can land on one.
+    """
+    paths: list[Path] = [source] if source is not None else []
+    for case in sources:
+        files = [case.image, case.label, *case.channels]
+        if case.label_object is not None:
+            files.append(Path(case.label_object.path))
+        for path in files:
+            if path is None:
+                continue
+            paths.append(path)
+            if path.is_file():
+                paths += companion_files(path)
+    return paths
+
+
+@dataclass
+class _Seen:
+    """The images written so far, by content, to set aside the same scan listed twice."""
+
+    root: Path | None = None
+    by_key: dict[str, list[tuple[np.ndarray, str, str]]] = dataclasses.field(default_factory=dict)
+
+    def duplicate_of(self, volume: Volume, source: CaseSource, case_id: str) -> Rejection | None:
+        key = content_key(volume.array)
+        for affine, first_path, first_case in self.by_key.get(key, []):
+            if np.allclose(affine, volume.affine, atol=1e-3):
+                return Rejection(
+                    str(source.image),
+                    f"the same image as {_relative(first_path, self.root)} (case "
+                    f"{first_case!r}): identical voxels "
+                    "and geometry. One scan in two cases can land in both the training and "
+                    "the test set",
+                    "list each scan once (remove this case, or give it the scan it should have)",
+                )
+        self.by_key.setdefault(key, []).append((volume.affine, str(source.image), case_id))
+        return None
+
+
+def _write_case(
+    staging: Path, case_id: str, volume: Volume, label: np.ndarray | None
+) -> tuple[str, str]:
+    """Write a case's image (and label) under ``staging``; return their names under out."""
+    image_name = Path("images") / f"{case_id}.nii.gz"
+    vol = Volume(volume.array.astype(np.float32), volume.affine)
+    atomic_write(staging / image_name, lambda tmp: nib.save(vol.to_nifti(), str(tmp)))
+    if label is None:
+        return str(image_name), ""
+    label_name = Path("labels") / f"{case_id}.nii.gz"
+    lv = Volume(label, volume.affine)
+    atomic_write(staging / label_name, lambda tmp: nib.save(lv.to_nifti(), str(tmp)))
+    return str(image_name), str(label_name)
+
+
 def ingest(
     sources: list[CaseSource],
     out: Path,
@@ -344,6 +495,10 @@ def ingest(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convert cases to NIfTI and write ``manifest.tsv`` and ``rejected.tsv``.
 
+    ``out`` must not be, hold or lie inside an input (checked first); it is written as a
+    whole through :func:`medtl.io.outputs.fresh_folder`, so an earlier run's files are
+    replaced, never mixed with the new ones, and a failed run leaves ``out`` as it was.
+
     Args:
         sources: the cases to ingest.
         out: output folder (``images/``, ``labels/``, ``manifest.tsv``, ``rejected.tsv``).
@@ -352,89 +507,149 @@ def ingest(
         root: the ingest source; rejected paths are written relative to it.
 
     Returns:
-        The manifest and the rejections as data frames.
+        The manifest and the rejections as data frames; the manifest's paths are under
+        ``out``.
+
+    Raises:
+        InputError: ``out`` is, holds or lies inside an input, or holds files that an
+            ingest did not write.
     """
     out = Path(out)
+    check_separate(out, input_paths(None, sources))
+    options.name_map  # noqa: B018  (a bad --classes / --synonyms stops here, not per case)
     rows: list[ManifestRow] = []
     rejections = list(rejected or [])
     seen: dict[str, int] = {}
-    for source in tqdm(sources, desc="ingest", disable=not options.progress):
-        try:
-            loaded = _load_case(source, options)
-        except MedtlError as exc:
-            if isinstance(exc, InputError):
-                rejections.append(exc.to_rejection())
-            else:
-                rejections.append(Rejection(str(source.image), str(exc), "see the reason"))
-            continue
-        rejections += loaded.set_aside
-        volume = loaded.volume
-        patient = hash_id(
-            source.patient or volume.patient_key or nifti_stem(source.image), options.salt
-        )
-        case_id = _case_id(source, volume, patient, seen)
-        if any(r.case_id == case_id for r in rows):
-            rejections.append(
-                Rejection(
-                    str(source.image),
-                    f"duplicate case id {case_id!r}",
-                    "give each case a unique case_id in the sheet",
+    images = _Seen(root)
+    with fresh_folder(out, "ingest", known=OUTPUT_NAMES) as staging:
+        for source in tqdm(sources, desc="ingest", disable=not options.progress):
+            try:
+                loaded = _load_case(source, options)
+            except ConfigError:
+                raise
+            except MedtlError as exc:
+                cause = (
+                    exc.to_rejection()
+                    if isinstance(exc, InputError)
+                    else Rejection(str(source.image), str(exc), "see the reason")
+                )
+                # The label drawn on a set-aside image (or the image of a set-aside label)
+                # is listed too: every input ends in the manifest or in rejected.tsv.
+                rejections += [cause, *_left_behind(source, cause)]
+                continue
+            rejections += loaded.set_aside
+            volume = loaded.volume
+            patient = hash_id(
+                source.patient or volume.patient_key or nifti_stem(source.image), options.salt
+            )
+            case_id = _case_id(source, volume, patient, seen)
+            if any(r.case_id == case_id for r in rows):
+                rejections.append(
+                    Rejection(
+                        str(source.image),
+                        f"duplicate case id {case_id!r}",
+                        "give each case a unique case_id in the sheet",
+                    )
+                )
+                continue
+            duplicate = images.duplicate_of(volume, source, case_id)
+            if duplicate is not None:
+                rejections.append(duplicate)
+                continue
+            image_name, label_name = _write_case(staging, case_id, volume, loaded.label)
+            modality = volume.modality if volume.modality != "unknown" else options.modality
+            rows.append(
+                ManifestRow(
+                    case_id=case_id,
+                    patient_id=patient,
+                    image=str(out / image_name),
+                    label=str(out / label_name) if label_name else "",
+                    modality=modality or "unknown",
+                    spacing="x".join(f"{s:.2f}" for s in volume.spacing),
+                    shape="x".join(str(s) for s in volume.shape),
+                    orientation=volume.orientation,
+                    channels=1 if volume.array.ndim == 3 else int(volume.array.shape[3]),
+                    label_source=loaded.label_source,
+                    series_uid=loaded.series_uid,
+                    note="; ".join(loaded.notes),
                 )
             )
-            continue
-        image_path = out / "images" / f"{case_id}.nii.gz"
-        vol = Volume(volume.array.astype(np.float32), volume.affine)
-        atomic_write(image_path, lambda tmp, v=vol: nib.save(v.to_nifti(), str(tmp)))
-        label_path = ""
-        if loaded.label is not None:
-            label_path = str(out / "labels" / f"{case_id}.nii.gz")
-            lv = Volume(loaded.label, volume.affine)
-            atomic_write(label_path, lambda tmp, v=lv: nib.save(v.to_nifti(), str(tmp)))
-        modality = volume.modality if volume.modality != "unknown" else options.modality
-        rows.append(
-            ManifestRow(
-                case_id=case_id,
-                patient_id=patient,
-                image=str(image_path),
-                label=label_path,
-                modality=modality or "unknown",
-                spacing="x".join(f"{s:.2f}" for s in volume.spacing),
-                shape="x".join(str(s) for s in volume.shape),
-                orientation=volume.orientation,
-                channels=1 if volume.array.ndim == 3 else int(volume.array.shape[3]),
-                label_source=loaded.label_source,
-                series_uid=loaded.series_uid,
-            )
+        manifest = pd.DataFrame([asdict(r) for r in rows], columns=MANIFEST_COLUMNS)
+        rejected_df = pd.DataFrame(
+            [
+                {"path": _relative(r.path, root), "reason": r.reason, "fix": r.fix}
+                for r in rejections
+            ],
+            columns=REJECTED_COLUMNS,
         )
-    manifest = pd.DataFrame([asdict(r) for r in rows], columns=MANIFEST_COLUMNS)
-    rejected_df = pd.DataFrame(
-        [{"path": _relative(r.path, root), "reason": r.reason, "fix": r.fix} for r in rejections],
-        columns=REJECTED_COLUMNS,
-    )
-    atomic_write_text(out / "rejected.tsv", rejected_df.to_csv(sep="\t", index=False))
-    atomic_write_text(out / "manifest.tsv", manifest.to_csv(sep="\t", index=False))
+        atomic_write_text(staging / "rejected.tsv", rejected_df.to_csv(sep="\t", index=False))
+        atomic_write_text(staging / "manifest.tsv", manifest.to_csv(sep="\t", index=False))
     return manifest, rejected_df
 
 
 def find_sources(source: Path, options: IngestOptions) -> tuple[list[CaseSource], list[Rejection]]:
-    """The cases of a case sheet, a folder with ``dataset.json``, a DICOM tree or a NIfTI file."""
+    """The cases of a case sheet, a folder with ``dataset.json``, an image folder, a DICOM
+    tree or a single image file."""
+    fix = (
+        "give a DICOM folder, a folder of image files (.nii.gz, .nrrd, .mha, ...), an "
+        "nnU-Net / MSD folder with dataset.json, or a case sheet (.tsv, .csv)"
+    )
     if not source.exists():
-        raise InputError(source, "does not exist", "give a DICOM folder, a NIfTI folder or a TSV")
-    if source.is_file() and source.suffix in (".tsv", ".txt"):
-        return from_sheet(source), []
-    if source.is_file() and is_nifti(source):
-        return [CaseSource(image=source)], []
-    if source.is_dir() and (source / "dataset.json").is_file():
+        raise InputError(source, "does not exist", fix)
+    if source.is_file():
+        if source.suffix.lower() in SHEET_SUFFIXES:
+            return from_sheet(source)
+        if is_image_file(source):
+            return [CaseSource(image=source)], []
+        raise InputError(
+            source, "not a case sheet (.tsv, .csv, .txt), an image file or a folder", fix
+        )
+    if (source / "dataset.json").is_file():
         return from_dataset_json(source)
-    if source.is_dir():
-        niftis = from_nifti_folder(source)
-        if niftis:
-            return niftis, []
-        return from_dicom_tree(source, workers=options.workers, progress=options.progress)
-    raise InputError(
+    images, rejected = from_image_folder(source)
+    if images or rejected:
+        return images, rejected
+    return from_dicom_tree(source, workers=options.workers, progress=options.progress)
+
+
+def _nothing_found(source: Path) -> InputError:
+    """The error for a folder in which nothing medtl reads was found."""
+    files = [
+        p
+        for p in sorted(source.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
+    ]
+    shown = ", ".join(str(p.relative_to(source)) for p in files[:5])
+    return InputError(
         source,
-        "not a case sheet (.tsv), NIfTI file or folder",
-        "give a DICOM folder, a NIfTI folder with dataset.json, or a case sheet",
+        "no NIfTI, NRRD / MetaImage file, DICOM file, dataset.json or case sheet found under "
+        f"this folder ({len(files)} files looked at"
+        + (f": {shown}" if shown else "")
+        + (", ..." if len(files) > 5 else "")
+        + ")",
+        "give the folder that holds the images (any depth below it is searched), or a case "
+        "sheet (.tsv, .csv)",
+    )
+
+
+def _no_usable_case(source: Path, rejected: pd.DataFrame) -> InputError:
+    first = "; ".join(f"{r.path}: {r.reason}" for r in rejected.head(3).itertuples())
+    fix = "check the reasons (all listed in rejected.tsv)"
+    if source.is_dir():
+        sheets = sorted(
+            p.name for p in source.iterdir() if p.is_file() and p.suffix.lower() in SHEET_SUFFIXES
+        )
+        if sheets:
+            fix += (
+                f"; to ingest the case sheet {sheets[0]} found there, give its path: "
+                f"medtl ingest {source / sheets[0]}"
+            )
+    return InputError(
+        source,
+        f"no usable case found ({len(rejected)} inputs set aside: {first}"
+        + ("; ..." if len(rejected) > 3 else "")
+        + ")",
+        fix,
     )
 
 
@@ -450,44 +665,50 @@ def ingest_path(
     workers: int = 4,
     labels: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Ingest a case sheet, a DICOM tree, or a NIfTI / nnU-Net / MSD folder.
+    """Ingest a case sheet, a DICOM tree, an image folder, or an nnU-Net / MSD folder.
+
+    ``out`` is checked against the inputs before anything is read, and written as a
+    whole (see :func:`ingest`). When no case is usable, ``manifest.tsv`` (empty) and
+    ``rejected.tsv`` are written all the same, then the error is raised.
 
     Args:
         source: the input (see :func:`find_sources`).
         out: output folder.
         salt: key of the patient-id hashes.
-        modality: modality of NIfTI input.
+        modality: modality of image-file input.
         progress: show progress bars.
-        classes: label value → class name (for RTSTRUCT / SEG labels).
+        classes: label value → class name; label files may hold only 0 and these values,
+            and RTSTRUCT / SEG / Slicer names are matched to these names. None: label
+            files are checked against the labels their ``dataset.json`` declares, or only
+            for being integers 0..255 (see :class:`IngestOptions`).
         synonyms: class name → other ROI / segment names.
         workers: parallel DICOM header reads.
         labels: read labels (off when the cases are only to be segmented).
 
     Raises:
-        InputError: when the source does not exist or holds no usable case.
+        InputError: when the source does not exist, ``out`` would touch an input, or the
+            source holds no usable case.
+        ConfigError: ``classes`` or ``synonyms`` cannot be used.
     """
     source = Path(source)
+    check_separate(out, [source])
     options = IngestOptions(
         salt=salt,
         modality=modality,
-        classes=classes or {1: "foreground"},
+        classes=classes or None,
         synonyms=synonyms or {},
         workers=workers,
         progress=progress,
         labels=labels,
     )
+    options.name_map  # noqa: B018  (checks --classes / --synonyms before any reading)
     sources, found = find_sources(source, options)
+    if not sources and not found and source.is_dir():
+        raise _nothing_found(source)
     root = source if source.is_dir() else source.parent
     manifest, rejected = ingest(sources, out, options, found, root)
     if manifest.empty:
-        raise InputError(
-            source,
-            f"no usable case found ({len(rejected)} inputs set aside: "
-            + "; ".join(f"{r.path}: {r.reason}" for r in rejected.head(3).itertuples())
-            + ("; ..." if len(rejected) > 3 else "")
-            + ")",
-            "check the reasons (all listed in rejected.tsv)",
-        )
+        raise _no_usable_case(source, rejected)
     return manifest, rejected
 
 
@@ -497,5 +718,6 @@ __all__ = [
     "find_sources",
     "ingest",
     "ingest_path",
+    "input_paths",
     "read_manifest",
 ]

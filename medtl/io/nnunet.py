@@ -203,8 +203,10 @@ def _nifti_shape(path: Path) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in nib.load(str(path)).shape)
     except Exception as exc:
+        from medtl.io.images import describe_error
+
         raise InputError(
-            path, f"cannot read as NIfTI ({exc})", "re-export the file as .nii.gz"
+            path, f"cannot read as NIfTI ({describe_error(exc)})", "re-export the file as .nii.gz"
         ) from exc
 
 
@@ -611,6 +613,14 @@ def _msd_case(
     if image.is_file():
         shape = _nifti_shape(image)
         if len(shape) == 4 and shape[3] > 1:
+            if n_known is None:
+                raise InputError(
+                    image,
+                    f"4-D image with {shape[3]} volumes, but dataset.json names no channels "
+                    "('modality'): medtl cannot tell channels from a time series",
+                    'name the channels in dataset.json, e.g. "modality": {"0": "FLAIR", '
+                    '"1": "T1w"}, or give one 3-D file per image',
+                )
             four_d, n_channels, grid = True, shape[3], shape[:3]
         elif _spatial(shape) is not None:
             four_d, n_channels, grid = False, 1, _spatial(shape)

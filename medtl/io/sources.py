@@ -1,4 +1,4 @@
-"""Where the cases of a data set come from: a case sheet, a DICOM tree, NIfTI folders.
+"""Where the cases of a data set come from: a case sheet, a DICOM tree, image folders.
 
 Each reader turns its input into :class:`CaseSource` records — which image, which
 label, which patient — plus the inputs it had to set aside. Reading the pixels and
@@ -11,11 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
-from medtl.io.errors import InputError, Rejection
+from medtl.io.errors import Rejection
+from medtl.io.images import SEG_NRRD_SUFFIX, image_stem, is_image_file
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SHEET_SUFFIXES = (".tsv", ".csv", ".txt")
+#: Folders whose image files are the labels of the images in a sibling folder.
+LABEL_FOLDERS = {"labels": "images", "labelstr": "imagestr", "labelsts": "imagests"}
 
 
 @dataclass(frozen=True)
@@ -23,16 +25,22 @@ class CaseSource:
     """One case to ingest: where its image and label come from.
 
     Attributes:
-        image: a NIfTI file, a folder holding one DICOM series, or (with ``series``)
-            the series' folder, for messages.
-        label: a NIfTI label, an RTSTRUCT or DICOM-SEG file, or None.
+        image: an image file (NIfTI, NRRD, MetaImage), a folder holding one DICOM
+            series, or (with ``series``) the series' folder, for messages.
+        label: a label file (NIfTI, NRRD, MetaImage, 3D Slicer ``.seg.nrrd``), an
+            RTSTRUCT or DICOM-SEG file, or None.
         patient: the patient identifier (raw; hashed before it is written), or None to
-            take it from the DICOM header (or the case name for NIfTI).
+            take it from the DICOM header (or the case name for image files).
         case_id: a pseudonymous case name, or None to derive one.
-        channels: further channels (NIfTI files on the image's grid) of a multi-channel
-            case; they are stacked after ``image`` into one 4-D NIfTI (channels last).
+        channels: further channels (files on the image's grid) of a multi-channel case;
+            they are stacked after ``image`` into one 4-D NIfTI (channels last).
         series: the DICOM series, when discovery already found it.
         label_object: the DICOM label object (RTSTRUCT / SEG) paired with ``series``.
+        four_d: ``image`` is one 4-D file whose last axis holds channels that the
+            dataset declares (an MSD ``dataset.json`` naming them under ``modality``).
+        classes: the label values the dataset itself declares (``dataset.json``'s
+            ``labels``); labels are checked against them when no classes are given.
+        origin: where the case was listed (e.g. ``line 3 of cases.tsv``), for messages.
     """
 
     image: Path
@@ -42,6 +50,9 @@ class CaseSource:
     channels: tuple[Path, ...] = ()
     series: object | None = None  # medtl.io.dicom.SeriesInfo
     label_object: object | None = None  # medtl.io.dicom.LabelObjectInfo
+    four_d: bool = False
+    classes: dict[int, str] | None = None
+    origin: str = ""
 
 
 def is_nifti(path: Path) -> bool:
@@ -49,51 +60,20 @@ def is_nifti(path: Path) -> bool:
 
 
 def nifti_stem(path: Path) -> str:
-    """The case name of a NIfTI file: suffix and nnU-Net channel tag removed."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return re.sub(r"_0000$", "", name)
+    """The case name of an image file: image suffix and nnU-Net channel tag removed.
 
-
-def from_sheet(sheet: Path) -> list[CaseSource]:
-    """Read a case sheet (TSV with columns ``image``, optional ``label``, ``patient``, ``case_id``).
-
-    ``image`` is a NIfTI file or a folder holding one DICOM series; ``label`` a NIfTI
-    file or an RTSTRUCT / DICOM-SEG file. Relative paths are relative to the sheet.
+    Example:
+        >>> nifti_stem(Path("case_7_0000.nii.gz")), nifti_stem(Path("case_7.seg.nrrd"))
+        ('case_7', 'case_7')
     """
-    try:
-        df = pd.read_csv(sheet, sep="\t", dtype=str, keep_default_na=False)
-    except Exception as exc:
-        raise InputError(
-            sheet,
-            f"cannot read as a tab-separated case sheet ({exc})",
-            "write a TSV with a header line: image, label, patient, case_id",
-        ) from exc
-    if "image" not in df.columns:
-        raise InputError(
-            sheet,
-            f"case sheet has no 'image' column (columns found: {', '.join(df.columns)})",
-            "add a header line with at least 'image' (and 'label' for training cases)",
-        )
-    base = sheet.parent
+    return re.sub(r"_0000$", "", image_stem(path))
 
-    def resolve(value: str) -> Path | None:
-        if not value:
-            return None
-        p = Path(value)
-        return p if p.is_absolute() else base / p
 
-    return [
-        CaseSource(
-            image=resolve(r["image"]),
-            label=resolve(r.get("label", "")),
-            patient=r.get("patient") or None,
-            case_id=r.get("case_id") or None,
-        )
-        for r in df.to_dict("records")
-    ]
+def from_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
+    """The cases of a case sheet (see :func:`medtl.io.case_sheet.read_case_sheet`)."""
+    from medtl.io.case_sheet import read_case_sheet
+
+    return read_case_sheet(sheet)
 
 
 def from_dataset_json(folder: Path) -> tuple[list[CaseSource], list[Rejection]]:
@@ -107,6 +87,9 @@ def from_dataset_json(folder: Path) -> tuple[list[CaseSource], list[Rejection]]:
             label=case.label,
             case_id=case.case_id,
             channels=tuple(case.channels[1:]),
+            four_d=case.four_d,
+            classes=dict(dataset.classes),
+            origin="dataset.json",
         )
         for case in dataset.cases
     ]
@@ -131,6 +114,57 @@ def from_dicom_tree(folder: Path, workers: int = 4, progress: bool = False):
     return sources, [*inventory.rejected, *unused]
 
 
-def from_nifti_folder(folder: Path) -> list[CaseSource]:
-    """Unlabelled cases: every NIfTI file in a folder tree."""
-    return [CaseSource(image=p) for p in sorted(folder.rglob("*")) if p.is_file() and is_nifti(p)]
+def _hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def from_image_folder(folder: Path) -> tuple[list[CaseSource], list[Rejection]]:
+    """The image files of a folder tree (NIfTI, NRRD, MetaImage) as cases.
+
+    Files in a ``labels/`` folder (or ``labelsTr/``, ``labelsTs/``) are the labels of the
+    files with the same name in the sibling ``images/`` (``imagesTr/``, ``imagesTs/``);
+    every other image file is an unlabelled case. A label without its image, and a 3D
+    Slicer ``.seg.nrrd`` outside a labels folder, are set aside. Hidden files are skipped.
+    """
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not _hidden(p, folder) and is_image_file(p)
+    ]
+    label_files = [p for p in files if p.parent.name.lower() in LABEL_FOLDERS]
+    labels = {
+        (p.parent.parent, LABEL_FOLDERS[p.parent.name.lower()], nifti_stem(p)): p
+        for p in label_files
+    }
+    sources, rejected, paired = [], [], set()
+    for path in files:
+        if path in label_files:
+            continue
+        if path.name.lower().endswith(SEG_NRRD_SUFFIX):
+            rejected.append(
+                Rejection(
+                    str(path),
+                    "a 3D Slicer segmentation (.seg.nrrd) outside a labels/ folder: a label, "
+                    "not an image",
+                    "put it in labels/ under its image's name (images/<case>.nrrd, "
+                    "labels/<case>.seg.nrrd), or pair it with its image in a case sheet",
+                )
+            )
+            continue
+        key = (path.parent.parent, path.parent.name.lower(), nifti_stem(path))
+        label = labels.get(key)
+        if label is not None:
+            paired.add(label)
+        sources.append(CaseSource(image=path, label=label))
+    for label in label_files:
+        if label not in paired:
+            images = LABEL_FOLDERS[label.parent.name.lower()]
+            rejected.append(
+                Rejection(
+                    str(label),
+                    f"label has no image (expected a file named {nifti_stem(label)}.* in "
+                    f"the sibling {images}/ folder, found none)",
+                    f"add the case's image to {images}/ under the same name, or remove the label",
+                )
+            )
+    return sources, rejected

@@ -158,8 +158,11 @@ def test_ingest_rejects_bad_rows_and_keeps_good_ones(demo: Path, tmp_path: Path)
     extra.mkdir()
     moved = extra / "moved_label.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(first.dataobj), shifted), str(moved))
+    # the first case comes with the moved label instead of its own (a file listed twice
+    # is set aside as such, so its own row is left out)
     rows = [
-        {"image": str(target / r.image), "label": str(target / r.label)} for r in sheet.itertuples()
+        {"image": str(target / r.image), "label": str(target / r.label)}
+        for r in sheet.iloc[1:].itertuples()
     ]
     rows.insert(1, {"image": str(target / "dicom" / "missing_series"), "label": ""})
     rows.insert(3, {"image": str(target / sheet.loc[0, "image"]), "label": str(moved)})
@@ -171,7 +174,7 @@ def test_ingest_rejects_bad_rows_and_keeps_good_ones(demo: Path, tmp_path: Path)
     manifest, rejected = ingest_path(bad_sheet, out, salt="s", progress=False)
     assert _tree_hashes(demo) | _tree_hashes(extra) == before  # input untouched
 
-    assert len(manifest) == len(sheet)  # the good rows carried on
+    assert len(manifest) == len(sheet) - 1  # the good rows carried on
     assert len(rejected) == 2
     on_disk = pd.read_csv(out / "rejected.tsv", sep="\t", dtype=str)
     assert list(on_disk.columns) == ["path", "reason", "fix"]
@@ -219,6 +222,9 @@ def test_ingest_path_errors(tmp_path: Path) -> None:
     assert "nowhere" in str(info.value) and "does not exist" in str(info.value)
     sheet = tmp_path / "sheet.tsv"
     sheet.write_text("picture\tlabel\nx.nii.gz\t\n")
+    with pytest.raises(InputError, match="unknown column 'picture'.*known columns are image"):
+        ingest_path(sheet, tmp_path / "out", salt="s", progress=False)
+    sheet.write_text("label\tpatient\nx.nii.gz\tp1\n")
     with pytest.raises(InputError, match="no 'image' column"):
         ingest_path(sheet, tmp_path / "out", salt="s", progress=False)
     sheet.write_text("image\tlabel\nmissing.nii.gz\t\n")
@@ -241,3 +247,78 @@ def test_hash_id_is_keyed_and_stable() -> None:
     assert hash_id("DEMO-002", "s3cret") != h
     assert len(hash_id("DEMO-001", "s3cret", length=16)) == 16
     assert hash_id("DEMO-001", "s3cret", length=16).startswith(h)
+
+
+# ------------------------------------------------------------------ outputs and inputs
+
+
+def _labelled_folder(root: Path, n: int = 2) -> Path:
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        image = rng.integers(0, 100, (6, 5, 4)).astype(np.int16)
+        label = (image > 50).astype(np.uint8)
+        for sub, data in (("images", image), ("labels", label)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, np.eye(4)), str(root / sub / f"c{i}.nii.gz"))
+    return root
+
+
+def test_ingest_into_an_existing_empty_temporary_folder(tmp_path: Path) -> None:
+    """What `medtl predict` does: ingest into a fresh temporary folder it then reads."""
+    import tempfile
+
+    source = _labelled_folder(tmp_path / "in")
+    with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+        manifest, _ = ingest_path(source, Path(tmp), salt="s", progress=False, labels=False)
+        assert manifest["label"].tolist() == ["", ""]
+        for image in manifest["image"]:
+            assert Path(image).parent == Path(tmp) / "images" and Path(image).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no staging left behind
+
+
+def test_ingest_refuses_a_folder_of_other_files(tmp_path: Path) -> None:
+    source = _labelled_folder(tmp_path / "in")
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    with pytest.raises(InputError, match="already holds files that `medtl ingest` did not write"):
+        ingest_path(source, out, salt="s", progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_ingest_out_inside_the_input_is_refused_before_reading(tmp_path: Path) -> None:
+    source = _labelled_folder(tmp_path / "in")
+    before = _tree_hashes(source)
+    with pytest.raises(InputError, match="--out lies inside the input folder"):
+        ingest_path(source, source / "derived", salt="s", progress=False)
+    assert _tree_hashes(source) == before and not (source / "derived").exists()
+
+
+def test_bad_synonyms_stop_the_run_and_leave_out_as_it_was(tmp_path: Path) -> None:
+    from medtl.config import ConfigError
+
+    source = _labelled_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    ingest_path(source, out, salt="s", progress=False)
+    before = _tree_hashes(out)
+    with pytest.raises(ConfigError, match=r"--synonyms.*synonyms keyed by a class name"):
+        ingest_path(source, out, salt="s", progress=False, classes={1: "a"}, synonyms={"b": ["x"]})
+    assert _tree_hashes(out) == before
+
+
+def test_ingest_command_classes(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medtl.cli.main import app
+
+    source = _labelled_folder(tmp_path / "in")
+    args = ["ingest", str(source), "--out", str(tmp_path / "out"), "--quiet"]
+    bad = CliRunner().invoke(app, [*args, "--classes", '{"one": "tumour"}'])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert "--classes: expected label values (integers) as keys" in bad.output
+    two = CliRunner().invoke(app, [*args, "--classes", '{"2": "tumour"}'])
+    assert two.exit_code == 1  # labels hold 1, not a class: every case set aside
+    assert "label values 1 are not classes" in two.output
+    ok = CliRunner().invoke(app, [*args, "--classes", '{"1": "tumour"}'])
+    assert ok.exit_code == 0, ok.output
+    assert "ingest: 2 cases, 0 set aside" in ok.output

@@ -545,3 +545,29 @@ def test_export_nnunet_command_writes_the_folds(
     # every case nnU-Net is told about exists in the exported dataset
     exported = {p.name.rsplit("_", 1)[0] for p in (dataset / "imagesTr").iterdir()}
     assert {c for s in splits for part in s.values() for c in part} == exported
+
+
+def test_ingest_of_msd_keeps_the_declared_channels(msd_dir: Path, tmp_path: Path) -> None:
+    from medtl.io.ingest import ingest_path
+
+    manifest, rejected = ingest_path(msd_dir, tmp_path / "out", salt="s", progress=False)
+    assert set(manifest["channels"]) == {2}
+    assert nib.load(manifest["image"].iloc[0]).shape == (*SHAPE, 2)
+    assert not any("4-D" in r for r in rejected["reason"])
+
+
+def test_ingest_checks_labels_against_the_dataset_labels(nnunet_dir: Path, tmp_path: Path) -> None:
+    from medtl.io.ingest import ingest_path
+
+    label = _label(1)
+    label[0, 0, 0] = 3  # dataset.json declares 0, 1, 2
+    _save(nnunet_dir / "labelsTr" / "case_b.nii.gz", label)
+    manifest, rejected = ingest_path(nnunet_dir, tmp_path / "out", salt="s", progress=False)
+    assert "case_b" not in set(manifest["case_id"])
+    (reason,) = rejected.loc[rejected["path"].str.contains("case_b"), "reason"]
+    assert "label values 3 are not classes" in reason and "2 (cyst)" in reason
+    # given classes win over the dataset's own
+    manifest, _ = ingest_path(
+        nnunet_dir, tmp_path / "out2", salt="s", progress=False, classes={1: "t", 2: "c", 3: "x"}
+    )
+    assert "case_b" in set(manifest["case_id"])

@@ -1,0 +1,193 @@
+"""Case sheets: a table that says which image, label and patient make each case.
+
+A sheet has a header line and one row per case, separated by tabs (``.tsv``), commas
+(``.csv``) or semicolons (a spreadsheet's CSV in some locales): the separator is read
+from the header line, whatever the file is called. A UTF-8 byte-order mark and Windows
+line ends are fine. Columns:
+
+========== ============ ===========================================================
+column     required     what
+========== ============ ===========================================================
+image      yes          an image file (NIfTI, NRRD, MetaImage) or a DICOM series folder
+label      for training a label file (NIfTI, NRRD, MetaImage, ``.seg.nrrd``), RTSTRUCT or SEG
+patient    no           the patient identifier (hashed before anything is written)
+case_id    no           a pseudonymous case name
+========== ============ ===========================================================
+
+Relative paths are relative to the sheet. A misspelt column stops the sheet (a ``lable``
+column would otherwise give silently unlabelled cases); a bad row (an empty image cell,
+a file listed twice, a case id used twice) is set aside and the other rows carry on.
+
+Example:
+    >>> import tempfile
+    >>> sheet = Path(tempfile.mkdtemp()) / "cases.csv"
+    >>> _ = sheet.write_text("image,lable\\nct.nii.gz,ct_label.nii.gz\\n")
+    >>> read_case_sheet(sheet)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    medtl.io.errors.InputError: ...unknown column 'lable' (did you mean 'label'?)...
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+from pathlib import Path
+
+from medtl.io.errors import InputError, Rejection
+from medtl.io.sources import CaseSource
+
+COLUMNS = ("image", "label", "patient", "case_id")
+_SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}
+_HEADER_FIX = (
+    "write a header line with the columns image, label, patient, case_id (only image is "
+    "required), separated by tabs or commas"
+)
+
+
+def _text(sheet: Path) -> str:
+    data = sheet.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")  # a spreadsheet's export on Windows
+
+
+def _separator(header: str) -> str:
+    """The separator of the header line: the first of tab, comma, semicolon found."""
+    for sep in _SEPARATORS:
+        if sep in header:
+            return sep
+    return "\t"  # one column
+
+
+def _columns(header: list[str], sheet: Path, sep: str) -> list[str]:
+    columns = [c.strip().lower() for c in header]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(
+            sheet,
+            f"unknown column {name!r}{hint} in the case sheet's header (read as "
+            f"{_SEPARATORS[sep]}-separated: {', '.join(repr(c) for c in columns)}); "
+            f"the known columns are {', '.join(COLUMNS)}",
+            "rename the column" + (f" to {close[0]!r}" if close else "") + "; " + _HEADER_FIX,
+        )
+    if "image" not in columns:
+        raise InputError(
+            sheet,
+            f"case sheet has no 'image' column (columns found: {', '.join(columns)})",
+            "add a header line with at least 'image' (and 'label' for training cases)",
+        )
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise InputError(sheet, f"column {repeated[0]!r} appears twice in the header", _HEADER_FIX)
+    return columns
+
+
+def read_case_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
+    """The cases a sheet lists, and the rows it had to set aside.
+
+    Raises:
+        InputError: the sheet cannot be read, is empty, lists no case, or its header has
+            an unknown column or no ``image`` column.
+    """
+    sheet = Path(sheet)
+    try:
+        text = _text(sheet)
+    except OSError as exc:
+        raise InputError(sheet, f"cannot read the case sheet ({exc})", _HEADER_FIX) from exc
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise InputError(sheet, "the case sheet is empty (no header line, no rows)", _HEADER_FIX)
+    sep = _separator(lines[first])
+    reader = csv.reader(io.StringIO("\n".join(lines[first:])), delimiter=sep)
+    columns = _columns(next(reader), sheet, sep)
+    base = sheet.parent
+
+    def resolve(value: str) -> Path | None:
+        value = value.strip()
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+
+    sources: list[CaseSource] = []
+    rejected: list[Rejection] = []
+    files: dict[Path, int] = {}  # resolved file -> line that listed it first
+    case_ids: dict[str, int] = {}
+    for fields in reader:
+        line = first + reader.line_num
+        where = f"line {line} of {sheet.name}"
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) > len(columns):
+            rejected.append(
+                Rejection(
+                    str(sheet),
+                    f"{where} has {len(fields)} fields, the header {len(columns)} (a path "
+                    f"with a {_SEPARATORS[sep]} in it?)",
+                    "quote a path that holds the separator, or fix the row",
+                )
+            )
+            continue
+        row = dict(zip(columns, [f.strip() for f in fields], strict=False))
+        image, label = resolve(row.get("image", "")), resolve(row.get("label", ""))
+        if image is None:
+            rejected.append(
+                Rejection(
+                    str(sheet),
+                    f"{where}: the image cell is empty",
+                    "give the row's image path (an image file or a DICOM series folder), or "
+                    "delete the row",
+                )
+            )
+            continue
+        problem = None
+        for path in (image, label):
+            if path is None:
+                continue
+            key = path.resolve()
+            if key in files:
+                problem = Rejection(
+                    str(path),
+                    f"{where} lists a file already listed on line {files[key]}: one scan "
+                    "in two cases can land in both the training and the test set",
+                    "list each image and label once (remove the repeated row, or correct its path)",
+                )
+                break
+        case_id = row.get("case_id") or None
+        if problem is None and case_id is not None and case_id in case_ids:
+            problem = Rejection(
+                str(image),
+                f"{where}: case_id {case_id!r} is already used on line {case_ids[case_id]}",
+                "give each case a unique case_id in the sheet",
+            )
+        if problem is not None:
+            rejected.append(problem)
+            continue
+        for path in (image, label):
+            if path is not None:
+                files[path.resolve()] = line
+        if case_id is not None:
+            case_ids[case_id] = line
+        sources.append(
+            CaseSource(
+                image=image,
+                label=label,
+                patient=row.get("patient") or None,
+                case_id=case_id,
+                origin=where,
+            )
+        )
+    if not sources and not rejected:
+        raise InputError(
+            sheet,
+            "the case sheet lists no case (a header line and no rows)",
+            "add one row per case below the header line",
+        )
+    return sources, rejected
