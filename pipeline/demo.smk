@@ -20,5 +20,5 @@ rule demo_data:
         n_source=config["dataset"]["demo"]["n_source"],
         n_patients=config["dataset"]["demo"]["n_patients"],
     shell:
-        "medtl demo-data --out {params.out} --seed {params.seed} "
+        "{MEDTL} demo-data --out {params.out} --seed {params.seed} "
         "--n-source {params.n_source} --n-patients {params.n_patients} --quiet > {log} 2>&1"

@@ -19,5 +19,5 @@ rule check_device:
         device=config["device"],
         gpus=config["gpus"],
     shell:
-        "medtl check-device --device {params.device} --gpus {params.gpus} --out {output} "
+        "{MEDTL} check-device --device {params.device} --gpus {params.gpus} --out {output} "
         "> {log} 2>&1"

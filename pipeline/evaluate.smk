@@ -24,7 +24,7 @@ rule evaluate_fold:
         classes=as_json(config["classes"]),
         settings=as_json(config["evaluate"]),
     shell:
-        "medtl evaluate --manifest {input.manifest} --folds {input.folds} "
+        "{MEDTL} evaluate --manifest {input.manifest} --folds {input.folds} "
         "--predictions {params.predictions} --arms {wildcards.arm} --fold {wildcards.fold} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"
@@ -45,7 +45,7 @@ rule evaluate:
     resources:
         mem_mb=2000,
     shell:
-        "medtl evaluate-merge {input} --out {output} > {log} 2>&1"
+        "{MEDTL} evaluate-merge {input} --out {output} > {log} 2>&1"
 
 
 # Post-processing chosen on each arm's cross-validation predictions (as nnU-Net does):
@@ -72,7 +72,7 @@ rule postprocess:
         classes=as_json(config["classes"]),
         settings=as_json(config["postprocess"]),
     shell:
-        "medtl postprocess --manifest {input.manifest} --folds {input.folds} "
+        "{MEDTL} postprocess --manifest {input.manifest} --folds {input.folds} "
         "--predictions {params.predictions} --arm {wildcards.arm} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -30,7 +30,7 @@ rule subset_folds:
         fraction=lambda wc: folder_fraction(LABEL_FRACTIONS, wc.pct),
         seed=config["splits"]["seed"],
     shell:
-        "medtl subset --folds {input.folds} --fold {wildcards.fold} "
+        "{MEDTL} subset --folds {input.folds} --fold {wildcards.fold} "
         "--fraction {params.fraction} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -55,6 +55,7 @@ rule train_fraction:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
         launch=launcher,
         threads=threads_per_process,
@@ -63,7 +64,9 @@ rule train_fraction:
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: input.cases,
     shell:
-        "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{PYTHON} -m {params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} "
+        "--folds {input.folds} "
         "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
         "{params.pretrained} --threads {params.threads} > {log} 2>&1"
 
@@ -88,13 +91,15 @@ rule predict_fraction:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=60,
+        attempt=attempt,
     params:
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
         cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
-        "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{MEDTL} predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases {params.cases} --out {output} --settings {params.settings:q} "
         "--device {params.device} --threads {threads} > {log} 2>&1"
 
@@ -127,6 +132,7 @@ rule evaluate_fractions:
     threads: 2
     resources:
         mem_mb=attempt_mem(4000),
+        attempt=attempt,
     params:
         # The folder holding frac<pct>/: three levels above a subset folds file.
         root=lambda wc, input: (
@@ -136,7 +142,8 @@ rule evaluate_fractions:
         arms=",".join(ARMS),
         classes=as_json(config["classes"]),
     shell:
-        "medtl evaluate-fractions --manifest {input.manifest} --folds {input.folds} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{MEDTL} evaluate-fractions --manifest {input.manifest} --folds {input.folds} "
         "--fractions-root {params.root} --full-metrics {input.full} "
         "--fractions {params.fractions:q} --arms {params.arms} --classes {params.classes:q} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule pull_dicomweb:
         query=as_json(config["dataset"]["dicomweb"]),
         cache=lambda wc, output: parent(output[0]),
     shell:
-        "medtl pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
+        "{MEDTL} pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
 
 
 checkpoint ingest:
@@ -46,14 +46,14 @@ checkpoint ingest:
         synonyms=as_json(config["dataset"]["label_synonyms"]),
         workers=config["dataset"]["workers"],
     shell:
-        "medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
+        "{MEDTL} ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
         "--modality {params.modality} --classes {params.classes:q} "
         "--synonyms {params.synonyms:q} --workers {params.workers} --quiet > {log} 2>&1"
 
 
 rule ingest_source:
     input:
-        pretrain_source(),
+        pretrain_source,
     output:
         manifest="results/pretrain/source/manifest.tsv",
         rejected="results/pretrain/source/rejected.tsv",
@@ -76,5 +76,5 @@ rule ingest_source:
         salt=config["salt"],
         modality=config["dataset"]["modality"],
     shell:
-        "medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
+        "{MEDTL} ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
         "--modality {params.modality} --quiet > {log} 2>&1"

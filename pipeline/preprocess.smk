@@ -17,11 +17,13 @@ rule plan:
     threads: 1
     resources:
         mem_mb=attempt_mem(4000),
+        attempt=attempt,
     params:
         settings=plan_settings(),
         classes=as_json(config["classes"]),
     shell:
-        "medtl plan --manifest {input.manifest} --out {output} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{MEDTL} plan --manifest {input.manifest} --out {output} "
         "--settings {params.settings:q} --classes {params.classes:q} > {log} 2>&1"
 
 
@@ -44,6 +46,8 @@ rule preprocess:
     threads: config["preprocess"]["workers"]
     resources:
         mem_mb=lambda wildcards, threads, attempt: 2000 * threads * attempt,
+        attempt=attempt,
     shell:
-        "medtl preprocess --manifest {input.manifest} --plan {input.plan} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{MEDTL} preprocess --manifest {input.manifest} --plan {input.plan} "
         "--out-dir {output} --workers {threads} --labelled-only --quiet > {log} 2>&1"

@@ -22,6 +22,7 @@ rule pretrain:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
         launch=launcher,
         threads=threads_per_process,
@@ -35,7 +36,8 @@ rule pretrain:
             }
         ),
     shell:
-        "{params.launch} pretrain --manifest {input.manifest} --plan {input.plan} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{PYTHON} -m {params.launch} pretrain --manifest {input.manifest} --plan {input.plan} "
         "--out {params.out} --settings {params.settings:q} --threads {params.threads} "
         "> {log} 2>&1"
 
@@ -60,6 +62,7 @@ rule pretrain_ssl:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
         launch=launcher,
         threads=threads_per_process,
@@ -74,5 +77,6 @@ rule pretrain_ssl:
             }
         ),
     shell:
-        "{params.launch} pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{PYTHON} -m {params.launch} pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
         "--settings {params.settings:q} --threads {params.threads} > {log} 2>&1"

@@ -80,5 +80,5 @@ rule report:
         # The hashing salt is a secret: it stays out of the report (and its command line).
         settings=as_json({k: v for k, v in config.items() if k != "salt"}),
     shell:
-        "medtl report --results {params.results} --out {output.html} --figures {params.figures} "
+        "{MEDTL} report --results {params.results} --out {output.html} --figures {params.figures} "
         "--summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

@@ -20,5 +20,5 @@ rule split:
         seed=config["splits"]["seed"],
         val_fraction=config["splits"]["val_fraction"],
     shell:
-        "medtl split --manifest {input.manifest} --out {output} --folds {params.folds} "
+        "{MEDTL} split --manifest {input.manifest} --out {output} --folds {params.folds} "
         "--seed {params.seed} --val-fraction {params.val_fraction} > {log} 2>&1"

@@ -23,6 +23,7 @@ rule train:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
         launch=launcher,
         threads=threads_per_process,
@@ -31,6 +32,8 @@ rule train:
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: input.cases,
     shell:
-        "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "retry_guard {resources.attempt} {log:q}; "
+        "{PYTHON} -m {params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} "
+        "--folds {input.folds} "
         "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
         "{params.pretrained} --threads {params.threads} > {log} 2>&1"
