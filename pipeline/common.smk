@@ -17,12 +17,13 @@ def conda_jobs():
     return settings is not None and DeploymentMethod.CONDA in settings.deployment_method
 
 
-# The Python every job runs medtl with (`{PYTHON} -m medtl` in every rule): the one running
-# Snakemake, so that jobs find medtl however Snakemake was started (`.venv/bin/snakemake`,
-# `make run`, a cluster job) without the environment on PATH; with `--sdm conda`, the
-# Python of the rules' conda environment (envs/medtl.yaml installs medtl there).
+# The Python every job runs medtl with (each rule's `params.python`, its shell
+# `{params.python} -m medtl ...`): the one running Snakemake, so that jobs find medtl
+# however Snakemake was started (`.venv/bin/snakemake`, `make run`, a cluster job) without
+# the environment on PATH; with `--sdm conda`, the Python of the rules' conda environment
+# (envs/medtl.yaml installs medtl there). As a parameter it is recorded with each result:
+# running the workflow with another Python (another venv, or conda) reruns the jobs.
 PYTHON = "python" if conda_jobs() else shlex.quote(sys.executable)
-MEDTL = f"{PYTHON} -m medtl"
 
 # A job that could not start would fail only when its turn comes: check now, once.
 if workflow.is_main_process and not conda_jobs():
@@ -59,29 +60,36 @@ def attempt_mem(mb):
 
 
 def attempt(wildcards, attempt):
-    """The attempt number, as the resource `attempt` that retry_guard reads."""
+    """The attempt number, as the resource `attempt` that medtl_job reads."""
     return attempt
 
 
 # Rules with `retries: 1` retry a failed job once, for what a second attempt can cure: a
 # kill for memory (it then asks for twice the memory, attempt_mem), a time limit, a lost
 # node. An error medtl reported (`medtl: error: ...`: a bad input or setting) would only
-# repeat, so those rules start with `retry_guard {resources.attempt} {log:q};`: on a second
-# attempt after such an error it stops at once and says so in the log. (Snakemake itself
-# retries whatever failed.) Every job's shell starts with this prefix: bash's strict mode,
-# Snakemake's default, and the guard's definition.
+# repeat, so those rules run their command as `medtl_job ATTEMPT LOG COMMAND...`: it runs
+# COMMAND with its output in LOG and, when it fails with a medtl error, keeps that log
+# beside it (LOG.first-attempt: Snakemake deletes a job's log before each attempt); a
+# second attempt then puts it back, adds that it was not retried, and stops at once.
+# Snakemake itself retries whatever failed. Every job's shell starts with this prefix:
+# bash's strict mode (Snakemake's default) and medtl_job.
 shell.prefix(
     "set -euo pipefail; "
-    "retry_guard() {{ if [ $1 -gt 1 ] && grep -qs '^medtl: error:' $2; then "
+    "medtl_job() {{ local attempt=$1 log=$2 status=0; shift 2; "
+    'local kept="$log.first-attempt"; '
+    'if [ "$attempt" -gt 1 ] && [ -f "$kept" ]; then mv "$kept" "$log"; '
     "echo '[workflow] not retried: the first attempt stopped on the error above, which a "
-    "second attempt would repeat. Fix it, then run the workflow again.' >> $2; "
-    "exit 1; fi; }}; "
+    'second attempt would repeat. Fix it, then run the workflow again.\' >> "$log"; '
+    "return 1; fi; "
+    'rm -f "$kept"; "$@" > "$log" 2>&1 || status=$?; '
+    'if [ "$status" -ne 0 ] && grep -qs \'^medtl: error:\' "$log"; then '
+    'cp "$log" "$kept"; fi; return "$status"; }}; '
 )
 
 
 def launcher(wildcards):
-    """What `{PYTHON} -m` starts: `medtl`, or torchrun starting one medtl process per GPU
-    (PyTorch DDP) when the config gives training jobs more than one GPU."""
+    """What `{params.python} -m` starts: `medtl`, or torchrun starting one medtl process
+    per GPU (PyTorch DDP) when the config gives training jobs more than one GPU."""
     n = config["gpus"]
     if n > 1:
         return f"torch.distributed.run --standalone --nproc-per-node {n} -m medtl"

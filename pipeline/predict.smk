@@ -24,12 +24,13 @@ rule predict_fold:
         runtime=60,
         attempt=attempt,
     params:
+        python=PYTHON,
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
         cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{MEDTL} predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl predict-fold "
+        "--run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases {params.cases} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --threads {threads}"

@@ -19,12 +19,13 @@ rule plan:
         mem_mb=attempt_mem(4000),
         attempt=attempt,
     params:
+        python=PYTHON,
         settings=plan_settings(),
         classes=as_json(config["classes"]),
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{MEDTL} plan --manifest {input.manifest} --out {output} "
-        "--settings {params.settings:q} --classes {params.classes:q} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl plan "
+        "--manifest {input.manifest} --out {output} --settings {params.settings:q} "
+        "--classes {params.classes:q}"
 
 
 # One job for all cases: starting Python and PyTorch costs seconds, a case a fraction of
@@ -47,7 +48,9 @@ rule preprocess:
     resources:
         mem_mb=lambda wildcards, threads, attempt: 2000 * threads * attempt,
         attempt=attempt,
+    params:
+        python=PYTHON,
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{MEDTL} preprocess --manifest {input.manifest} --plan {input.plan} "
-        "--out-dir {output} --workers {threads} --labelled-only --quiet > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl preprocess "
+        "--manifest {input.manifest} --plan {input.plan} --out-dir {output} "
+        "--workers {threads} --labelled-only --quiet"

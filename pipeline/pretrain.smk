@@ -24,6 +24,7 @@ rule pretrain:
         runtime=240,
         attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
@@ -36,10 +37,9 @@ rule pretrain:
             }
         ),
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{PYTHON} -m {params.launch} pretrain --manifest {input.manifest} --plan {input.plan} "
-        "--out {params.out} --settings {params.settings:q} --threads {params.threads} "
-        "> {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain "
+        "--manifest {input.manifest} --plan {input.plan} --out {params.out} "
+        "--settings {params.settings:q} --threads {params.threads}"
 
 
 rule pretrain_ssl:
@@ -64,6 +64,7 @@ rule pretrain_ssl:
         runtime=240,
         attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
@@ -77,6 +78,6 @@ rule pretrain_ssl:
             }
         ),
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{PYTHON} -m {params.launch} pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
-        "--settings {params.settings:q} --threads {params.threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain-ssl "
+        "{params.manifests} --plan {input.plan} --out {params.out} "
+        "--settings {params.settings:q} --threads {params.threads}"

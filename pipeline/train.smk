@@ -25,6 +25,7 @@ rule train:
         runtime=240,
         attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         settings=train_settings,
@@ -32,8 +33,7 @@ rule train:
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: input.cases,
     shell:
-        "retry_guard {resources.attempt} {log:q}; "
-        "{PYTHON} -m {params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} "
-        "--folds {input.folds} "
-        "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
-        "{params.pretrained} --threads {params.threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} train "
+        "--arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "--cases {params.cases} --out {params.out} "
+        "--settings {params.settings:q} {params.pretrained} --threads {params.threads}"
