@@ -232,12 +232,14 @@ def _data_problems(config: dict[str, Any], workdir: Path) -> list[str]:
         )
     if kind == "dicomweb":
         problems += _dicomweb_problems(dataset["dicomweb"])
-    demo_source = kind == "demo" and config["pretrain"]["source"] in (None, DEMO_SOURCE)
-    if runs_pretraining(config) and not demo_source:
+    source = config["pretrain"]["source"]
+    demo_source = kind == "demo" and source in (None, DEMO_SOURCE)
+    ssl_source = uses_init(config, "ssl") and config["pretrain_ssl"]["use_source"] and source
+    if (runs_pretraining(config) or ssl_source) and not demo_source:
         arms = [n for n, a in config["arms"].items() if a.get("init") == "pretrained"]
         problems += _path_problems(
             "pretrain.source",
-            config["pretrain"]["source"],
+            source,
             workdir,
             f"empty, but arm(s) {', '.join(arms)} start from pretrained weights and "
             "pretrain.checkpoint is not set",

@@ -39,7 +39,7 @@ rule pretrain:
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain "
         "--manifest {input.manifest} --plan {input.plan} --out {params.out} "
-        "--settings {params.settings:q} --threads {params.threads}"
+        "--threads {params.threads} --settings {params.settings:q}"
 
 
 rule pretrain_ssl:
@@ -80,4 +80,4 @@ rule pretrain_ssl:
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain-ssl "
         "{params.manifests} --plan {input.plan} --out {params.out} "
-        "--settings {params.settings:q} --threads {params.threads}"
+        "--threads {params.threads} --settings {params.settings:q}"

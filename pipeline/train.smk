@@ -36,4 +36,4 @@ rule train:
         "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} train "
         "--arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
         "--cases {params.cases} --out {params.out} "
-        "--settings {params.settings:q} {params.pretrained} --threads {params.threads}"
+        "--threads {params.threads} {params.pretrained} --settings {params.settings:q}"
