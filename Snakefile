@@ -2,15 +2,30 @@
 # Run with `make run`, or `snakemake --profile profiles/local`.
 from snakemake.utils import min_version
 
-from medtl.config import validate_config
+from medtl.checks import check_workflow_config, stop_on_error
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The project's config, unless you name your own with --configfile: yours then replaces
+# it whole (keys it leaves out take the schema's defaults; arms never add up).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
-validate_config(config, workflow.source_path("pipeline/schemas/config.schema.yaml"))
+# Every key against the schema, then every check that spans several keys (arms, patch
+# sizes, the data and the weights they need), before any job runs.
+with stop_on_error():
+    check_workflow_config(
+        config,
+        workflow.source_path("pipeline/schemas/config.schema.yaml"),
+        sources=[
+            *workflow.configfiles,
+            *(["--config"] if workflow.config_settings.config else []),
+        ],
+        read_checkpoint=workflow.is_main_process,
+    )
 
 
 report: "pipeline/report/workflow.rst"

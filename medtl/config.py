@@ -11,10 +11,14 @@ allowed.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import re
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -101,6 +105,14 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = False
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ConfigError(
+                f"config key 'train.warmup_steps': got {self.warmup_steps}; expected 0 to "
+                f"{self.steps - 1} (fewer than train.steps = {self.steps}). How to fix: "
+                "lower warmup_steps, e.g. to a tenth of the steps"
+            )
+
 
 ARM_STRATEGIES = ("scratch", "frozen", "finetune", "partial", "gradual")
 
@@ -129,6 +141,8 @@ class ArmConfig:
             deepest at step N, the next at 2N, ...).
         unfreeze_at: ``gradual`` only: the step at which each stage unfreezes, deepest
             first; stages beyond the list stay frozen.
+        where: the arm's config path for messages, e.g. ``arms.partial2``
+            (:func:`parse_section` passes it; not a config key, not stored).
     """
 
     init: str = "random"
@@ -138,9 +152,9 @@ class ArmConfig:
     unfreeze_stages: int = 0
     unfreeze_every: int = 0
     unfreeze_at: tuple[int, ...] = ()
+    where: InitVar[str] = "arms.<arm>"
 
-    def __post_init__(self) -> None:
-        where = "arms.<arm>"
+    def __post_init__(self, where: str) -> None:
         strategy = self.strategy
         if strategy is None:
             if self.freeze_encoder:
@@ -452,6 +466,8 @@ def parse_section(cls: type[T], data: dict[str, Any] | None, where: str = "") ->
         for name in names
         if name in data
     }
+    if where and isinstance(hints.get("where"), InitVar):  # messages name the key's path
+        kwargs["where"] = where
     return cls(**kwargs)
 
 
@@ -479,32 +495,151 @@ def load_json_arg(text: str, what: str) -> dict[str, Any]:
     return value
 
 
+#: How a JSON-schema type is said in a message.
+_TYPE_WORDS = {
+    "object": "a mapping (key: value)",
+    "array": "a list",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "string": "a text",
+    "null": "null",
+}
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NULL = ("null", "Null", "NULL", "~")
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    kind = schema.get("type", [])
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def _typed(text: str, types: set[str]) -> Any:
+    """``text`` as the type the schema asks for, when it reads as exactly one; else as is."""
+    if "null" in types and text.strip() in _NULL:
+        return None
+    if "string" in types:
+        return text
+    word = text.strip()
+    if "boolean" in types and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    if types & {"integer", "number"} and _INTEGER.fullmatch(word):
+        return int(word)
+    if "number" in types:
+        try:
+            number = float(word)
+        except ValueError:
+            return text
+        return number if math.isfinite(number) else text
+    return text
+
+
+def read_text_values(value: Any, schema: dict[str, Any]) -> Any:
+    """Turn numbers, booleans and nulls written as text into the types the schema asks for.
+
+    Snakemake reads the values inside ``--config train='{steps: 500}'`` as text (YAML's
+    base loader), so ``steps`` arrives as ``'500'``. Where the schema expects a whole
+    number, a number, true/false or null and the text is exactly one (``500``, ``0.002``,
+    ``true``, ``null``), it becomes that value; anything else is left for the schema to
+    refuse. Mappings and lists are converted in place, item by item.
+
+    Example:
+        >>> schema = {"properties": {"steps": {"type": "integer"}, "tta": {"type": "boolean"}}}
+        >>> read_text_values({"steps": "500", "tta": "true"}, schema)
+        {'steps': 500, 'tta': True}
+        >>> read_text_values({"steps": "many"}, schema)
+        {'steps': 'many'}
+    """
+    branches = [schema, *schema.get("oneOf", []), *schema.get("anyOf", [])]
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        for key, item in value.items():
+            sub = properties.get(key, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[key] = read_text_values(item, sub)
+        return value
+    if isinstance(value, list):
+        for branch in branches:
+            items = branch.get("items")
+            if isinstance(items, dict) and "array" in _types(branch):
+                value[:] = [read_text_values(item, items) for item in value]
+                break
+        return value
+    if isinstance(value, str):
+        return _typed(value, {t for branch in branches for t in _types(branch)})
+    return value
+
+
+def _expected(schema: dict[str, Any]) -> str:
+    words = [_TYPE_WORDS.get(t, t) for t in _types(schema)]
+    return " or ".join(words) or "another value"
+
+
 def _describe_error(error: Any) -> str:
     path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     validator = error.validator
+    described = error.schema.get("description", "")
+    hint = f" ({described})" if described else ""
+    if "propertyNames" in error.schema_path:
+        why = f" ({described})" if described else f"; {error.message}"
+        return f"config key '{path}.{error.instance}': not allowed as a key here{why}"
     if validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
         key = f"{path}.{extra[0]}" if path != "(top level)" else extra[0]
-        return f"config key '{key}': unknown. Allowed keys here: {', '.join(allowed)}"
+        close = difflib.get_close_matches(str(extra[0]), allowed, n=1)
+        guess = f" Did you mean '{close[0]}'?" if close else ""
+        return f"config key '{key}': unknown.{guess} Allowed keys here: {', '.join(allowed)}"
     if validator == "enum":
         return (
             f"config key '{path}': got {error.instance!r}; allowed values: "
             f"{', '.join(repr(v) for v in error.validator_value)}"
         )
     if validator == "required":
-        return f"config key '{path}': {error.message}"
-    expected = error.schema.get("description", "")
-    hint = f" ({expected})" if expected else ""
+        missing = re.match(r"'([^']+)'", error.message)
+        key = f"{path}.{missing[1]}" if missing else path
+        return f"config key '{key}': missing; it is required here{hint}"
+    if validator == "type":
+        return (
+            f"config key '{path}': got {error.instance!r}; expected {_expected(error.schema)}{hint}"
+        )
+    if validator in ("minItems", "maxItems"):
+        low, high = error.schema.get("minItems"), error.schema.get("maxItems")
+        count = (
+            f"exactly {low}" if low == high else (f"at least {low}" if low else f"at most {high}")
+        )
+        return (
+            f"config key '{path}': got {error.instance!r} ({len(error.instance)} values); "
+            f"expected {count} values{hint}"
+        )
+    if validator == "minProperties":
+        return (
+            f"config key '{path}': got {error.instance!r}; expected at least "
+            f"{error.validator_value} entry{hint}"
+        )
     return f"config key '{path}': got {error.instance!r}; {error.message}{hint}"
 
 
-def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str, Any]:
+def sources_note(sources: Sequence[str | Path]) -> str:
+    """`` (a.yaml, --config)``: where the config came from, for messages ("" if unknown)."""
+    return f" ({', '.join(str(s) for s in sources)})" if sources else ""
+
+
+def validate_config(
+    config: dict[str, Any], schema_path: str | Path, sources: Sequence[str | Path] = ()
+) -> dict[str, Any]:
     """Validate the workflow config against the JSON schema and fill in defaults.
 
+    Values written as text where the schema expects numbers, true/false or null (as
+    Snakemake's ``--config KEY={...}`` passes them) are read first, see
+    :func:`read_text_values`.
+
     Args:
-        config: the loaded YAML (modified in place: defaults are added).
+        config: the loaded YAML (modified in place: text values read, defaults added).
         schema_path: the schema file (YAML).
+        sources: where the config came from (config files, ``--config``), named in
+            the message.
 
     Returns:
         The same mapping, completed.
@@ -524,12 +659,13 @@ def validate_config(config: dict[str, Any], schema_path: str | Path) -> dict[str
                     instance[key] = json.loads(json.dumps(sub["default"]))
         yield from validator_cls.VALIDATORS["properties"](validator, properties, instance, schema)
 
+    read_text_values(config, schema)
     filling = jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
     errors = sorted(filling(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n".join(f"  - {_describe_error(e)}" for e in errors)
         raise ConfigError(
-            f"the config does not match {Path(schema_path).name}:\n{lines}\n"
+            f"the config{sources_note(sources)} does not match {Path(schema_path).name}:\n{lines}\n"
             "How to fix: correct these keys; config/config.yaml explains every key."
         )
     return config

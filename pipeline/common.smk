@@ -1,9 +1,34 @@
-# Shared helpers: config sections as JSON for the rules, the case list from the
-# ingest checkpoint, and the resources of GPU rules.
+# Shared helpers: the command that runs medtl in every job, config sections as JSON for
+# the rules, the case list from the ingest checkpoint, and the resources of GPU rules.
 import json
 import os
+import shlex
+import sys
 
 import pandas as pd
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+from medtl.checks import check_job_python, stop_on_error
+
+
+def conda_jobs():
+    """Whether jobs run in the rules' conda environment (`snakemake --sdm conda`)."""
+    settings = workflow.deployment_settings
+    return settings is not None and DeploymentMethod.CONDA in settings.deployment_method
+
+
+# The Python every job runs medtl with (each rule's `params.python`, its shell
+# `{params.python} -m medtl ...`): the one running Snakemake, so that jobs find medtl
+# however Snakemake was started (`.venv/bin/snakemake`, `make run`, a cluster job) without
+# the environment on PATH; with `--sdm conda`, the Python of the rules' conda environment
+# (envs/medtl.yaml installs medtl there). As a parameter it is recorded with each result:
+# running the workflow with another Python (another venv, or conda) reruns the jobs.
+PYTHON = "python" if conda_jobs() else shlex.quote(sys.executable)
+
+# A job that could not start would fail only when its turn comes: check now, once.
+if workflow.is_main_process and not conda_jobs():
+    with stop_on_error():
+        check_job_python([sys.executable])
 
 ARMS = list(config["arms"])
 FOLDS = list(range(config["splits"]["folds"]))
@@ -30,16 +55,44 @@ def plan_settings():
 
 def attempt_mem(mb):
     """Memory request (MB) that grows with each attempt: a job killed for exceeding its
-    memory is retried (see `retries:`) with twice, then three times the request."""
+    memory is retried (see `retries:`) with twice the request."""
     return lambda wildcards, attempt: mb * attempt
 
 
+def attempt(wildcards, attempt):
+    """The attempt number, as the resource `attempt` that medtl_job reads."""
+    return attempt
+
+
+# Rules with `retries: 1` retry a failed job once, for what a second attempt can cure: a
+# kill for memory (it then asks for twice the memory, attempt_mem), a time limit, a lost
+# node. An error medtl reported (`medtl: error: ...`: a bad input or setting) would only
+# repeat, so those rules run their command as `medtl_job ATTEMPT LOG COMMAND...`: it runs
+# COMMAND with its output in LOG and, when it fails with a medtl error, keeps that log
+# beside it (LOG.first-attempt: Snakemake deletes a job's log before each attempt); a
+# second attempt then puts it back, adds that it was not retried, and stops at once.
+# Snakemake itself retries whatever failed. Every job's shell starts with this prefix:
+# bash's strict mode (Snakemake's default) and medtl_job.
+shell.prefix(
+    "set -euo pipefail; "
+    "medtl_job() {{ local attempt=$1 log=$2 status=0; shift 2; "
+    'local kept="$log.first-attempt"; '
+    'if [ "$attempt" -gt 1 ] && [ -f "$kept" ]; then mv "$kept" "$log"; '
+    "echo '[workflow] not retried: the first attempt stopped on the error above, which a "
+    'second attempt would repeat. Fix it, then run the workflow again.\' >> "$log"; '
+    "return 1; fi; "
+    'rm -f "$kept"; "$@" > "$log" 2>&1 || status=$?; '
+    'if [ "$status" -ne 0 ] && grep -qs \'^medtl: error:\' "$log"; then '
+    'cp "$log" "$kept"; fi; return "$status"; }}; '
+)
+
+
 def launcher(wildcards):
-    """`medtl`, or `torchrun` starting one process per GPU (PyTorch DDP) when the config
-    gives training jobs more than one GPU."""
+    """What `{params.python} -m` starts: `medtl`, or torchrun starting one medtl process
+    per GPU (PyTorch DDP) when the config gives training jobs more than one GPU."""
     n = config["gpus"]
     if n > 1:
-        return f"python -m torch.distributed.run --standalone --nproc-per-node {n} -m medtl"
+        return f"torch.distributed.run --standalone --nproc-per-node {n} -m medtl"
     return "medtl"
 
 
@@ -60,12 +113,7 @@ def target_source():
         return f"{DEMO_DIR}/target/cases.tsv"
     if kind == "dicomweb":
         return config["dataset"]["dicomweb"]["cache"]
-    if not config["dataset"]["path"]:
-        raise ValueError(
-            f"config key 'dataset.path': empty while dataset.kind is '{kind}'. "
-            "How to fix: name your case sheet, DICOM folder or NIfTI folder."
-        )
-    return config["dataset"]["path"]
+    return config["dataset"]["path"]  # set: medtl.checks refuses an empty one at start
 
 
 def ingest_folder(path):
@@ -80,18 +128,14 @@ def target_input():
     return target_source()
 
 
-def pretrain_source():
-    """The labelled source set for pretraining (a file the rule can depend on)."""
+def pretrain_source(wildcards=None):
+    """The labelled source set (a file the rule can depend on). Asked for only when a job
+    needs it (pretraining without pretrain.checkpoint, or SSL with use_source), so that
+    `source: null` with a checkpoint of your own is fine; medtl.checks refuses a missing
+    source at start when pretraining needs one."""
     if DEMO and config["pretrain"]["source"] in (None, f"{DEMO_DIR}/source"):
         return f"{DEMO_DIR}/source/dataset.json"
-    source = config["pretrain"]["source"]
-    if not source:
-        raise ValueError(
-            "config key 'pretrain.source': empty, but an arm starts from pretrained weights "
-            "and pretrain.checkpoint is not set. How to fix: name a labelled source set, "
-            "or a checkpoint file."
-        )
-    return source
+    return config["pretrain"]["source"]
 
 
 def ssl_manifests():

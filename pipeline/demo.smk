@@ -15,10 +15,11 @@ rule demo_data:
     resources:
         mem_mb=2000,
     params:
+        python=PYTHON,
         out=lambda wc, output: parent(parent(output.sheet)),
         seed=config["dataset"]["demo"]["seed"],
         n_source=config["dataset"]["demo"]["n_source"],
         n_patients=config["dataset"]["demo"]["n_patients"],
     shell:
-        "medtl demo-data --out {params.out} --seed {params.seed} "
+        "{params.python} -m medtl demo-data --out {params.out} --seed {params.seed} "
         "--n-source {params.n_source} --n-patients {params.n_patients} --quiet > {log} 2>&1"

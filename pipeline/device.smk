@@ -16,8 +16,9 @@ rule check_device:
         mem_mb=2000,
         runtime=10,
     params:
+        python=PYTHON,
         device=config["device"],
         gpus=config["gpus"],
     shell:
-        "medtl check-device --device {params.device} --gpus {params.gpus} --out {output} "
+        "{params.python} -m medtl check-device --device {params.device} --gpus {params.gpus} --out {output} "
         "> {log} 2>&1"

@@ -20,11 +20,12 @@ rule evaluate_fold:
     resources:
         mem_mb=4000,
     params:
+        python=PYTHON,
         predictions=lambda wc, input: parent(parent(input.predictions)),
         classes=as_json(config["classes"]),
         settings=as_json(config["evaluate"]),
     shell:
-        "medtl evaluate --manifest {input.manifest} --folds {input.folds} "
+        "{params.python} -m medtl evaluate --manifest {input.manifest} --folds {input.folds} "
         "--predictions {params.predictions} --arms {wildcards.arm} --fold {wildcards.fold} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"
@@ -44,8 +45,10 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        python=PYTHON,
     shell:
-        "medtl evaluate-merge {input} --out {output} > {log} 2>&1"
+        "{params.python} -m medtl evaluate-merge {input} --out {output} > {log} 2>&1"
 
 
 # Post-processing chosen on each arm's cross-validation predictions (as nnU-Net does):
@@ -68,11 +71,12 @@ rule postprocess:
     resources:
         mem_mb=4000,
     params:
+        python=PYTHON,
         predictions=lambda wc, input: parent(parent(input.predictions[0])),
         classes=as_json(config["classes"]),
         settings=as_json(config["postprocess"]),
     shell:
-        "medtl postprocess --manifest {input.manifest} --folds {input.folds} "
+        "{params.python} -m medtl postprocess --manifest {input.manifest} --folds {input.folds} "
         "--predictions {params.predictions} --arm {wildcards.arm} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -27,10 +27,11 @@ rule subset_folds:
     resources:
         mem_mb=1000,
     params:
+        python=PYTHON,
         fraction=lambda wc: folder_fraction(LABEL_FRACTIONS, wc.pct),
         seed=config["splits"]["seed"],
     shell:
-        "medtl subset --folds {input.folds} --fold {wildcards.fold} "
+        "{params.python} -m medtl subset --folds {input.folds} --fold {wildcards.fold} "
         "--fraction {params.fraction} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
@@ -55,7 +56,9 @@ rule train_fraction:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         settings=train_settings,
@@ -63,9 +66,10 @@ rule train_fraction:
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: input.cases,
     shell:
-        "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
-        "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
-        "{params.pretrained} --threads {params.threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} train "
+        "--arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "--cases {params.cases} --out {params.out} "
+        "--threads {params.threads} {params.pretrained} --settings {params.settings:q}"
 
 
 rule predict_fraction:
@@ -88,15 +92,18 @@ rule predict_fraction:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=60,
+        attempt=attempt,
     params:
+        python=PYTHON,
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
         cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
-        "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl predict-fold "
+        "--run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases {params.cases} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --threads {threads}"
 
 
 rule evaluate_fractions:
@@ -127,7 +134,9 @@ rule evaluate_fractions:
     threads: 2
     resources:
         mem_mb=attempt_mem(4000),
+        attempt=attempt,
     params:
+        python=PYTHON,
         # The folder holding frac<pct>/: three levels above a subset folds file.
         root=lambda wc, input: (
             parent(parent(parent(input.subsets[0]))) if input.subsets else "."
@@ -136,10 +145,10 @@ rule evaluate_fractions:
         arms=",".join(ARMS),
         classes=as_json(config["classes"]),
     shell:
-        "medtl evaluate-fractions --manifest {input.manifest} --folds {input.folds} "
-        "--fractions-root {params.root} --full-metrics {input.full} "
-        "--fractions {params.fractions:q} --arms {params.arms} --classes {params.classes:q} "
-        "--out {output} --threads {threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl evaluate-fractions "
+        "--manifest {input.manifest} --folds {input.folds} --fractions-root {params.root} "
+        "--full-metrics {input.full} --fractions {params.fractions:q} --arms {params.arms} "
+        "--classes {params.classes:q} --out {output} --threads {threads}"
 
 
 # What `rule all` and the report ask for: the label-fraction table, when configured.

@@ -16,10 +16,11 @@ rule pull_dicomweb:
     resources:
         mem_mb=2000,
     params:
+        python=PYTHON,
         query=as_json(config["dataset"]["dicomweb"]),
         cache=lambda wc, output: parent(output[0]),
     shell:
-        "medtl pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
+        "{params.python} -m medtl pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
 
 
 checkpoint ingest:
@@ -38,6 +39,7 @@ checkpoint ingest:
     resources:
         mem_mb=4000,
     params:
+        python=PYTHON,
         source=lambda wc, input: ingest_folder(input[0]),
         out=lambda wc, output: parent(output.manifest),
         salt=config["salt"],
@@ -46,14 +48,14 @@ checkpoint ingest:
         synonyms=as_json(config["dataset"]["label_synonyms"]),
         workers=config["dataset"]["workers"],
     shell:
-        "medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
+        "{params.python} -m medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
         "--modality {params.modality} --classes {params.classes:q} "
         "--synonyms {params.synonyms:q} --workers {params.workers} --quiet > {log} 2>&1"
 
 
 rule ingest_source:
     input:
-        pretrain_source(),
+        pretrain_source,
     output:
         manifest="results/pretrain/source/manifest.tsv",
         rejected="results/pretrain/source/rejected.tsv",
@@ -67,6 +69,7 @@ rule ingest_source:
     resources:
         mem_mb=4000,
     params:
+        python=PYTHON,
         source=lambda wc, input: (
             os.path.dirname(input[0])
             if input[0].endswith("dataset.json")
@@ -76,5 +79,5 @@ rule ingest_source:
         salt=config["salt"],
         modality=config["dataset"]["modality"],
     shell:
-        "medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
+        "{params.python} -m medtl ingest {params.source:q} --out {params.out} --salt {params.salt:q} "
         "--modality {params.modality} --quiet > {log} 2>&1"

@@ -22,12 +22,15 @@ rule predict_fold:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=60,
+        attempt=attempt,
     params:
+        python=PYTHON,
         settings=as_json(config["predict"]),
         run=lambda wc, input: parent(input.model),
         cases=lambda wc, input: input.cases,
         device=config["device"],
     shell:
-        "medtl predict-fold --run {params.run} --folds {input.folds} --fold {wildcards.fold} "
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl predict-fold "
+        "--run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases {params.cases} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --threads {threads}"

@@ -17,12 +17,15 @@ rule plan:
     threads: 1
     resources:
         mem_mb=attempt_mem(4000),
+        attempt=attempt,
     params:
+        python=PYTHON,
         settings=plan_settings(),
         classes=as_json(config["classes"]),
     shell:
-        "medtl plan --manifest {input.manifest} --out {output} "
-        "--settings {params.settings:q} --classes {params.classes:q} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl plan "
+        "--manifest {input.manifest} --out {output} --settings {params.settings:q} "
+        "--classes {params.classes:q}"
 
 
 # One job for all cases: starting Python and PyTorch costs seconds, a case a fraction of
@@ -44,6 +47,10 @@ rule preprocess:
     threads: config["preprocess"]["workers"]
     resources:
         mem_mb=lambda wildcards, threads, attempt: 2000 * threads * attempt,
+        attempt=attempt,
+    params:
+        python=PYTHON,
     shell:
-        "medtl preprocess --manifest {input.manifest} --plan {input.plan} "
-        "--out-dir {output} --workers {threads} --labelled-only --quiet > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl preprocess "
+        "--manifest {input.manifest} --plan {input.plan} --out-dir {output} "
+        "--workers {threads} --labelled-only --quiet"

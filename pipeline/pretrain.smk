@@ -22,7 +22,9 @@ rule pretrain:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
@@ -35,9 +37,9 @@ rule pretrain:
             }
         ),
     shell:
-        "{params.launch} pretrain --manifest {input.manifest} --plan {input.plan} "
-        "--out {params.out} --settings {params.settings:q} --threads {params.threads} "
-        "> {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain "
+        "--manifest {input.manifest} --plan {input.plan} --out {params.out} "
+        "--threads {params.threads} --settings {params.settings:q}"
 
 
 rule pretrain_ssl:
@@ -60,7 +62,9 @@ rule pretrain_ssl:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         out=lambda wc, output: parent(output.checkpoint),
@@ -74,5 +78,6 @@ rule pretrain_ssl:
             }
         ),
     shell:
-        "{params.launch} pretrain-ssl {params.manifests} --plan {input.plan} --out {params.out} "
-        "--settings {params.settings:q} --threads {params.threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} pretrain-ssl "
+        "{params.manifests} --plan {input.plan} --out {params.out} "
+        "--threads {params.threads} --settings {params.settings:q}"

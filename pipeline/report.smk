@@ -75,10 +75,11 @@ rule report:
     resources:
         mem_mb=4000,
     params:
+        python=PYTHON,
         results=lambda wc, input: parent(parent(input.metrics)),
         figures=lambda wc, output: parent(output.dice),
         # The hashing salt is a secret: it stays out of the report (and its command line).
         settings=as_json({k: v for k, v in config.items() if k != "salt"}),
     shell:
-        "medtl report --results {params.results} --out {output.html} --figures {params.figures} "
+        "{params.python} -m medtl report --results {params.results} --out {output.html} --figures {params.figures} "
         "--summary {output.summary} --settings {params.settings:q} > {log} 2>&1"

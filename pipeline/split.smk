@@ -16,9 +16,10 @@ rule split:
     resources:
         mem_mb=1000,
     params:
+        python=PYTHON,
         folds=config["splits"]["folds"],
         seed=config["splits"]["seed"],
         val_fraction=config["splits"]["val_fraction"],
     shell:
-        "medtl split --manifest {input.manifest} --out {output} --folds {params.folds} "
+        "{params.python} -m medtl split --manifest {input.manifest} --out {output} --folds {params.folds} "
         "--seed {params.seed} --val-fraction {params.val_fraction} > {log} 2>&1"

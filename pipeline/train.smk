@@ -23,7 +23,9 @@ rule train:
         **gpu_resources(),
         mem_mb=attempt_mem(8000),
         runtime=240,
+        attempt=attempt,
     params:
+        python=PYTHON,
         launch=launcher,
         threads=threads_per_process,
         settings=train_settings,
@@ -31,6 +33,7 @@ rule train:
         out=lambda wc, output: parent(output.model),
         cases=lambda wc, input: input.cases,
     shell:
-        "{params.launch} train --arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
-        "--cases {params.cases} --out {params.out} --settings {params.settings:q} "
-        "{params.pretrained} --threads {params.threads} > {log} 2>&1"
+        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} train "
+        "--arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
+        "--cases {params.cases} --out {params.out} "
+        "--threads {params.threads} {params.pretrained} --settings {params.settings:q}"

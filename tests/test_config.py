@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from medtl.config import (
+    ArmConfig,
     AugmentConfig,
     ConfigError,
     ModelConfig,
@@ -17,6 +18,7 @@ from medtl.config import (
     PretrainConfig,
     TrainConfig,
     parse_section,
+    read_text_values,
     to_dict,
     validate_config,
 )
@@ -267,3 +269,100 @@ def test_validate_config_target_spacing_forms() -> None:
     assert validate_config({"preprocess": {"target_spacing": [1, 1, 2.5]}}, SCHEMA)
     msg = _config_error({"preprocess": {"target_spacing": [1, 1]}})
     assert "'preprocess.target_spacing'" in msg
+
+
+# ------------------------------------------------- values from Snakemake's --config
+
+
+def test_text_values_become_the_schemas_types() -> None:
+    """`--config train='{steps: 500}'` passes every nested value as text (YAML's base
+    loader); where the schema asks for a number, true/false or null, they are read."""
+    given = {
+        "train": {"steps": "500", "lr": "1e-3", "amp": "False", "patch_size": ["64", "64", "32"]},
+        "preprocess": {"target_spacing": ["1", "1.5", "3"]},
+        "pretrain": {"checkpoint": "null", "source": "data/src"},
+        "arms": {"a": {"init": "pretrained", "encoder_lr_scale": "0.2"}},
+        "salt": "123",
+    }
+    cfg = validate_config(given, SCHEMA)
+    assert cfg["train"]["steps"] == 500 and type(cfg["train"]["steps"]) is int
+    assert cfg["train"]["lr"] == 1e-3 and cfg["train"]["amp"] is False
+    assert cfg["train"]["patch_size"] == [64, 64, 32]
+    assert cfg["preprocess"]["target_spacing"] == [1, 1.5, 3]
+    assert cfg["pretrain"]["checkpoint"] is None and cfg["pretrain"]["source"] == "data/src"
+    assert cfg["arms"]["a"]["encoder_lr_scale"] == 0.2
+    assert cfg["salt"] == "123"  # a string where the schema asks for one
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "said"),
+    [
+        ({"train": {"steps": "5.0"}}, "'5.0'", "expected an integer"),
+        ({"train": {"lr": "fast"}}, "'fast'", "expected a number"),
+        ({"train": {"amp": "yes"}}, "'yes'", "expected true or false"),
+        ({"train": {"lr": "nan"}}, "'nan'", "expected a number"),
+    ],
+)
+def test_text_that_is_not_exactly_a_value_is_refused(section: dict, value: str, said: str) -> None:
+    msg = _config_error(section)
+    assert value in msg and said in msg
+
+
+def test_read_text_values_leaves_other_shapes_alone() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    assert read_text_values({"n": 3, "other": "4"}, schema) == {"n": 3, "other": "4"}
+    assert read_text_values({"n": ["1"]}, schema) == {"n": ["1"]}  # not a list here
+
+
+# ------------------------------------------------------------------ messages
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    msg = _config_error({"trian": {"steps": 3}})
+    assert "config key 'trian': unknown. Did you mean 'train'?" in msg
+    msg = _config_error({"train": {"val_evry": 3}})
+    assert "config key 'train.val_evry': unknown. Did you mean 'val_every'?" in msg
+    assert "Did you mean" not in _config_error({"zzz": 1})
+
+
+def test_messages_name_the_config_files() -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({"seed": "x"}, SCHEMA, sources=["my.yaml", "--config"])
+    assert str(info.value).startswith("the config (my.yaml, --config) does not match")
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"classes": None}, "config key 'classes': got None; expected a mapping"),
+        ({"classes": {}}, "config key 'classes': got {}; expected at least 1 entry"),
+        ({"classes": {"0": "bg"}}, "config key 'classes.0': not allowed as a key here (label"),
+        ({"train": {"patch_size": [32, 32]}}, "got [32, 32] (2 values); expected exactly 3"),
+        ({"arms": {"a": {"freeze_encoder": True}}}, "config key 'arms.a.init': missing"),
+    ],
+)
+def test_schema_messages_say_what_was_expected(config: dict, said: str) -> None:
+    msg = _config_error(config)
+    assert said in msg
+    assert "How to fix" in msg
+
+
+# ------------------------------------------------------------- cross-key sections
+
+
+def test_arm_messages_name_the_arm() -> None:
+    with pytest.raises(ConfigError, match=r"'arms\.finetune_partial\.unfreeze_stages': got 0"):
+        parse_section(
+            ArmConfig, {"init": "pretrained", "strategy": "partial"}, "arms.finetune_partial"
+        )
+    arm = parse_section(ArmConfig, {"init": "pretrained"}, "arms.finetune")
+    assert "where" not in to_dict(arm)  # a message detail, not a setting
+    assert parse_section(ArmConfig, to_dict(arm)) == arm
+    with pytest.raises(ConfigError, match=r"'arms\.a\.where': unknown"):
+        parse_section(ArmConfig, {"init": "random", "where": "x"}, "arms.a")
+
+
+def test_warmup_must_be_shorter_than_the_run() -> None:
+    assert parse_section(TrainConfig, {"steps": 10, "warmup_steps": 9}).warmup_steps == 9
+    with pytest.raises(ConfigError, match=r"'train.warmup_steps': got 10; expected 0 to 9"):
+        parse_section(TrainConfig, {"steps": 10, "warmup_steps": 10}, "train")

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from medtl.config import ConfigError, ModelConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: the workflow checks patch sizes
+    import torch  # at start (patch_problem) and must not pay for importing it.
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
     """Build the configured network with a fresh head for ``out_channels`` classes.
 
     Example:
+        >>> import torch
         >>> net = build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2).eval()
         >>> net(torch.zeros(1, 1, 32, 32, 16)).shape
         torch.Size([1, 2, 32, 32, 16])
@@ -184,23 +187,46 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
     return get_architecture(cfg.name).build(cfg, in_channels, out_channels)
 
 
-def check_patch_size(cfg: ModelConfig, patch_size: tuple[int, ...]) -> None:
-    """Refuse a patch the network cannot downsample evenly."""
+def patch_problem(cfg: ModelConfig, patch_size: tuple[int, ...] | list[int]) -> str | None:
+    """What is wrong with a patch for the configured network, or None if it fits.
+
+    Every side must be a multiple of the network's downsampling factor
+    (``Architecture.patch_multiple``, or ``multiple_of(cfg)`` where it follows the
+    settings), and not every side may equal it. Needs no torch: the workflow calls it
+    when it starts, before any job.
+
+    Example:
+        >>> patch_problem(ModelConfig(), [32, 32, 16]) is None
+        True
+        >>> print(patch_problem(ModelConfig(), [24, 24, 24]))  # doctest: +ELLIPSIS
+        got [24, 24, 24]; basicunet needs every side to be a multiple of 16. How to fix: ...
+    """
     arch = get_architecture(cfg.name)
     multiple = arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
-    bad = [p for p in patch_size if p % multiple]
-    if bad:
+    if any(p % multiple for p in patch_size):
         fixed = [max(multiple, round(p / multiple) * multiple) for p in patch_size]
-        raise ConfigError(
-            f"config key 'train.patch_size': got {list(patch_size)}; {cfg.name} needs every side "
-            f"to be a multiple of {multiple}. How to fix: use e.g. {fixed}"
+        if all(f == multiple for f in fixed):  # would leave one voxel: see below
+            fixed[list(patch_size).index(max(patch_size))] = 2 * multiple
+        return (
+            f"got {list(patch_size)}; {cfg.name} needs every side to be a multiple of "
+            f"{multiple}. How to fix: use e.g. {fixed}"
         )
     if all(p == multiple for p in patch_size):
-        raise ConfigError(
-            f"config key 'train.patch_size': got {list(patch_size)}; {cfg.name} downsamples "
-            f"by {multiple}, which leaves a single voxel at its deepest level. How to fix: make "
-            f"at least one side {2 * multiple} or more"
+        return (
+            f"got {list(patch_size)}; {cfg.name} downsamples by {multiple}, which leaves a "
+            f"single voxel at its deepest level. How to fix: make at least one side "
+            f"{2 * multiple} or more"
         )
+    return None
+
+
+def check_patch_size(
+    cfg: ModelConfig, patch_size: tuple[int, ...], key: str = "train.patch_size"
+) -> None:
+    """Refuse a patch the network cannot downsample evenly (see :func:`patch_problem`)."""
+    problem = patch_problem(cfg, patch_size)
+    if problem:
+        raise ConfigError(f"config key '{key}': {problem}")
 
 
 def count_parameters(model: nn.Module, arch: Architecture) -> dict[str, int]:
@@ -243,6 +269,8 @@ def param_groups(
 
 def torch_device(name: str) -> torch.device:
     """Resolve ``auto`` / ``cpu`` / ``cuda`` to a device, with a clear error for missing CUDA."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
