@@ -284,10 +284,22 @@ def _checkpoint_problems(config: dict[str, Any], workdir: Path) -> list[str]:
             "How to fix: name your weights file (.pt, .pth, .safetensors) or MONAI bundle "
             "folder, or set checkpoint: null to pretrain on pretrain.source"
         ]
-    from medtl.models.weights import read_weights
+    from medtl.models.transfer import check_checkpoint
 
+    pretrain = config["pretrain"]
     try:
-        read_weights(path, config["pretrain"]["format"])
+        # The same reading, matching and refusal as training, on a network built and
+        # thrown away: a mismatch stops the workflow here, not after ingest and preprocess.
+        # Input channels are not known before ingest; the stem adapts to them in training.
+        check_checkpoint(
+            path,
+            pretrain["format"],
+            parse_section(ModelConfig, config["model"], "model"),
+            1,
+            1 + max(int(k) for k in config["classes"]),
+            pretrain["min_loaded_fraction"],
+            pretrain["max_unused_fraction"],
+        )
     except MedtlError as exc:
         return [f"config key 'pretrain.checkpoint': {exc}"]
     except OSError as exc:

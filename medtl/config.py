@@ -243,6 +243,8 @@ class PretrainConfig:
         format: the checkpoint's format (``auto`` detects it), see
             :data:`medtl.models.weights.FORMATS`.
         min_loaded_fraction: refuse a checkpoint that initialises less of the encoder.
+        max_unused_fraction: refuse a checkpoint when more of its encoder's values find
+            no place in the model (weights of another architecture).
         steps, batch_size, lr, val_every, patch_size: the pretraining schedule.
         checkpoint_every: save the full pretraining state every N steps (resumable).
     """
@@ -251,6 +253,7 @@ class PretrainConfig:
     checkpoint: str | None = None
     format: str = "auto"
     min_loaded_fraction: float = 0.9
+    max_unused_fraction: float = 0.05
     steps: int = 400
     batch_size: int = 2
     lr: float = 2e-3

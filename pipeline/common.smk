@@ -193,6 +193,7 @@ def train_settings(wildcards):
             "device": config["device"],
             "classes": config["classes"],
             "min_loaded_fraction": config["pretrain"]["min_loaded_fraction"],
+            "max_unused_fraction": config["pretrain"]["max_unused_fraction"],
             "weights_format": (
                 config["pretrain"]["format"]
                 if config["pretrain"]["checkpoint"]

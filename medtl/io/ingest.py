@@ -320,7 +320,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
     from medtl.io.dicom import load_series_with_notes
 
     set_aside: list[Rejection] = []
-    notes: tuple[str, ...] = ()
+    series_notes: tuple[str, ...] = ()
     series = source.series
     path = source.image
     if series is None:
@@ -344,7 +344,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
     if series is not None:
         loaded_series = load_series_with_notes(series)
         volume, set_aside = loaded_series.volume, list(loaded_series.set_aside)
-        notes = tuple(loaded_series.notes)
+        series_notes = tuple(loaded_series.notes)
         # Labels are matched to the slices that made the volume, not to set-aside files.
         dropped = {str(Path(r.path)) for r in set_aside}
         series = dataclasses.replace(
@@ -382,7 +382,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
         label_source=label_source,
         series_uid=volume.source_uids.get("SeriesInstanceUID", ""),
         set_aside=set_aside,
-        notes=notes,
+        notes=series_notes,
     )
 
 
@@ -612,18 +612,20 @@ def find_sources(source: Path, options: IngestOptions) -> tuple[list[CaseSource]
     return from_dicom_tree(source, workers=options.workers, progress=options.progress)
 
 
-def _nothing_found(source: Path) -> InputError:
-    """The error for a folder in which nothing medtl reads was found."""
-    files = [
-        p
-        for p in sorted(source.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)
-    ]
-    shown = ", ".join(str(p.relative_to(source)) for p in files[:5])
+def _nothing_found(source: Path, rejected: list[Rejection]) -> InputError:
+    """The error for a folder in which nothing medtl reads was found (what was looked for,
+    every file looked at, and why the ones set aside were)."""
+    files = [p for p in sorted(source.rglob("*")) if p.is_file()]
+    why = {Path(r.path).name: r.reason for r in rejected}
+    shown = ", ".join(
+        str(p.relative_to(source)) + (f" ({why[p.name]})" if p.name in why else "")
+        for p in files[:5]
+    )
+    count = f"{len(files)} file{'s' if len(files) != 1 else ''} looked at"
     return InputError(
         source,
         "no NIfTI, NRRD / MetaImage file, DICOM file, dataset.json or case sheet found under "
-        f"this folder ({len(files)} files looked at"
+        f"this folder ({count}"
         + (f": {shown}" if shown else "")
         + (", ..." if len(files) > 5 else "")
         + ")",
@@ -703,10 +705,10 @@ def ingest_path(
     )
     options.name_map  # noqa: B018  (checks --classes / --synonyms before any reading)
     sources, found = find_sources(source, options)
-    if not sources and not found and source.is_dir():
-        raise _nothing_found(source)
     root = source if source.is_dir() else source.parent
     manifest, rejected = ingest(sources, out, options, found, root)
+    if not sources and source.is_dir():
+        raise _nothing_found(source, found)
     if manifest.empty:
         raise _no_usable_case(source, rejected)
     return manifest, rejected

@@ -305,7 +305,7 @@ def _train(
     strategy = spec.resolved_strategy()
     set_determinism(seed=spec.seed)
     arch: Architecture = get_architecture(spec.model.name)
-    check_patch_size(spec.model, spec.train.patch_size)
+    check_patch_size(spec.model, spec.train.patch_size, f"{spec.section}.patch_size")
     model = (
         init if init is not None else build_network(spec.model, spec.in_channels, spec.num_classes)
     )

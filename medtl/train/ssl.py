@@ -323,7 +323,7 @@ def _pretrain(
     distributed.check_batch_size(min(cfg.batch_size, len(images)), "pretrain_ssl.batch_size")
     set_determinism(seed=seed)
     arch = get_architecture(model_cfg.name)
-    check_patch_size(model_cfg, cfg.patch_size)
+    check_patch_size(model_cfg, cfg.patch_size, "pretrain_ssl.patch_size")
     channels = int(images[0].shape[0])
     model = distributed.sync_batchnorm(build_network(model_cfg, channels, channels), device)
     model = model.to(device)

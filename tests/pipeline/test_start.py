@@ -92,7 +92,11 @@ def own_data(workdir: Path) -> dict:
 
 def test_own_checkpoint_with_source_null_needs_no_source(tmp_path: Path) -> None:
     """config/config.yaml's way to use your own weights: the source set is then ignored."""
-    torch.save({"conv_0.conv_0.conv.weight": torch.zeros(2, 1, 3, 3, 3)}, tmp_path / "w.pt")
+    from medtl.config import ModelConfig
+    from medtl.models.networks import build_network
+
+    # weights that fit the config's network (the start checks match them to it)
+    torch.save(build_network(ModelConfig(), 1, 2).state_dict(), tmp_path / "w.pt")
     config = own_data(tmp_path)
     config["pretrain"] = {"source": None, "checkpoint": "w.pt"}
     result = snakemake(tmp_path, config, "-n")

@@ -818,7 +818,7 @@ def _(root):
     "a folder with nothing medtl reads (only a hidden `.DS_Store`)",
     ERROR,
     r"no NIfTI, NRRD / MetaImage file, DICOM file, dataset\.json or case sheet found under "
-    r"this folder \(0 files looked at\)",
+    r"this folder \(1 file looked at: \.DS_Store \(hidden file",
 )
 def _(root):
     (root / "in" / "empty").mkdir()
