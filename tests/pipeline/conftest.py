@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,3 +136,68 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> MicroRun:
     result = run_snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-4000:]
     return MicroRun(workdir, result)
+
+
+# ----------------------------------------------- the project as a user has it (docs tests)
+
+VENV = Path(sys.prefix)
+DOCUMENTED_TIMEOUT_S = 600
+
+
+def copy_project(target: Path, run: Path | None = None) -> Path:
+    """A copy of the project in ``target`` as a user has it: the files git knows (tracked
+    and new, not ignored), ``.venv`` linking to the environment these tests run in, and,
+    with ``run``, that finished run's ``results/``, ``data/``, ``logs/`` and Snakemake
+    records. ``config/config.yaml`` is the micro config: a run started in a folder without
+    ``config/config.yaml`` (as ``micro_run``) used the micro config alone."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    (target / ".venv").symlink_to(VENV, target_is_directory=True)
+    if run is not None:
+        for name in ("results", "data", "logs", ".snakemake"):
+            if (run / name).exists():
+                shutil.copytree(run / name, target / name, symlinks=True)
+    shutil.copy(MICRO, target / "config" / "config.yaml")
+    return target
+
+
+def run_documented(
+    command: str,
+    root: Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = DOCUMENTED_TIMEOUT_S,
+) -> tuple[int, str]:
+    """Run ``command`` exactly as printed, in bash, in ``root``: (exit status, output).
+
+    The shell's PATH lacks the virtual environment (a user who never activated it), except
+    for a command printed as a bare ``snakemake``/``medtl``/``python``, which the docs
+    write for an activated environment.
+    """
+    environ = dict(os.environ if env is None else env)
+    bin_dir = str(VENV / "bin")
+    path = [p for p in environ.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    if re.match(r"(snakemake|medtl|python)\b", command):
+        path.insert(0, bin_dir)
+        environ["VIRTUAL_ENV"] = str(VENV)
+    environ["PATH"] = os.pathsep.join(path)
+    environ.setdefault("MEDTL_SALT", "a-secret-of-the-site")
+    environ.pop("MAKEFLAGS", None)
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=root,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr

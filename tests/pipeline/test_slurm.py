@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +31,12 @@ if str(SUPPORT) not in sys.path:
     sys.path.insert(0, str(SUPPORT))
 
 import slurm  # noqa: E402  (tests/support, put on sys.path above)
+from conftest import copy_project, run_documented  # noqa: E402  (tests/pipeline)
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+if str(DOCS) not in sys.path:
+    sys.path.insert(0, str(DOCS))
+from documented import documented_commands  # noqa: E402  (tests/docs, put on sys.path above)
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -101,8 +108,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm.SlurmClu
 
 
 def _test_profile(folder: Path, cluster: slurm.SlurmCluster) -> Path:
-    """The project's SLURM profile, with what this cluster needs: its partition, no account,
-    squeue for job states (no accounting database), and quick status checks."""
+    """The project's SLURM profile, edited for this cluster as docs/cluster.md asks a user to
+    edit it for theirs: its partition, no account, squeue for job states (no accounting
+    database); and quick status checks, so that the tests do not wait."""
     profile = yaml.safe_load(PROFILE.read_text())
     profile["default-resources"]["slurm_partition"] = cluster.partition
     profile["slurm-no-account"] = True
@@ -112,9 +120,18 @@ def _test_profile(folder: Path, cluster: slurm.SlurmCluster) -> Path:
     profile["latency-wait"] = 10
     profile["jobs"] = 4
     profile["keep-going"] = False
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return folder
+
+
+@pytest.fixture(scope="module")
+def project(cluster: slurm.SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project with the micro config and no results yet, its SLURM profile
+    edited for the test cluster."""
+    root = copy_project(tmp_path_factory.mktemp("slurm-project"))
+    _test_profile(root / "profiles" / "slurm", cluster)
+    return root
 
 
 def _slurm_jobs(cluster: slurm.SlurmCluster) -> list[dict[str, str]]:
@@ -126,16 +143,18 @@ def _slurm_jobs(cluster: slurm.SlurmCluster) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_workflow_through_slurm_equals_local_run(
-    cluster: slurm.SlurmCluster, run_workflow, tmp_path: Path, request: pytest.FixtureRequest
+    cluster: slurm.SlurmCluster, project: Path, request: pytest.FixtureRequest
 ) -> None:
-    work = tmp_path / "run"
-    work.mkdir()
-    profile = _test_profile(tmp_path / "profile", cluster)
-    result = run_workflow(
-        work, "--profile", str(profile), env=cluster.environ(), timeout=SLURM_TIMEOUT_S
+    """docs/cluster.md's "run it", exactly as printed, from a shell without the virtual
+    environment on PATH."""
+    work = project
+    status, text = run_documented(
+        ".venv/bin/snakemake --profile profiles/slurm",
+        work,
+        env=cluster.environ(),
+        timeout=SLURM_TIMEOUT_S,
     )
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, f"{text[-6000:]}\n{cluster.log_tails()}"
+    assert status == 0, f"{text[-6000:]}\n{cluster.log_tails()}"
 
     # Every job but the target rule went through sbatch, and finished there.
     jobs = _slurm_jobs(cluster)
@@ -173,3 +192,68 @@ def test_workflow_through_slurm_equals_local_run(
     # now, so that a missing SLURM skips this test before any run.)
     local = request.getfixturevalue("micro_run").results
     local.assert_same_as(type(local)(work / "results"))
+
+
+def _newer(project: Path, pattern: str, than: float) -> bool:
+    files = list(project.glob(pattern))
+    return bool(files) and all(f.stat().st_mtime > than for f in files)
+
+
+#: docs/cluster.md's commands after "run it", in its order, with what each must redo
+#: (a glob under the project whose files must all be newer afterwards), or None.
+CLUSTER_COMMANDS = [
+    (".venv/bin/snakemake --profile profiles/slurm -n", None),
+    (".venv/bin/snakemake --profile profiles/slurm --configfile my_config.yaml", None),
+    ("snakemake --profile profiles/slurm --forcerun train", "results/train/*/fold*/best.pt"),
+    ("snakemake --profile profiles/slurm --forcerun evaluate", "results/evaluation/metrics.csv"),
+    (
+        "snakemake --profile profiles/slurm --forcerun predict_fold --until predict_fold",
+        "results/predictions/*/fold*/*.nii.gz",
+    ),
+    ("snakemake --profile profiles/slurm results/train/finetune/fold0/best.pt", None),
+    ("snakemake --profile profiles/slurm results/predictions/finetune/fold0", None),
+    (
+        "snakemake --profile profiles/slurm results/evaluation/finetune/fold0.csv",
+        "results/evaluation/finetune/fold0.csv",
+    ),
+    ("snakemake --profile profiles/slurm results/train/finetune/fold{0,1}/best.pt", None),
+    (
+        "snakemake --profile profiles/slurm --force results/train/finetune/fold1/best.pt",
+        "results/train/finetune/fold1/best.pt",
+    ),
+    (
+        "sinfo; .venv/bin/snakemake --profile profiles/slurm --slurm-status-command squeue",
+        "results/report/report.html",
+    ),
+    ("snakemake --profile profiles/slurm", None),
+]
+
+
+def test_cluster_commands_are_the_documented_ones() -> None:
+    documented = {
+        d.text
+        for d in documented_commands()
+        if "profiles/slurm" in d.text and d.text != ".venv/bin/snakemake --profile profiles/slurm"
+    }
+    assert documented == {command for command, _ in CLUSTER_COMMANDS}
+
+
+@pytest.mark.slow
+def test_documented_cluster_commands(cluster: slurm.SlurmCluster, project: Path) -> None:
+    """After "run it": every other SLURM command of docs/cluster.md, exactly as printed, on
+    that finished run, in the docs' order (reruns, one arm, one fold, the test cluster)."""
+    if not (project / "results" / "report" / "report.html").is_file():
+        pytest.skip("needs the finished run of test_workflow_through_slurm_equals_local_run")
+    shutil.copy(project / "config" / "config.yaml", project / "my_config.yaml")
+    for command, redone in CLUSTER_COMMANDS:
+        started = time.time()
+        time.sleep(1.1)  # file times of the redone outputs must be after `started`
+        status, text = run_documented(
+            command, project, env=cluster.environ(), timeout=SLURM_TIMEOUT_S
+        )
+        assert status == 0, f"`{command}` failed:\n{text[-6000:]}\n{cluster.log_tails()}"
+        assert "Traceback" not in text, text[-6000:]
+        if redone is None:
+            assert "Nothing to be done" in text, f"`{command}`:\n{text[-4000:]}"
+        else:
+            assert _newer(project, redone, started), f"`{command}` redid no {redone}"
