@@ -224,11 +224,12 @@ def _series_of_folder(path: Path, options: IngestOptions):
 
 def _read_label_file(
     path: Path, image: Volume, options: IngestOptions, declared: dict[int, str] | None
-) -> tuple[np.ndarray, list[Rejection], str]:
+) -> tuple[np.ndarray, list[str], str]:
     """A label file (NIfTI, NRRD, MetaImage or 3D Slicer segmentation) on the image's grid.
 
     Returns:
-        The uint8 label map, notes on segments not used, and the label's kind.
+        The uint8 label map, notes on segments not used (for the manifest's ``note``: the
+        file itself is used), and the label's kind.
     """
     from medtl.io.slicer import is_slicer_segmentation, read_slicer_segmentation
 
@@ -237,14 +238,7 @@ def _read_label_file(
     lab = read_image(path, "label", channels=True)
     if is_slicer_segmentation(lab):
         conversion = read_slicer_segmentation(lab, image, options.name_map)
-        notes = [
-            Rejection(
-                str(path),
-                f"segment {name!r} matches no class; not used",
-                "add the name to dataset.label_synonyms if it names one of the classes",
-            )
-            for name in conversion.unmatched
-        ]
+        notes = [_unmatched_note(path, "segment", name) for name in conversion.unmatched]
         if not conversion.used:
             raise InputError(
                 path,
@@ -275,6 +269,14 @@ def _read_label_file(
     return check_label_values(lab.array, path, classes), [], kind
 
 
+def _unmatched_note(path: Path, what: str, name: str) -> str:
+    """The manifest note for a named structure of a used label file that is no class."""
+    return (
+        f"{what} {name!r} of {path.name} matches no class; not used (if it names one of the "
+        "classes, add it to dataset.label_synonyms)"
+    )
+
+
 def _dicom_label_kind(path: Path) -> str | None:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
@@ -286,7 +288,7 @@ def _dicom_label_kind(path: Path) -> str | None:
 
 def _read_dicom_label(
     path: Path, kind: str, image: Volume, series, options: IngestOptions
-) -> tuple[np.ndarray, list[Rejection]]:
+) -> tuple[np.ndarray, list[str]]:
     name_map = options.name_map
     if kind == "RTSTRUCT":
         from medtl.io.rtstruct import rasterise_rtstruct
@@ -296,14 +298,7 @@ def _read_dicom_label(
         from medtl.io.dicomseg import read_seg
 
         conversion = read_seg(path, image, series, name_map)
-    notes = [
-        Rejection(
-            str(path),
-            f"{kind} ROI / segment {name!r} matches no class; not used",
-            "add the name to dataset.label_synonyms if it names one of the classes",
-        )
-        for name in conversion.unmatched
-    ]
+    notes = [_unmatched_note(path, f"{kind} ROI / segment", name) for name in conversion.unmatched]
     if not conversion.used:
         raise InputError(
             path,
@@ -321,6 +316,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
 
     set_aside: list[Rejection] = []
     series_notes: tuple[str, ...] = ()
+    label_notes: list[str] = []
     series = source.series
     path = source.image
     if series is None:
@@ -357,7 +353,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
     if options.labels and source.label_object is not None:
         obj = source.label_object
         label, notes = _read_dicom_label(obj.path, obj.kind, volume, series, options)
-        set_aside += notes
+        label_notes += notes
         label_source = obj.kind
     elif options.labels and source.label is not None:
         kind = None if is_image_file(source.label) else _dicom_label_kind(source.label)
@@ -365,7 +361,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
             label, notes, label_source = _read_label_file(
                 source.label, volume, options, source.classes
             )
-            set_aside += notes
+            label_notes += notes
         elif series is None:
             raise InputError(
                 source.label,
@@ -374,7 +370,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
             )
         else:
             label, notes = _read_dicom_label(source.label, kind, volume, series, options)
-            set_aside += notes
+            label_notes += notes
             label_source = kind
     return _Loaded(
         volume=volume,
@@ -382,7 +378,7 @@ def _load_case(source: CaseSource, options: IngestOptions) -> _Loaded:
         label_source=label_source,
         series_uid=volume.source_uids.get("SeriesInstanceUID", ""),
         set_aside=set_aside,
-        notes=series_notes,
+        notes=(*series_notes, *label_notes),
     )
 
 

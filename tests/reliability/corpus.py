@@ -161,7 +161,7 @@ def ingest_outcome(
     ``target`` is a path (or a file-name fragment) of the input under test: the outcome is
     *set aside* when a row of ``rejected.tsv`` names it (the message is that row's reason
     and fix), *error* when the command stopped, else *accepted* (the message then holds
-    every rejection, as notes). ``details["manifest"]`` and ``details["rejected"]`` hold
+    every rejection and the manifest's notes). ``details["manifest"]`` and ``details["rejected"]`` hold
     the two tables when they were written.
     """
     code, text, tb = run_cli(["ingest", source, "--out", out, "--quiet", *extra])
@@ -180,8 +180,11 @@ def ingest_outcome(
     if len(hits):
         message = " | ".join(f"{r.path}: {r.reason}. Fix: {r.fix}" for r in hits.itertuples())
         return Outcome(SET_ASIDE, message, "", out, details)
-    notes = " | ".join(f"{r.path}: {r.reason}" for r in rejected.itertuples())
-    return Outcome(ACCEPTED, notes, "", out, details)
+    notes = [f"{r.path}: {r.reason}" for r in rejected.itertuples()]
+    manifest = details.get("manifest")
+    if manifest is not None and "note" in manifest:
+        notes += [f"{r.case_id}: {r.note}" for r in manifest.itertuples() if r.note]
+    return Outcome(ACCEPTED, " | ".join(notes), "", out, details)
 
 
 # ----------------------------------------------------------------- input fingerprints

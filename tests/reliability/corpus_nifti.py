@@ -887,7 +887,7 @@ def _segments_mapped(outcome) -> None:
     "NRRD / MHA",
     "a `.nrrd` image with a 3D Slicer `.seg.nrrd` (segments 'GTV', 'Oedema', 'Couch')",
     ACCEPTED,
-    r"segment 'Couch' matches no class; not used",
+    r"segment 'Couch' of slicer\.seg\.nrrd matches no class; not used",
     check=_segments_mapped,
 )
 def _(root):

@@ -56,8 +56,9 @@ def corpus_table() -> str:
     lines = ["| area | input | outcome | the message says | test |", "|---|---|---|---|---|"]
     order = {area: i for i, area in enumerate(AREAS)}
     for e in sorted(REGISTRY.values(), key=lambda e: (order[e.area], e.name)):
-        said = e.message.replace("|", "\\|").replace("\\b", "")
-        lines.append(f"| {e.area} | {e.input} | {e.expect} | `{said}` | `{e.name}` |")
+        said = "nothing (no note, no rejection)" if e.message == "^$" else f"`{e.message}`"
+        said = said.replace("|", "\\|")
+        lines.append(f"| {e.area} | {e.input} | {e.expect} | {said} | `{e.name}` |")
     return "\n".join(lines)
 
 
