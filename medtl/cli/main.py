@@ -276,7 +276,7 @@ def export_nnunet(
     if channel_names:
         channels = {int(k): v for k, v in load_json_arg(channel_names, "--channel-names").items()}
     else:
-        modality = df["modality"].iloc[0] if len(df) else "unknown"
+        modality = df["modality"].iloc[0] if "modality" in df and len(df) else "unknown"
         n = int(df["channels"].iloc[0]) if "channels" in df and len(df) else 1
         channels = {c: modality if n == 1 else f"{modality}{c}" for c in range(n)}
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}

@@ -48,6 +48,7 @@ import torch
 from medtl import __version__
 from medtl.config import ModelConfig, PredictConfig, parse_section
 from medtl.io.errors import InputError, MedtlError
+from medtl.io.outputs import check_separate
 from medtl.models.weights import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan
 
@@ -648,6 +649,7 @@ def export_bundle(
             ``out`` exists and ``overwrite`` is False.
     """
     results, out = Path(results), Path(out)
+    check_separate(out, [results])
     plan = Plan.load(results / "preprocess" / "plan.json")
     fold_dir, k, n_folds = _fold_dir(results, arm, fold)
     checkpoint = fold_dir / "best.pt"

@@ -32,6 +32,7 @@ import pandas as pd
 
 from medtl.io.errors import InputError, MedtlError, Rejection
 from medtl.io.files import atomic_write, atomic_write_text
+from medtl.io.outputs import check_separate
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 _ID_OK = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -830,6 +831,10 @@ def export_nnunet(
         raise MedtlError("the manifest holds no case. How to fix: ingest some cases first")
     folder_name = f"Dataset{dataset_id:03d}_{name}"
     final = out_root / folder_name
+    # An export over the dataset the cases were ingested from would delete its own input.
+    check_separate(
+        final, [p for _, image, label, _ in plan for p in (image, label)], "the dataset folder"
+    )
     if final.exists() and not overwrite:
         raise InputError(
             final,
