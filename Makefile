@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint dry-run clean bench
+.PHONY: install run test test-all lint dry-run clean bench
 
 install: $(VENV)/.installed
 
@@ -27,7 +27,10 @@ run: install  ## run the whole workflow (on the built-in demo unless config says
 dry-run: install  ## show what `make run` would do
 	$(BIN)/snakemake --profile profiles/local -n
 
-test: install  ## run the test suite
+test: install  ## the fast tests: everything but the whole-workflow runs (marked slow)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: install  ## every test, the whole-workflow runs included (what CI runs)
 	$(BIN)/python -m pytest
 
 lint: install

@@ -133,6 +133,17 @@ def runs_pretraining(config: dict[str, Any]) -> bool:
     return uses_init(config, "pretrained") and not config["pretrain"]["checkpoint"]
 
 
+def training_sections(config: dict[str, Any]) -> list[str]:
+    """The config sections of the trainings this config runs: ``train`` always, then
+    ``pretrain`` and ``pretrain_ssl`` when an arm needs them."""
+    keys = ["train"]
+    if runs_pretraining(config):
+        keys.append("pretrain")
+    if uses_init(config, "ssl"):
+        keys.append("pretrain_ssl")
+    return keys
+
+
 def uses_init(config: dict[str, Any], init: str) -> bool:
     """Whether any arm has this ``init``."""
     return any(arm.get("init") == init for arm in config["arms"].values())
@@ -164,11 +175,7 @@ def _arm_problems(config: dict[str, Any], arms: dict[str, ArmConfig]) -> list[st
 def _patch_problems(config: dict[str, Any], model: ModelConfig) -> list[str]:
     from medtl.models.networks import patch_problem
 
-    keys = ["train"]
-    if runs_pretraining(config):
-        keys.append("pretrain")
-    if uses_init(config, "ssl"):
-        keys.append("pretrain_ssl")
+    keys = training_sections(config)
     problems = []
     for key in keys:
         patch = config[key]["patch_size"]
@@ -189,13 +196,8 @@ def _batch_problems(config: dict[str, Any]) -> list[str]:
     gpus = config["gpus"]
     if gpus < 2:
         return []
-    keys = ["train"]
-    if runs_pretraining(config):
-        keys.append("pretrain")
-    if uses_init(config, "ssl"):
-        keys.append("pretrain_ssl")
     problems = []
-    for key in keys:
+    for key in training_sections(config):
         batch = config[key]["batch_size"]
         if batch % gpus:
             fixed = max(gpus, round(batch / gpus) * gpus)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from dicom_builders import rotation  # tests/support, put on sys.path by tests/io/conftest.py
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
@@ -32,16 +33,6 @@ from medtl.io.volume import Volume
 SHAPE = (6, 5, 4)
 
 
-def _rotation(axis: str, degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    return {
-        "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
-        "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-        "z": np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]),
-    }[axis]
-
-
 def _affine(matrix: np.ndarray, origin: tuple[float, float, float]) -> np.ndarray:
     affine = np.eye(4)
     affine[:3, :3] = matrix
@@ -52,7 +43,7 @@ def _affine(matrix: np.ndarray, origin: tuple[float, float, float]) -> np.ndarra
 AXIAL_RAS = _affine(np.diag([0.8, 1.2, 3.0]), (-10.0, 20.0, -30.5))
 LPS = _affine(np.diag([-0.7, -0.9, 2.5]), (40.0, 35.0, 12.0))
 OBLIQUE = _affine(
-    _rotation("x", 25.0) @ _rotation("z", 35.0) @ np.diag([0.9, 1.1, 2.2]), (-5.0, 7.5, 3.25)
+    rotation("x", 25.0) @ rotation("z", 35.0) @ np.diag([0.9, 1.1, 2.2]), (-5.0, 7.5, 3.25)
 )
 AFFINES = {"axial_ras": AXIAL_RAS, "lps": LPS, "oblique": OBLIQUE}
 

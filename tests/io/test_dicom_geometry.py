@@ -20,6 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_builders import rotation
 from pydicom.uid import generate_uid
 
 from medtl.io.dicom import discover_series, load_series, load_series_with_notes
@@ -31,15 +32,6 @@ SHAPE = (8, 7, 5)
 SPACING = (0.7, 1.3, 2.6)  # non-unit, anisotropic
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 TOL_MM = 1e-3
-
-
-def _rotation(axis: str, degrees: float) -> np.ndarray:
-    a = np.deg2rad(degrees)
-    c, s = np.cos(a), np.sin(a)
-    return {
-        "x": np.array([[1, 0, 0], [0, c, -s], [0, s, c]]),
-        "y": np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]),
-    }[axis]
 
 
 def _affine(directions: np.ndarray, origin: tuple[float, float, float]) -> np.ndarray:
@@ -55,7 +47,7 @@ GEOMETRIES = {
     "axial": _affine(np.eye(3), (-12.0, 30.5, -40.25)),
     "sagittal": _affine(np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]]), (5.0, 20.0, 60.0)),
     "coronal": _affine(np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]]), (-30.0, 12.0, 45.0)),
-    "oblique": _affine(_rotation("x", 20.0) @ _rotation("y", -30.0), (3.5, -7.25, 11.0)),
+    "oblique": _affine(rotation("x", 20.0) @ rotation("y", -30.0), (3.5, -7.25, 11.0)),
 }
 CASES = [*((name, False) for name in GEOMETRIES), ("axial", True), ("oblique", True)]
 CASE_IDS = [f"{name}{'-reversed' if reversed_ else ''}" for name, reversed_ in CASES]

@@ -243,7 +243,8 @@ CI_BENCH = (
 HANDLING: dict[str, Run | Named | NotHere] = {
     # README.md
     "make run": Run(check=_nothing_to_do),
-    "make test": NotHere("it runs this test suite (CI runs it through .ci/run)"),
+    "make test": NotHere("it runs this test suite's fast part (CI runs make test-all)"),
+    "make test-all": NotHere("it runs this test suite (CI runs it through .ci/run)"),
     "make dry-run": Run(check=_nothing_to_do),
     "make lint": Run(),
     "make run VENV_FLAGS=--system-site-packages": Run(check=_nothing_to_do),

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import yaml
 from corpus import ACCEPTED, ERROR, Outcome, case, cli_outcome, write_nifti
+from corpus_predict import finished_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from weight_layouts import (  # noqa: E402  (tests/models, put on sys.path above)
@@ -241,23 +242,9 @@ def _(root):
 
 
 def _finished_run(root: Path, best: bytes) -> Path:
-    """A results folder with a plan and one fold of the ``finetune`` arm."""
-    from medtl.preprocess.plan import Plan
-
-    results = root / "in" / "results"
-    Plan(
-        modality="MR",
-        target_spacing=(2.0, 2.0, 2.0),
-        normalization="zscore",
-        intensity={},
-        crop_foreground=False,
-        median_shape=(8, 8, 6),
-        n_cases=1,
-        classes={"1": "organ"},
-    ).save(results / "preprocess" / "plan.json")
-    fold = results / "train" / "finetune" / "fold0"
-    fold.mkdir(parents=True)
-    (fold / "best.pt").write_bytes(best)
+    """A finished run (see ``corpus_predict.finished_run``) whose ``best.pt`` holds ``best``."""
+    results = finished_run(root / "in" / "results")
+    (results / "train" / "finetune" / "fold0" / "best.pt").write_bytes(best)
     return results
 
 

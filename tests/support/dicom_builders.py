@@ -33,7 +33,8 @@ BASIC_TEXT_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.11"
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
-def _rotation(axis: str, degrees: float) -> np.ndarray:
+def rotation(axis: str, degrees: float) -> np.ndarray:
+    """The 3x3 rotation by ``degrees`` about the x, y or z axis."""
     a = np.deg2rad(degrees)
     c, s = np.cos(a), np.sin(a)
     return {
@@ -48,7 +49,7 @@ ORIENTATIONS: dict[str, tuple[np.ndarray, np.ndarray]] = {
     "axial": (np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])),
     "sagittal": (np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0])),
 }
-_OBLIQUE = _rotation("x", 17.0) @ _rotation("y", -24.0) @ _rotation("z", 11.0)
+_OBLIQUE = rotation("x", 17.0) @ rotation("y", -24.0) @ rotation("z", 11.0)
 ORIENTATIONS["oblique"] = (_OBLIQUE[:, 0], _OBLIQUE[:, 1])
 
 
