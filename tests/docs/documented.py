@@ -22,6 +22,7 @@ PROGRAMS = r"(?:\.venv/bin/)?(?:make|medtl|snakemake|python)"
 STARTS = re.compile(rf"^{PROGRAMS}(?:\s|$)")
 FENCE = re.compile(r"^\s*(```|~~~)")
 SPAN = re.compile(r"`([^`\n]+)`")
+CORPUS_BEGIN, CORPUS_END = "<!-- corpus:begin -->", "<!-- corpus:end -->"
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,17 @@ def documented_commands() -> list[Documented]:
     for path in doc_files():
         name = str(path.relative_to(REPO))
         lines = path.read_text(encoding="utf-8").splitlines()
-        in_block = False
+        in_block = in_corpus = False
         pending: list[str] = []
         start = 0
         for number, line in enumerate(lines, 1):
+            # docs/reliability.md's corpus table is generated from tests/reliability, which
+            # runs every input it shows (the commands in it are refused ones, on purpose).
+            if line.strip() in (CORPUS_BEGIN, CORPUS_END):
+                in_corpus = line.strip() == CORPUS_BEGIN
+                continue
+            if in_corpus:
+                continue
             if FENCE.match(line):
                 in_block = not in_block
                 pending = []

@@ -161,8 +161,8 @@ def ingest_outcome(
     ``target`` is a path (or a file-name fragment) of the input under test: the outcome is
     *set aside* when a row of ``rejected.tsv`` names it (the message is that row's reason
     and fix), *error* when the command stopped, else *accepted* (the message then holds
-    every rejection and the manifest's notes). ``details["manifest"]`` and ``details["rejected"]`` hold
-    the two tables when they were written.
+    every rejection and the manifest's notes). ``details["manifest"]`` and
+    ``details["rejected"]`` hold the two tables when they were written.
     """
     code, text, tb = run_cli(["ingest", source, "--out", out, "--quiet", *extra])
     if tb:
