@@ -132,7 +132,14 @@ def fresh_folder(
         >>> sorted(p.name for p in out.iterdir() if p.name != MARKER)
         ['b.txt']
     """
-    out = Path(out)
+    given, out = out, _resolved(out)
+    if _inside(Path.cwd().resolve(), out):
+        raise InputError(
+            given,
+            f"{option} is the current folder (or holds it); medtl replaces its output folder as "
+            "a whole",
+            f"give {option} a folder of its own, e.g. {option} masks",
+        )
     if out.exists() and not out.is_dir():
         raise InputError(out, f"{option} is a file, expected a folder", f"give {option} a folder")
     if out.is_dir() and not _replaceable(out, known, command, signature):

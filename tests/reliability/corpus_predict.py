@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -329,3 +330,27 @@ def _(root):
     return lambda: predict_outcome(
         root / "in" / "scans", root / "in" / "elsewhere", root / "out" / "masks"
     )
+
+
+@case(
+    "predict_out_is_the_current_folder",
+    "predict",
+    "`--out .` from an empty folder (the output folder is replaced as a whole)",
+    ERROR,
+    r"--out is the current folder .*give --out a folder of its own",
+)
+def _(root):
+    finished_run(root / "in" / "results")
+    scans(root / "in" / "scans")
+    here = root / "out" / "here"
+    here.mkdir()
+
+    def run() -> Outcome:
+        before = os.getcwd()
+        os.chdir(here)
+        try:
+            return predict_outcome(root / "in" / "scans", root / "in" / "results", Path("."))
+        finally:
+            os.chdir(before)
+
+    return run
