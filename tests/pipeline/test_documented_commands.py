@@ -24,7 +24,6 @@ The SLURM commands of docs/cluster.md run in ``test_slurm.py`` against its test 
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -187,17 +186,21 @@ def _edit_config(root: Path, edit: Callable[[dict], None]) -> None:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def _trained_with(**expected: float) -> Callable[[Path, str], None]:
-    """Every training job reran with these ``train`` values: the one given on the command
-    line and the file's others (``--config train='{...}'`` merges into the section)."""
+def _evaluated_with(**expected: float) -> Callable[[Path, str], None]:
+    """The evaluation and the report reran with these ``evaluate`` values: the one given on
+    the command line and the file's others (``--config evaluate='{...}'`` merges into the
+    section; the micro config's ``bootstrap: 100`` is not the default 2000)."""
 
     def check(root: Path, output: str) -> None:
-        runs = sorted((root / "results" / "train").glob("*/fold*/run.json"))
-        assert len(runs) == 4, output[-3000:]
-        for run in runs:
-            assert run.stat().st_mtime > (root / ".sandbox-made").stat().st_mtime, run
-            train = json.loads(run.read_text())["settings"]["train"]
-            assert {k: train[k] for k in expected} == expected, (run, train)
+        made = (root / ".sandbox-made").stat().st_mtime
+        metrics = root / "results" / "evaluation" / "metrics.csv"
+        assert metrics.stat().st_mtime > made, output[-3000:]
+        resolved = root / "results" / "report" / "config.resolved.yaml"
+        evaluate = yaml.safe_load(resolved.read_text())["evaluate"]
+        assert {k: evaluate[k] for k in expected} == expected, evaluate
+        assert not any(
+            run.stat().st_mtime > made for run in (root / "results" / "train").rglob("best.pt")
+        ), "training reran"
 
     return check
 
@@ -309,8 +312,8 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     ".venv/bin/snakemake --profile profiles/local --configfile my.yaml": Run(
         setup=_copy_config("my.yaml"), check=_nothing_to_do
     ),
-    ".venv/bin/snakemake --profile profiles/local --config train='{lr: 0.001}'": Run(
-        check=_trained_with(lr=0.001, steps=3)
+    ".venv/bin/snakemake --profile profiles/local --config evaluate='{nsd_tolerance_mm: 1.0}'": (
+        Run(check=_evaluated_with(nsd_tolerance_mm=1.0, bootstrap=100))
     ),
     "snakemake -n -p": Run(check=_nothing_to_do),
     "python -m medtl": Named(),
