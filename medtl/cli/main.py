@@ -661,7 +661,7 @@ def train(
     from medtl.train.run import ArmSettings, train_arm
 
     _threads(threads)
-    s = ArmSettings.from_dict(load_json_arg(settings, "--settings"))
+    s = ArmSettings.from_dict(load_json_arg(settings, "--settings"), arm)
     summary = train_arm(s, arm, fold, folds, cases, out, pretrained, progress=not quiet)
     from medtl.train.distributed import is_main
 

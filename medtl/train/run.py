@@ -54,11 +54,12 @@ class ArmSettings:
     max_unused_fraction: float = MAX_UNUSED_FRACTION
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArmSettings:
-        arm = parse_section(ArmConfig, d.get("arm"), "arms.<arm>")
+    def from_dict(cls, d: dict[str, Any], name: str = "<arm>") -> ArmSettings:
+        """The settings of the arm ``name`` (used in messages) from the rule's JSON."""
+        arm = parse_section(ArmConfig, d.get("arm"), f"arms.{name}")
         if arm.init not in ARM_INITS:
             raise ConfigError(
-                f"config key 'arms.<arm>.init': got {arm.init!r}; allowed values: "
+                f"config key 'arms.{name}.init': got {arm.init!r}; allowed values: "
                 f"{', '.join(ARM_INITS)}"
             )
         return cls(

@@ -76,3 +76,16 @@ def test_train_refuses_weights_of_another_network(tmp_path: Path) -> None:
     assert not (out / "best.pt").exists() and not (out / "load_report.json").exists()
     settings = _settings(max_unused_fraction=0.5)
     assert settings.max_unused_fraction == 0.5
+
+
+def test_arm_settings_name_the_arm_in_their_errors() -> None:
+    """`medtl train --arm NAME` run by hand: a bad arm section names NAME, not `<arm>`."""
+    import pytest
+
+    from medtl.config import ConfigError
+    from medtl.train.run import ArmSettings
+
+    with pytest.raises(ConfigError, match=r"'arms\.finetune_partial\.unfreeze_stages'"):
+        ArmSettings.from_dict(
+            {"arm": {"init": "pretrained", "strategy": "partial"}}, "finetune_partial"
+        )
