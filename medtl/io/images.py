@@ -302,10 +302,7 @@ def _read_nifti(path: Path, what: str, channels: bool) -> ImageFile:
     except Exception as exc:
         raise _cannot_read(path, what, "NIfTI", describe_error(exc)) from exc
     klass, header = _nifti_header(raw, path, what)
-    shape, offset, nbytes = _declared(header, path, what)
-    _check_payload(path, what, shape, offset, nbytes, gz)
-    check_size(shape, path, what)
-    check_axes(shape, path, what, channels)
+    _check_declared(header, path, path, what, channels, gz)
     try:
         # nibabel logs the header fixes it makes (pixdim 0 -> 1); medtl refuses them instead.
         with opener(path, "rb") as f, LoggingOutputSuppressor():
@@ -318,6 +315,15 @@ def _read_nifti(path: Path, what: str, channels: bool) -> ImageFile:
     except Exception as exc:
         raise _cannot_read(path, what, "NIfTI", describe_error(exc)) from exc
     return ImageFile(path, _drop_trailing_ones(array), affine)
+
+
+def _check_declared(header, path: Path, payload: Path, what: str, channels: bool, gz: bool) -> None:
+    """Refuse, before any voxel is read, a NIfTI header whose declared data the file
+    ``payload`` cannot hold, or that is too large or of the wrong dimensionality."""
+    shape, offset, nbytes = _declared(header, path, what)
+    _check_payload(payload, what, shape, offset, nbytes, gz)
+    check_size(shape, path, what)
+    check_axes(shape, path, what, channels)
 
 
 def _read_nifti_pair(path: Path, what: str, channels: bool) -> ImageFile:
@@ -342,10 +348,7 @@ def _read_nifti_pair(path: Path, what: str, channels: bool) -> ImageFile:
             "the voxels are oriented",
             f"convert the {what} to NIfTI (.nii.gz) with its true orientation",
         )
-    shape, offset, nbytes = _declared(header, path, what)
-    _check_payload(data, what, shape, offset, nbytes, _is_gzip(data))
-    check_size(shape, path, what)
-    check_axes(shape, path, what, channels)
+    _check_declared(header, path, data, what, channels, _is_gzip(data))
     try:
         with LoggingOutputSuppressor():
             img = nib.Nifti1Pair.from_filename(str(path))
