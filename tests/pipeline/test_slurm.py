@@ -3,13 +3,15 @@
 ``test_profile_asks_gpus_for_gpu_rules_only`` needs no cluster: a dry run with
 ``profiles/slurm`` on the demo config shows which jobs ask for a GPU.
 
-``test_workflow_through_slurm_equals_local_run`` starts a single-node cluster on 127.0.0.1
-(munged, slurmctld and slurmd from Debian's ``slurm-wlm`` and ``munge``;
-``tests/support/slurm.py``), runs the micro workflow through ``--executor slurm`` with the
-project's profile, and checks that every job went through SLURM, that the GPU rules asked
-for a GPU (the node advertises a fake one) and still ran on the CPU, and that the results
-equal a local run's bit for bit. Skipped where SLURM is not installed or this is not root;
-``MEDTL_REQUIRE_SLURM=1`` (set by ``.ci/run``) makes that a failure.
+``test_documented_cluster_commands`` starts a single-node cluster on 127.0.0.1 (munged,
+slurmctld and slurmd from Debian's ``slurm-wlm`` and ``munge``; ``tests/support/slurm.py``)
+and runs every SLURM command of docs/cluster.md, exactly as printed, on a copy of the
+finished local micro run, with the project's profile edited for this cluster. Its
+``--forcerun train`` retrains every arm and fold through SLURM: every job must have gone
+through SLURM, the GPU rules must have asked for a GPU (the node advertises a fake one) and
+still run on the CPU, and the results must equal the local run's bit for bit. Skipped
+where SLURM is not installed or this is not root; ``MEDTL_REQUIRE_SLURM=1`` (set by
+``.ci/run``) makes that a failure.
 """
 
 from __future__ import annotations
@@ -126,10 +128,12 @@ def _test_profile(folder: Path, cluster: slurm.SlurmCluster) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(cluster: slurm.SlurmCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project with the micro config and no results yet, its SLURM profile
-    edited for the test cluster."""
-    root = copy_project(tmp_path_factory.mktemp("slurm-project"))
+def project(cluster: slurm.SlurmCluster, tmp_path_factory: pytest.TempPathFactory, request) -> Path:
+    """A copy of the project holding the finished local micro run, its SLURM profile edited
+    for the test cluster. (The local run is asked for only now, so that a missing SLURM
+    skips these tests before any run.)"""
+    micro_run = request.getfixturevalue("micro_run")
+    root = copy_project(tmp_path_factory.mktemp("slurm-project"), micro_run.workdir)
     _test_profile(root / "profiles" / "slurm", cluster)
     return root
 
@@ -141,22 +145,9 @@ def _slurm_jobs(cluster: slurm.SlurmCluster) -> list[dict[str, str]]:
     return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in shown.stdout.splitlines() if line]
 
 
-@pytest.mark.slow
-def test_workflow_through_slurm_equals_local_run(
-    cluster: slurm.SlurmCluster, project: Path, request: pytest.FixtureRequest
-) -> None:
-    """docs/cluster.md's "run it", exactly as printed, from a shell without the virtual
-    environment on PATH."""
-    work = project
-    status, text = run_documented(
-        ".venv/bin/snakemake --profile profiles/slurm",
-        work,
-        env=cluster.environ(),
-        timeout=SLURM_TIMEOUT_S,
-    )
-    assert status == 0, f"{text[-6000:]}\n{cluster.log_tails()}"
-
-    # Every job but the target rule went through sbatch, and finished there.
+def _check_jobs_went_through_slurm(cluster: slurm.SlurmCluster, text: str, work: Path) -> None:
+    """Every job of the run whose output is ``text`` went through sbatch and finished
+    there; GPU rules asked for a GPU and CPU rules did not; training ran on the CPU."""
     jobs = _slurm_jobs(cluster)
     assert jobs, cluster.log_tails()
     by_rule: dict[str, list[dict[str, str]]] = {}
@@ -168,11 +159,9 @@ def test_workflow_through_slurm_equals_local_run(
         (job["JobId"], job["Comment"], job["JobState"]) for job in jobs
     ]
     assert len(by_rule["train"]) == 4 and len(by_rule["predict_fold"]) == 4
-    assert {"demo_data", "ingest", "preprocess", "pretrain", "evaluate", "report"} <= set(by_rule)
+    assert {"evaluate_fold", "evaluate", "postprocess", "report"} <= set(by_rule)
     submitted = len(re.findall(r"has been submitted with SLURM jobid", text))
     assert submitted == len(jobs)
-
-    # GPU rules asked SLURM for a GPU; CPU rules did not.
     for rule, rule_jobs in by_rule.items():
         for job in rule_jobs:
             tres = job.get("TresPerJob", "") + job.get("TresPerNode", "")
@@ -183,15 +172,9 @@ def test_workflow_through_slurm_equals_local_run(
     # The plugin kept each job's SLURM log.
     logs = work / ".snakemake" / "slurm_logs"
     assert len(list((logs / "rule_train").glob("*/*.log"))) == 4
-
     # The "GPU" was fake: training found no CUDA device and ran on the CPU (device: auto).
     for run_json in (work / "results" / "train").glob("*/fold*/run.json"):
         assert json.loads(run_json.read_text())["device"] == "cpu", run_json
-
-    # The same results as the local run, bit for bit. (The local run is asked for only
-    # now, so that a missing SLURM skips this test before any run.)
-    local = request.getfixturevalue("micro_run").results
-    local.assert_same_as(type(local)(work / "results"))
 
 
 def _newer(project: Path, pattern: str, than: float) -> bool:
@@ -199,10 +182,11 @@ def _newer(project: Path, pattern: str, than: float) -> bool:
     return bool(files) and all(f.stat().st_mtime > than for f in files)
 
 
-#: docs/cluster.md's commands after "run it", in its order, with what each must redo
-#: (a glob under the project whose files must all be newer afterwards), or None.
+#: docs/cluster.md's SLURM commands in its order, with what each must redo (a glob under
+#: the project whose files must all be newer afterwards), or None for nothing to do.
 CLUSTER_COMMANDS = [
     (".venv/bin/snakemake --profile profiles/slurm -n", None),
+    (".venv/bin/snakemake --profile profiles/slurm", None),
     (".venv/bin/snakemake --profile profiles/slurm --configfile my_config.yaml", None),
     ("snakemake --profile profiles/slurm --forcerun train", "results/train/*/fold*/best.pt"),
     ("snakemake --profile profiles/slurm --forcerun evaluate", "results/evaluation/metrics.csv"),
@@ -230,20 +214,18 @@ CLUSTER_COMMANDS = [
 
 
 def test_cluster_commands_are_the_documented_ones() -> None:
-    documented = {
-        d.text
-        for d in documented_commands()
-        if "profiles/slurm" in d.text and d.text != ".venv/bin/snakemake --profile profiles/slurm"
-    }
+    documented = {d.text for d in documented_commands() if "profiles/slurm" in d.text}
     assert documented == {command for command, _ in CLUSTER_COMMANDS}
 
 
 @pytest.mark.slow
-def test_documented_cluster_commands(cluster: slurm.SlurmCluster, project: Path) -> None:
-    """After "run it": every other SLURM command of docs/cluster.md, exactly as printed, on
-    that finished run, in the docs' order (reruns, one arm, one fold, the test cluster)."""
-    if not (project / "results" / "report" / "report.html").is_file():
-        pytest.skip("needs the finished run of test_workflow_through_slurm_equals_local_run")
+def test_documented_cluster_commands(
+    cluster: slurm.SlurmCluster, project: Path, request: pytest.FixtureRequest
+) -> None:
+    """Every SLURM command of docs/cluster.md, exactly as printed, from a shell without the
+    virtual environment on PATH, in the docs' order, on a finished run: "run it" finds
+    nothing to do; `--forcerun train` retrains every arm and fold through SLURM, and gives
+    the local run's results bit for bit; then reruns, one arm, one fold, the test cluster."""
     shutil.copy(project / "config" / "config.yaml", project / "my_config.yaml")
     for command, redone in CLUSTER_COMMANDS:
         started = time.time()
@@ -257,3 +239,7 @@ def test_documented_cluster_commands(cluster: slurm.SlurmCluster, project: Path)
             assert "Nothing to be done" in text, f"`{command}`:\n{text[-4000:]}"
         else:
             assert _newer(project, redone, started), f"`{command}` redid no {redone}"
+        if command.endswith("--forcerun train"):
+            _check_jobs_went_through_slurm(cluster, text, project)
+            local = request.getfixturevalue("micro_run").results
+            local.assert_same_as(type(local)(project / "results"))
