@@ -41,6 +41,7 @@ from medtl.config import (
     TrainConfig,
     parse_section,
     sources_note,
+    training_seeds,
     validate_config,
 )
 from medtl.io.errors import MedtlError
@@ -118,6 +119,7 @@ def config_problems(
         if (arm := _parsed(ArmConfig, data, f"arms.{name}", problems)) is not None
     }
     problems += _arm_problems(config, arms)
+    problems += _seed_problems(config)
     if model is not None:
         problems += _patch_problems(config, model)
     problems += _batch_problems(config)
@@ -170,6 +172,14 @@ def _arm_problems(config: dict[str, Any], arms: dict[str, ArmConfig]) -> list[st
                 "strategy: scratch to train every layer from random weights"
             )
     return problems
+
+
+def _seed_problems(config: dict[str, Any]) -> list[str]:
+    try:
+        training_seeds(config)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _patch_problems(config: dict[str, Any], model: ModelConfig) -> list[str]:

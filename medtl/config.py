@@ -141,6 +141,8 @@ class ArmConfig:
             deepest at step N, the next at 2N, ...).
         unfreeze_at: ``gradual`` only: the step at which each stage unfreezes, deepest
             first; stages beyond the list stay frozen.
+        repeats: how many of the workflow's ``seeds`` the arm trains with (the first N);
+            0 = all of them (see :func:`training_seeds`). Training itself ignores it.
         where: the arm's config path for messages, e.g. ``arms.partial2``
             (:func:`parse_section` passes it; not a config key, not stored).
     """
@@ -152,6 +154,7 @@ class ArmConfig:
     unfreeze_stages: int = 0
     unfreeze_every: int = 0
     unfreeze_at: tuple[int, ...] = ()
+    repeats: int = 0
     where: InitVar[str] = "arms.<arm>"
 
     def __post_init__(self, where: str) -> None:
@@ -183,6 +186,11 @@ class ArmConfig:
                 f"config key '{where}.encoder_lr_scale': got {self.encoder_lr_scale!r}; "
                 "expected a number above 0. How to fix: use e.g. 0.2, or strategy: frozen "
                 "to keep the encoder fixed"
+            )
+        if self.repeats < 0:
+            raise ConfigError(
+                f"config key '{where}.repeats': got {self.repeats!r}; expected 0 (all of "
+                "the workflow's seeds) or more. How to fix: set e.g. repeats: 1"
             )
         self._check_schedule(strategy, where)
         object.__setattr__(self, "strategy", strategy)
@@ -672,3 +680,41 @@ def validate_config(
             "How to fix: correct these keys; config/config.yaml explains every key."
         )
     return config
+
+
+def training_seeds(config: dict[str, Any]) -> dict[str, list[int]]:
+    """The seeds each arm trains with: the workflow axis of training runs.
+
+    ``seeds`` (a list) names the seeds of every arm; an arm's ``repeats: N`` keeps the
+    first N of them (so arms share seeds: seed s draws the same batch order and
+    augmentation for every arm, and arm differences are paired within a seed). Without
+    ``seeds`` every arm trains once, with ``seed``.
+
+    Raises:
+        ConfigError: a seed listed twice, or an arm asking for more repeats than seeds.
+
+    Example:
+        >>> training_seeds({"seed": 1, "arms": {"a": {}, "b": {"repeats": 1}},
+        ...                 "seeds": [1, 2, 3]})
+        {'a': [1, 2, 3], 'b': [1]}
+        >>> training_seeds({"seed": 4, "arms": {"a": {}}})
+        {'a': [4]}
+    """
+    seeds = config.get("seeds") or [config.get("seed", 1)]
+    seeds = [int(s) for s in seeds]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ConfigError(
+            f"config key 'seeds': got {seeds}; seed {twice[0]} is listed twice, and a run "
+            "repeated with the same seed measures nothing. How to fix: list distinct seeds"
+        )
+    out = {}
+    for name, arm in config["arms"].items():
+        repeats = int((arm or {}).get("repeats") or 0)
+        if repeats > len(seeds):
+            raise ConfigError(
+                f"config key 'arms.{name}.repeats': got {repeats}, but 'seeds' lists "
+                f"{len(seeds)} ({seeds}). How to fix: lower repeats, or list more seeds"
+            )
+        out[name] = seeds[:repeats] if repeats else list(seeds)
+    return out

@@ -9,6 +9,8 @@ import pandas as pd
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from medtl.checks import check_job_python, stop_on_error
+from medtl.config import training_seeds
+from medtl.layout import evaluation_file, predictions_dir, run_dir
 
 
 def conda_jobs():
@@ -32,14 +34,36 @@ if workflow.is_main_process and not conda_jobs():
 
 ARMS = list(config["arms"])
 FOLDS = list(range(config["splits"]["folds"]))
+# The seeds each arm trains with (config `seeds`, arms' `repeats`), and every training
+# run: one (arm, seed, fold) each, a job of its own.
+SEEDS = training_seeds(config)
+RUNS = [(arm, seed, fold) for arm in ARMS for seed in SEEDS[arm] for fold in FOLDS]
 DEMO = config["dataset"]["kind"] == "demo"
 DEMO_DIR = "data/demo"
 
 
 wildcard_constraints:
     arm="|".join(ARMS),
+    seed=r"\d+",
     fold=r"\d+",
     case=r"[A-Za-z0-9_.-]+",
+
+
+def run_path(kind, name="", root="results", arm="{arm}", seed="{seed}", fold="{fold}"):
+    """The path of a training run's folder (kind train), masks (predictions) or metrics
+    (evaluation), by medtl.layout; wildcards by default, `name` a file inside a folder."""
+    where = {"train": run_dir, "predictions": predictions_dir, "evaluation": evaluation_file}
+    path = where[kind](root, arm, seed, fold)
+    return (path / name if name else path).as_posix()
+
+
+def every_run(kind, name="", root="results", arms=None):
+    """run_path of every training run (of `arms`, default all): the inputs of merges."""
+    return [
+        run_path(kind, name, root, arm, seed, fold)
+        for arm, seed, fold in RUNS
+        if arms is None or arm in arms
+    ]
 
 
 def as_json(value):
@@ -187,9 +211,10 @@ def train_settings(wildcards):
         {
             "model": config["model"],
             "train": config["train"],
-            "arm": config["arms"][wildcards.arm],
+            # Not `repeats`: asking for more seeds must not retrain the ones there are.
+            "arm": {k: v for k, v in config["arms"][wildcards.arm].items() if k != "repeats"},
             "predict": config["predict"],
-            "seed": config["seed"],
+            "seed": int(wildcards.seed),
             "device": config["device"],
             "classes": config["classes"],
             "min_loaded_fraction": config["pretrain"]["min_loaded_fraction"],

@@ -1,19 +1,19 @@
 # Stage 8: metrics per case and class (Dice, IoU, HD95, ASSD, NSD, volume error, lesion
-# detection), computed from the written masks. One job per arm and fold starts as soon as
-# that fold's predictions exist, so evaluation never waits for the other arms' training.
+# detection), computed from the written masks. One job per training run starts as soon as
+# its predictions exist, so evaluation never waits for the other arms' training.
 
 
 rule evaluate_fold:
     input:
         manifest="results/ingest/manifest.tsv",
         folds="results/splits/folds.json",
-        predictions="results/predictions/{arm}/fold{fold}",
+        predictions=run_path("predictions"),
     output:
-        "results/evaluation/{arm}/fold{fold}.csv",
+        run_path("evaluation"),
     log:
-        "logs/evaluate/{arm}_fold{fold}.log",
+        "logs/evaluate/{arm}_seed{seed}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/evaluate/{arm}_fold{fold}.tsv"
+        "results/benchmarks/evaluate/{arm}_seed{seed}_fold{fold}.tsv"
     conda:
         "../envs/medtl.yaml"
     threads: 2
@@ -21,19 +21,20 @@ rule evaluate_fold:
         mem_mb=4000,
     params:
         python=PYTHON,
-        predictions=lambda wc, input: parent(parent(input.predictions)),
+        predictions=lambda wc, input: parent(parent(parent(input.predictions))),
         classes=as_json(config["classes"]),
         settings=as_json(config["evaluate"]),
     shell:
         "{params.python} -m medtl evaluate --manifest {input.manifest} --folds {input.folds} "
-        "--predictions {params.predictions} --arms {wildcards.arm} --fold {wildcards.fold} "
+        "--predictions {params.predictions} --arms {wildcards.arm} --seed {wildcards.seed} "
+        "--fold {wildcards.fold} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        expand("results/evaluation/{arm}/fold{fold}.csv", arm=ARMS, fold=FOLDS),
+        every_run("evaluation"),
     output:
         "results/evaluation/metrics.csv",
     log:
@@ -58,7 +59,7 @@ rule postprocess:
     input:
         manifest="results/ingest/manifest.tsv",
         folds="results/splits/folds.json",
-        predictions=expand("results/predictions/{{arm}}/fold{fold}", fold=FOLDS),
+        predictions=lambda wc: every_run("predictions", arms=[wc.arm]),
     output:
         "results/postprocess/{arm}.json",
     log:
@@ -72,11 +73,12 @@ rule postprocess:
         mem_mb=4000,
     params:
         python=PYTHON,
-        predictions=lambda wc, input: parent(parent(input.predictions[0])),
+        predictions=lambda wc, input: parent(parent(parent(input.predictions[0]))),
         classes=as_json(config["classes"]),
         settings=as_json(config["postprocess"]),
+        seeds=lambda wc: ",".join(str(s) for s in SEEDS[wc.arm]),
     shell:
         "{params.python} -m medtl postprocess --manifest {input.manifest} --folds {input.folds} "
-        "--predictions {params.predictions} --arm {wildcards.arm} "
+        "--predictions {params.predictions} --arm {wildcards.arm} --seeds {params.seeds} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"

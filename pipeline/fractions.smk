@@ -1,6 +1,8 @@
 # Label-fraction curves (optional, config key label_fractions): every arm is trained
-# again on nested, patient-grouped shares of each fold's training cases and evaluated
-# on the same held-out cases; the 100 % point is the normal run's metrics.csv.
+# again, with each of its seeds, on nested, patient-grouped shares of each fold's training
+# cases and evaluated on the same held-out cases; the 100 % point is the normal run's
+# metrics.csv. Runs of a fraction live under results/fractions/frac<pct>/ in the layout of
+# the normal runs (medtl.layout).
 from medtl.split.subsets import folder_fraction, fraction_folders
 
 # Whole percent (folder frac<pct>) → fraction, for the configured fractions below 1.
@@ -10,6 +12,10 @@ FRACTION_PCTS = list(LABEL_FRACTIONS)
 
 wildcard_constraints:
     pct=r"\d+",
+
+
+# The root of one fraction's runs (train/, predictions/ as under results/).
+FRACTION_ROOT = "results/fractions/frac{pct}"
 
 
 rule subset_folds:
@@ -42,12 +48,12 @@ rule train_fraction:
         cases=preprocessed,
         pretrained=pretrained_input,
     output:
-        model="results/fractions/frac{pct}/train/{arm}/fold{fold}/best.pt",
-        curves="results/fractions/frac{pct}/train/{arm}/fold{fold}/curves.csv",
+        model=run_path("train", "best.pt", root=FRACTION_ROOT),
+        curves=run_path("train", "curves.csv", root=FRACTION_ROOT),
     log:
-        "logs/fractions/train/frac{pct}_{arm}_fold{fold}.log",
+        "logs/fractions/train/frac{pct}_{arm}_seed{seed}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/train_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+        "results/benchmarks/train_fraction/frac{pct}_{arm}_seed{seed}_fold{fold}.tsv"
     retries: 1
     conda:
         "../envs/medtl.yaml"
@@ -75,15 +81,15 @@ rule train_fraction:
 rule predict_fraction:
     input:
         device="results/device.json",
-        model="results/fractions/frac{pct}/train/{arm}/fold{fold}/best.pt",
+        model=run_path("train", "best.pt", root=FRACTION_ROOT),
         folds="results/fractions/frac{pct}/fold{fold}/folds.json",
         cases=preprocessed,
     output:
-        directory("results/fractions/frac{pct}/predictions/{arm}/fold{fold}"),
+        directory(run_path("predictions", root=FRACTION_ROOT)),
     log:
-        "logs/fractions/predict/frac{pct}_{arm}_fold{fold}.log",
+        "logs/fractions/predict/frac{pct}_{arm}_seed{seed}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/predict_fraction/frac{pct}_{arm}_fold{fold}.tsv"
+        "results/benchmarks/predict_fraction/frac{pct}_{arm}_seed{seed}_fold{fold}.tsv"
     retries: 1
     conda:
         "../envs/medtl.yaml"
@@ -116,12 +122,11 @@ rule evaluate_fractions:
             pct=FRACTION_PCTS,
             fold=FOLDS,
         ),
-        predictions=expand(
-            "results/fractions/frac{pct}/predictions/{arm}/fold{fold}",
-            pct=FRACTION_PCTS,
-            arm=ARMS,
-            fold=FOLDS,
-        ),
+        predictions=[
+            path
+            for pct in FRACTION_PCTS
+            for path in every_run("predictions", root=f"results/fractions/frac{pct}")
+        ],
     output:
         "results/evaluation/label_fraction.csv",
     log:
@@ -143,11 +148,13 @@ rule evaluate_fractions:
         ),
         fractions=",".join(str(f) for f in LABEL_FRACTIONS.values()),
         arms=",".join(ARMS),
+        seeds=as_json(SEEDS),
         classes=as_json(config["classes"]),
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m medtl evaluate-fractions "
         "--manifest {input.manifest} --folds {input.folds} --fractions-root {params.root} "
         "--full-metrics {input.full} --fractions {params.fractions:q} --arms {params.arms} "
+        "--seeds {params.seeds:q} "
         "--classes {params.classes:q} --out {output} --threads {threads}"
 
 

@@ -1,19 +1,19 @@
-# Stage 7: each fold's model segments its held-out cases; masks are written in the
+# Stage 7: each training run's model segments its fold's held-out cases; masks are written in the
 # original image space (preprocessing inverted).
 
 
 rule predict_fold:
     input:
         device="results/device.json",
-        model="results/train/{arm}/fold{fold}/best.pt",
+        model=run_path("train", "best.pt"),
         folds="results/splits/folds.json",
         cases=preprocessed,
     output:
-        directory("results/predictions/{arm}/fold{fold}"),
+        directory(run_path("predictions")),
     log:
-        "logs/predict/{arm}_fold{fold}.log",
+        "logs/predict/{arm}_seed{seed}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/predict/{arm}_fold{fold}.tsv"
+        "results/benchmarks/predict/{arm}_seed{seed}_fold{fold}.tsv"
     retries: 1
     conda:
         "../envs/medtl.yaml"

@@ -7,7 +7,7 @@ rule report:
         manifest="results/ingest/manifest.tsv",
         plan="results/preprocess/plan.json",
         folds="results/splits/folds.json",
-        curves=expand("results/train/{arm}/fold{fold}/curves.csv", arm=ARMS, fold=FOLDS),
+        curves=every_run("train", "curves.csv"),
         postprocess=expand("results/postprocess/{arm}.json", arm=ARMS),
         fractions=FRACTION_TARGETS,
     output:

@@ -1,5 +1,7 @@
-# Stage 6: one training job per (arm, fold), all with the same budget, data and
+# Stage 6: one training job per (arm, seed, fold), all with the same budget, data and
 # augmentation; arms differ only in initialisation, freezing and encoder learning rate.
+# Seed s draws the same batch order and augmentation for every arm (common random
+# numbers), so arm differences are paired within a seed.
 
 
 rule train:
@@ -9,12 +11,12 @@ rule train:
         cases=preprocessed,
         pretrained=pretrained_input,
     output:
-        model="results/train/{arm}/fold{fold}/best.pt",
-        curves="results/train/{arm}/fold{fold}/curves.csv",
+        model=run_path("train", "best.pt"),
+        curves=run_path("train", "curves.csv"),
     log:
-        "logs/train/{arm}_fold{fold}.log",
+        "logs/train/{arm}_seed{seed}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/train/{arm}_fold{fold}.tsv"
+        "results/benchmarks/train/{arm}_seed{seed}_fold{fold}.tsv"
     retries: 1
     conda:
         "../envs/medtl.yaml"

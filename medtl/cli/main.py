@@ -730,14 +730,23 @@ def predict(
             "seg and rtstruct reference the source series (DICOM input only)."
         ),
     ] = "nifti",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="Which seeds' models to average, comma-separated (default: all the arm "
+            "was trained with)."
+        ),
+    ] = "all",
     threads: Threads = 2,
     quiet: Quiet = False,
 ) -> None:
-    """Segment new cases with the ensemble of a finished run's fold models.
+    """Segment new cases with the ensemble of a finished run's models of one arm.
 
-    The fold models' probabilities are averaged (optionally over mirrored copies too,
-    --tta), and the post-processing the run chose on cross-validation for the arm
-    (`results/postprocess/<arm>.json`) is applied.
+    The probabilities of every fold model of every seed the arm was trained with (or of
+    --seeds) are averaged (optionally over mirrored copies too, --tta), and the
+    post-processing the run chose on cross-validation for the arm
+    (`results/postprocess/<arm>.json`) is applied. The output says how many models it
+    averaged; `predictions.tsv` lists them per case (models, folds, seeds).
 
     Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
@@ -754,8 +763,23 @@ def predict(
         device,
         progress=not quiet,
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),
+        seeds=_seed_list(seeds),
     )
-    typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv)")
+    models = f", {table['models'].iloc[0]} models averaged" if len(table) else ""
+    typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv{models})")
+
+
+def _seed_list(text: str) -> list[int] | None:
+    """`--seeds`: `all` (None), or comma-separated whole numbers."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected 'all' or comma-separated seeds such as 1,2, got {text!r}",
+            param_hint="--seeds",
+        ) from None
 
 
 @app.command("export-bundle")
@@ -786,11 +810,20 @@ def export_bundle(
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
     folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[Path, typer.Option(help="Folder `predictions/<arm>/fold<k>/`.")],
+    predictions: Annotated[
+        Path, typer.Option(help="Folder `predictions/` (holding `<arm>/seed<s>/fold<k>/`).")
+    ],
     arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
     out: Annotated[Path, typer.Option(help="The metrics CSV to write.")],
     fold: Annotated[
         int | None, typer.Option(help="Only this fold's held-out cases (default: every fold).")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="The training runs' seed (`<arm>/seed<s>/fold<k>/`); leave out for a run "
+            "of an earlier version (`<arm>/fold<k>/`)."
+        ),
     ] = None,
     classes: Classes = '{"1": "foreground"}',
     settings: Settings = "{}",
@@ -803,8 +836,8 @@ def evaluate(
     components). Settings: the config's `evaluate` section as JSON.
 
     Example: `medtl evaluate --manifest results/ingest/manifest.tsv --folds
-    results/splits/folds.json --predictions results/predictions --arms finetune --fold 0
-    --out finetune_fold0.csv`
+    results/splits/folds.json --predictions results/predictions --arms finetune --seed 1
+    --fold 0 --out finetune_seed1_fold0.csv`
     """
     from medtl.config import EvaluateConfig, load_json_arg, parse_section
     from medtl.evaluate.metrics import evaluate_predictions
@@ -821,6 +854,7 @@ def evaluate(
         threads=threads,
         cfg=cfg,
         fold=fold,
+        seed=seed,
     )
     typer.echo(f"evaluate: {len(df)} rows → {out}")
 
@@ -843,9 +877,18 @@ def evaluate_merge(
 def postprocess(
     manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
     folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[Path, typer.Option(help="Folder `predictions/<arm>/fold<k>/`.")],
+    predictions: Annotated[
+        Path, typer.Option(help="Folder `predictions/` (holding `<arm>/seed<s>/fold<k>/`).")
+    ],
     arm: Annotated[str, typer.Option(help="The arm whose cross-validation masks to use.")],
     out: Annotated[Path, typer.Option(help="The decision (JSON) to write.")],
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="The arm's training seeds, comma-separated (every seed's masks are scored); "
+            "leave out for a run of an earlier version (`<arm>/fold<k>/`)."
+        ),
+    ] = None,
     classes: Classes = '{"1": "foreground"}',
     settings: Settings = "{}",
     threads: Threads = 1,
@@ -862,7 +905,15 @@ def postprocess(
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
     cfg = parse_section(PostprocessConfig, load_json_arg(settings, "--settings"), "postprocess")
     decision = choose_postprocessing(
-        manifest, folds, predictions, arm, names, cfg, out, threads=threads
+        manifest,
+        folds,
+        predictions,
+        arm,
+        names,
+        cfg,
+        out,
+        threads=threads,
+        seeds=[int(s) for s in seeds.split(",")] if seeds else None,
     )
     chosen = ", ".join(f"{c}: {d['chosen']}" for c, d in decision["classes"].items())
     typer.echo(f"postprocess {arm}: {chosen} → {out}")
@@ -879,6 +930,13 @@ def evaluate_fractions(
     out: Annotated[Path, typer.Option(help="label_fraction.csv to write.")],
     full_metrics: Annotated[
         Path | None, typer.Option(help="metrics.csv of the full-data arms (the 100 % point).")
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Each arm's training seeds as JSON, e.g. '{\"scratch\": [1, 2]}'; leave "
+            "out for a run of an earlier version (`<arm>/fold<k>/`)."
+        ),
     ] = None,
     classes: Classes = '{"1": "foreground"}',
     threads: Threads = 1,
@@ -899,6 +957,11 @@ def evaluate_fractions(
         out,
         full_metrics=full_metrics,
         threads=threads,
+        seeds=(
+            {a: [int(s) for s in v] for a, v in load_json_arg(seeds, "--seeds").items()}
+            if seeds
+            else None
+        ),
     )
     typer.echo(f"evaluate-fractions: {len(df)} rows → {out}")
 

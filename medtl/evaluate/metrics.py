@@ -81,11 +81,13 @@ from medtl.io.errors import MedtlError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
+from medtl.layout import PREDICT_RULE, predictions_dir
 
 #: Columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = [
     "arm",
     "fold",
+    "seed",
     "case",
     "class",
     "dice",
@@ -108,15 +110,23 @@ METRIC_COLUMNS = [
 
 #: Columns holding counts (integers, never NaN) and text; every other one after
 #: ``case`` and ``class`` is a float that may be NaN.
-_INT_COLUMNS = ["fold", "lesions_ref", "lesions_pred", "lesion_tp", "lesion_fp", "lesion_fn"]
+_INT_COLUMNS = [
+    "fold",
+    "seed",
+    "lesions_ref",
+    "lesions_pred",
+    "lesion_tp",
+    "lesion_fp",
+    "lesion_fn",
+]
 _TEXT_COLUMNS = ["arm", "case", "class", "empty"]
 _FLOAT_COLUMNS = [c for c in METRIC_COLUMNS if c not in _INT_COLUMNS + _TEXT_COLUMNS]
 
 #: The values of the ``empty`` column.
 EMPTY_FLAGS = ("", "both", "reference", "prediction")
 
-#: The workflow rule that writes ``predictions/{arm}/fold{k}/{case}.nii.gz``.
-PREDICT_RULE = "predict_fold"
+#: Columns a table of an earlier version may lack (it then holds one seed).
+_OPTIONAL_COLUMNS = ["seed"]
 
 
 def _quiet_monai() -> None:
@@ -536,6 +546,7 @@ def check_same_grid(pred_path: Path, ref_path: Path, pred_img: tuple, ref_img: t
 class _Task:
     arm: str
     fold: int
+    seed: int | None
     case: str
     pred: Path
     ref: Path
@@ -546,7 +557,8 @@ def _evaluate_task(task: _Task, classes: dict[int, str], cfg: EvaluateConfig) ->
     ref_img = load_label(task.ref)
     check_same_grid(task.pred, task.ref, pred_img, ref_img)
     rows = case_metrics(pred_img[0], ref_img[0], spacing_of(ref_img[1]), classes, cfg)
-    return [{"arm": task.arm, "fold": task.fold, "case": task.case, **row} for row in rows]
+    key = {"arm": task.arm, "fold": task.fold, "seed": task.seed, "case": task.case}
+    return [{**key, **row} for row in rows]
 
 
 def read_folds(folds: Path) -> dict:
@@ -576,6 +588,7 @@ def _tasks(
     predictions: Path,
     arms: list[str],
     only_fold: int | None = None,
+    seed: int | None = None,
 ) -> list[_Task]:
     labels = dict(zip(manifest_df["case_id"], manifest_df["label"], strict=True))
     tasks: list[_Task] = []
@@ -593,10 +606,15 @@ def _tasks(
                         f"{manifest}: test case {case!r} of fold {k} needs a reference label; "
                         f"found {found}. How to fix: keep unlabelled cases out of the folds."
                     )
-                pred = Path(predictions) / arm / f"fold{k}" / f"{case}.nii.gz"
+                if seed is None:  # an earlier version's layout: no seed folder
+                    pred = Path(predictions) / arm / f"fold{k}" / f"{case}.nii.gz"
+                else:
+                    pred = (
+                        predictions_dir(Path(predictions).parent, arm, seed, k) / f"{case}.nii.gz"
+                    )
                 if not pred.is_file():
                     missing.append(str(pred))
-                tasks.append(_Task(arm, k, case, pred, Path(label)))
+                tasks.append(_Task(arm, k, seed, case, pred, Path(label)))
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise EvaluationError(
@@ -615,12 +633,17 @@ def _tasks(
 
 
 def _sorted_table(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """The rows as a metrics table; without seeds (an earlier version's) no seed column."""
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    if df["seed"].isna().any():
+        df = df.drop(columns="seed")
     for column in _INT_COLUMNS:
-        df[column] = df[column].astype(int)
+        if column in df:
+            df[column] = df[column].astype(int)
     for column in _FLOAT_COLUMNS:
         df[column] = df[column].astype(float)
-    return df.sort_values(["arm", "fold", "case", "class"], kind="stable").reset_index(drop=True)
+    key = [c for c in ("arm", "seed", "fold", "case", "class") if c in df]
+    return df.sort_values(key, kind="stable").reset_index(drop=True)
 
 
 def evaluate_predictions(
@@ -633,6 +656,7 @@ def evaluate_predictions(
     threads: int = 1,
     cfg: EvaluateConfig | None = None,
     fold: int | None = None,
+    seed: int | None = None,
 ) -> pd.DataFrame:
     """Every metric of every arm's predictions on the folds' held-out cases.
 
@@ -640,7 +664,8 @@ def evaluate_predictions(
         manifest: ``results/ingest/manifest.tsv``; label paths in it are relative to the
             working directory.
         folds: ``results/splits/folds.json``; each fold's ``test`` cases are evaluated.
-        predictions: ``results/predictions`` (holds ``{arm}/fold{k}/{case}.nii.gz``).
+        predictions: ``results/predictions`` (holds ``{arm}/seed{s}/fold{k}/{case}.nii.gz``,
+            :func:`medtl.layout.predictions_dir`).
         arms: arm names to evaluate.
         classes: ``{label value: class name}``, background excluded.
         out_csv: where to write the table (atomically).
@@ -649,10 +674,12 @@ def evaluate_predictions(
             ``EvaluateConfig()``.
         fold: evaluate only this fold's held-out cases (one job of a per-arm × fold
             workflow, merged later by :func:`combine_metrics`); None for every fold.
+        seed: the training runs' seed (one job per arm, seed and fold). None: an earlier
+            version's layout, ``{arm}/fold{k}/``, and a table without a seed column.
 
     Returns:
-        The table written, columns :data:`METRIC_COLUMNS`, sorted by arm, fold, case
-        and class.
+        The table written, columns :data:`METRIC_COLUMNS`, sorted by arm, seed, fold,
+        case and class.
 
     Raises:
         EvaluationError: on a missing input file or prediction (naming it), a prediction
@@ -677,7 +704,9 @@ def evaluate_predictions(
                 "split stage with more folds."
             )
         fold = int(fold)
-    tasks = _tasks(manifest_df, Path(manifest), folds_data, Path(predictions), list(arms), fold)
+    tasks = _tasks(
+        manifest_df, Path(manifest), folds_data, Path(predictions), list(arms), fold, seed
+    )
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         results = list(pool.map(lambda t: _evaluate_task(t, classes, cfg), tasks))
     df = _sorted_table([row for rows in results for row in rows])
@@ -690,7 +719,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
 
     Text columns stay text (``empty = ""`` is not NaN, case id ``007`` stays ``007``);
     count columns are integers and the other columns floats, NaN where the field is
-    empty. Only :data:`METRIC_COLUMNS` are kept, in that order.
+    empty. Only :data:`METRIC_COLUMNS` are kept, in that order (a table of an earlier
+    version, without ``seed``, is read without it: one seed).
 
     Raises:
         EvaluationError: naming the file, if it is missing, lacks a column of
@@ -707,15 +737,15 @@ def read_metrics(path: Path) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         df = pd.DataFrame()
-    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns and c not in _OPTIONAL_COLUMNS]
     if missing:
         raise EvaluationError(
             f"{path}: expected the columns {METRIC_COLUMNS}, found {list(df.columns)} "
             f"(missing {missing}). How to fix: rerun the 'evaluate' rule that writes it "
             "(it may be from an older version of medtl)."
         )
-    df = df[METRIC_COLUMNS].copy()
-    for column in _INT_COLUMNS + _FLOAT_COLUMNS:
+    df = df[[c for c in METRIC_COLUMNS if c in df.columns]].copy()
+    for column in [c for c in _INT_COLUMNS + _FLOAT_COLUMNS if c in df.columns]:
         values = df[column].str.strip().replace("", "nan")
         numbers = pd.to_numeric(values, errors="coerce")
         bad = values[numbers.isna() & (values.str.lower() != "nan")]
@@ -759,17 +789,25 @@ def combine_metrics(paths: list[Path], out_csv: Path) -> pd.DataFrame:
         df["_source"] = str(path)
         frames.append(df)
     table = pd.concat(frames, ignore_index=True)
-    key = ["arm", "fold", "case", "class"]
+    if "seed" in table and table["seed"].isna().any():
+        raise EvaluationError(
+            "metrics tables to combine: expected all with a seed column or all without "
+            f"(an earlier version's), found both ({', '.join(map(str, paths))}). How to fix: "
+            "rerun the 'evaluate' rule for every training run."
+        )
+    key = [c for c in ("arm", "seed", "fold", "case", "class") if c in table]
     dup = table[table.duplicated(key, keep=False)]
     if len(dup):
         first = dup.iloc[0]
         sources = sorted(set(dup.loc[(dup[key] == first[key]).all(axis=1), "_source"]))
         raise EvaluationError(
-            f"metrics of arm {first['arm']!r}, fold {first['fold']}, case {first['case']!r}, "
+            f"metrics of arm {first['arm']!r}, "
+            + (f"seed {int(first['seed'])}, " if "seed" in key else "")
+            + f"fold {first['fold']}, case {first['case']!r}, "
             f"class {first['class']!r}: expected one row, found "
             f"{int((dup[key] == first[key]).all(axis=1).sum())} in {', '.join(sources)}. "
             "How to fix: pass each per-arm × fold table once."
         )
-    table = _sorted_table(table[METRIC_COLUMNS])
+    table = _sorted_table(table[[c for c in METRIC_COLUMNS if c in table]])
     atomic_write_text(Path(out_csv), table.to_csv(index=False))
     return table

@@ -49,6 +49,7 @@ from medtl import __version__
 from medtl.config import ModelConfig, PredictConfig, parse_section
 from medtl.io.errors import InputError, MedtlError
 from medtl.io.outputs import check_separate
+from medtl.layout import trained_runs
 from medtl.models.weights import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan
 
@@ -556,27 +557,28 @@ Images whose voxels already have the plan's spacing are segmented exactly as by 
 
 
 def _fold_dir(results: Path, arm: str, fold: int | None) -> tuple[Path, int, int]:
-    """The fold folder to export, its number and how many folds the arm has."""
-    arm_dir = results / "train" / arm
-    found = sorted(arm_dir.glob("fold*/best.pt"))
-    if not found:
-        arms = sorted(p.name for p in (results / "train").glob("*") if p.is_dir())
+    """The training run to export (fold ``fold`` of the arm's first seed), its fold
+    number and how many folds the arm has."""
+    runs = trained_runs(results, arm)
+    if not runs:
+        arms = sorted({r.arm for r in trained_runs(results)})
         raise InputError(
-            arm_dir,
+            results / "train" / arm,
             f"no trained models for arm {arm!r}"
             + (f" (arms found: {', '.join(arms)})" if arms else ""),
             "give the results folder of a finished run and an arm it trained",
         )
+    first = [r for r in runs if r.seed == runs[0].seed]
     k = 0 if fold is None else int(fold)
-    fold_dir = arm_dir / f"fold{k}"
-    if not (fold_dir / "best.pt").is_file():
-        have = ", ".join(p.parent.name.removeprefix("fold") for p in found)
+    match = [r for r in first if r.fold == k]
+    if not match:
+        have = ", ".join(str(r.fold) for r in first)
         raise InputError(
-            fold_dir / "best.pt",
+            first[0].path.parent.parent / f"fold{k}" / "best.pt",
             f"arm {arm!r} has no trained model for fold {k} (folds found: {have})",
             "choose one of the folds found with --fold",
         )
-    return fold_dir, k, len(found)
+    return match[0].path.parent, k, len(first)
 
 
 def _load_payload(checkpoint: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +37,8 @@ from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
+from medtl.layout import PREDICT_RULE, predictions_dir
 from medtl.postprocess.components import NO_POSTPROCESSING, apply_operation
-
-#: The workflow rule that writes ``predictions/{arm}/fold{k}/{case}.nii.gz``.
-PREDICT_RULE = "predict_fold"
 
 #: The workflow rule that writes ``postprocess/{arm}.json``.
 POSTPROCESS_RULE = "postprocess"
@@ -90,13 +89,23 @@ def _test_cases(folds_path: Path, folds_data: dict) -> list[tuple[int, str]]:
 
 
 def _cases(
-    manifest: Path, folds_path: Path, folds_data: dict, predictions: Path, arm: str
+    manifest: Path,
+    folds_path: Path,
+    folds_data: dict,
+    predictions: Path,
+    arm: str,
+    seeds: Sequence[int] | None = None,
 ) -> list[_Case]:
     df = read_manifest(manifest)
     labels = dict(zip(df["case_id"], df["label"], strict=True))
     out: list[_Case] = []
     missing: list[Path] = []
-    for fold, case in _test_cases(folds_path, folds_data):
+    runs = [
+        (seed, fold, case)
+        for seed in (seeds if seeds else [None])
+        for fold, case in _test_cases(folds_path, folds_data)
+    ]
+    for seed, fold, case in runs:
         label = labels.get(case)
         if not label:
             found = "no row" if label is None else "an empty label"
@@ -105,7 +114,10 @@ def _cases(
                 f"held-out case {case!r} of fold {fold} needs a reference label; found {found}",
                 "keep unlabelled cases out of the folds (rerun the split stage)",
             )
-        pred = Path(predictions) / arm / f"fold{fold}" / f"{case}.nii.gz"
+        if seed is None:  # an earlier version's layout: no seed folder
+            pred = Path(predictions) / arm / f"fold{fold}" / f"{case}.nii.gz"
+        else:
+            pred = predictions_dir(Path(predictions).parent, arm, seed, fold) / f"{case}.nii.gz"
         if not pred.is_file():
             missing.append(pred)
         out.append(_Case(fold, case, pred, Path(label)))
@@ -189,6 +201,7 @@ def choose_postprocessing(
     cfg: PostprocessConfig,
     out_json: Path,
     threads: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> dict:
     """Choose, per class, the post-processing that raises ``arm``'s mean CV Dice.
 
@@ -196,13 +209,16 @@ def choose_postprocessing(
         manifest: ``results/ingest/manifest.tsv`` (columns ``case_id`` and ``label``;
             label paths relative to the working directory).
         folds: ``results/splits/folds.json``; each fold's ``test`` cases are scored.
-        predictions: ``results/predictions`` (holds ``{arm}/fold{k}/{case}.nii.gz`` on
-            each case's original grid).
+        predictions: ``results/predictions`` (holds ``{arm}/seed{s}/fold{k}/{case}.nii.gz``
+            on each case's original grid, :func:`medtl.layout.predictions_dir`).
         arm: the arm whose predictions are scored.
         classes: ``{label value: class name}``, background excluded.
         cfg: the candidates, ``min_volume_mm3`` and ``min_gain``.
         out_json: where to write the decision (atomically).
         threads: cases scored in parallel.
+        seeds: the arm's training seeds: every seed's prediction of a case is scored
+            (the mean is over cases and seeds). None: an earlier version's layout,
+            ``{arm}/fold{k}/``.
 
     Returns:
         The decision written (see the module's docstring for its shape).
@@ -236,7 +252,7 @@ def choose_postprocessing(
                 "cases_changed": 0,
             }
     else:
-        tasks = _cases(Path(manifest), Path(folds), folds_data, Path(predictions), arm)
+        tasks = _cases(Path(manifest), Path(folds), folds_data, Path(predictions), arm, seeds)
         with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
             scores = list(
                 pool.map(

@@ -1,9 +1,11 @@
-"""Prediction stages: held-out cases of one fold, and new cases with the fold ensemble."""
+"""Prediction stages: held-out cases of one training run, and new cases with the ensemble
+of an arm's training runs (its folds × seeds)."""
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ from medtl.io.errors import InputError
 from medtl.io.files import atomic_write_text
 from medtl.io.ingest import ingest_path
 from medtl.io.outputs import check_separate, fresh_folder
+from medtl.layout import TrainedRun, trained_runs
 from medtl.models.networks import torch_device
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
@@ -50,18 +53,53 @@ def predict_fold(
     return written
 
 
-def find_fold_models(results: Path, arm: str) -> list[Path]:
-    """The ``best.pt`` of every fold of ``arm`` in a finished run's results folder."""
-    found = sorted((Path(results) / "train" / arm).glob("fold*/best.pt"))
-    if not found:
-        arms = sorted(p.name for p in (Path(results) / "train").glob("*") if p.is_dir())
+def find_fold_models(results: Path, arm: str, seeds: Sequence[int] | None = None) -> list[Path]:
+    """The ``best.pt`` of every training run (fold × seed) of ``arm`` in a finished run."""
+    return [r.path for r in ensemble_members(results, arm, seeds)]
+
+
+def ensemble_members(
+    results: Path, arm: str, seeds: Sequence[int] | None = None
+) -> list[TrainedRun]:
+    """The training runs of ``arm`` whose models are averaged: every fold of every seed,
+    or of the ``seeds`` named (an earlier version's runs, without seed, when none is named).
+
+    Raises:
+        InputError: the arm has no trained model, or none of the seeds named.
+    """
+    results = Path(results)
+    runs = trained_runs(results, arm)
+    if not runs:
+        arms = sorted({r.arm for r in trained_runs(results)})
         raise InputError(
-            Path(results) / "train" / arm,
+            results / "train" / arm,
             f"no trained models for arm {arm!r}"
             + (f" (arms found: {', '.join(arms)})" if arms else ""),
             "give --model the results folder of a finished run and an arm it trained",
         )
-    return found
+    if seeds:
+        chosen = [r for r in runs if r.seed in set(seeds)]
+        missing = sorted(set(seeds) - {r.seed for r in chosen})
+        if missing:
+            have = sorted({r.seed for r in runs if r.seed is not None})
+            raise InputError(
+                results / "train" / arm,
+                f"arm {arm!r} has no model of seed {missing[0]} (its seeds: "
+                f"{', '.join(map(str, have)) or 'none'})",
+                "name seeds the arm was trained with, or leave --seeds out to use them all",
+            )
+        return chosen
+    return runs
+
+
+def describe_members(runs: Sequence[TrainedRun]) -> str:
+    """How many models an ensemble averages, e.g. ``6 models (3 folds × 2 seeds)``."""
+    folds = len({r.fold for r in runs})
+    seeds = len({r.seed for r in runs})
+    models = f"{len(runs)} model" + ("s" if len(runs) != 1 else "")
+    fold_txt = f"{folds} fold" + ("s" if folds != 1 else "")
+    seed_txt = f"{seeds} seed" + ("s" if seeds != 1 else "")
+    return f"{models} ({fold_txt} × {seed_txt})"
 
 
 def default_arm(results: Path) -> str:
@@ -83,7 +121,7 @@ def default_arm(results: Path) -> str:
             best = best.get("arm")
         if isinstance(best, str) and best:
             return best
-    arms = sorted(p.parent.parent.name for p in (results / "train").glob("*/fold*/best.pt"))
+    arms = sorted(r.arm for r in trained_runs(results))
     if len(set(arms)) == 1:
         return arms[0]
     raise InputError(
@@ -165,12 +203,14 @@ def predict_new(
     formats: tuple[str, ...] = ("nifti",),
     workers: int = 4,
     postprocess: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
-    Uses the mean probabilities of all fold models of ``arm`` (the ensemble) and the
-    run's preprocessing plan. Writes ``out/<case>.nii.gz`` on each input's original grid
-    and, for DICOM input with ``formats`` asking for them, ``out/<case>.seg.dcm``
+    Uses the mean probabilities of the models of ``arm`` (the ensemble: every fold of
+    every seed it was trained with, or of ``seeds``) and the run's preprocessing plan.
+    Writes ``out/<case>.nii.gz`` on each input's original grid and, for DICOM input
+    with ``formats`` asking for them, ``out/<case>.seg.dcm``
     (DICOM-SEG) and ``out/<case>.rtstruct.dcm`` referencing the source series, so they
     open in a PACS viewer or a planning system; ``out/predictions.tsv`` lists them.
 
@@ -194,7 +234,9 @@ def predict_new(
     plan = Plan.load(results / "preprocess" / "plan.json")
     classes = {int(k): v for k, v in plan.classes.items()}
     device = torch_device(device_name)
-    loaded = [load_model(p, device) for p in find_fold_models(results, arm)]
+    members = ensemble_members(results, arm, seeds)
+    ensemble = describe_members(members)
+    loaded = [load_model(r.path, device) for r in members]
     models = [m for m, _ in loaded]
     patch = loaded[0][1]["patch_size"]
     decision = _decision_for(results, arm, classes) if postprocess else None
@@ -218,7 +260,7 @@ def predict_new(
         series_index = _series_by_uid(source, workers) if dicom_formats and has_dicom else {}
         for row in tqdm(
             list(manifest.itertuples()),
-            desc=f"predict ({arm}, {len(models)} folds)",
+            desc=f"predict ({arm}, {ensemble})",
             disable=not progress,
         ):
             case = preprocess_files(Path(row.image), None, plan)
@@ -236,7 +278,11 @@ def predict_new(
                     "mask": str(out / name),
                     "dicom": ";".join(str(out / Path(d).name) for d in dicom),
                     "arm": arm,
-                    "folds": len(models),
+                    "models": len(models),
+                    "folds": len({r.fold for r in members}),
+                    "seeds": ",".join(
+                        str(s) for s in sorted({r.seed for r in members if r.seed is not None})
+                    ),
                     "postprocess": applied,
                     "foreground_voxels": int((labels > 0).sum()),
                 }

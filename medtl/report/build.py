@@ -26,6 +26,7 @@ from medtl.evaluate.stats import per_case
 from medtl.io.errors import MedtlError
 from medtl.io.files import atomic_write_bytes, atomic_write_text
 from medtl.io.ingest import read_manifest
+from medtl.layout import predictions_dir, run_dir
 from medtl.report import evaluation as E
 from medtl.report import figures as F
 from medtl.report.fractions import (
@@ -69,7 +70,7 @@ class Inputs:
     metrics: pd.DataFrame
     rejected: pd.DataFrame | None = None
     plan: dict | None = None
-    curves: dict[str, dict[int, pd.DataFrame]] = field(default_factory=dict)
+    curves: dict[str, dict[tuple[int | None, int], pd.DataFrame]] = field(default_factory=dict)
     load_reports: list[dict] = field(default_factory=list)
     run_summaries: list[dict] = field(default_factory=list)
     benchmarks: pd.DataFrame | None = None
@@ -105,28 +106,59 @@ def _read_metrics(path: Path, arms: list[str]) -> pd.DataFrame:
     return df
 
 
-def _read_curves(results: Path, arms: list[str], folds: dict) -> dict[str, dict[int, pd.DataFrame]]:
-    out: dict[str, dict[int, pd.DataFrame]] = {}
-    for arm in arms:
-        for fold in folds["folds"]:
-            k = int(fold["fold"])
-            path = results / "train" / arm / f"fold{k}" / "curves.csv"
-            if path.is_file():
-                df = pd.read_csv(path)
-                if {"step", "loss"} <= set(df.columns):
-                    out.setdefault(arm, {})[k] = df
+def arm_seeds(metrics: pd.DataFrame, arms: list[str]) -> dict[str, list[int | None]]:
+    """The seeds each arm was evaluated with (``[None]``: a table without seeds)."""
+    if "seed" not in metrics:
+        return {arm: [None] for arm in arms}
+    return {
+        arm: sorted(int(s) for s in metrics.loc[metrics["arm"] == arm, "seed"].dropna().unique())
+        for arm in arms
+    }
+
+
+def _run_dirs(
+    results: Path, seeds: dict[str, list[int | None]], folds: dict
+) -> list[tuple[str, int | None, int, Path]]:
+    """``(arm, seed, fold, folder)`` of every training run the metrics come from."""
+    out = []
+    for arm, arm_seeds_ in seeds.items():
+        for seed in arm_seeds_:
+            for fold in folds["folds"]:
+                k = int(fold["fold"])
+                if seed is None:  # an earlier version's layout: no seed folder
+                    folder = results / "train" / arm / f"fold{k}"
+                else:
+                    folder = run_dir(results, arm, seed, k)
+                out.append((arm, seed, k, folder))
     return out
 
 
-def _read_run_files(results: Path, arms: list[str], folds: dict, name: str) -> list[dict]:
-    """A JSON file of every training run (``train/<arm>/fold<k>/<name>``) that exists."""
+def _read_curves(
+    results: Path, seeds: dict[str, list[int | None]], folds: dict
+) -> dict[str, dict[tuple[int | None, int], pd.DataFrame]]:
+    """Per arm, per ``(seed, fold)``: the run's ``curves.csv``."""
+    out: dict[str, dict[tuple[int | None, int], pd.DataFrame]] = {}
+    for arm, seed, k, folder in _run_dirs(results, seeds, folds):
+        path = folder / "curves.csv"
+        if path.is_file():
+            df = pd.read_csv(path)
+            if {"step", "loss"} <= set(df.columns):
+                out.setdefault(arm, {})[(seed, k)] = df
+    return out
+
+
+def _read_run_files(
+    results: Path, seeds: dict[str, list[int | None]], folds: dict, name: str
+) -> list[dict]:
+    """A JSON file of every training run (``train/<arm>/seed<s>/fold<k>/<name>``) that
+    exists, with ``arm``, ``seed``, ``fold`` and its ``weights`` (``best.pt``)."""
     out = []
-    for arm in arms:
-        for fold in folds["folds"]:
-            k = int(fold["fold"])
-            path = results / "train" / arm / f"fold{k}" / name
-            if path.is_file():
-                out.append({"arm": arm, "fold": k, **json.loads(path.read_text())})
+    for arm, seed, k, folder in _run_dirs(results, seeds, folds):
+        path = folder / name
+        if path.is_file():
+            record = json.loads(path.read_text())
+            key = {"arm": arm, "seed": seed, "fold": k, "weights": folder / "best.pt"}
+            out.append({**record, **key})
     return out
 
 
@@ -209,12 +241,13 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
     plan = results / "preprocess" / "plan.json"
     if plan.is_file():
         inputs.plan = json.loads(plan.read_text())
-    inputs.curves = _read_curves(results, arms, folds)
-    inputs.load_reports = _read_run_files(results, arms, folds, "load_report.json")
-    inputs.run_summaries = _read_run_files(results, arms, folds, "summary.json")
+    seeds = arm_seeds(metrics, arms)
+    inputs.curves = _read_curves(results, seeds, folds)
+    inputs.load_reports = _read_run_files(results, seeds, folds, "load_report.json")
+    inputs.run_summaries = _read_run_files(results, seeds, folds, "summary.json")
     inputs.benchmarks = _read_benchmarks(results)
     inputs.label_fraction = read_label_fraction(results / "evaluation" / "label_fraction.csv")
-    inputs.run_records = _read_run_files(results, arms, folds, "run.json")
+    inputs.run_records = _read_run_files(results, seeds, folds, "run.json")
     for arm in arms:
         path = results / "postprocess" / f"{arm}.json"
         if path.is_file():
@@ -298,10 +331,15 @@ def _folds_section(inputs: Inputs) -> dict:
 
 
 def _load_report_table(reports: list[dict]) -> dict | None:
+    """Per arm and fold, what the checkpoint initialised (the first seed's runs: every
+    seed loads the same weights)."""
     if not reports:
         return None
-    rows = []
+    first_seed = {}
     for r in reports:
+        first_seed.setdefault(r["arm"], r.get("seed"))
+    rows = []
+    for r in [r for r in reports if r.get("seed") == first_seed[r["arm"]]]:
         total, loaded = r.get("encoder_params_total"), r.get("encoder_params_loaded")
         rows.append(
             [
@@ -394,6 +432,15 @@ def _load_ras(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     return data, spacing
 
 
+def _first_prediction(results: Path, metrics: pd.DataFrame, arm: str, fold: int, case: str) -> Path:
+    """The mask of ``case`` by the arm's first seed (the run of an earlier version: its
+    only one)."""
+    seed = arm_seeds(metrics, [arm])[arm]
+    if not seed or seed[0] is None:
+        return results / "predictions" / arm / f"fold{fold}" / f"{case}.nii.gz"
+    return predictions_dir(results, arm, seed[0], fold) / f"{case}.nii.gz"
+
+
 def _pick_cases(scores: pd.Series, n: int) -> list[tuple[str, str]]:
     """``(case, role)`` for best, median, worst (and evenly spaced ranks between)."""
     ranked = scores.sort_values(ascending=False, kind="stable")
@@ -440,7 +487,7 @@ def _overlay_cases(
         label, _ = _load_ras(label_path)
         preds = {}
         for arm in arms:
-            pred = results / "predictions" / arm / f"fold{fold_of.get(case, -1)}" / f"{case}.nii.gz"
+            pred = _first_prediction(results, inputs.metrics, arm, fold_of.get(case, -1), case)
             if pred.is_file():
                 p, _ = _load_ras(pred)
                 if p.shape == label.shape:
@@ -600,11 +647,7 @@ def build_report(
 
     folds_table, folds_df = E.folds_metric_table(metrics)
     cases_table, cases_df = E.cases_table(metrics, arms)
-    weights = {
-        (r["arm"], r["fold"]): results / "train" / r["arm"] / f"fold{r['fold']}" / "best.pt"
-        for r in inputs.run_records
-    }
-    provenance = provenance_section(config, inputs.run_records, inputs.folds, weights)
+    provenance = provenance_section(config, inputs.run_records, inputs.folds)
     dice_versus = [c for c in ev.versus_reference if c.metric == "dice"]
     context = {
         "title": "medtl report",

@@ -258,24 +258,33 @@ def paired_differences(
     return fig
 
 
-def training_curves(curves: dict[str, dict[int, pd.DataFrame]], arms: list[str]) -> Figure:
-    """Loss and validation Dice against step, one row per arm and one line per fold.
+def _run_label(key: object) -> str:
+    """``fold 0``, or ``seed 2, fold 0`` for a ``(seed, fold)`` key."""
+    if isinstance(key, tuple):
+        seed, fold = key
+        return f"fold {fold}" if seed is None else f"seed {seed}, fold {fold}"
+    return f"fold {key}"
+
+
+def training_curves(curves: dict[str, dict[object, pd.DataFrame]], arms: list[str]) -> Figure:
+    """Loss and validation Dice against step, one row per arm and one line per run.
 
     Args:
-        curves: per arm, per fold, the ``curves.csv`` table (``step, loss, val_dice``).
+        curves: per arm, per fold (or per ``(seed, fold)``), the ``curves.csv`` table
+            (``step, loss, val_dice``).
         arms: arms in display order; arms without curves are skipped.
     """
     shown = [a for a in arms if curves.get(a)]
     fig = _figure(9.0, 2.6 * max(1, len(shown)))
     axes = fig.subplots(max(1, len(shown)), 2, squeeze=False)
     for row, arm in zip(axes, shown, strict=False):
-        for fold, df in sorted(curves[arm].items()):
+        for key, df in sorted(curves[arm].items(), key=lambda kv: str(kv[0])):
             step = pd.to_numeric(df["step"], errors="coerce")
             loss = pd.to_numeric(df["loss"], errors="coerce")
-            row[0].plot(step, loss, lw=1.1, label=f"fold {fold}")
+            row[0].plot(step, loss, lw=1.1, label=_run_label(key))
             val = pd.to_numeric(df.get("val_dice", pd.Series(dtype=float)), errors="coerce")
             ok = val.notna()
-            row[1].plot(step[ok], val[ok], lw=1.1, marker="o", ms=3, label=f"fold {fold}")
+            row[1].plot(step[ok], val[ok], lw=1.1, marker="o", ms=3, label=_run_label(key))
         row[0].set_title(f"{arm}: training loss", fontsize=10)
         row[1].set_title(f"{arm}: validation Dice", fontsize=10)
         row[1].set_ylim(-0.02, 1.02)

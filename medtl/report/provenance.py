@@ -72,15 +72,17 @@ def _short(digest: str | None) -> str:
     return digest[:12] if digest else "–"
 
 
-def _hash_rows(run_records: list[dict], weights: dict[tuple[str, int], Path]) -> list[dict]:
-    """Per training run: combined SHA-256 of its inputs by kind, and of its trained weights."""
+def _hash_rows(run_records: list[dict]) -> list[dict]:
+    """Per training run: combined SHA-256 of its inputs by kind, and of its trained weights
+    (the record's ``weights``, a ``best.pt``)."""
     rows = []
     for r in run_records:
         hashes = r.get("sha256") or {}
-        best = weights.get((r.get("arm"), r.get("fold")))
+        best = Path(r["weights"]) if r.get("weights") else None
         rows.append(
             {
                 "arm": r.get("arm"),
+                "seed": r.get("seed"),
                 "fold": r.get("fold"),
                 **{f"{kind}_sha256": h.get("combined") for kind, h in hashes.items()},
                 "trained_weights_sha256": P.weights_digest(best)
@@ -95,15 +97,14 @@ def provenance_section(
     config: dict,
     run_records: list[dict],
     folds: dict,
-    weights: dict[tuple[str, int], Path] | None = None,
 ) -> dict:
     """The section's tables and the record for ``summary.json``.
 
     Args:
         config: the resolved configuration (secrets already redacted).
-        run_records: the ``run.json`` of every training run (with ``arm`` and ``fold``).
+        run_records: the ``run.json`` of every training run, with ``arm``, ``seed``,
+            ``fold`` and ``weights`` (its ``best.pt``, hashed here).
         folds: ``folds.json`` (for the split seed).
-        weights: per ``(arm, fold)``, the trained weights (``best.pt``) to hash.
     """
     versions = P.package_versions(REPORT_PACKAGES)
     commit = P.git_commit()
@@ -120,7 +121,7 @@ def provenance_section(
             for r in run_records
         }
     )
-    hash_rows = _hash_rows(run_records, weights or {})
+    hash_rows = _hash_rows(run_records)
     record = {
         "inputs_and_weights": hash_rows,
         "medtl_version": versions.get("medtl"),
@@ -149,9 +150,13 @@ def provenance_section(
     kinds = sorted({k for row in hash_rows for k in row if k.endswith("_sha256")})
     hashes = (
         table(
-            ["arm", "fold", *(k.removesuffix("_sha256").replace("_", " ") for k in kinds)],
-            [[row["arm"], row["fold"], *(_short(row.get(k)) for k in kinds)] for row in hash_rows],
-            numeric_from=len(kinds) + 2,
+            ["arm", "seed", "fold", *(k.removesuffix("_sha256").replace("_", " ") for k in kinds)],
+            [
+                [row["arm"], "–" if row["seed"] is None else row["seed"], row["fold"]]
+                + [_short(row.get(k)) for k in kinds]
+                for row in hash_rows
+            ],
+            numeric_from=len(kinds) + 3,
         )
         if hash_rows
         else None

@@ -30,7 +30,17 @@ from medtl.io.files import atomic_write_text
 from medtl.split.folds import fold_cases, load_folds, save_folds
 
 #: Columns of ``label_fraction.csv``, in order.
-FRACTION_COLUMNS = ["arm", "fraction", "labelled_cases", "fold", "case", "class", "dice", "hd95"]
+FRACTION_COLUMNS = [
+    "arm",
+    "fraction",
+    "labelled_cases",
+    "fold",
+    "seed",
+    "case",
+    "class",
+    "dice",
+    "hd95",
+]
 
 
 class SubsetError(MedtlError):
@@ -290,11 +300,12 @@ def evaluate_fractions(
     out_csv: Path,
     full_metrics: Path | None = None,
     threads: int = 1,
+    seeds: dict[str, list[int]] | None = None,
 ) -> pd.DataFrame:
     """Dice and HD95 of every arm at every label fraction, in one table.
 
     For each fraction, the predictions under
-    ``fractions_root/frac<pct>/predictions/<arm>/fold<k>/`` are evaluated on the
+    ``fractions_root/frac<pct>/predictions/<arm>/seed<s>/fold<k>/`` are evaluated on the
     held-out cases of ``folds`` (the same as the full run's); the 100 % point is taken
     from the full run's ``metrics.csv`` when ``full_metrics`` is given.
 
@@ -309,11 +320,13 @@ def evaluate_fractions(
         out_csv: where to write ``label_fraction.csv`` (atomically).
         full_metrics: the full run's ``metrics.csv`` (the 100 % point), or None.
         threads: cases evaluated in parallel.
+        seeds: per arm, its training seeds (:func:`medtl.config.training_seeds`). None:
+            an earlier version's layout (``<arm>/fold<k>/``, no seed column).
 
     Returns:
-        The table written: columns ``arm, fraction, labelled_cases, fold, case, class,
-        dice, hd95``; ``labelled_cases`` is the mean over folds of the number of
-        training cases at that fraction.
+        The table written: columns ``arm, fraction, labelled_cases, fold, seed, case,
+        class, dice, hd95`` (no ``seed`` without ``seeds``); ``labelled_cases`` is the
+        mean over folds of the number of training cases at that fraction.
 
     Raises:
         SubsetError: on a missing or stale subset folds file, or a full metrics table
@@ -344,16 +357,27 @@ def evaluate_fractions(
             subset_train_cases(root / f"frac{pct}" / f"fold{k}" / "folds.json", k, fraction)
             for k in fold_ids
         ]
+        runs = (
+            [(arm, seed) for arm in arms for seed in seeds[arm]]
+            if seeds
+            else [(arm, None) for arm in arms]
+        )
+        parts = []
         with tempfile.TemporaryDirectory(prefix=".label_fraction.", dir=Path(out_csv).parent) as t:
-            df = evaluate_predictions(
-                manifest,
-                folds,
-                root / f"frac{pct}" / "predictions",
-                list(arms),
-                classes,
-                Path(t) / "metrics.csv",
-                threads=threads,
-            )
+            for i, (arm, seed) in enumerate(runs):
+                parts.append(
+                    evaluate_predictions(
+                        manifest,
+                        folds,
+                        root / f"frac{pct}" / "predictions",
+                        [arm],
+                        classes,
+                        Path(t) / f"metrics{i}.csv",
+                        threads=threads,
+                        seed=seed,
+                    )
+                )
+        df = pd.concat(parts, ignore_index=True)
         df.insert(1, "fraction", float(fraction))
         df.insert(2, "labelled_cases", float(np.mean(counts)))
         frames.append(df)
@@ -365,7 +389,8 @@ def evaluate_fractions(
                 f"{full_metrics}: expected results for arms {list(arms)}, missing {absent}. "
                 "How to fix: rerun the 'evaluate' rule."
             )
-        full = full[full["arm"].isin(list(arms))][METRIC_COLUMNS].copy()
+        full = full[full["arm"].isin(list(arms))]
+        full = full[[c for c in METRIC_COLUMNS if c in full]].copy()
         counts = [len(f["train"]) for f in folds_data["folds"]]
         full.insert(1, "fraction", 1.0)
         full.insert(2, "labelled_cases", float(np.mean(counts)))
@@ -373,11 +398,17 @@ def evaluate_fractions(
     table = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRACTION_COLUMNS)
     )
-    table = table[FRACTION_COLUMNS]
+    if "seed" in table and table["seed"].isna().any():
+        raise SubsetError(
+            f"{full_metrics}: expected a seed column as in the label-fraction runs, found "
+            "none (a table of an earlier version). How to fix: rerun the 'evaluate' rule."
+        )
+    table = table[[c for c in FRACTION_COLUMNS if c in table]]
     if len(table):
         table["fold"] = table["fold"].astype(int)
-        table = table.sort_values(
-            ["arm", "fraction", "fold", "case", "class"], kind="stable"
-        ).reset_index(drop=True)
+        key = [c for c in ("arm", "fraction", "seed", "fold", "case", "class") if c in table]
+        if "seed" in table:
+            table["seed"] = table["seed"].astype(int)
+        table = table.sort_values(key, kind="stable").reset_index(drop=True)
     atomic_write_text(Path(out_csv), table.to_csv(index=False))
     return table

@@ -24,12 +24,13 @@ from medtl.evaluate.metrics import (
     hd95_mm,
     read_metrics,
 )
+from medtl.layout import predictions_dir
 
 # MONAI 1.5-1.6 passes a deprecated argument to itself inside its surface functions.
 pytestmark = pytest.mark.filterwarnings("ignore:.*always_return_as_numpy:FutureWarning")
 
 CLASSES = {1: "tumour"}
-ROW_KEYS = METRIC_COLUMNS[3:]  # every column after "case"
+ROW_KEYS = METRIC_COLUMNS[METRIC_COLUMNS.index("case") + 1 :]  # every column after "case"
 
 
 def cube(shape=(20, 20, 20), start=(5, 5, 5), size=(6, 6, 6), value=1) -> np.ndarray:
@@ -326,12 +327,12 @@ def tree(tmp_path, monkeypatch):
     for arm, shift in (("scratch", 1), ("finetune", 0)):
         for k, case in ((0, "c1"), (1, "c2")):
             pred = cube(shape=(16, 16, 16), start=(4, 4, 4 + shift), size=(6, 6, 6))
-            _save(pred, Path("results/predictions") / arm / f"fold{k}" / f"{case}.nii.gz", affine)
+            _save(pred, predictions_dir("results", arm, 1, k) / f"{case}.nii.gz", affine)
     return tmp_path
 
 
 def _run(
-    tmp_path: Path, arms=("scratch", "finetune"), threads=2, out="metrics.csv", **kw
+    tmp_path: Path, arms=("scratch", "finetune"), threads=2, out="metrics.csv", seed=1, **kw
 ) -> pd.DataFrame:
     # positional arguments and threads= as medtl.split.subsets calls it
     return evaluate_predictions(
@@ -342,6 +343,7 @@ def _run(
         CLASSES,
         Path("results/evaluation") / out,
         threads=threads,
+        seed=seed,
         **kw,
     )
 
@@ -349,6 +351,7 @@ def _run(
 def test_evaluate_predictions_writes_sorted_csv(tree):
     df = _run(tree)
     assert list(df.columns) == METRIC_COLUMNS
+    assert df["seed"].tolist() == [1] * 4
     assert list(zip(df["arm"], df["fold"], df["case"], strict=True)) == [
         ("finetune", 0, "c1"),
         ("finetune", 1, "c2"),
@@ -389,25 +392,58 @@ def test_evaluate_unknown_fold_is_refused(tree):
 
 
 def test_one_fold_needs_only_its_own_predictions(tree):
-    (tree / "results/predictions/scratch/fold0/c1.nii.gz").unlink()
+    (tree / "results/predictions/scratch/seed1/fold0/c1.nii.gz").unlink()
     assert len(_run(tree, fold=1)) == 2
-    with pytest.raises(EvaluationError, match=r"scratch/fold0/c1\.nii\.gz"):
+    with pytest.raises(EvaluationError, match=r"scratch/seed1/fold0/c1\.nii\.gz"):
         _run(tree, fold=0)
 
 
 def test_missing_prediction_names_file_and_rule(tree):
-    missing = tree / "results/predictions/scratch/fold1/c2.nii.gz"
+    missing = tree / "results/predictions/scratch/seed1/fold1/c2.nii.gz"
     missing.unlink()
-    with pytest.raises(EvaluationError, match=r"scratch/fold1/c2\.nii\.gz.*rule 'predict_fold'"):
+    with pytest.raises(
+        EvaluationError, match=r"scratch/seed1/fold1/c2\.nii\.gz.*rule 'predict_fold'"
+    ):
         _run(tree)
     assert not (tree / "results/evaluation/metrics.csv").exists()
 
 
 def test_prediction_on_another_grid_names_both_files(tree):
-    pred = tree / "results/predictions/finetune/fold0/c1.nii.gz"
+    pred = tree / "results/predictions/finetune/seed1/fold0/c1.nii.gz"
     _save(cube(shape=(16, 16, 16)), pred, np.diag([1.0, 1.0, 3.0, 1.0]))
-    with pytest.raises(EvaluationError, match=r"finetune/fold0/c1\.nii\.gz.*c1_label\.nii\.gz"):
+    with pytest.raises(
+        EvaluationError, match=r"finetune/seed1/fold0/c1\.nii\.gz.*c1_label\.nii\.gz"
+    ):
         _run(tree, threads=1)
+
+
+def test_a_run_of_an_earlier_version_without_seed_folders_is_evaluated(tree):
+    """`predictions/<arm>/fold<k>/` (one seed, no seed folder): a table without seeds."""
+    old = tree / "results/predictions_old"
+    for arm in ("scratch", "finetune"):
+        (old / arm).mkdir(parents=True)
+        for k in (0, 1):
+            (tree / "results/predictions" / arm / "seed1" / f"fold{k}").rename(
+                old / arm / f"fold{k}"
+            )
+    df = evaluate_predictions(
+        Path("results/ingest/manifest.tsv"),
+        Path("results/splits/folds.json"),
+        old,
+        ["scratch", "finetune"],
+        CLASSES,
+        Path("results/evaluation/old.csv"),
+    )
+    assert list(df.columns) == [c for c in METRIC_COLUMNS if c != "seed"]
+    assert read_metrics(tree / "results/evaluation/old.csv").shape == df.shape
+
+
+def test_combine_refuses_tables_with_and_without_seeds(tree):
+    new = _run(tree, out="new.csv")
+    old = tree / "results/evaluation/old.csv"
+    new.drop(columns="seed").to_csv(old, index=False)
+    with pytest.raises(EvaluationError, match=r"all with a seed column or all without"):
+        combine_metrics([tree / "results/evaluation/new.csv", old], tree / "out.csv")
 
 
 # --------------------------------------------------------------- combine_metrics

@@ -79,9 +79,9 @@ class Results:
         return (self.folder / "evaluation" / "metrics.csv").read_bytes()
 
     def state_dicts(self) -> dict[str, dict[str, torch.Tensor]]:
-        """``train/<arm>/fold<k>/best.pt`` → its weights."""
+        """``train/<arm>/seed<s>/fold<k>/best.pt`` → its weights."""
         out = {}
-        for path in sorted((self.folder / "train").glob("*/fold*/best.pt")):
+        for path in sorted((self.folder / "train").glob("*/seed*/fold*/best.pt")):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             out[str(path.relative_to(self.folder))] = checkpoint["state_dict"]
         return out

@@ -265,9 +265,9 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     ".venv/bin/snakemake --profile profiles/local --forcerun evaluate": Run(
         check=_newer("results/evaluation/metrics.csv")
     ),
-    ".venv/bin/snakemake --profile profiles/local results/train/finetune/fold0/best.pt": Run(
-        setup=_remove("results/train/finetune/fold0/best.pt"),
-        check=_made("results/train/finetune/fold0/best.pt"),
+    ".venv/bin/snakemake --profile profiles/local results/train/finetune/seed1/fold0/best.pt": Run(
+        setup=_remove("results/train/finetune/seed1/fold0/best.pt"),
+        check=_made("results/train/finetune/seed1/fold0/best.pt"),
     ),
     ".venv/bin/snakemake --profile profiles/local --report report.zip": Run(
         check=_made("report.zip")

@@ -173,7 +173,7 @@ def _check_jobs_went_through_slurm(cluster: slurm.SlurmCluster, text: str, work:
     logs = work / ".snakemake" / "slurm_logs"
     assert len(list((logs / "rule_train").glob("*/*.log"))) == 4
     # The "GPU" was fake: training found no CUDA device and ran on the CPU (device: auto).
-    for run_json in (work / "results" / "train").glob("*/fold*/run.json"):
+    for run_json in (work / "results" / "train").glob("*/seed*/fold*/run.json"):
         assert json.loads(run_json.read_text())["device"] == "cpu", run_json
 
 
@@ -188,22 +188,22 @@ CLUSTER_COMMANDS = [
     (".venv/bin/snakemake --profile profiles/slurm -n", None),
     (".venv/bin/snakemake --profile profiles/slurm", None),
     (".venv/bin/snakemake --profile profiles/slurm --configfile my_config.yaml", None),
-    ("snakemake --profile profiles/slurm --forcerun train", "results/train/*/fold*/best.pt"),
+    ("snakemake --profile profiles/slurm --forcerun train", "results/train/*/seed*/fold*/best.pt"),
     ("snakemake --profile profiles/slurm --forcerun evaluate", "results/evaluation/metrics.csv"),
     (
         "snakemake --profile profiles/slurm --forcerun predict_fold --until predict_fold",
-        "results/predictions/*/fold*/*.nii.gz",
+        "results/predictions/*/seed*/fold*/*.nii.gz",
     ),
-    ("snakemake --profile profiles/slurm results/train/finetune/fold0/best.pt", None),
-    ("snakemake --profile profiles/slurm results/predictions/finetune/fold0", None),
+    ("snakemake --profile profiles/slurm results/train/finetune/seed1/fold0/best.pt", None),
+    ("snakemake --profile profiles/slurm results/predictions/finetune/seed1/fold0", None),
     (
-        "snakemake --profile profiles/slurm results/evaluation/finetune/fold0.csv",
-        "results/evaluation/finetune/fold0.csv",
+        "snakemake --profile profiles/slurm results/evaluation/finetune/seed1/fold0.csv",
+        "results/evaluation/finetune/seed1/fold0.csv",
     ),
-    ("snakemake --profile profiles/slurm results/train/finetune/fold{0,1}/best.pt", None),
+    ("snakemake --profile profiles/slurm results/train/finetune/seed1/fold{0,1}/best.pt", None),
     (
-        "snakemake --profile profiles/slurm --force results/train/finetune/fold1/best.pt",
-        "results/train/finetune/fold1/best.pt",
+        "snakemake --profile profiles/slurm --force results/train/finetune/seed1/fold1/best.pt",
+        "results/train/finetune/seed1/fold1/best.pt",
     ),
     (
         "sinfo; .venv/bin/snakemake --profile profiles/slurm --slurm-status-command squeue",

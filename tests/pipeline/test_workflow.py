@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
+from medtl.layout import predictions_dir, run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("config_tiny.yaml")
@@ -67,8 +68,8 @@ def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
     assert {"demo_data", "ingest", "ingest_source", "plan", "pretrain", "split"} <= set(rules)
     assert rules["pretrain_ssl"] == 1
     assert rules["evaluate"] == 1 and rules["report"] == 1
-    # 4 arms x 3 folds in the demo config.
-    assert rules["train"] == 12 and rules["predict_fold"] == 12
+    # 3 folds of 3 seeds of scratch and finetune, 1 seed of frozen and ssl_finetune.
+    assert rules["train"] == 24 and rules["predict_fold"] == 24 and rules["evaluate_fold"] == 24
 
 
 def test_bad_config_names_key_value_and_allowed(tmp_path: Path) -> None:
@@ -101,36 +102,42 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     metrics = pd.read_csv(res / "evaluation" / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS
     assert set(metrics["arm"]) == {"scratch", "frozen", "finetune"}
-    assert len(metrics) == 3 * len(manifest)  # one class, every case held out once
+    seeds = metrics.groupby("arm")["seed"].unique().map(sorted).to_dict()
+    assert seeds == {"scratch": [3, 4], "frozen": [3], "finetune": [3, 4]}
+    # one class, every case held out once per seed of an arm
+    assert len(metrics) == (2 + 1 + 2) * len(manifest)
     for metric in ("dice", "iou", "nsd"):
         assert metrics[metric].between(0, 1).all(), metric
     assert (metrics["lesion_tp"] + metrics["lesion_fn"] == metrics["lesions_ref"]).all()
-    # one table per arm and fold, joined
-    assert len(list((res / "evaluation").glob("*/fold*.csv"))) == 3 * 2
+    # one table per training run (arm, seed, fold), joined
+    assert len(list((res / "evaluation").glob("*/seed*/fold*.csv"))) == (2 + 1 + 2) * 2
     summary = json.loads((res / "report" / "summary.json").read_text())
     assert summary["verdict"] and len(summary["all_pairs"]) == 3
     for arm in ("scratch", "frozen", "finetune"):
         decision = json.loads((res / "postprocess" / f"{arm}.json").read_text())
         assert decision["classes"]["tumour"]["chosen"] in ("none", "largest", "min_volume")
     for arm in ("frozen", "finetune"):
-        assert (res / "train" / arm / "fold0" / "load_report.json").is_file()
+        assert (run_dir(res, arm, 3, 0) / "load_report.json").is_file()
     # provenance: SHA-256 of each run's inputs, the pretrained weights among them
-    record = json.loads((res / "train" / "finetune" / "fold0" / "run.json").read_text())
+    record = json.loads((run_dir(res, "finetune", 3, 0) / "run.json").read_text())
     weights = record["sha256"]["pretrained_weights"]["files"]
     checkpoint = res / "pretrain" / "checkpoint.pt"
     assert weights == {"checkpoint.pt": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
     assert len(record["sha256"]["cases"]["files"]) > 0 and record["settings"]["seed"] == cfg["seed"]
     assert json.loads((res / "device.json").read_text())["gpus_found"] == 0
-    assert not (res / "train" / "scratch" / "fold0" / "load_report.json").exists()
+    assert not (run_dir(res, "scratch", 4, 0) / "load_report.json").exists()
+    # seeds differ in their runs, folds and data do not
+    a, b = (run_dir(res, "scratch", s, 0) / "best.pt" for s in (3, 4))
+    assert a.read_bytes() != b.read_bytes()
 
     # Masks are on the original image grid.
     case = manifest.iloc[0]
     fold = next(
         f
         for f in range(2)
-        if (res / "predictions" / "scratch" / f"fold{f}" / f"{case.case_id}.nii.gz").exists()
+        if (predictions_dir(res, "scratch", 3, f) / f"{case.case_id}.nii.gz").exists()
     )
-    mask = nib.load(res / "predictions" / "scratch" / f"fold{fold}" / f"{case.case_id}.nii.gz")
+    mask = nib.load(predictions_dir(res, "scratch", 3, fold) / f"{case.case_id}.nii.gz")
     image = nib.load(work / case.image)
     assert mask.shape == image.shape
     assert (mask.affine == image.affine).all()

@@ -26,6 +26,7 @@ from weight_layouts import (  # noqa: E402  (tests/models, put on sys.path above
 )
 
 from medtl.config import ModelConfig  # noqa: E402
+from medtl.layout import run_dir
 from medtl.models.networks import build_network  # noqa: E402
 
 BASIC = {"name": "basicunet", "features": [4, 4, 8, 8, 16, 4]}
@@ -244,7 +245,7 @@ def _(root):
 def _finished_run(root: Path, best: bytes) -> Path:
     """A finished run (see ``corpus_predict.finished_run``) whose ``best.pt`` holds ``best``."""
     results = finished_run(root / "in" / "results")
-    (results / "train" / "finetune" / "fold0" / "best.pt").write_bytes(best)
+    (run_dir(results, "finetune", 1, 0) / "best.pt").write_bytes(best)
     return results
 
 

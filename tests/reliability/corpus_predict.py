@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from corpus import ACCEPTED, ERROR, SET_ASIDE, Outcome, case, run_cli, write_nifti
 
+from medtl.layout import run_dir
+
 ARM = "finetune"
 
 
@@ -47,7 +49,7 @@ def finished_run(results: Path, arms: tuple[str, ...] = (ARM,), best: object = "
     for arm in arms:
         torch.manual_seed(0)
         payload = checkpoint_payload(build_network(model_cfg, 1, 2), spec, 1, 0.5)
-        path = results / "train" / arm / "fold0" / "best.pt"
+        path = run_dir(results, arm, 1, 0) / "best.pt"
         path.parent.mkdir(parents=True)
         torch.save(payload, path)
     if best is not None:

@@ -14,6 +14,7 @@ import torch
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.evaluate.stats import bootstrap_ci, per_case
+from medtl.layout import predictions_dir, run_dir
 from medtl.provenance import weights_digest
 from medtl.report.build import ReportError, build_report
 
@@ -99,7 +100,7 @@ def results(tmp_path, monkeypatch) -> Path:
     rows = []
     for arm, base in (("scratch", 0.60), ("finetune", 0.80)):
         for k, fold in enumerate(folds["folds"]):
-            run = res / "train" / arm / f"fold{k}"
+            run = run_dir(res, arm, 1, k)
             run.mkdir(parents=True)
             steps = np.arange(0, 100, 10)
             val = [0.1 * s / 10 if s % 20 == 0 else np.nan for s in steps]
@@ -139,11 +140,11 @@ def results(tmp_path, monkeypatch) -> Path:
                 (run / "load_report.json").write_text(json.dumps(report))
             for j, case in enumerate(fold["test"]):
                 shift = 0 if arm == "finetune" else 1
-                _save(_label(shift), res / "predictions" / arm / f"fold{k}" / f"{case}.nii.gz")
+                _save(_label(shift), predictions_dir(res, arm, 1, k) / f"{case}.nii.gz")
                 dice = base + 0.02 * j + 0.01 * k
                 hd95 = 4.0 - 2.0 * dice
                 rows.append(
-                    [arm, k, case, "tumour", dice, dice - 0.1, hd95, hd95 / 3, dice + 0.05, 2.0]
+                    [arm, k, 1, case, "tumour", dice, dice - 0.1, hd95, hd95 / 3, dice + 0.05, 2.0]
                     + [5.4, 5.4 * dice, 5.4 * (dice - 1), dice - 1, 1, 1, 1, 0, 0, ""]
                 )
     (res / "evaluation").mkdir()
@@ -215,10 +216,10 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
     assert len(summary["provenance"]["config_sha256"]) == 64
     # inputs and trained weights of every run, by SHA-256
     assert "Inputs and weights" in html and "000000000000" in html and "111111111111" in html
-    best_sha = weights_digest(next(results.glob("train/*/fold0/best.pt")))
+    best_sha = weights_digest(next(results.glob("train/*/seed1/fold0/best.pt")))
     hashes = summary["provenance"]["inputs_and_weights"]
     assert {h["trained_weights_sha256"] for h in hashes} == {best_sha}
-    assert summary["provenance"]["seeds"]["training seeds"] == [1000, 1001]
+    assert summary["provenance"]["seeds"]["training seeds"] == [1]
     assert summary["provenance"]["seeds"]["config seed"] == 1
     leftovers = sorted(p.name for p in out.iterdir())
     assert leftovers == ["figures", "report.html", "summary.json", "tables"]
@@ -229,7 +230,7 @@ def test_report_is_self_contained_and_complete(results, tmp_path):
 
 
 def test_optional_inputs_are_omitted(results, tmp_path):
-    for path in results.glob("train/*/fold*/*"):
+    for path in results.glob("train/*/seed*/fold*/*"):
         path.unlink()
     for path in results.glob("benchmarks/*/*"):
         path.unlink()

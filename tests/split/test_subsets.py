@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
+from medtl.layout import predictions_dir
 from medtl.split.folds import make_folds, save_folds
 from medtl.split.subsets import (
     FRACTION_COLUMNS,
@@ -156,12 +157,12 @@ def test_evaluate_fractions_table(tmp_path: Path, monkeypatch) -> None:
         )
         for arm, pred in (("scratch", np.zeros_like(label)), ("finetune", label)):
             for c in folds["folds"][k]["test"]:
-                _save(pred, root / "frac50" / "predictions" / arm / f"fold{k}" / f"{c}.nii.gz")
+                _save(pred, predictions_dir(root / "frac50", arm, 1, k) / f"{c}.nii.gz")
     full = pd.DataFrame(
         [[a, k, c, "fg", 0.9, 1.0] for a in ("scratch", "finetune") for k in (0, 1) for c in cases]
     )
     full.columns = ["arm", "fold", "case", "class", "dice", "hd95"]
-    full = full.reindex(columns=METRIC_COLUMNS, fill_value=0.0).assign(empty="")
+    full = full.reindex(columns=METRIC_COLUMNS, fill_value=0.0).assign(empty="", seed=1)
     full.to_csv("metrics.csv", index=False)
 
     out = Path("evaluation") / "label_fraction.csv"
@@ -174,8 +175,10 @@ def test_evaluate_fractions_table(tmp_path: Path, monkeypatch) -> None:
         {1: "fg"},
         out,
         full_metrics=Path("metrics.csv"),
+        seeds={"scratch": [1], "finetune": [1]},
     )
     assert list(pd.read_csv(out).columns) == FRACTION_COLUMNS
+    assert set(table["seed"]) == {1}
     half = table[table["fraction"] == 0.5]
     assert len(half) == 2 * len(cases)
     assert set(half["labelled_cases"]) == {1.0}  # one of two patients per fold

@@ -1,0 +1,60 @@
+"""Where the training runs' files live: one layout for the library and the rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medtl.config import ConfigError, training_seeds
+from medtl.layout import evaluation_file, predictions_dir, run_dir, trained_runs
+
+
+def test_paths_of_one_training_run():
+    assert run_dir("results", "scratch", 2, 0) == Path("results/train/scratch/seed2/fold0")
+    assert predictions_dir("r", "a", 1, 3) == Path("r/predictions/a/seed1/fold3")
+    assert evaluation_file("r", "a", 1, 3) == Path("r/evaluation/a/seed1/fold3.csv")
+
+
+def test_the_rules_get_wildcard_patterns():
+    pattern = run_dir("results", "{arm}", "{seed}", "{fold}") / "best.pt"
+    assert pattern.as_posix() == "results/train/{arm}/seed{seed}/fold{fold}/best.pt"
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_trained_runs_finds_seeded_and_older_runs(tmp_path):
+    for seed in (2, 10):
+        for fold in (1, 0):
+            _touch(run_dir(tmp_path, "scratch", seed, fold) / "best.pt")
+    old = _touch(tmp_path / "train" / "frozen" / "fold0" / "best.pt")
+    _touch(tmp_path / "train" / "scratch" / "seed3" / "fold0" / "curves.csv")  # unfinished
+    _touch(tmp_path / "train" / "scratch" / "seedx" / "fold0" / "best.pt")  # not a run
+    runs = trained_runs(tmp_path)
+    assert [(r.arm, r.seed, r.fold) for r in runs] == [
+        ("frozen", None, 0),
+        ("scratch", 2, 0),
+        ("scratch", 2, 1),
+        ("scratch", 10, 0),
+        ("scratch", 10, 1),
+    ]
+    assert runs[0].path == old
+    assert [r.seed for r in trained_runs(tmp_path, "scratch")] == [2, 2, 10, 10]
+    assert trained_runs(tmp_path, "nope") == []
+
+
+def test_training_seeds_per_arm():
+    config = {"seed": 5, "seeds": [3, 1, 2], "arms": {"a": {}, "b": {"repeats": 2}}}
+    assert training_seeds(config) == {"a": [3, 1, 2], "b": [3, 1]}
+    assert training_seeds({"seed": 5, "seeds": None, "arms": {"a": {}}}) == {"a": [5]}
+
+
+def test_training_seeds_refuses_repeats_and_duplicates():
+    with pytest.raises(ConfigError, match=r"'arms.b.repeats': got 4, but 'seeds' lists 3"):
+        training_seeds({"seeds": [1, 2, 3], "arms": {"b": {"repeats": 4}}})
+    with pytest.raises(ConfigError, match=r"seed 2 is listed twice"):
+        training_seeds({"seeds": [1, 2, 2], "arms": {"a": {}}})
