@@ -312,3 +312,36 @@ def summary_records(ev: Evaluation) -> dict[str, Any]:
         "all_pairs": [asdict(c) for c in ev.all_pairs],
         "verdict": ev.verdict,
     }
+
+
+def per_seed_frame(metrics: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
+    """Per arm and seed: held-out cases and mean Dice (each case averaged over classes).
+
+    A table without seeds (an earlier version's) counts as one seed, shown as ``NaN``.
+    """
+    seeds = metrics["seed"] if "seed" in metrics else pd.Series(np.nan, index=metrics.index)
+    dice = pd.to_numeric(metrics["dice"], errors="coerce")
+    frame = pd.DataFrame({"arm": metrics["arm"], "seed": seeds, "case": metrics["case"], "d": dice})
+    cases = frame.groupby(["arm", "seed", "case"], dropna=False)["d"].mean().dropna()
+    out = cases.groupby(level=["arm", "seed"], dropna=False).agg(["size", "mean"]).reset_index()
+    out.columns = ["arm", "seed", "n_cases", "mean_dice"]
+    order = {a: i for i, a in enumerate(arms)}
+    out = out[out["arm"].isin(order)]
+    out = out.assign(_o=out["arm"].map(order)).sort_values(["_o", "seed"]).drop(columns="_o")
+    return out.reset_index(drop=True)
+
+
+def per_seed_table(frame: pd.DataFrame) -> dict:
+    """Per arm, the mean Dice of each seed's runs, and their spread."""
+    rows = []
+    for arm, part in frame.groupby("arm", sort=False):
+        values = part["mean_dice"].to_numpy(dtype=float)
+        seeds = ", ".join(
+            f"{'–' if pd.isna(s) else int(s)}: {fmt(v)}"
+            for s, v in zip(part["seed"], values, strict=True)
+        )
+        spread = fmt(float(values.max() - values.min())) if values.size > 1 else "–"
+        sd = fmt(float(values.std(ddof=1))) if values.size > 1 else "–"
+        rows.append([arm, int(values.size), seeds, spread, sd])
+    cols = ["arm", "seeds", "mean Dice per seed", "spread (max − min)", "SD over seeds"]
+    return table(cols, rows, numeric_from=1)

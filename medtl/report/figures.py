@@ -438,3 +438,54 @@ def overlays(cases: list[OverlayCase], arms: list[str], views: tuple[str, ...]) 
     handles += [Line2D([], [], color=colours[a], lw=1.5, label=a) for a in arms]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     return fig
+
+
+def seed_spread(per_seed: pd.DataFrame, overall: pd.DataFrame, arms: list[str]) -> Figure:
+    """Each arm's mean Dice per seed (dots) beside its mean over seeds with a 95 % CI.
+
+    Args:
+        per_seed: columns ``arm, seed, mean_dice`` (one row per arm and seed).
+        overall: columns ``arm, mean, ci_low, ci_high`` (one row per arm: the mean over
+            its cases and seeds, with the interval the report uses).
+        arms: arms in display order (fixed colours); arms without rows are skipped.
+
+    The spread of the dots is the run-to-run variation: the part of the uncertainty a
+    single training run cannot show.
+    """
+    colours = arm_colours(arms)
+    shown = [a for a in arms if (per_seed["arm"] == a).any()]
+    fig = _figure(max(4.0, 1.3 * len(shown) + 1.5), 3.6)
+    ax = fig.subplots()
+    for i, arm in enumerate(shown):
+        sel = per_seed[per_seed["arm"] == arm].sort_values("seed")
+        y = sel["mean_dice"].to_numpy(dtype=float)
+        ax.scatter(np.full(y.size, i - 0.12), y, color=colours[arm], s=22, zorder=3, label=None)
+        for seed, value in zip(sel["seed"], y, strict=True):
+            ax.annotate(
+                f"{seed}",
+                (i - 0.12, value),
+                xytext=(-9, -3),
+                textcoords="offset points",
+                fontsize=6,
+                color="#555555",
+            )
+        row = overall[overall["arm"] == arm]
+        if len(row):
+            m, lo, hi = (float(row.iloc[0][c]) for c in ("mean", "ci_low", "ci_high"))
+            err = [[max(0.0, m - lo)], [max(0.0, hi - m)]] if np.isfinite([lo, hi]).all() else None
+            ax.errorbar(
+                [i + 0.12],
+                [m],
+                yerr=err,
+                color=colours[arm],
+                marker="s",
+                ms=5,
+                capsize=3,
+                lw=1.4,
+            )
+    ax.set_xticks(range(len(shown)), shown)
+    ax.set_xlim(-0.6, len(shown) - 0.4)
+    ax.set_ylabel("mean Dice over held-out cases")
+    ax.set_title("Per seed (dots, labelled) and over seeds (square, 95 % CI)", fontsize=9)
+    _style(ax)
+    return fig
