@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import t as t_dist
+from scipy.stats import wilcoxon
 
-from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.runs import noise_floor, pooled_noise_floor, run_aware_mean
 from medtl.evaluate.stats import (
     METHOD_PATIENTS,
     METHOD_RUNS,
@@ -196,3 +197,33 @@ def test_per_case_table_allows_seeds_of_one_fold():
     moved.loc[(moved["seed"] == 2) & (moved["case"] == "c0"), "fold"] = 1
     with pytest.raises(StatsError, match="one fold"):
         per_case_table(moved)
+
+
+def test_noise_floor_hand_values():
+    df = seeded_table({"scratch": SCRATCH}, {"scratch": [1, 2, 3]})
+    f = noise_floor(df, "scratch")
+    means = SCRATCH.mean(axis=1)
+    np.testing.assert_allclose(f.seed_means, means)
+    assert f.spread == pytest.approx(means.max() - means.min())
+    assert f.run_sd == pytest.approx(means.std(ddof=1))
+    assert f.aa_difference == pytest.approx(1.959964 * math.sqrt(2) * means.std(ddof=1))
+    assert f.aa_difference_t == pytest.approx(4.302653 * math.sqrt(2) * means.std(ddof=1))
+    assert [(p.seed, p.reference_seed) for p in f.pairs] == [(2, 1), (3, 1), (3, 2)]
+    diff = SCRATCH[1] - SCRATCH[0]
+    assert f.pairs[0].mean_diff == pytest.approx(diff.mean())
+    assert f.pairs[0].p_value == pytest.approx(wilcoxon(diff).pvalue)
+    assert f.false_calls == sum(p.p_value < 0.05 for p in f.pairs)
+    assert "seed pairs" in f.statement
+    with pytest.raises(StatsError, match="at least 2 seeds"):
+        noise_floor(df[df["seed"] == 1], "scratch")
+
+
+def test_pooled_noise_floor_pools_variances_and_skips_single_seed_arms():
+    df = seeded_table(
+        {"scratch": SCRATCH, "finetune": FINETUNE[:2], "frozen": SCRATCH[:1]},
+        {"scratch": [1, 2, 3], "finetune": [1, 2], "frozen": [1]},
+    )
+    f = pooled_noise_floor(df)
+    var_s, var_f = SCRATCH.mean(axis=1).var(ddof=1), FINETUNE[:2].mean(axis=1).var(ddof=1)
+    assert f.arm == "scratch + finetune" and f.run_df == 3 and len(f.pairs) == 4
+    assert f.run_sd == pytest.approx(math.sqrt((2 * var_s + var_f) / 3))
