@@ -34,7 +34,8 @@ Methods, precisely:
   ``V_pat`` the cluster-robust variance over patients of the mean of the seed-averaged
   case values, ``V_run`` the variance of the per-seed means divided by the number of
   seeds; a t interval and two-sided t test with Satterthwaite's degrees of freedom
-  (combining ``P - 1`` and ``S - 1``). It counts the residual twice, so it is
+  (combining ``P - 1`` and ``S - 1``; with only 2 seeds the df is ``S - 1 = 1``, as
+  Satterthwaite's df was liberal there in simulation). It counts the residual twice, so it is
   conservative by about ``σe²/(P S)``. :func:`summarise_arms` uses it for an arm with at
   least 2 seeds, and :func:`bootstrap_ci` otherwise.
 * **Paired comparison** (:func:`compare_arms`). When the two arms share at least 2
@@ -570,8 +571,7 @@ def _statement(
     )
     if runs:
         test_txt = (
-            f"t test over patients and training runs {_fmt_p(p)}{holm_txt}, "
-            f"Satterthwaite df = {df:.1f}, {sample}"
+            f"t test over patients and training runs {_fmt_p(p)}{holm_txt}, df = {df:.1f}, {sample}"
         )
     else:
         test_txt = f"Wilcoxon {_fmt_p(p)}{holm_txt}, {sample}"
