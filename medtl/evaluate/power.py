@@ -6,8 +6,8 @@ model with sizes taken from the demo (or estimated from a finished run with
 are applied to each simulated study:
 
 * **run-aware**: the paired differences per case and seed, tested with the t test of
-  :func:`medtl.evaluate.runs.run_aware_mean` (patients and runs random, Satterthwaite
-  df); what :func:`~medtl.evaluate.stats.compare_arms` does when the arms share at
+  :func:`medtl.evaluate.runs.run_aware_mean` (patients and runs random, Cochran–Cox
+  critical value); what :func:`~medtl.evaluate.stats.compare_arms` does when the arms share at
   least 2 seeds;
 * **patient-only**: each arm's case values averaged over its seeds, the per-case
   differences tested with the two-sided Wilcoxon signed-rank test; the decision of
@@ -232,8 +232,8 @@ def run_aware_p(diff: np.ndarray, patient: np.ndarray) -> np.ndarray:
     tables, vectorized over the leading axes. NaN where the differences do not vary.
     """
     codes = patient_codes(pd.Index(patient), None)
-    mean, v_pat, v_run, df = variance_components(diff.mean(axis=-2), diff.mean(axis=-1), codes)
-    return t_test(mean, np.sqrt(v_pat + v_run), df)[1]
+    mean, v_pat, v_run, _ = variance_components(diff.mean(axis=-2), diff.mean(axis=-1), codes)
+    return t_test(mean, v_pat, v_run, int(codes.max()), diff.shape[-2] - 1)[1]
 
 
 def patient_only_p(diff: np.ndarray) -> np.ndarray:

@@ -33,9 +33,9 @@ Methods, precisely:
   table: the mean of the seed-averaged case values, with ``se² = V_pat + V_run``:
   ``V_pat`` the cluster-robust variance over patients of the mean of the seed-averaged
   case values, ``V_run`` the variance of the per-seed means divided by the number of
-  seeds; a t interval and two-sided t test with Satterthwaite's degrees of freedom
-  (combining ``P - 1`` and ``S - 1``; with only 2 seeds the df is ``S - 1 = 1``, as
-  Satterthwaite's df was liberal there in simulation). It counts the residual twice, so it is
+  seeds; a t interval and two-sided t test whose critical value is the Cochran–Cox
+  variance-weighted mean of the ``t_{P-1}`` and ``t_{S-1}`` quantiles (Satterthwaite's
+  df, reported, was liberal with 2–3 seeds in simulation). It counts the residual twice, so it is
   conservative by about ``σe²/(P S)``. :func:`summarise_arms` uses it for an arm with at
   least 2 seeds, and :func:`bootstrap_ci` otherwise.
 * **Paired comparison** (:func:`compare_arms`). When the two arms share at least 2
@@ -85,7 +85,7 @@ ALPHA = 0.05
 MIN_CASES_FOR_TEST = 6
 
 #: How comparisons and intervals that count patients and training runs are described.
-METHOD_RUNS = "patients and runs (t, Satterthwaite df)"
+METHOD_RUNS = "patients and runs (t, Cochran–Cox)"
 
 #: How comparisons and intervals that resample patients only are described.
 METHOD_PATIENTS = "patients only (bootstrap, Wilcoxon)"
@@ -123,11 +123,11 @@ class PairedComparison:
         p_holm: Holm-adjusted p within a family of comparisons (set by
             :func:`compare_all_pairs`; NaN for a single comparison or no test).
         seeds: seeds the two arms share (training runs per fold in the comparison).
-        method: how the CI and p were obtained: ``"patients and runs (t, Satterthwaite
-            df)"`` when the arms share at least 2 seeds (then ``ci_low``, ``ci_high`` and
+        method: how the CI and p were obtained: ``"patients and runs (t, Cochran–Cox)"``
+            when the arms share at least 2 seeds (then ``ci_low``, ``ci_high`` and
             ``p_value`` come from :func:`medtl.evaluate.runs.run_aware_mean`), otherwise
             ``"patients only (bootstrap, Wilcoxon)"``: run-to-run variance not measured.
-        df: Satterthwaite degrees of freedom of the t test (NaN for patients only).
+        df: Satterthwaite degrees of freedom, for information (NaN for patients only).
         run_sd: SD of the per-seed mean differences (NaN with fewer than 2 seeds).
     """
 
@@ -289,8 +289,8 @@ def summarise_arms(
     A case's value is its mean over the arm's seeds (one seed: the value itself). With
     at least 2 seeds the CI counts patients and training runs as random
     (:func:`medtl.evaluate.runs.run_aware_mean`: cluster-robust variance over patients
-    plus the variance of the per-seed means, t with Satterthwaite df); with one seed it
-    is :func:`bootstrap_ci` (patients only; run-to-run variance not measured, so the
+    plus the variance of the per-seed means, t with the Cochran–Cox critical value); with
+    one seed it is :func:`bootstrap_ci` (patients only; run-to-run variance not measured, so the
     interval is a lower bound on the uncertainty).
 
     Args:
@@ -674,7 +674,7 @@ def compare_arms(
     When the arms share at least 2 seeds, the differences are taken per case *and*
     seed on the shared cases and seeds (:func:`paired_runs`), and the CI and p come from
     :func:`medtl.evaluate.runs.run_aware_mean`: patients and training runs both random,
-    t with Satterthwaite df. Otherwise (one seed, or arms with different seeds) each
+    t with the Cochran–Cox critical value. Otherwise (one seed, or arms with different seeds) each
     arm's case values are averaged over its seeds and the patient-only method is used:
     the CI is :func:`bootstrap_ci` of the per-case differences and the p the Wilcoxon
     signed-rank test; the statement then says that run-to-run variance is not measured

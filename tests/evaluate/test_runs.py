@@ -47,12 +47,27 @@ def test_estimator_equals_hand_values():
     assert r.se == pytest.approx(math.sqrt(v_pat + v_run))
     df = (v_pat + v_run) ** 2 / (v_pat**2 / 2 + v_run**2 / 2)
     assert r.df == pytest.approx(df)
-    half = t_dist.ppf(0.975, df) * math.sqrt(v_pat + v_run)
-    assert (r.ci_low, r.ci_high) == pytest.approx((0.375 - half, 0.375 + half))
-    assert r.p_value == pytest.approx(2 * t_dist.sf(0.375 / math.sqrt(v_pat + v_run), df))
+    # Cochran–Cox: the critical value weighs t quantiles with P - 1 = 2 and S - 1 = 2 df
+    se = math.sqrt(v_pat + v_run)
+    crit = (v_pat * t_dist.ppf(0.975, 2) + v_run * t_dist.ppf(0.975, 2)) / (v_pat + v_run)
+    assert (r.ci_low, r.ci_high) == pytest.approx((0.375 - crit * se, 0.375 + crit * se))
+    # both dfs are 2 here, so the p is that of t with 2 df
+    assert r.p_value == pytest.approx(2 * t_dist.sf(0.375 / se, 2), rel=1e-9)
     assert (r.n_cases, r.n_patients, r.n_seeds) == (4, 3, 3)
     assert r.run_sd == pytest.approx(math.sqrt(0.004375))
     np.testing.assert_allclose(r.seed_means, [0.3, 0.425, 0.4])
+
+
+def test_cochran_cox_p_is_the_level_where_t_meets_the_weighted_critical_value():
+    x = X.copy()
+    x[4] = [0.3, 0.6, 0.4, 0.1]  # 4 seeds: S - 1 = 3 df against P - 1 = 2
+    r = run_aware_mean(x, GROUPS)
+    w = r.v_patients / (r.v_patients + r.v_runs)
+    q = 1 - r.p_value / 2
+    crit = w * t_dist.ppf(q, 2) + (1 - w) * t_dist.ppf(q, 3)
+    assert crit == pytest.approx(abs(r.t), rel=1e-9)
+    c95 = w * t_dist.ppf(0.975, 2) + (1 - w) * t_dist.ppf(0.975, 3)
+    assert r.ci_high - r.mean == pytest.approx(c95 * r.se)
 
 
 def test_estimator_one_case_per_patient_is_the_plain_variance_of_the_mean():
