@@ -1,41 +1,67 @@
 """Per-arm summaries and paired comparisons of arms on the same held-out cases.
 
-The input is ``metrics.csv``: one row per arm, held-out case and class. Each case is
-held out in exactly one fold, so the arms' results on a case are paired; a case
-belongs to a patient, and several cases (studies) may share a patient.
+The input is ``metrics.csv``: one row per arm, held-out case, class and (optionally)
+training seed. Each case is held out in exactly one fold, so the arms' results on a case
+are paired; a case belongs to a patient, and several cases (studies) may share a
+patient. Each arm is trained once per fold and seed; a table without a ``seed`` column
+is one seed. Seeds use common random numbers: seed ``s`` gives every arm the same batch
+order and augmentation, so arm differences are paired within a seed as well.
 
 Methods, precisely:
 
-* **Per-case values.** :func:`per_case` averages an arm's rows of a case over its
-  classes (NaN values left out); this is the unit of every comparison.
-* **Confidence interval of a mean** (:func:`bootstrap_ci`). The resampling unit is the
-  *patient*, not the case: cases of one patient are correlated, and resampling them
-  independently would give intervals that are too narrow. ``scipy.stats.bootstrap``
-  resamples the patient indices with replacement; the statistic of a resample is the
-  sum of the case values of the drawn patients divided by the number of their cases
-  (the cluster bootstrap of the case mean; on the full sample it is the plain mean over
-  cases, so a patient with three cases weighs three times as much as a patient with
-  one). The interval is BCa; where BCa is degenerate (NaN, e.g. all values equal) the
-  percentile interval of the same bootstrap distribution is used. Without a patient
-  map every case is its own patient, and the interval equals
-  ``scipy.stats.bootstrap((x,), np.mean, method="BCa")`` with the same generator.
-* **Paired comparison** (:func:`compare_arms`). Two arms are joined on the cases both
-  were evaluated on; the per-case differences ``arm - reference`` are tested with a
-  two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, its defaults; not
-  reported with fewer than 6 cases or when all differences are zero), and the CI of the
-  mean difference is :func:`bootstrap_ci` of the differences (resampling patients).
-  The Wilcoxon test treats cases as independent; with many cases per patient its
-  p-value is optimistic, while the interval is not.
+* **Per-case values.** :func:`per_case_runs` averages an arm's rows of a case and seed
+  over its classes (NaN values left out); :func:`per_case` then averages over the
+  arm's seeds. The case is the unit of every comparison.
+* **Two sources of variance.** Patients vary, and so do training runs (a run is one
+  trained model, a (seed, fold) pair shared by the patients of the fold). With one seed
+  the run-to-run variance is not measured: the patient-only intervals and tests below
+  are then a lower bound on the uncertainty. With at least 2 seeds both sources enter
+  (:mod:`medtl.evaluate.runs`).
+* **Confidence interval of a mean, patients only** (:func:`bootstrap_ci`). The
+  resampling unit is the *patient*, not the case: cases of one patient are correlated,
+  and resampling them independently would give intervals that are too narrow.
+  ``scipy.stats.bootstrap`` resamples the patient indices with replacement; the
+  statistic of a resample is the sum of the case values of the drawn patients divided
+  by the number of their cases (the cluster bootstrap of the case mean; on the full
+  sample it is the plain mean over cases, so a patient with three cases weighs three
+  times as much as a patient with one). The interval is BCa; where BCa is degenerate
+  (NaN, e.g. all values equal) the percentile interval of the same bootstrap
+  distribution is used. Without a patient map every case is its own patient, and the
+  interval equals ``scipy.stats.bootstrap((x,), np.mean, method="BCa")`` with the same
+  generator.
+* **Patients and runs** (:func:`medtl.evaluate.runs.run_aware_mean`), for a case × seed
+  table: the mean of the seed-averaged case values, with ``se² = V_pat + V_run``:
+  ``V_pat`` the cluster-robust variance over patients of the mean of the seed-averaged
+  case values, ``V_run`` the variance of the per-seed means divided by the number of
+  seeds; a t interval and two-sided t test whose critical value is the Cochran–Cox
+  variance-weighted mean of the ``t_{P-1}`` and ``t_{S-1}`` quantiles (Satterthwaite's
+  df, reported, was liberal with 2–3 seeds in simulation). It counts the residual twice, so it is
+  conservative by about ``σe²/(P S)``. :func:`summarise_arms` uses it for an arm with at
+  least 2 seeds, and :func:`bootstrap_ci` otherwise.
+* **Paired comparison** (:func:`compare_arms`). When the two arms share at least 2
+  seeds, the differences ``arm - reference`` are taken per shared case and shared seed
+  (:func:`paired_runs`) and tested with the run-aware t test; its interval is the
+  run-aware t interval. Otherwise each arm's case values are averaged over its own
+  seeds, the per-case differences are tested with a two-sided Wilcoxon signed-rank test
+  (``scipy.stats.wilcoxon``, its defaults; not reported with fewer than 6 cases or when
+  all differences are zero), the CI is :func:`bootstrap_ci` of the differences, and the
+  statement says that run-to-run variance is not measured and the CI is a lower bound
+  on the uncertainty. The Wilcoxon test treats cases as independent; with many cases per
+  patient its p-value is optimistic, while the interval is not.
 * **Several arms** (:func:`compare_all_pairs`). Every unordered pair of arms is
   compared once, the better arm of the pair (by the mean over shared cases, in the
-  metric's direction) as ``arm``. The family of Wilcoxon p-values is adjusted with
-  Holm's step-down method (:func:`holm`), which controls the family-wise error rate:
-  with the p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted value is
+  metric's direction) as ``arm``. The family of p-values (t or Wilcoxon, whichever each
+  comparison has) is adjusted with Holm's step-down method (:func:`holm`), which
+  controls the family-wise error rate: with the p-values sorted,
+  ``p_(1) <= ... <= p_(m)``, the adjusted value is
   ``max_{j <= i} min(1, (m - j + 1) p_(j))``.
 * **Verdict** (:func:`verdict`). The best arm is the one with the best mean over cases
-  (each case averaged over its classes). The evidence holds when the best arm beats
-  every other arm with a Holm-adjusted p < 0.05 (and the paired difference in its
+  (each case averaged over its classes and seeds). The evidence holds when the best arm
+  beats every other arm with a Holm-adjusted p < 0.05 (and the paired difference in its
   favour); otherwise the sentence names the arms it cannot be separated from.
+* **A/A noise floor** (:func:`medtl.evaluate.runs.noise_floor`): how far two seeds of
+  one arm differ, and how often the patient-only test calls an arm different from
+  itself. Simulated calibration and power: :mod:`medtl.evaluate.power`.
 """
 
 from __future__ import annotations
@@ -57,6 +83,12 @@ ALPHA = 0.05
 
 #: Fewest paired cases for which the Wilcoxon test is reported.
 MIN_CASES_FOR_TEST = 6
+
+#: How comparisons and intervals that count patients and training runs are described.
+METHOD_RUNS = "patients and runs (t, Cochran–Cox)"
+
+#: How comparisons and intervals that resample patients only are described.
+METHOD_PATIENTS = "patients only (bootstrap, Wilcoxon)"
 
 #: Metrics known to the summaries: display name, unit, and whether higher is better.
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -90,6 +122,13 @@ class PairedComparison:
         statement: one English sentence stating the result and its meaning.
         p_holm: Holm-adjusted p within a family of comparisons (set by
             :func:`compare_all_pairs`; NaN for a single comparison or no test).
+        seeds: seeds the two arms share (training runs per fold in the comparison).
+        method: how the CI and p were obtained: ``"patients and runs (t, Cochran–Cox)"``
+            when the arms share at least 2 seeds (then ``ci_low``, ``ci_high`` and
+            ``p_value`` come from :func:`medtl.evaluate.runs.run_aware_mean`), otherwise
+            ``"patients only (bootstrap, Wilcoxon)"``: run-to-run variance not measured.
+        df: Satterthwaite degrees of freedom, for information (NaN for patients only).
+        run_sd: SD of the per-seed mean differences (NaN with fewer than 2 seeds).
     """
 
     arm: str
@@ -103,6 +142,10 @@ class PairedComparison:
     p_value: float
     statement: str
     p_holm: float = math.nan
+    seeds: int = 1
+    method: str = METHOD_PATIENTS
+    df: float = math.nan
+    run_sd: float = math.nan
 
 
 def _check_columns(metrics: pd.DataFrame, metric: str, extra: tuple[str, ...] = ()) -> None:
@@ -241,35 +284,59 @@ def summarise_arms(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Per arm and class: number of finite values, mean, SD, median and CI of the mean.
+    """Per arm and class: number of cases, mean, SD, median and CI of the mean.
+
+    A case's value is its mean over the arm's seeds (one seed: the value itself). With
+    at least 2 seeds the CI counts patients and training runs as random
+    (:func:`medtl.evaluate.runs.run_aware_mean`: cluster-robust variance over patients
+    plus the variance of the per-seed means, t with the Cochran–Cox critical value); with
+    one seed it is :func:`bootstrap_ci` (patients only; run-to-run variance not measured, so the
+    interval is a lower bound on the uncertainty).
 
     Args:
-        metrics: the ``metrics.csv`` table (columns ``arm, fold, case, class, ...``).
+        metrics: the ``metrics.csv`` table (columns ``arm, fold, [seed,] case, class, ...``).
         metric: column to summarise (``dice``, ``hd95``, ...); NaN values are left out.
         groups: maps case → patient, for the CI (see :func:`bootstrap_ci`).
         n_boot: bootstrap resamples of the CI.
         seed: seed of the CI's generator.
 
     Returns:
-        Columns ``arm, class, n, mean, sd, median, ci_low, ci_high`` (``sd`` with
-        ddof=1, NaN for n < 2; the 95 % CI of the mean over cases resamples patients,
-        NaN with fewer than 2 patients), one row per arm and class, in order of first
-        appearance.
+        Columns ``arm, class, n, mean, sd, median, ci_low, ci_high, seeds, run_sd,
+        method``, one row per arm and class, in order of first appearance: ``n`` cases
+        with a finite value, ``mean``, ``sd`` (ddof=1, NaN for n < 2) and ``median`` of
+        their seed-averaged values, the 95 % CI of the mean (NaN with fewer than 2
+        patients), ``seeds`` with a value, ``run_sd`` the SD of the per-seed means (NaN
+        with one seed) and ``method`` how the CI was obtained. With one seed the first
+        eight columns are those of a single-seed table.
     """
+    from medtl.evaluate.runs import run_aware_mean
+
     _check_columns(metrics, metric)
-    values = pd.to_numeric(metrics[metric], errors="coerce")
-    grouped = values.groupby([metrics["arm"], metrics["class"]], sort=False)
-    out = grouped.agg(n="count", mean="mean", sd="std", median="median").reset_index()
-    out["n"] = out["n"].astype(int)
-    cis = []
-    for (_, _), part in metrics.assign(_v=values).groupby(["arm", "class"], sort=False):
-        by_case = pd.Series(part["_v"].to_numpy(), index=part["case"].to_numpy()).sort_index(
-            kind="stable"
-        )
-        cis.append(bootstrap_ci(by_case, groups, n_boot=n_boot, seed=seed))
-    out["ci_low"] = [c[0] for c in cis]
-    out["ci_high"] = [c[1] for c in cis]
-    return out[["arm", "class", "n", "mean", "sd", "median", "ci_low", "ci_high"]]
+    rows = []
+    for (arm, cls), part in metrics.groupby(["arm", "class"], sort=False):
+        runs = per_case_runs(part, arm, metric)
+        x = runs.mean(axis=1)
+        row = {
+            "arm": arm,
+            "class": cls,
+            "n": int(x.size),
+            "mean": float(x.mean()) if x.size else math.nan,
+            "sd": float(x.std(ddof=1)) if x.size > 1 else math.nan,
+            "median": float(x.median()) if x.size else math.nan,
+            "seeds": int(runs.shape[1]),
+            "run_sd": math.nan,
+            "method": METHOD_PATIENTS,
+        }
+        n_patients = cluster_mean_statistic(x, groups)[1]
+        if runs.shape[1] >= 2 and n_patients >= 2:
+            est = run_aware_mean(runs, groups)
+            row.update(ci_low=est.ci_low, ci_high=est.ci_high, run_sd=est.run_sd)
+            row["method"] = METHOD_RUNS
+        else:
+            row["ci_low"], row["ci_high"] = bootstrap_ci(x, groups, n_boot=n_boot, seed=seed)
+        rows.append(row)
+    cols = ["arm", "class", "n", "mean", "sd", "median", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=[*cols, "seeds", "run_sd", "method"])
 
 
 def fold_table(metrics: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
@@ -296,28 +363,71 @@ def fold_table(metrics: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     return out.loc[order.index, ["arm", "fold", "class", "n", "mean", "sd"]].reset_index(drop=True)
 
 
-def per_case(metrics: pd.DataFrame, arm: str, metric: str = "dice") -> pd.Series:
-    """One value per case for an arm: the mean over classes (and folds, if repeated).
+def seeds_of(metrics: pd.DataFrame) -> pd.Series:
+    """The ``seed`` column of a metrics table; all 0 for a table without one (one seed).
+
+    Tables written before training had a seeds axis have no ``seed`` column; they are one
+    training run per arm and fold, here seed 0.
+    """
+    if "seed" in metrics.columns:
+        return metrics["seed"]
+    return pd.Series(0, index=metrics.index, name="seed")
+
+
+def per_case_runs(metrics: pd.DataFrame, arm: str, metric: str = "dice") -> pd.DataFrame:
+    """One value per case and seed for an arm: the mean over classes.
 
     Args:
-        metrics: the ``metrics.csv`` table.
+        metrics: the ``metrics.csv`` table (with or without a ``seed`` column; without
+            one the table is a single seed, column 0).
+        arm: the arm to select.
+        metric: column to average; NaN values are ignored (NaN where a case has none in a
+            seed); cases without any value are dropped.
+
+    Returns:
+        A DataFrame indexed by case (sorted), one column per seed (ascending).
+
+    Example:
+        >>> m = pd.DataFrame({"arm": "A", "fold": 0, "seed": [1, 1, 2, 2], "case": "c",
+        ...                   "class": ["x", "y", "x", "y"], "dice": [0.2, 0.4, 0.6, 0.8]})
+        >>> per_case_runs(m, "A").round(3).to_dict()
+        {1: {'c': 0.3}, 2: {'c': 0.7}}
+    """
+    _check_columns(metrics, metric)
+    sel = metrics["arm"] == arm
+    values = pd.to_numeric(metrics.loc[sel, metric], errors="coerce")
+    keys = [metrics.loc[sel, "case"], seeds_of(metrics)[sel].rename("seed")]
+    wide = values.groupby(keys).mean().unstack("seed")
+    wide = wide.dropna(how="all").sort_index().sort_index(axis=1)
+    wide.columns.name = "seed"
+    return wide
+
+
+def per_case(metrics: pd.DataFrame, arm: str, metric: str = "dice") -> pd.Series:
+    """One value per case for an arm: the mean over classes, then over seeds.
+
+    Args:
+        metrics: the ``metrics.csv`` table (with or without a ``seed`` column).
         arm: the arm to select.
         metric: column to average; NaN values are ignored, cases with none are dropped.
 
     Returns:
-        A Series indexed by case, sorted by case.
+        A Series indexed by case, sorted by case: the mean over seeds of
+        :func:`per_case_runs` (seeds without a value left out). With one seed, the mean
+        over classes.
     """
-    _check_columns(metrics, metric)
-    sel = metrics[metrics["arm"] == arm]
-    values = pd.to_numeric(sel[metric], errors="coerce")
-    return values.groupby(sel["case"]).mean().dropna()
+    runs = per_case_runs(metrics, arm, metric)
+    return runs.mean(axis=1).rename(metric).dropna()
 
 
 def per_case_table(metrics: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
-    """One row per case: its fold and, per arm, the case value averaged over classes.
+    """One row per case: its fold and, per arm, the case value (:func:`per_case`).
+
+    A case is held out in one fold; with several seeds it appears once per seed, in
+    that fold, and its value is averaged over classes and then over seeds.
 
     Args:
-        metrics: the ``metrics.csv`` table.
+        metrics: the ``metrics.csv`` table (with or without a ``seed`` column).
         metric: column to average; NaN values are ignored (NaN where an arm has none).
 
     Returns:
@@ -337,10 +447,9 @@ def per_case_table(metrics: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
             f"{sorted(several[case].tolist())} ({len(several)} such cases). "
             "How to fix: pass the metrics of one cross-validation run."
         )
-    values = pd.to_numeric(metrics[metric], errors="coerce")
-    wide = values.groupby([metrics["case"], metrics["arm"]]).mean().unstack("arm")
     arms = list(pd.unique(metrics["arm"]))
-    wide = wide.reindex(columns=arms)
+    wide = pd.DataFrame({arm: per_case(metrics, arm, metric) for arm in arms})
+    wide = wide.reindex(index=folds.index, columns=arms)
     wide.columns.name = None
     out = pd.DataFrame({"fold": folds.map(lambda f: f[0])}).join(wide)
     out.index.name = "case"
@@ -397,6 +506,19 @@ def _fmt_p(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
+def _runs_caveat(seeds: int) -> str:
+    if seeds < 1:
+        why = "the arms share no seed"
+    elif seeds == 1:
+        why = "one shared seed"
+    else:
+        why = "fewer than 2 patients"
+    return (
+        f"; run-to-run variance is not measured ({why}), "
+        "so the CI is a lower bound on the uncertainty"
+    )
+
+
 def _statement(
     arm: str,
     reference: str,
@@ -407,10 +529,20 @@ def _statement(
     p: float,
     p_holm: float = math.nan,
     family: int = 0,
+    *,
+    seeds: int = 1,
+    method: str = METHOD_PATIENTS,
+    df: float = math.nan,
 ) -> str:
-    """The sentence of a comparison; with ``family`` > 0 the decision uses ``p_holm``."""
+    """The sentence of a comparison; with ``family`` > 0 the decision uses ``p_holm``.
+
+    With ``method`` :data:`METHOD_RUNS` the test is the run-aware t test over ``n``
+    cases and ``seeds`` seeds; otherwise the Wilcoxon test, and the sentence says that
+    run-to-run variance is not measured and the CI is a lower bound on the uncertainty.
+    """
     name, unit, higher_better, digits = _metric_info(metric)
     subject = "transfer" if reference == "scratch" else arm
+    runs = method == METHOD_RUNS
 
     def num(x: float) -> str:
         return f"{x:.{digits}f}"
@@ -418,12 +550,18 @@ def _statement(
     improved = mean_diff > 0 if higher_better else mean_diff < 0
     size = f"{num(abs(mean_diff))}{unit}"
     ci_txt = f"95 % CI {num(ci[0])} to {num(ci[1])}{unit}"
+    caveat = "" if runs else _runs_caveat(seeds)
+    sample = f"n = {n} cases × {seeds} seeds" if runs else f"n = {n} cases"
     if math.isnan(p):
-        why = "all differences are zero" if n >= MIN_CASES_FOR_TEST else f"n = {n} < 6"
+        if runs:
+            test, why = "t test", "the differences do not vary"
+        else:
+            test = "Wilcoxon test"
+            why = "all differences are zero" if n >= MIN_CASES_FOR_TEST else f"n = {n} < 6"
         return (
             f"{arm} changed mean {name} relative to {reference} by {mean_diff:+.{digits}f}{unit} "
-            f"({ci_txt}, n = {n} cases): the Wilcoxon test is not possible ({why}), "
-            f"so there is no evidence either way on whether {subject} helped."
+            f"({ci_txt}, {sample}): the {test} is not possible ({why}), "
+            f"so there is no evidence either way on whether {subject} helped{caveat}."
         )
     adjusted = family > 0 and math.isfinite(p_holm)
     decision = p_holm if adjusted else p
@@ -431,7 +569,12 @@ def _statement(
     holm_txt = (
         f", Holm-adjusted {_fmt_p(p_holm)} over {family} comparison{plural}" if adjusted else ""
     )
-    test_txt = f"Wilcoxon {_fmt_p(p)}{holm_txt}, n = {n} cases"
+    if runs:
+        test_txt = (
+            f"t test over patients and training runs {_fmt_p(p)}{holm_txt}, df = {df:.1f}, {sample}"
+        )
+    else:
+        test_txt = f"Wilcoxon {_fmt_p(p)}{holm_txt}, {sample}"
     if decision < ALPHA:
         # the sentence gives a size; when the signed difference is negative, say so too
         signed = f"difference {mean_diff:+.{digits}f}{unit}, " if mean_diff < 0 else ""
@@ -439,21 +582,48 @@ def _statement(
         if improved:
             return (
                 f"{arm} improved mean {name} over {reference} by {size} {stats_txt}: "
-                f"{subject} helped."
+                f"{subject} helped{caveat}."
             )
         return (
             f"{arm} was worse than {reference} in mean {name} by {size} {stats_txt}: "
-            f"{subject} hurt."
+            f"{subject} hurt{caveat}."
         )
     decision_txt = f"Holm-adjusted {_fmt_p(p_holm)}" if adjusted else _fmt_p(p)
     return (
         f"{arm} changed mean {name} relative to {reference} by {mean_diff:+.{digits}f}{unit} "
-        f"({ci_txt}; {test_txt}): no evidence that {subject} helped ({decision_txt})."
+        f"({ci_txt}; {test_txt}): no evidence that {subject} helped ({decision_txt}){caveat}."
     )
 
 
+def paired_runs(
+    metrics: pd.DataFrame, arm: str, reference: str, metric: str = "dice"
+) -> pd.DataFrame:
+    """Differences ``arm - reference`` per shared case and shared seed.
+
+    With common random numbers seed ``s`` trains both arms on the same batch order and
+    augmentation, so the difference is taken within a seed.
+
+    Args:
+        metrics: the ``metrics.csv`` table (with or without a ``seed`` column).
+        arm: the arm compared.
+        reference: the reference arm.
+        metric: column compared (each case and seed averaged over classes first).
+
+    Returns:
+        Index case (sorted; cases both arms have), one column per seed both arms have
+        (ascending); NaN where one arm has no value; cases without any difference
+        dropped. No columns when the arms share no seed.
+    """
+    a = per_case_runs(metrics, arm, metric)
+    r = per_case_runs(metrics, reference, metric)
+    seeds = [s for s in a.columns if s in set(r.columns)]
+    cases = a.index.intersection(r.index)
+    diff = a.loc[cases, seeds] - r.loc[cases, seeds]
+    return diff.dropna(how="all").sort_index()
+
+
 def _paired(metrics: pd.DataFrame, arm: str, reference: str, metric: str) -> pd.Series:
-    """Per-case differences ``arm - reference`` on the shared cases, sorted by case."""
+    """Per-case differences of the seed-averaged values on the shared cases, by case."""
     a = per_case(metrics, arm, metric)
     r = per_case(metrics, reference, metric)
     joined = pd.concat({"arm": a, "ref": r}, axis=1, join="inner").sort_index()
@@ -464,6 +634,29 @@ def _paired(metrics: pd.DataFrame, arm: str, reference: str, metric: str) -> pd.
             "How to fix: evaluate both arms on the same folds."
         )
     return joined["arm"] - joined["ref"]
+
+
+def _design(
+    metrics: pd.DataFrame,
+    arm: str,
+    reference: str,
+    metric: str,
+    groups: pd.Series | Mapping | None,
+) -> tuple[pd.DataFrame | None, pd.Series, int]:
+    """``(runs, case_diffs, seeds)``: the run table when the run-aware test applies.
+
+    ``runs`` is :func:`paired_runs` when the arms share at least 2 seeds and the shared
+    cases span at least 2 patients, else ``None``; ``case_diffs`` the per-case
+    differences the comparison rests on (seed-averaged within the shared seeds, or over
+    each arm's own seeds for the patient-only fallback); ``seeds`` the shared seeds.
+    """
+    runs = paired_runs(metrics, arm, reference, metric)
+    seeds = runs.shape[1]
+    if seeds >= 2 and not runs.empty:
+        diffs = runs.mean(axis=1)
+        if cluster_mean_statistic(diffs, groups)[1] >= 2:
+            return runs, diffs, seeds
+    return None, _paired(metrics, arm, reference, metric), seeds
 
 
 def compare_arms(
@@ -478,39 +671,63 @@ def compare_arms(
 ) -> PairedComparison:
     """Paired comparison of ``arm`` against ``reference`` on the cases both were evaluated on.
 
+    When the arms share at least 2 seeds, the differences are taken per case *and*
+    seed on the shared cases and seeds (:func:`paired_runs`), and the CI and p come from
+    :func:`medtl.evaluate.runs.run_aware_mean`: patients and training runs both random,
+    t with the Cochran–Cox critical value. Otherwise (one seed, or arms with different seeds) each
+    arm's case values are averaged over its seeds and the patient-only method is used:
+    the CI is :func:`bootstrap_ci` of the per-case differences and the p the Wilcoxon
+    signed-rank test; the statement then says that run-to-run variance is not measured
+    and the CI is a lower bound on the uncertainty.
+
     Args:
-        metrics: the ``metrics.csv`` table.
+        metrics: the ``metrics.csv`` table (with or without a ``seed`` column).
         arm: the arm compared (e.g. ``finetune``).
         reference: the reference arm (e.g. ``scratch``).
         metric: ``dice`` (higher is better), ``hd95`` (lower is better), ...
         seed: seed of the bootstrap's ``numpy.random.default_rng``.
         n_boot: bootstrap resamples.
-        groups: maps case → patient; the bootstrap resamples patients (``None``: cases).
+        groups: maps case → patient; the bootstrap resamples patients (``None``: cases),
+            and the run-aware variance clusters cases by patient.
 
     Returns:
-        The comparison, differences taken as ``arm - reference``; the CI is
-        :func:`bootstrap_ci` of the per-case differences. The Wilcoxon p is NaN with
-        fewer than 6 cases or when all differences are zero; ``p_holm`` is NaN.
+        The comparison, differences taken as ``arm - reference``. The Wilcoxon p is NaN
+        with fewer than 6 cases or when all differences are zero, the t-test p when the
+        differences do not vary; ``p_holm`` is NaN.
 
     Raises:
         StatsError: if a column is missing or the arms share no case.
     """
-    diffs = _paired(metrics, arm, reference, metric)
+    from medtl.evaluate.runs import run_aware_mean
+
+    runs, diffs, seeds = _design(metrics, arm, reference, metric, groups)
     diff = diffs.to_numpy(dtype=float)
-    mean_diff = float(diff.mean())
-    ci = bootstrap_ci(diffs, groups, n_boot=n_boot, seed=seed)
-    p = _wilcoxon_p(diff)
+    if runs is not None:
+        est = run_aware_mean(runs, groups)
+        mean_diff, ci, p, method = est.mean, (est.ci_low, est.ci_high), est.p_value, METHOD_RUNS
+        df, run_sd = est.df, est.run_sd
+    else:
+        mean_diff = float(diff.mean())
+        ci = bootstrap_ci(diffs, groups, n_boot=n_boot, seed=seed)
+        p, method, df, run_sd = _wilcoxon_p(diff), METHOD_PATIENTS, math.nan, math.nan
+    n = int(diff.size)
     return PairedComparison(
         arm=arm,
         reference=reference,
         metric=metric,
-        n=int(diff.size),
+        n=n,
         mean_diff=mean_diff,
         median_diff=float(np.median(diff)),
         ci_low=ci[0],
         ci_high=ci[1],
         p_value=p,
-        statement=_statement(arm, reference, metric, int(diff.size), mean_diff, ci, p),
+        statement=_statement(
+            arm, reference, metric, n, mean_diff, ci, p, seeds=seeds, method=method, df=df
+        ),
+        seeds=seeds,
+        method=method,
+        df=df,
+        run_sd=run_sd,
     )
 
 
@@ -556,7 +773,7 @@ def compare_all_pairs(
     higher_better = _metric_info(metric)[2]
     out = []
     for first, second in combinations(arms, 2):
-        d = float(_paired(metrics, second, first, metric).mean())
+        d = float(_design(metrics, second, first, metric, groups)[1].mean())
         second_better = d > 0 if higher_better else d < 0
         arm, reference = (second, first) if second_better else (first, second)
         out.append(compare_arms(metrics, arm, reference, metric, seed, n_boot, groups=groups))
@@ -584,6 +801,9 @@ def holm_family(comparisons: Sequence[PairedComparison]) -> list[PairedCompariso
                 c.p_value,
                 ph,
                 family,
+                seeds=c.seeds,
+                method=c.method,
+                df=c.df,
             ),
         )
         for c, ph in zip(comparisons, adjusted, strict=True)

@@ -145,6 +145,9 @@ def test_summarise_arms_per_arm_and_class():
         "median",
         "ci_low",
         "ci_high",
+        "seeds",
+        "run_sd",
+        "method",
     ]
     row = out[(out["arm"] == "scratch") & (out["class"] == "a")].iloc[0]
     assert row["n"] == len(REF)
