@@ -60,6 +60,11 @@ rule report:
             caption="report/training_curves.rst",
             category="Training",
         ),
+        seeds=report(
+            "results/report/figures/seed_spread.png",
+            caption="report/seed_spread.rst",
+            category="Evaluation",
+        ),
         overlays=report(
             "results/report/figures/overlays.png",
             caption="report/overlays.rst",

@@ -609,6 +609,7 @@ def build_report(
     n_boot = int((config.get("evaluate") or {}).get("bootstrap", 2000))
     groups = E.patient_groups(inputs.manifest, inputs.folds)
     ev = E.evaluate_arms(metrics, arms, reference_arm, groups, n_boot=n_boot, seed=0)
+    runs = E.run_variation(metrics, arms, groups, n_boot=n_boot, seed=0)
     case_dice = {a: per_case(metrics, a, "dice") for a in arms}
     mean_dice = {a: float(case_dice[a].mean()) for a in arms}
     best_arm = max(arms, key=lambda a: np.nan_to_num(mean_dice[a], nan=-1.0))
@@ -620,8 +621,13 @@ def build_report(
     figs.add("paired_differences", F.paired_differences(case_dice, arms, reference_arm))
     figs.add(
         "difference_forest",
-        F.difference_forest(E.forest_rows(ev.versus_reference), "Dice"),
+        F.difference_forest(
+            E.forest_rows(ev.versus_reference),
+            "Dice",
+            noise_floor=runs.pooled.aa_difference if runs.pooled is not None else None,
+        ),
     )
+    figs.add("seed_spread", F.seed_spread(runs.per_seed, runs.overall, arms))
     spacing = np.array([parse_triplet(s) for s in inputs.manifest.get("spacing", [])])
     if spacing.size:
         figs.add("spacing_histogram", F.spacing_histogram(spacing))
@@ -658,6 +664,13 @@ def build_report(
         "best_mean_dice": fmt(mean_dice[best_arm]),
         "best_n_cases": int(len(case_dice[best_arm])),
         "verdict": ev.verdict,
+        "runs_statement": runs.statement,
+        "runs": {
+            "per_seed": E.per_seed_table(runs.per_seed),
+            "floors": E.noise_floor_table(runs),
+            "statements": [f.statement for f in runs.floors],
+            "pooled": runs.pooled.aa_difference if runs.pooled is not None else None,
+        },
         "statements": [c.statement for c in dice_versus],
         "other_statements": [c.statement for c in ev.versus_reference if c.metric != "dice"],
         "convention": _convention(config, metrics),
@@ -729,6 +742,7 @@ def build_report(
         "mean_dice": mean_dice,
         "convention": context["convention"],
         **E.summary_records(ev),
+        "runs": E.run_records(runs),
         "per_fold": folds_df.to_dict(orient="records"),
         "per_case": cases_df.to_dict(orient="records"),
         "postprocess": inputs.postprocess,

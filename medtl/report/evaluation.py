@@ -15,15 +15,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medtl.evaluate.runs import NoiseFloor, noise_floor, pooled_noise_floor, run_aware_mean
 from medtl.evaluate.stats import (
     ALPHA,
+    METHOD_RUNS,
     PairedComparison,
     StatsError,
+    bootstrap_ci,
     compare_all_pairs,
     compare_arms,
     fold_table,
     format_p_value,
     holm_family,
+    per_case,
+    per_case_runs,
     per_case_table,
     summarise_arms,
     verdict,
@@ -140,14 +145,23 @@ def arm_table(ev: Evaluation, arms: list[str], class_names: list[str]) -> dict:
             if (arm, cls) not in index["dice"].index:
                 continue
             d = index["dice"].loc[(arm, cls)]
-            row: list[Any] = [arm, cls, int(d["n"]), _ci_cell(d, 3), fmt(d["median"]), fmt(d["sd"])]
+            row: list[Any] = [
+                arm,
+                cls,
+                int(d["n"]),
+                int(d.get("seeds", 1)),
+                _ci_cell(d, 3),
+                fmt(d.get("run_sd", math.nan)),
+                fmt(d["median"]),
+                fmt(d["sd"]),
+            ]
             for metric, _, digits in shown[1:]:
                 s = index[metric].loc[(arm, cls)] if (arm, cls) in index[metric].index else None
                 row.append("–" if s is None else _ci_cell(s, digits))
                 if metric == "hd95":
                     row.append("–" if s is None else fmt(s["median"], digits))
             rows.append(row)
-    cols = ["arm", "class", "n", "Dice mean (95 % CI)", "median", "sd"]
+    cols = ["arm", "class", "n", "seeds", "Dice mean (95 % CI)", "run SD", "median", "sd"]
     for metric, heading, _ in shown[1:]:
         cols.append(f"{heading} mean (95 % CI)")
         if metric == "hd95":
@@ -212,7 +226,8 @@ def _metric_name(metric: str) -> str:
 
 
 def comparison_table(comparisons: list[PairedComparison]) -> dict:
-    """One row per comparison: difference, CI, raw and Holm-adjusted Wilcoxon p."""
+    """One row per comparison: difference, CI, what the test treats as random, raw and
+    Holm-adjusted p (run-aware t with 2 or more shared seeds, else Wilcoxon)."""
     rows = []
     for c in comparisons:
         digits = 2 if c.metric in ("hd95", "assd") else 3
@@ -222,8 +237,10 @@ def comparison_table(comparisons: list[PairedComparison]) -> dict:
                 c.reference,
                 _metric_name(c.metric),
                 c.n,
+                c.seeds,
                 f"{c.mean_diff:+.{digits}f}",
                 f"{fmt(c.ci_low, digits)} to {fmt(c.ci_high, digits)}",
+                "patients and runs" if c.method == METHOD_RUNS else "patients only",
                 format_p_value(c.p_value),
                 format_p_value(c.p_holm),
                 "yes" if math.isfinite(c.p_holm) and c.p_holm < ALPHA else "no",
@@ -234,9 +251,11 @@ def comparison_table(comparisons: list[PairedComparison]) -> dict:
         "against",
         "metric",
         "n cases",
+        "seeds",
         "mean diff",
         "95 % CI",
-        "Wilcoxon p",
+        "random in the test",
+        "p",
         "Holm p",
         "significant",
     ]
@@ -345,3 +364,128 @@ def per_seed_table(frame: pd.DataFrame) -> dict:
         rows.append([arm, int(values.size), seeds, spread, sd])
     cols = ["arm", "seeds", "mean Dice per seed", "spread (max − min)", "SD over seeds"]
     return table(cols, rows, numeric_from=1)
+
+
+@dataclass(frozen=True)
+class RunVariation:
+    """What the report says about run-to-run variation.
+
+    Attributes:
+        per_seed: per arm and seed, the mean Dice (:func:`per_seed_frame`).
+        overall: per arm, the mean Dice over cases and seeds with the 95 % CI the
+            report uses (run-aware with 2 or more seeds, else patients only).
+        floors: the A/A noise floor of every arm trained with 2 or more seeds.
+        pooled: the floor pooled over those arms (None when there is none).
+        statement: one sentence on what the intervals count as random.
+    """
+
+    per_seed: pd.DataFrame
+    overall: pd.DataFrame
+    floors: list[NoiseFloor]
+    pooled: NoiseFloor | None
+    statement: str
+
+
+def run_variation(
+    metrics: pd.DataFrame,
+    arms: list[str],
+    groups: pd.Series,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> RunVariation:
+    """Per-seed means, each arm's overall mean and CI, the A/A floors, one sentence."""
+    per_seed = per_seed_frame(metrics, arms)
+    rows, floors = [], []
+    for arm in arms:
+        runs = per_case_runs(metrics, arm, "dice")
+        if runs.shape[1] >= 2:
+            est = run_aware_mean(runs, groups)
+            rows.append([arm, runs.shape[1], est.mean, est.ci_low, est.ci_high])
+            floors.append(noise_floor(metrics, arm, "dice", groups, n_boot=n_boot, seed=seed))
+        else:
+            cases = per_case(metrics, arm, "dice")
+            low, high = bootstrap_ci(cases, groups, n_boot=n_boot, seed=seed)
+            rows.append([arm, runs.shape[1], float(cases.mean()), low, high])
+    overall = pd.DataFrame(rows, columns=["arm", "seeds", "mean", "ci_low", "ci_high"])
+    pooled = (
+        pooled_noise_floor(metrics, [f.arm for f in floors], "dice", groups, n_boot=n_boot)
+        if floors
+        else None
+    )
+    multi = [f.arm for f in floors]
+    single = [a for a in arms if a not in multi]
+    if not multi:
+        statement = (
+            "Every arm was trained with one seed: run-to-run variance is not measured, and "
+            "every interval and test below treats the trained models as fixed. Treat the "
+            "intervals as lower bounds on the uncertainty; train with several seeds "
+            "(config key seeds) to measure it."
+        )
+    else:
+        statement = (
+            f"{_join_names(multi)} {'was' if len(multi) == 1 else 'were'} trained with "
+            f"{_seed_counts(overall, multi)}: their intervals, and the tests between them, "
+            "count both the patients and the training runs as random."
+        )
+        if single:
+            statement += (
+                f" {_join_names(single)} had one seed: run-to-run variance is not measured "
+                "for them, and intervals and tests that involve them are lower bounds on "
+                "the uncertainty."
+            )
+    return RunVariation(per_seed, overall, floors, pooled, statement)
+
+
+def _join_names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _seed_counts(overall: pd.DataFrame, arms: list[str]) -> str:
+    counts = sorted({int(overall.loc[overall["arm"] == a, "seeds"].iloc[0]) for a in arms})
+    return " or ".join(str(c) for c in counts) + " seeds"
+
+
+def noise_floor_table(rv: RunVariation) -> dict | None:
+    """Per arm with 2 or more seeds (and pooled): the A/A noise floor."""
+    shown = rv.floors + ([rv.pooled] if rv.pooled is not None and len(rv.floors) > 1 else [])
+    if not shown:
+        return None
+    rows = [
+        [
+            f.arm if f is not rv.pooled else f"pooled ({f.arm})",
+            f.seeds,
+            fmt(f.spread),
+            fmt(f.run_sd),
+            f"±{fmt(f.aa_difference)}",
+            f"±{fmt(f.aa_difference_t)}",
+            f"{f.false_calls} of {len(f.pairs)}",
+        ]
+        for f in shown
+    ]
+    cols = [
+        "arm",
+        "seeds",
+        "spread of seed means",
+        "run SD",
+        "A/A floor (1.96 √2 SD)",
+        "A/A floor (t bound)",
+        "A/A pairs called different, patients-only test",
+    ]
+    return table(cols, rows, numeric_from=1)
+
+
+def run_records(rv: RunVariation) -> dict[str, Any]:
+    """The run-to-run variation for ``summary.json``."""
+
+    def floor(f: NoiseFloor) -> dict[str, Any]:
+        record = asdict(f)
+        record["seed_means"] = {str(k): float(v) for k, v in f.seed_means.items()}
+        return record
+
+    return {
+        "statement": rv.statement,
+        "per_seed": rv.per_seed.replace({np.nan: None}).to_dict(orient="records"),
+        "per_arm": rv.overall.replace({np.nan: None}).to_dict(orient="records"),
+        "noise_floor": [floor(f) for f in rv.floors],
+        "pooled_noise_floor": floor(rv.pooled) if rv.pooled is not None else None,
+    }

@@ -8,6 +8,7 @@ bytes for embedding and saving.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,13 +172,17 @@ def volume_distribution(volumes: dict[str, np.ndarray]) -> Figure:
     return fig
 
 
-def difference_forest(rows: list[dict], metric_label: str = "Dice") -> Figure:
+def difference_forest(
+    rows: list[dict], metric_label: str = "Dice", noise_floor: float | None = None
+) -> Figure:
     """Mean paired difference with its 95 % CI, one line per comparison.
 
     Args:
         rows: dicts with ``label`` (e.g. ``finetune − scratch``), ``mean_diff``,
             ``ci_low``, ``ci_high`` and ``significant`` (Holm-adjusted p < 0.05).
         metric_label: the metric's name for the axis.
+        noise_floor: the A/A noise floor (how far two single-seed runs of one arm land
+            apart 95 % of the time), drawn as a grey band around zero; None: no band.
     """
     fig = _figure(6.4, 0.5 * max(1, len(rows)) + 1.2)
     ax = fig.subplots()
@@ -202,6 +207,16 @@ def difference_forest(rows: list[dict], metric_label: str = "Dice") -> Figure:
         ax.plot([r["ci_low"], r["ci_high"]], [i, i], color=colour, lw=2.2)
         ax.plot([r["mean_diff"]], [i], "o", color=colour, ms=6)
     ax.axvline(0.0, color="#222222", lw=0.9, ls="--")
+    if noise_floor is not None and math.isfinite(noise_floor):
+        ax.axvspan(
+            -noise_floor,
+            noise_floor,
+            color="#bbbbbb",
+            alpha=0.35,
+            lw=0,
+            label=f"A/A noise floor (±{noise_floor:.3f})",
+        )
+        ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)])
     ax.set_xlabel(f"mean paired difference in {metric_label} (95 % CI)")
     ax.spines[["top", "right"]].set_visible(False)
