@@ -158,9 +158,11 @@ def reproducibility_differences(a: dict[str, Any], b: dict[str, Any]) -> list[st
 
     ``a`` and ``b`` are ``run.json`` records (:func:`write_run_record`), or any dicts
     with some of their keys: ``settings``, ``seed``, ``device``, ``git_commit``,
-    ``versions`` and ``hardware``. Each difference is one line, ``key: A != B`` (a
-    missing value reads ``not recorded``). An empty list means the records agree on
-    all that decides bit-identity on the CPU; GPU runs may differ all the same.
+    ``versions``, ``hardware`` and ``sha256`` (the inputs' combined digest per kind:
+    preprocessed cases already differ between CPU kernel sets, as resampling rounds
+    differently). Each difference is one line, ``key: A != B`` (a missing value reads
+    ``not recorded``). An empty list means the records agree on all that decides
+    bit-identity on the CPU; GPU runs may differ all the same.
 
     Example:
         >>> reproducibility_differences(
@@ -177,6 +179,8 @@ def reproducibility_differences(a: dict[str, Any], b: dict[str, Any]) -> list[st
         for key in ("versions", "hardware"):
             for name, value in (record.get(key) or {}).items():
                 out[f"{key}.{name}"] = value
+        for kind, hashes in (record.get("sha256") or {}).items():
+            out[f"sha256.{kind}"] = (hashes or {}).get("combined")
         return out
 
     fa, fb = flat(a), flat(b)

@@ -77,18 +77,22 @@ def test_cpu_libraries_condenses_torch_config() -> None:
 
 
 def test_reproducibility_differences_name_what_differs(tmp_path: Path) -> None:
-    a = write_run_record(tmp_path / "a.json", {"seed": 1}, seed=1, device="cpu")
-    b = write_run_record(tmp_path / "b.json", {"seed": 1}, seed=1, device="cpu")
+    (tmp_path / "case.npz").write_bytes(b"case")
+    inputs = {"cases": [tmp_path / "case.npz"]}
+    a = write_run_record(tmp_path / "a.json", {"seed": 1}, inputs, seed=1, device="cpu")
+    b = write_run_record(tmp_path / "b.json", {"seed": 1}, inputs, seed=1, device="cpu")
     assert reproducibility_differences(a, b) == []
     b = json.loads(json.dumps(b))
     b["hardware"].update(cpu_capability="DEFAULT", cpu_threads=a["hardware"]["cpu_threads"] + 1)
     b["hardware"]["kernel_env"] = "ATEN_CPU_CAPABILITY=default"
     b["versions"]["torch"] = "0.0"
     b["settings"] = {"seed": 2}
+    b["sha256"]["cases"]["combined"] = "0" * 64
     assert reproducibility_differences(a, b) == [
         f"hardware.cpu_capability: {a['hardware']['cpu_capability']} != DEFAULT",
         f"hardware.cpu_threads: {a['hardware']['cpu_threads']} != {b['hardware']['cpu_threads']}",
         "hardware.kernel_env: not recorded != ATEN_CPU_CAPABILITY=default",
         "settings: differ",
+        f"sha256.cases: {a['sha256']['cases']['combined']} != {'0' * 64}",
         f"versions.torch: {a['versions']['torch']} != 0.0",
     ]
