@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterable
 from importlib import metadata
@@ -81,13 +83,117 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+#: Environment variables that pick the CPU kernels (and so the rounding) of PyTorch,
+#: oneDNN and MKL; recorded when set.
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_libraries(config: str | None = None) -> str:
+    """MKL, oneDNN (MKL-DNN) and OpenMP versions of PyTorch's build, in one line.
+
+    ``config`` is the text of ``torch.__config__.show()`` (read when not given).
+
+    Example:
+        >>> cpu_libraries("  - Intel(R) MKL-DNN v3.12.0 (Git Hash 80afa71)\\n"
+        ...               "  - OpenMP 201511 (a.k.a. OpenMP 4.5)")
+        'MKL no, oneDNN 3.12.0, OpenMP 201511'
+    """
+    if config is None:
+        import torch
+
+        config = torch.__config__.show()
+    patterns = {
+        "MKL": r"Math Kernel Library Version (\S+?)(?:-Product|\s|$)",
+        "oneDNN": r"MKL-DNN v(\S+)",
+        "OpenMP": r"OpenMP (\d+)",
+    }
+    found = {name: re.search(pattern, config) for name, pattern in patterns.items()}
+    return ", ".join(f"{name} {m.group(1) if m else 'no'}" for name, m in found.items())
+
+
 def hardware() -> dict[str, Any]:
+    """What decides bit-identity besides code, settings and package versions.
+
+    The CPU (``cpu``), the kernel set PyTorch picked for it (``cpu_capability``), the
+    threads of this process (``cpu_threads``), the CPU libraries of PyTorch's build
+    (``cpu_libraries``), the kernel-pinning environment variables that are set
+    (``kernel_env``), and the GPU if any. See :func:`reproducibility_differences`.
+    """
     import torch
 
-    info: dict[str, Any] = {"machine": platform.machine(), "cpu_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_libraries": cpu_libraries(),
+    }
+    env = [f"{k}={os.environ[k]}" for k in KERNEL_ENV if os.environ.get(k)]
+    if env:
+        info["kernel_env"] = " ".join(env)
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def reproducibility_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """What differs between two runs' records that can make their results differ.
+
+    ``a`` and ``b`` are ``run.json`` records (:func:`write_run_record`), or any dicts
+    with some of their keys: ``settings``, ``seed``, ``device``, ``git_commit``,
+    ``versions``, ``hardware`` and ``sha256`` (the inputs' combined digest per kind:
+    preprocessed cases already differ between CPU kernel sets, as resampling rounds
+    differently). Each difference is one line, ``key: A != B`` (a missing value reads
+    ``not recorded``). An empty list means the records agree on all that decides
+    bit-identity on the CPU; GPU runs may differ all the same.
+
+    Example:
+        >>> reproducibility_differences(
+        ...     {"hardware": {"cpu_capability": "AVX2", "cpu_threads": 1}},
+        ...     {"hardware": {"cpu_capability": "AVX512", "cpu_threads": 1}})
+        ['hardware.cpu_capability: AVX2 != AVX512']
+    """
+
+    def flat(record: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ("settings", "seed", "device", "git_commit"):
+            if key in record:
+                out[key] = record[key]
+        for key in ("versions", "hardware"):
+            for name, value in (record.get(key) or {}).items():
+                out[f"{key}.{name}"] = value
+        for kind, hashes in (record.get("sha256") or {}).items():
+            out[f"sha256.{kind}"] = (hashes or {}).get("combined")
+        return out
+
+    fa, fb = flat(a), flat(b)
+    lines = []
+    for key in sorted(fa.keys() | fb.keys()):
+        va, vb = fa.get(key, "not recorded"), fb.get(key, "not recorded")
+        if va == vb:
+            continue
+        if key == "settings":
+            lines.append("settings: differ")
+        else:
+            lines.append(f"{key}: {va} != {vb}")
+    return lines
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
