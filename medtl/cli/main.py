@@ -919,6 +919,104 @@ def postprocess(
     typer.echo(f"postprocess {arm}: {chosen} → {out}")
 
 
+@app.command()
+@_guard
+def power(
+    results: Annotated[
+        Path | None,
+        typer.Option(
+            help="A finished run's results folder: its metrics give the sizes of the patient, "
+            "case and run variation (needs an arm with 2 or more seeds), its folds the "
+            "patients and folds. Default: the demo's sizes (docs/statistics.md)."
+        ),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="Seeds per arm to try, comma-separated.")] = "1,3,5",
+    difference: Annotated[
+        str, typer.Option(help="True differences in mean Dice to detect, comma-separated.")
+    ] = "0.05",
+    patients: Annotated[
+        int | None, typer.Option(help="Patients in the study (default: the run's, or 14).")
+    ] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="Cross-validation folds (default: the run's, or 3).")
+    ] = None,
+    studies: Annotated[int, typer.Option(help="Simulated studies per setting.")] = 500,
+) -> None:
+    """How many seeds a comparison of two arms needs: simulated false positives and power.
+
+    Simulates studies of two arms with the sizes of patient, case and training-run
+    variation of the demo or of a finished run (`--results`), and tests them as the report
+    does: with one seed the patient-only test (which treats the trained models as fixed),
+    with two or more the test that counts patients and runs as random. Prints, per number
+    of seeds and true difference, the rate of false "better" claims when the arms are
+    equal, and the power to detect the difference. Writes nothing.
+
+    Example: `medtl power --results results --seeds 3,5,10 --difference 0.05,0.1`
+    """
+    import json as json_
+
+    from medtl.evaluate.metrics import read_metrics
+    from medtl.evaluate.power import DEMO, DEMO_FOLDS, DEMO_PATIENTS, estimate_components
+    from medtl.evaluate.power import power_table as simulate
+
+    try:
+        seed_counts = [int(s) for s in seeds.split(",") if s.strip()]
+        differences = [float(d) for d in difference.split(",") if d.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected comma-separated numbers, got --seeds {seeds!r} --difference {difference!r}"
+        ) from None
+    components, source = DEMO, "the demo's sizes"
+    n_patients, n_folds = DEMO_PATIENTS, DEMO_FOLDS
+    if results is not None:
+        from medtl.evaluate.stats import seeds_of
+
+        metrics = read_metrics(results / "evaluation" / "metrics.csv")
+        split = json_.loads((results / "splits" / "folds.json").read_text())
+        groups = split.get("groups") or None
+        if seeds_of(metrics).groupby(metrics["arm"]).nunique().max() < 2:
+            raise typer.BadParameter(
+                f"{results}: every arm was trained with one seed, so the run-to-run variation "
+                "cannot be measured. Train with 2 or more seeds (config key seeds), or leave "
+                "--results out to use the demo's sizes.",
+                param_hint="--results",
+            )
+        components = estimate_components(metrics, groups=groups)
+        source = f"the sizes measured in {results}"
+        n_patients = len(set(groups.values())) if groups else metrics["case"].nunique()
+        n_folds = len(split["folds"])
+    n_patients, n_folds = patients or n_patients, folds or n_folds
+    table = simulate(
+        components,
+        seeds=seed_counts,
+        differences=differences,
+        n_patients=n_patients,
+        n_folds=n_folds,
+        n_studies=studies,
+    )
+    c = components
+    typer.echo(
+        f"power: {studies} simulated studies per row, {n_patients} patients, {n_folds} folds; "
+        f"{source}: run SD {c.run_sd:.3f}, patient SD {c.patient_sd:.3f}, case SD "
+        f"{c.case_sd:.3f}, residual SD {c.residual_sd:.3f}, α = 0.05"
+    )
+    header = (
+        "seeds  difference  false positives (test used)  false positives (patients only)  power"
+    )
+    typer.echo(header)
+    for r in table.itertuples():
+        fp = r.false_positive_rate_runs if r.seeds > 1 else r.false_positive_rate_patients_only
+        typer.echo(
+            f"{r.seeds:>5}  {r.difference:>10.3f}  {fp:>27.1%}  "
+            f"{r.false_positive_rate_patients_only:>31.1%}  {r.power:>5.2f}"
+        )
+    if 1 in seed_counts:
+        typer.echo(
+            "With 1 seed the test treats the trained models as fixed: it claims differences "
+            "that are not there far more often than 5 %, so its power means little."
+        )
+
+
 @app.command("evaluate-fractions")
 @_guard
 def evaluate_fractions(

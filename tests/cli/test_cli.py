@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "evaluate-merge": "Join the per-arm",
     "postprocess": "Choose post-processing per class",
     "report": "HTML report",
+    "power": "How many seeds a comparison of two arms needs",
 }
 
 runner = CliRunner()
