@@ -239,6 +239,14 @@ def _swin_ssl_weights(root: Path) -> None:
     swin_ssl_checkpoint(root / "model_swinvit.pt", net)
 
 
+def _power_table(root: Path, out: str) -> None:
+    """`medtl power` printed a row per seeds and difference."""
+    rows = re.findall(r"^\s*(\d+)\s+(0\.\d+)\s", out, re.M)
+    assert sorted(set(rows)) == sorted(
+        (s, d) for s in ("3", "5", "10") for d in ("0.050", "0.100")
+    ), out
+
+
 CI_BENCH = (
     "about 40 min and 6 GB (nnU-Net v2 in its own environment) on 2 cores; "
     "tests/benchmarks/ tests the harness's timing, ratios and docs update"
@@ -248,6 +256,9 @@ CI_BENCH = (
 HANDLING: dict[str, Run | Named | NotHere] = {
     # README.md
     "make run": Run(check=_nothing_to_do),
+    # docs/statistics.md
+    ".venv/bin/medtl power --seeds 3,5,10 --difference 0.05,0.1": Run(check=_power_table),
+    "medtl power --results": Named(),
     "make test": NotHere("it runs this test suite's fast part (CI runs make test-all)"),
     "make test-all": NotHere("it runs this test suite (CI runs it through .ci/run)"),
     "make dry-run": Run(check=_nothing_to_do),
