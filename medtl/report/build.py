@@ -643,7 +643,7 @@ def build_report(
         figs.add("overlays", F.overlays(overlay_cases, arms, ("axial", "coronal", "sagittal")))
     label_fraction = None
     if inputs.label_fraction is not None and len(inputs.label_fraction):
-        points = label_fraction_points(inputs.label_fraction, arms)
+        points = label_fraction_points(inputs.label_fraction, arms, groups, n_boot=n_boot)
         figs.add("label_fraction", F.label_fraction_curves(points, arms))
         label_fraction = {
             "table": label_fraction_table(points),

@@ -1,19 +1,20 @@
 """Label-fraction curves: each arm retrained on shares of the training labels.
 
-Reads ``evaluation/label_fraction.csv`` (one row per arm, fraction, held-out case and
-class) and turns it into points with bootstrap CIs, one sentence per arm on the labels
-transfer saved, and a table for the report.
+Reads ``evaluation/label_fraction.csv`` (one row per arm, fraction, seed, held-out case
+and class) and turns it into points with 95 % CIs over patients and seeds, one sentence
+per arm on the labels transfer saved, and a table for the report.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from medtl.evaluate.stats import per_case
+from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.stats import bootstrap_ci, per_case, per_case_runs
 from medtl.io.errors import MedtlError
 from medtl.report.tables import fmt, table
 
@@ -39,57 +40,69 @@ def read_label_fraction(path: Path) -> pd.DataFrame | None:
         )
     for col in ("arm", "case", "class"):
         df[col] = df[col].astype(str)
-    for col in ("fraction", "labelled_cases", "dice"):
+    for col in ("fraction", "labelled_cases", "dice", *(["seed"] if "seed" in df else [])):
         df[col] = pd.to_numeric(df[col], errors="coerce")
     return df
 
 
-def _mean_ci(values: np.ndarray, seed: int = 0, n_boot: int = 2000) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap 95 % CI of the mean (the mean itself for one value)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if values.size == 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, values.size, size=(n_boot, values.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return mean, float(low), float(high)
+def label_fraction_points(
+    table: pd.DataFrame,
+    arms: list[str],
+    groups: pd.Series | Mapping | None = None,
+    n_boot: int = 2000,
+) -> pd.DataFrame:
+    """Per arm and fraction: labelled cases, cases, seeds, mean Dice and its 95 % CI.
 
-
-def label_fraction_points(table: pd.DataFrame, arms: list[str]) -> pd.DataFrame:
-    """Per arm and fraction: labelled cases, cases, mean Dice and its bootstrap 95 % CI.
-
-    Each case is first averaged over its classes, so every held-out case counts once.
+    Each case is first averaged over its classes, so every held-out case counts once. With
+    two or more seeds at a point, the mean is over cases and seeds and the interval
+    counts patients and training runs as random (:func:`medtl.evaluate.runs.run_aware_mean`);
+    with one, it is the cluster bootstrap over patients (a lower bound on the
+    uncertainty).
 
     Args:
         table: the ``label_fraction.csv`` table.
         arms: arms in display order (others in the table are left out).
+        groups: maps case → patient (``None``: every case its own patient).
+        n_boot: bootstrap resamples (one seed).
 
     Returns:
-        Columns ``arm, fraction, labelled_cases, n_cases, mean_dice, ci_low, ci_high``,
-        sorted by arm (in ``arms`` order) and fraction.
+        Columns ``arm, fraction, labelled_cases, n_cases, seeds, mean_dice, ci_low,
+        ci_high``, sorted by arm (in ``arms`` order) and fraction.
     """
     rows = []
     for arm in arms:
         sel = table[table["arm"] == arm]
         for fraction, part in sel.groupby("fraction", sort=True):
-            cases = per_case(part, arm, "dice")
-            mean, low, high = _mean_ci(cases.to_numpy())
+            runs = per_case_runs(part, arm, "dice")
+            if runs.shape[1] >= 2:
+                est = run_aware_mean(runs, groups)
+                mean, low, high = est.mean, est.ci_low, est.ci_high
+            else:
+                cases = per_case(part, arm, "dice")
+                mean = float(cases.mean()) if len(cases) else math.nan
+                low, high = bootstrap_ci(cases, groups, n_boot=n_boot, seed=0)
             rows.append(
                 {
                     "arm": arm,
                     "fraction": float(fraction),
                     "labelled_cases": float(part["labelled_cases"].mean()),
-                    "n_cases": int(len(cases)),
+                    "n_cases": int(len(runs)),
+                    "seeds": int(runs.shape[1]),
                     "mean_dice": mean,
                     "ci_low": low,
                     "ci_high": high,
                 }
             )
-    cols = ["arm", "fraction", "labelled_cases", "n_cases", "mean_dice", "ci_low", "ci_high"]
+    cols = [
+        "arm",
+        "fraction",
+        "labelled_cases",
+        "n_cases",
+        "seeds",
+        "mean_dice",
+        "ci_low",
+        "ci_high",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -151,10 +164,19 @@ def label_fraction_table(points: pd.DataFrame) -> dict:
             f"{100 * r['fraction']:.0f} %",
             _fmt_count(r["labelled_cases"]),
             int(r["n_cases"]),
+            int(r["seeds"]),
             fmt(r["mean_dice"]),
             f"{fmt(r['ci_low'])} to {fmt(r['ci_high'])}",
         ]
         for _, r in points.iterrows()
     ]
-    cols = ["arm", "fraction", "labelled cases per fold", "n cases", "mean Dice", "95 % CI"]
+    cols = [
+        "arm",
+        "fraction",
+        "labelled cases per fold",
+        "n cases",
+        "seeds",
+        "mean Dice",
+        "95 % CI",
+    ]
     return table(cols, rows)

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.stats import per_case_runs
 from medtl.report.build import build_report
 from medtl.report.fractions import label_fraction_points, label_fraction_statements
 
@@ -45,12 +47,13 @@ def test_dry_run_plans_the_label_fraction_jobs(tmp_path: Path) -> None:
     work = tmp_path / "run"
     work.mkdir()
     rules = _dry_run(work, config)
-    arms, folds = 3, cfg["splits"]["folds"]  # tiny config: the default three arms, 2 folds
+    # tiny config: scratch and finetune with 2 seeds, frozen with 1; 2 folds
+    runs, folds = 2 + 1 + 2, cfg["splits"]["folds"]
     assert rules["subset_folds"] == folds
-    assert rules["train_fraction"] == arms * folds
-    assert rules["predict_fraction"] == arms * folds
+    assert rules["train_fraction"] == runs * folds
+    assert rules["predict_fraction"] == runs * folds
     assert rules["evaluate_fractions"] == 1
-    assert rules["train"] == arms * folds  # the 100 % point: the normal runs, not repeated
+    assert rules["train"] == runs * folds  # the 100 % point: the normal runs, not repeated
     assert rules["report"] == 1
 
 
@@ -191,3 +194,31 @@ def test_points_average_classes_per_case_first() -> None:
     assert point["n_cases"] == 2
     assert point["mean_dice"] == pytest.approx((0.3 + 0.8) / 2)
     assert point["labelled_cases"] == pytest.approx(2.5)
+
+
+def test_points_with_seeds_count_runs_as_random() -> None:
+    """Two seeds at a point: the mean over cases and seeds, the run-aware interval."""
+    dice = {(1, "a"): 0.5, (1, "b"): 0.7, (1, "c"): 0.6, (2, "a"): 0.8, (2, "b"): 0.9}
+    dice[(2, "c")] = 0.7
+    table = pd.DataFrame(
+        [
+            {"arm": "scratch", "fraction": 0.5, "labelled_cases": 2.0, "fold": 0, "seed": s}
+            | {"case": c, "class": "x", "dice": d}
+            for (s, c), d in dice.items()
+        ]
+    )
+    groups = {"a": "p1", "b": "p2", "c": "p3"}
+    [point] = label_fraction_points(table, ["scratch"], groups).to_dict(orient="records")
+    expected = run_aware_mean(per_case_runs(table, "scratch", "dice"), groups)
+    assert point["seeds"] == 2 and point["n_cases"] == 3
+    assert point["mean_dice"] == pytest.approx(sum(dice.values()) / 6)
+    assert (point["ci_low"], point["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high))
+    # wider than the patients-only interval of the seed-averaged cases: runs vary
+    one = (
+        table.groupby("case", as_index=False)["dice"]
+        .mean()
+        .assign(arm="scratch", fraction=0.5, labelled_cases=2.0, fold=0, **{"class": "x"})
+    )
+    [single] = label_fraction_points(one, ["scratch"], groups).to_dict(orient="records")
+    assert single["seeds"] == 1
+    assert point["ci_high"] - point["ci_low"] > single["ci_high"] - single["ci_low"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,14 @@ import pytest
 import torch
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
-from medtl.evaluate.stats import bootstrap_ci, per_case
+from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.stats import (
+    METHOD_PATIENTS,
+    METHOD_RUNS,
+    bootstrap_ci,
+    paired_runs,
+    per_case,
+)
 from medtl.layout import predictions_dir, run_dir
 from medtl.provenance import weights_digest
 from medtl.report.build import ReportError, build_report
@@ -262,3 +270,53 @@ def test_missing_arm_in_metrics_is_an_error(results, tmp_path):
             classes=CLASSES,
             config={},
         )
+
+
+def _second_seed(results: Path, shift: dict[str, float]) -> pd.DataFrame:
+    """Seed 2 of every arm: the runs of seed 1 copied, their Dice moved by ``shift[arm]``."""
+    for run in sorted(results.glob("train/*/seed1/fold*")):
+        shutil.copytree(run, run.parent.parent / "seed2" / run.name)
+    for preds in sorted(results.glob("predictions/*/seed1/fold*")):
+        shutil.copytree(preds, preds.parent.parent / "seed2" / preds.name)
+    metrics = pd.read_csv(results / "evaluation/metrics.csv", keep_default_na=False)
+    second = metrics.assign(seed=2, dice=metrics["dice"] + metrics["arm"].map(shift))
+    table = pd.concat([metrics, second], ignore_index=True)
+    table.to_csv(results / "evaluation/metrics.csv", index=False)
+    return table
+
+
+def test_report_with_seeds_counts_runs_and_shows_the_noise_floor(results, tmp_path):
+    metrics = _second_seed(results, {"scratch": 0.10, "finetune": -0.02})
+    out = tmp_path / "out"
+    _build(results, out)
+    html = (out / "report.html").read_text()
+    summary = json.loads((out / "summary.json").read_text())
+    groups = pd.Series({c: f"pat{i // 2}" for i, c in enumerate(CASES)})
+    # finetune against scratch: the paired difference within each seed, run-aware
+    first = summary["versus_reference"][0]
+    assert (first["arm"], first["seeds"], first["method"]) == ("finetune", 2, METHOD_RUNS)
+    expected = run_aware_mean(paired_runs(metrics, "finetune", "scratch"), groups)
+    assert first["mean_diff"] == pytest.approx(expected.mean)
+    assert (first["ci_low"], first["ci_high"]) == pytest.approx((expected.ci_low, expected.ci_high))
+    # per seed, each arm's mean Dice; the A/A floor of scratch from its two seed means
+    per_seed = {(r["arm"], r["seed"]): r["mean_dice"] for r in summary["runs"]["per_seed"]}
+    base = per_case(metrics[metrics["seed"] == 1], "scratch").mean()
+    assert per_seed[("scratch", 1)] == pytest.approx(base)
+    assert per_seed[("scratch", 2)] == pytest.approx(base + 0.10)
+    floors = {f["arm"]: f for f in summary["runs"]["noise_floor"]}
+    assert floors["scratch"]["run_sd"] == pytest.approx(0.10 / np.sqrt(2))
+    assert floors["scratch"]["aa_difference"] == pytest.approx(1.959964 * 0.10, rel=1e-5)
+    assert summary["runs"]["pooled_noise_floor"]["seeds"] == 4
+    assert "count both the patients and the training runs as random" in html
+    assert "Run-to-run variation" in html and "A/A noise floor" in html
+    assert (out / "figures" / "seed_spread.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_with_one_seed_says_the_intervals_are_lower_bounds(results, tmp_path):
+    out = tmp_path / "out"
+    _build(results, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runs"]["noise_floor"] == [] and summary["runs"]["pooled_noise_floor"] is None
+    assert "run-to-run variance is not measured" in summary["runs"]["statement"]
+    assert summary["versus_reference"][0]["method"] == METHOD_PATIENTS
+    assert "lower bounds on the uncertainty" in (out / "report.html").read_text()
