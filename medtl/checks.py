@@ -120,6 +120,7 @@ def config_problems(
     }
     problems += _arm_problems(config, arms)
     problems += _seed_problems(config)
+    problems += _fraction_problems(config)
     if model is not None:
         problems += _patch_problems(config, model)
     problems += _batch_problems(config)
@@ -217,6 +218,17 @@ def _batch_problems(config: dict[str, Any]) -> list[str]:
                 f"of {gpus}. How to fix: set {key}.batch_size: {fixed}, or change gpus"
             )
     return problems
+
+
+def _fraction_problems(config: dict[str, Any]) -> list[str]:
+    arms = config.get("label_fraction_arms") or []
+    unknown = [a for a in arms if a not in config["arms"]]
+    if not unknown:
+        return []
+    return [
+        f"config key 'label_fraction_arms': got {unknown[0]!r}; expected arms of 'arms' "
+        f"({', '.join(config['arms'])}). How to fix: list configured arms, or null for all"
+    ]
 
 
 def _report_problems(config: dict[str, Any]) -> list[str]:

@@ -16,6 +16,8 @@ wildcard_constraints:
 
 # The root of one fraction's runs (train/, predictions/ as under results/).
 FRACTION_ROOT = "results/fractions/frac{pct}"
+# The arms trained at each fraction (label_fraction_arms; all by default).
+FRACTION_ARMS = config.get("label_fraction_arms") or ARMS
 
 
 rule subset_folds:
@@ -125,7 +127,9 @@ rule evaluate_fractions:
         predictions=[
             path
             for pct in FRACTION_PCTS
-            for path in every_run("predictions", root=f"results/fractions/frac{pct}")
+            for path in every_run(
+                "predictions", root=f"results/fractions/frac{pct}", arms=FRACTION_ARMS
+            )
         ],
     output:
         "results/evaluation/label_fraction.csv",
@@ -147,8 +151,8 @@ rule evaluate_fractions:
             parent(parent(parent(input.subsets[0]))) if input.subsets else "."
         ),
         fractions=",".join(str(f) for f in LABEL_FRACTIONS.values()),
-        arms=",".join(ARMS),
-        seeds=as_json(SEEDS),
+        arms=",".join(FRACTION_ARMS),
+        seeds=as_json({arm: SEEDS[arm] for arm in FRACTION_ARMS}),
         classes=as_json(config["classes"]),
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m medtl evaluate-fractions "
