@@ -1081,7 +1081,7 @@ def report(
 
     from medtl.config import load_json_arg
     from medtl.io.files import atomic_write_text
-    from medtl.provenance import git_commit, package_versions, redact_secrets
+    from medtl.provenance import git_commit, hardware, package_versions, redact_secrets
     from medtl.report.build import build_report
 
     cfg = redact_secrets(load_json_arg(settings, "--settings"))
@@ -1102,7 +1102,11 @@ def report(
     atomic_write_text(out.parent / "config.resolved.yaml", yaml.safe_dump(cfg, sort_keys=False))
     atomic_write_text(
         out.parent / "versions.json",
-        json.dumps({"versions": package_versions(), "git_commit": git_commit()}, indent=2) + "\n",
+        json.dumps(
+            {"versions": package_versions(), "git_commit": git_commit(), "hardware": hardware()},
+            indent=2,
+        )
+        + "\n",
     )
     typer.echo(f"report: {out}")
 

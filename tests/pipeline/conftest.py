@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from medtl.provenance import reproducibility_differences
+
 REPO = Path(__file__).resolve().parents[2]
 MICRO = Path(__file__).with_name("config_micro.yaml")
 BIN = Path(sys.executable).parent
@@ -97,6 +99,13 @@ class Results:
         summary["config_sha256"] = provenance.get("config_sha256")
         return summary
 
+    def record_differences(self, other: Results, weights: str) -> list[str]:
+        """What the ``run.json`` beside ``weights`` (a path under the results folder)
+        records differently in the two runs: settings, versions, hardware, inputs."""
+        name = Path(weights).with_name("run.json")
+        records = [json.loads((r.folder / name).read_text()) for r in (self, other)]
+        return reproducibility_differences(*records)
+
     def assert_same_as(self, other: Results) -> None:
         """Metrics byte for byte, every trained model bit for bit, the report's numbers."""
         assert self.metrics() == other.metrics(), "metrics.csv differs"
@@ -107,7 +116,10 @@ class Results:
             assert state.keys() == theirs[name].keys(), name
             for key, tensor in state.items():
                 assert tensor.dtype == theirs[name][key].dtype, f"{name}: {key}"
-                assert torch.equal(tensor, theirs[name][key]), f"{name}: {key} differs"
+                assert torch.equal(tensor, theirs[name][key]), (
+                    f"{name}: {key} differs; what the two runs recorded differently: "
+                    f"{self.record_differences(other, name)}"
+                )
         assert self.summary_numbers() == other.summary_numbers(), "summary.json differs"
 
 

@@ -113,6 +113,15 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     assert len(list((res / "evaluation").glob("*/seed*/fold*.csv"))) == (2 + 1 + 2) * 2
     summary = json.loads((res / "report" / "summary.json").read_text())
     assert summary["verdict"] and len(summary["all_pairs"]) == 3
+    # scratch and finetune share seeds 3 and 4: compared counting runs as random
+    pair = next(
+        c for c in summary["all_pairs"] if {c["arm"], c["reference"]} == {"scratch", "finetune"}
+    )
+    assert pair["seeds"] == 2 and pair["method"].startswith("patients and runs")
+    assert {f["arm"] for f in summary["runs"]["noise_floor"]} == {"scratch", "finetune"}
+    # what decides bit-identity is recorded beside the report
+    hardware = json.loads((res / "report" / "versions.json").read_text())["hardware"]
+    assert hardware["cpu_capability"] and hardware["cpu_threads"] >= 1
     for arm in ("scratch", "frozen", "finetune"):
         decision = json.loads((res / "postprocess" / f"{arm}.json").read_text())
         assert decision["classes"]["tumour"]["chosen"] in ("none", "largest", "min_volume")
