@@ -90,6 +90,10 @@ METHOD_RUNS = "patients and runs (t, Cochran–Cox)"
 #: How comparisons and intervals that resample patients only are described.
 METHOD_PATIENTS = "patients only (bootstrap, Wilcoxon)"
 
+#: Method of a comparison of arms that share fewer than 2 seeds while other arms have 2
+#: or more: the run variance of each arm's mean is taken from those arms (pooled).
+METHOD_POOLED = "patients and runs, run SD pooled over other arms (t, Cochran–Cox)"
+
 #: Metrics known to the summaries: display name, unit, and whether higher is better.
 METRICS: dict[str, tuple[str, str, bool]] = {
     "dice": ("Dice", "", True),
@@ -542,7 +546,8 @@ def _statement(
     """
     name, unit, higher_better, digits = _metric_info(metric)
     subject = "transfer" if reference == "scratch" else arm
-    runs = method == METHOD_RUNS
+    runs = method in (METHOD_RUNS, METHOD_POOLED)
+    pooled = method == METHOD_POOLED
 
     def num(x: float) -> str:
         return f"{x:.{digits}f}"
@@ -551,7 +556,12 @@ def _statement(
     size = f"{num(abs(mean_diff))}{unit}"
     ci_txt = f"95 % CI {num(ci[0])} to {num(ci[1])}{unit}"
     caveat = "" if runs else _runs_caveat(seeds)
-    sample = f"n = {n} cases × {seeds} seeds" if runs else f"n = {n} cases"
+    if pooled:
+        caveat = (
+            "; the arms share fewer than 2 seeds, so their run-to-run variance is taken from "
+            "the arms with several seeds (assumed alike)"
+        )
+    sample = f"n = {n} cases × {seeds} seeds" if runs and not pooled else f"n = {n} cases"
     if math.isnan(p):
         if runs:
             test, why = "t test", "the differences do not vary"
@@ -659,6 +669,55 @@ def _design(
     return None, _paired(metrics, arm, reference, metric), seeds
 
 
+def pooled_run_variance(metrics: pd.DataFrame, metric: str = "dice") -> tuple[float, int]:
+    """``(s², df)``: the variance of an arm's per-seed means, pooled over every arm with 2
+    or more seeds (weights ``S_a - 1``); ``(nan, 0)`` when no arm has 2 seeds."""
+    total, df = 0.0, 0
+    for arm in pd.unique(metrics["arm"]):
+        means = per_case_runs(metrics, arm, metric).mean(axis=0).dropna()
+        if means.size >= 2:
+            total += (means.size - 1) * float(means.var(ddof=1))
+            df += means.size - 1
+    return (total / df if df else math.nan), df
+
+
+def _pooled_runs(
+    metrics: pd.DataFrame,
+    arm: str,
+    reference: str,
+    metric: str,
+    diffs: pd.Series,
+    groups: pd.Series | Mapping | None,
+) -> tuple[float, tuple[float, float], float, float, float] | None:
+    """The comparison of two arms that share fewer than 2 seeds, with the run variance of
+    each arm's mean taken from the arms that have several seeds: ``(mean, ci, p, df,
+    run_sd)``, or None when no arm has 2 seeds (or the cases span fewer than 2 patients).
+
+    The variance of the mean difference is ``V_pat + s² (1/S_arm + 1/S_ref)``: the
+    cluster-robust variance over patients of the seed-averaged case differences, plus the
+    run variance of each arm's mean over its ``S`` seeds (``s²`` pooled, df ``sum(S - 1)``;
+    the arms' runs taken as independent, which is conservative under common random
+    numbers), tested with the Cochran–Cox critical value as the run-aware test is.
+    """
+    from medtl.evaluate.runs import patient_codes, t_test
+
+    s2, df_run = pooled_run_variance(metrics, metric)
+    codes = patient_codes(diffs.index, groups)
+    n_patients = int(codes.max()) + 1 if codes.size else 0
+    if not df_run or n_patients < 2:
+        return None
+    x = diffs.to_numpy(dtype=float)
+    mean = float(x.mean())
+    sums = np.bincount(codes, weights=x - mean, minlength=n_patients)
+    v_pat = n_patients / (n_patients - 1) * float((sums**2).sum()) / x.size**2
+    counts = [max(1, per_case_runs(metrics, a, metric).shape[1]) for a in (arm, reference)]
+    v_run = s2 * sum(1.0 / c for c in counts)
+    if v_pat + v_run <= 0:
+        return None
+    _, p, low, high = (float(v) for v in t_test(mean, v_pat, v_run, n_patients - 1, df_run))
+    return mean, (low, high), p, float(df_run), math.sqrt(s2)
+
+
 def compare_arms(
     metrics: pd.DataFrame,
     arm: str,
@@ -674,11 +733,13 @@ def compare_arms(
     When the arms share at least 2 seeds, the differences are taken per case *and*
     seed on the shared cases and seeds (:func:`paired_runs`), and the CI and p come from
     :func:`medtl.evaluate.runs.run_aware_mean`: patients and training runs both random,
-    t with the Cochran–Cox critical value. Otherwise (one seed, or arms with different seeds) each
-    arm's case values are averaged over its seeds and the patient-only method is used:
-    the CI is :func:`bootstrap_ci` of the per-case differences and the p the Wilcoxon
-    signed-rank test; the statement then says that run-to-run variance is not measured
-    and the CI is a lower bound on the uncertainty.
+    t with the Cochran–Cox critical value. Otherwise each arm's case values are averaged
+    over its own seeds; when other arms of the table have 2 or more seeds, their run
+    variance, pooled, stands in for the pair's (:data:`METHOD_POOLED`, see
+    :func:`_pooled_runs`); when no arm has, the patient-only method is used: the CI is
+    :func:`bootstrap_ci` of the per-case differences and the p the Wilcoxon signed-rank
+    test, and the statement says that run-to-run variance is not measured and the CI is
+    a lower bound on the uncertainty.
 
     Args:
         metrics: the ``metrics.csv`` table (with or without a ``seed`` column).
@@ -702,10 +763,16 @@ def compare_arms(
 
     runs, diffs, seeds = _design(metrics, arm, reference, metric, groups)
     diff = diffs.to_numpy(dtype=float)
+    pooled = (
+        None if runs is not None else _pooled_runs(metrics, arm, reference, metric, diffs, groups)
+    )
     if runs is not None:
         est = run_aware_mean(runs, groups)
         mean_diff, ci, p, method = est.mean, (est.ci_low, est.ci_high), est.p_value, METHOD_RUNS
         df, run_sd = est.df, est.run_sd
+    elif pooled is not None:
+        mean_diff, ci, p, df, run_sd = pooled
+        method = METHOD_POOLED
     else:
         mean_diff = float(diff.mean())
         ci = bootstrap_ci(diffs, groups, n_boot=n_boot, seed=seed)

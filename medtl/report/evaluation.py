@@ -18,6 +18,7 @@ import pandas as pd
 from medtl.evaluate.runs import NoiseFloor, noise_floor, pooled_noise_floor, run_aware_mean
 from medtl.evaluate.stats import (
     ALPHA,
+    METHOD_POOLED,
     METHOD_RUNS,
     PairedComparison,
     StatsError,
@@ -240,7 +241,9 @@ def comparison_table(comparisons: list[PairedComparison]) -> dict:
                 c.seeds,
                 f"{c.mean_diff:+.{digits}f}",
                 f"{fmt(c.ci_low, digits)} to {fmt(c.ci_high, digits)}",
-                "patients and runs" if c.method == METHOD_RUNS else "patients only",
+                {METHOD_RUNS: "patients and runs", METHOD_POOLED: "patients and runs (pooled)"}.get(
+                    c.method, "patients only"
+                ),
                 format_p_value(c.p_value),
                 format_p_value(c.p_holm),
                 "yes" if math.isfinite(c.p_holm) and c.p_holm < ALPHA else "no",
@@ -429,9 +432,10 @@ def run_variation(
         )
         if single:
             statement += (
-                f" {_join_names(single)} had one seed: run-to-run variance is not measured "
-                "for them, and intervals and tests that involve them are lower bounds on "
-                "the uncertainty."
+                f" {_join_names(single)} had one seed: their own run-to-run variance is not "
+                "measured, so their intervals are lower bounds on the uncertainty, and their "
+                "comparisons take the run variance of the arms with several seeds (pooled; "
+                "assumed alike)."
             )
     return RunVariation(per_seed, overall, floors, pooled, statement)
 

@@ -13,6 +13,7 @@ from scipy.stats import wilcoxon
 from medtl.evaluate.runs import noise_floor, pooled_noise_floor, run_aware_mean
 from medtl.evaluate.stats import (
     METHOD_PATIENTS,
+    METHOD_POOLED,
     METHOD_RUNS,
     StatsError,
     compare_all_pairs,
@@ -190,7 +191,8 @@ def test_arms_with_different_seed_lists():
     by = {(c.arm, c.reference): c for c in pairs}
     assert by[("finetune", "scratch")].method == METHOD_RUNS
     fz = by[("frozen", "scratch")]
-    assert fz.method == METHOD_PATIENTS and fz.seeds == 1
+    # one shared seed: the run variance of scratch and finetune (pooled) stands in
+    assert fz.method == METHOD_POOLED and fz.seeds == 1
     # frozen's seed 1 against scratch averaged over its three seeds
     assert fz.mean_diff == pytest.approx((frozen[0] - SCRATCH.mean(axis=0)).mean())
     assert all(math.isfinite(c.p_holm) for c in pairs)
@@ -198,7 +200,11 @@ def test_arms_with_different_seed_lists():
     assert verdict(df, ["scratch", "finetune", "frozen"], pairs).startswith("finetune")
     no_shared = df.assign(seed=np.where(df["arm"] == "frozen", 9, df["seed"]))
     c = compare_arms(no_shared, "frozen", "scratch")
-    assert c.seeds == 0 and "the arms share no seed" in c.statement
+    assert c.seeds == 0 and c.method == METHOD_POOLED
+    # no arm with two seeds: patients only, and the sentence says why
+    alone = no_shared[no_shared["seed"].isin([1, 9])]
+    c = compare_arms(alone, "frozen", "scratch")
+    assert c.method == METHOD_PATIENTS and "the arms share no seed" in c.statement
 
 
 def test_per_case_table_allows_seeds_of_one_fold():
