@@ -102,3 +102,16 @@ def test_no_torch_for_a_config_without_checkpoint() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_seeds_and_label_fraction_arms_are_checked_at_start() -> None:
+    config = {
+        "seeds": [1, 2, 2],
+        "arms": {"scratch": {"init": "random", "repeats": 4}},
+        "label_fraction_arms": ["scratch", "finetuned"],
+    }
+    found = problems(config)
+    assert any("'seeds': got [1, 2, 2]; seed 2 is listed twice" in p for p in found), found
+    assert any("'label_fraction_arms': got 'finetuned'" in p for p in found), found
+    config["seeds"] = [1, 2, 3]
+    assert any("'arms.scratch.repeats': got 4, but 'seeds' lists 3" in p for p in problems(config))
