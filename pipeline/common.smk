@@ -51,8 +51,13 @@ wildcard_constraints:
 
 def run_path(kind, name="", root="results", arm="{arm}", seed="{seed}", fold="{fold}"):
     """The path of a training run's folder (kind train), masks (predictions) or metrics
-    (evaluation), by medtl.layout; wildcards by default, `name` a file inside a folder."""
-    where = {"train": run_dir, "predictions": predictions_dir, "evaluation": evaluation_file}
+    (evaluation), by medtl.layout; wildcards by default, `name` a file inside a folder.
+    """
+    where = {
+        "train": run_dir,
+        "predictions": predictions_dir,
+        "evaluation": evaluation_file,
+    }
     path = where[kind](root, arm, seed, fold)
     return (path / name if name else path).as_posix()
 
@@ -212,7 +217,9 @@ def train_settings(wildcards):
             "model": config["model"],
             "train": config["train"],
             # Not `repeats`: asking for more seeds must not retrain the ones there are.
-            "arm": {k: v for k, v in config["arms"][wildcards.arm].items() if k != "repeats"},
+            "arm": {
+                k: v for k, v in config["arms"][wildcards.arm].items() if k != "repeats"
+            },
             "predict": config["predict"],
             "seed": int(wildcards.seed),
             "device": config["device"],

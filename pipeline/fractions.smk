@@ -16,8 +16,13 @@ wildcard_constraints:
 
 # The root of one fraction's runs (train/, predictions/ as under results/).
 FRACTION_ROOT = "results/fractions/frac{pct}"
-# The arms trained at each fraction (label_fraction_arms; all by default).
+# The arms trained at each fraction (label_fraction_arms; all by default), each with the
+# first label_fraction_seeds of its seeds (all by default).
 FRACTION_ARMS = config.get("label_fraction_arms") or ARMS
+FRACTION_SEEDS = {
+    arm: SEEDS[arm][: config.get("label_fraction_seeds") or None]
+    for arm in FRACTION_ARMS
+}
 
 
 rule subset_folds:
@@ -127,9 +132,18 @@ rule evaluate_fractions:
         predictions=[
             path
             for pct in FRACTION_PCTS
-            for path in every_run(
-                "predictions", root=f"results/fractions/frac{pct}", arms=FRACTION_ARMS
-            )
+            for arm in FRACTION_ARMS
+            for seed in FRACTION_SEEDS[arm]
+            for fold in FOLDS
+            for path in [
+                run_path(
+                    "predictions",
+                    root=f"results/fractions/frac{pct}",
+                    arm=arm,
+                    seed=seed,
+                    fold=fold,
+                )
+            ]
         ],
     output:
         "results/evaluation/label_fraction.csv",
@@ -152,7 +166,7 @@ rule evaluate_fractions:
         ),
         fractions=",".join(str(f) for f in LABEL_FRACTIONS.values()),
         arms=",".join(FRACTION_ARMS),
-        seeds=as_json({arm: SEEDS[arm] for arm in FRACTION_ARMS}),
+        seeds=as_json(FRACTION_SEEDS),
         classes=as_json(config["classes"]),
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m medtl evaluate-fractions "
