@@ -476,3 +476,25 @@ def test_not_runnable_commands_say_why() -> None:
     for command, handling in HANDLING.items():
         if isinstance(handling, NotHere):
             assert len(handling.reason) > 20, command
+
+
+RUN_FOLDER = re.compile(r"results/(?:train|predictions|evaluation)/(\w+)/seed(\d+)/")
+
+
+def test_documented_run_folders_are_planned_by_the_micro_run() -> None:
+    """A run folder a documented command names (``results/train/finetune/seed1/…``) is one
+    the micro run trains, so a command documented as "nothing to do" on a finished run
+    meets a finished run (the docs once named seed 1 while the micro run trained seed 5,
+    and the slow tests retrained it)."""
+    from medtl.config import training_seeds
+
+    micro = yaml.safe_load((Path(__file__).parent / "config_micro.yaml").read_text())
+    planned = training_seeds(micro)
+    named = {
+        (arm, int(seed), d.where)
+        for d in documented_commands()
+        for arm, seed in RUN_FOLDER.findall(d.text)
+    }
+    assert named, "the docs name no run folder: is the pattern stale?"
+    for arm, seed, where in named:
+        assert seed in planned.get(arm, []), f"{where}: {arm} seed {seed} not in {planned}"
