@@ -57,7 +57,9 @@ def label_fraction_points(
     two or more seeds at a point, the mean is over cases and seeds and the interval
     counts patients and training runs as random (:func:`medtl.evaluate.runs.run_aware_mean`);
     with one, it is the cluster bootstrap over patients (a lower bound on the
-    uncertainty).
+    uncertainty). Intervals are clipped to the range of Dice, [0, 1]: with two seeds the
+    t critical value has one degree of freedom (12.7), and an interval past 1 says only
+    that the point is barely measured.
 
     Args:
         table: the ``label_fraction.csv`` table.
@@ -81,6 +83,7 @@ def label_fraction_points(
                 cases = per_case(part, arm, "dice")
                 mean = float(cases.mean()) if len(cases) else math.nan
                 low, high = bootstrap_ci(cases, groups, n_boot=n_boot, seed=0)
+            low, high = _clip(low), _clip(high)
             rows.append(
                 {
                     "arm": arm,
@@ -106,6 +109,11 @@ def label_fraction_points(
     return pd.DataFrame(rows, columns=cols)
 
 
+def _clip(x: float) -> float:
+    """``x`` within the range of Dice, [0, 1] (NaN stays NaN)."""
+    return x if math.isnan(x) else min(1.0, max(0.0, float(x)))
+
+
 def _fmt_count(x: float) -> str:
     """A (mean) number of cases: whole numbers without decimals, else one decimal."""
     return str(int(round(x))) if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
@@ -123,7 +131,9 @@ def label_fraction_statements(points: pd.DataFrame, arms: list[str], reference: 
     For the largest number of labelled cases ``M`` at which ``arm`` reached the
     reference's mean Dice with fewer cases, the fewest such cases ``N``: "with N
     labelled cases, arm reached the Dice reference reached with M". Only measured
-    points are compared (no interpolation).
+    points are compared (no interpolation). Where the arm's 95 % interval reaches below
+    the reference's mean, the sentence says that the data do not confirm it: the saving
+    is then a point estimate, and one that another seed may not repeat.
     """
     ref = points[points["arm"] == reference].sort_values("labelled_cases", ascending=False)
     out = []
@@ -152,9 +162,22 @@ def label_fraction_statements(points: pd.DataFrame, arms: list[str], reference: 
         out.append(
             f"With {_cases(a['labelled_cases'])} per fold, {arm} "
             f"reached the mean Dice {reference} reached with {_fmt_count(r['labelled_cases'])} "
-            f"({a['mean_dice']:.3f} vs {r['mean_dice']:.3f}): {saved:.0%} fewer labels."
+            f"({a['mean_dice']:.3f} vs {r['mean_dice']:.3f}): {saved:.0%} fewer labels"
+            + _confirmed(a, r)
         )
     return out
+
+
+def _confirmed(arm: pd.Series, reference: pd.Series) -> str:
+    """``.`` when ``arm``'s interval lies at or above ``reference``'s mean, else a clause
+    saying the intervals leave it open."""
+    low = arm.get("ci_low", math.nan)
+    if not math.isnan(low) and low >= reference["mean_dice"]:
+        return "."
+    return (
+        f", a point estimate the data do not confirm (95 % CI {fmt(arm.get('ci_low'))} to "
+        f"{fmt(arm.get('ci_high'))} against {reference['mean_dice']:.3f})."
+    )
 
 
 def label_fraction_table(points: pd.DataFrame) -> dict:
