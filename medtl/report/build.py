@@ -34,6 +34,7 @@ from medtl.report.fractions import (
     label_fraction_statements,
     label_fraction_table,
     read_label_fraction,
+    with_full_run,
 )
 from medtl.report.provenance import provenance_section
 from medtl.report.spec import load_spec, render_spec
@@ -643,7 +644,10 @@ def build_report(
         figs.add("overlays", F.overlays(overlay_cases, arms, ("axial", "coronal", "sagittal")))
     label_fraction = None
     if inputs.label_fraction is not None and len(inputs.label_fraction):
-        points = label_fraction_points(inputs.label_fraction, arms, groups, n_boot=n_boot)
+        fractions = with_full_run(
+            inputs.label_fraction, inputs.metrics, reference_arm, inputs.folds
+        )
+        points = label_fraction_points(fractions, arms, groups, n_boot=n_boot)
         figs.add("label_fraction", F.label_fraction_curves(points, arms))
         label_fraction = {
             "table": label_fraction_table(points),

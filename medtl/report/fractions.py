@@ -45,6 +45,43 @@ def read_label_fraction(path: Path) -> pd.DataFrame | None:
     return df
 
 
+def with_full_run(
+    table: pd.DataFrame, metrics: pd.DataFrame, arm: str, folds: Mapping
+) -> pd.DataFrame:
+    """``table`` with ``arm``'s full-label run (fraction 1) added from ``metrics`` when
+    ``table`` lacks it: the reference arm's 100 % point, to which the label saving of the
+    other arms is compared, also when ``label_fraction_arms`` leaves the reference out
+    (the demo retrains only ``finetune`` on fewer labels).
+
+    Args:
+        table: the ``label_fraction.csv`` table.
+        metrics: the full runs' ``metrics.csv`` table.
+        arm: the arm to add (the report's reference arm).
+        folds: the split stage's ``folds.json`` (its training cases per fold).
+
+    Returns:
+        ``table``, or a new table with ``arm``'s rows of ``metrics`` at fraction 1.
+
+    Example:
+        >>> t = pd.DataFrame({"arm": ["a"], "fraction": [0.5], "labelled_cases": [1.0],
+        ...                   "fold": [0], "case": ["x"], "class": ["c"], "dice": [0.5]})
+        >>> m = pd.DataFrame({"arm": ["r"], "fold": [0], "case": ["x"], "class": ["c"],
+        ...                   "dice": [0.7]})
+        >>> with_full_run(t, m, "r", {"folds": [{"train": ["y", "z"]}]})[["arm", "fraction",
+        ...     "labelled_cases", "dice"]].to_dict(orient="records")[-1]
+        {'arm': 'r', 'fraction': 1.0, 'labelled_cases': 2.0, 'dice': 0.7}
+    """
+    has = (table["arm"] == arm) & (table["fraction"] >= 1.0)
+    full = metrics[metrics["arm"] == arm]
+    if has.any() or full.empty:
+        return table
+    full = full[[c for c in table.columns if c in full.columns]].copy()
+    full.insert(1, "fraction", 1.0)
+    counts = [len(f.get("train", [])) for f in folds.get("folds", [])]
+    full.insert(2, "labelled_cases", float(sum(counts) / len(counts)) if counts else math.nan)
+    return pd.concat([table, full], ignore_index=True)
+
+
 def label_fraction_points(
     table: pd.DataFrame,
     arms: list[str],

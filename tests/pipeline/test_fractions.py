@@ -164,6 +164,28 @@ def test_report_label_fraction_section_and_figure(results: Path, tmp_path: Path)
     assert summary["label_fraction"]["statements"] == [statement]
 
 
+def test_reference_arm_left_out_of_the_fractions_keeps_its_full_point(
+    results: Path, tmp_path: Path
+) -> None:
+    """``label_fraction_arms: [finetune]`` (the demo): the reference arm's 100 % point
+    comes from its full runs in metrics.csv, so the labels saved are still stated."""
+    _write_label_fraction(results)
+    path = results / "evaluation" / "label_fraction.csv"
+    table = pd.read_csv(path)
+    table[table["arm"] == "finetune"].to_csv(path, index=False)
+    _, summary = _build(results, tmp_path / "out")
+    points = {(p["arm"], p["fraction"]): p for p in summary["label_fraction"]["points"]}
+    assert set(points) == {("finetune", 0.25), ("finetune", 0.5), ("finetune", 1.0)} | {
+        ("scratch", 1.0)
+    }
+    scratch = points[("scratch", 1.0)]
+    assert scratch["mean_dice"] == pytest.approx(CURVE["scratch"][2])
+    assert scratch["labelled_cases"] == 3.0 and scratch["n_cases"] == len(CASES)  # folds.json
+    [statement] = summary["label_fraction"]["statements"]
+    assert statement.startswith("With 2 labelled training cases per fold, finetune reached")
+    assert "scratch reached with 3 (0.720 vs 0.700)" in statement
+
+
 def test_statement_when_transfer_never_catches_up() -> None:
     rows = [
         ["scratch", 0.5, 2.0, 6, 0.6, 0.5, 0.7],
