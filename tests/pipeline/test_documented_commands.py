@@ -354,7 +354,7 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     # docs/report.md
     "snakemake --report report.zip": Run(check=_made("report.zip")),
     "python tests/support/browser.py results/report/report.html docs/images headline dataset "
-    "arms comparison overlays": NotHere(
+    "arms comparison runs label-fraction overlays": NotHere(
         "regenerates the docs' screenshots of a full demo run; tests/report/test_browser.py "
         "drives the same browser helper on a finished run"
     ),
