@@ -17,6 +17,7 @@ from medtl.evaluate.runs import run_aware_mean
 from medtl.evaluate.stats import bootstrap_ci, per_case, per_case_runs
 from medtl.io.errors import MedtlError
 from medtl.report.tables import fmt, table
+from medtl.split.subsets import full_label_rows
 
 
 class LabelFractionError(MedtlError):
@@ -72,14 +73,9 @@ def with_full_run(
         {'arm': 'r', 'fraction': 1.0, 'labelled_cases': 2.0, 'dice': 0.7}
     """
     has = (table["arm"] == arm) & (table["fraction"] >= 1.0)
-    full = metrics[metrics["arm"] == arm]
-    if has.any() or full.empty:
+    if has.any() or not (metrics["arm"] == arm).any():
         return table
-    full = full[[c for c in table.columns if c in full.columns]].copy()
-    full.insert(1, "fraction", 1.0)
-    counts = [len(f.get("train", [])) for f in folds.get("folds", [])]
-    full.insert(2, "labelled_cases", float(sum(counts) / len(counts)) if counts else math.nan)
-    return pd.concat([table, full], ignore_index=True)
+    return pd.concat([table, full_label_rows(metrics, [arm], dict(folds))], ignore_index=True)
 
 
 def label_fraction_points(

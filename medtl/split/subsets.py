@@ -290,6 +290,31 @@ def subset_train_cases(path: Path, fold: int, fraction: float) -> int:
     return len(fold_cases(data, fold, "train"))
 
 
+def full_label_rows(metrics: pd.DataFrame, arms: list[str], folds: dict[str, Any]) -> pd.DataFrame:
+    """The full runs of ``arms`` as label-fraction rows: the 100 % point of each curve.
+
+    Args:
+        metrics: the full runs' ``metrics.csv`` table.
+        arms: the arms whose rows to keep.
+        folds: the split stage's ``folds.json`` (its training cases per fold).
+
+    Returns:
+        The rows of ``arms`` in :data:`FRACTION_COLUMNS`, with ``fraction`` 1 and
+        ``labelled_cases`` the mean number of training cases per fold.
+
+    Example:
+        >>> m = pd.DataFrame({"arm": ["r", "s"], "fold": [0, 0], "case": ["x", "x"],
+        ...                   "class": ["c", "c"], "dice": [0.7, 0.6]})
+        >>> rows = full_label_rows(m, ["r"], {"folds": [{"train": ["y", "z"]}]})
+        >>> rows[["arm", "fraction", "labelled_cases", "dice"]].to_dict("records")
+        [{'arm': 'r', 'fraction': 1.0, 'labelled_cases': 2.0, 'dice': 0.7}]
+    """
+    full = metrics[metrics["arm"].isin(list(arms))].copy()
+    full["fraction"] = 1.0
+    full["labelled_cases"] = float(np.mean([len(f["train"]) for f in folds["folds"]]))
+    return full[[c for c in FRACTION_COLUMNS if c in full]]
+
+
 def evaluate_fractions(
     manifest: Path,
     folds: Path,
@@ -334,7 +359,6 @@ def evaluate_fractions(
         EvaluationError: on a missing prediction or reference label.
     """
     from medtl.evaluate.metrics import (
-        METRIC_COLUMNS,
         evaluate_predictions,
         read_folds,
         read_metrics,
@@ -389,12 +413,7 @@ def evaluate_fractions(
                 f"{full_metrics}: expected results for arms {list(arms)}, missing {absent}. "
                 "How to fix: rerun the 'evaluate' rule."
             )
-        full = full[full["arm"].isin(list(arms))]
-        full = full[[c for c in METRIC_COLUMNS if c in full]].copy()
-        counts = [len(f["train"]) for f in folds_data["folds"]]
-        full.insert(1, "fraction", 1.0)
-        full.insert(2, "labelled_cases", float(np.mean(counts)))
-        frames.append(full)
+        frames.append(full_label_rows(full, arms, folds_data))
     table = (
         pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRACTION_COLUMNS)
     )
