@@ -57,8 +57,9 @@ from monai.losses import DiceCELoss
 from monai.utils import set_determinism
 
 from medtl.config import ModelConfig, PredictConfig, TrainConfig
+from medtl.kernel.device import autocast, channels_last
 from medtl.models.networks import build_network
-from medtl.predict.inference import autocast, channels_last, predict_probabilities
+from medtl.predict.inference import predict_probabilities
 from medtl.preprocess.case import PreprocessedCase
 from medtl.train.loop import RunSpec, train_run
 

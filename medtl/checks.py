@@ -31,7 +31,6 @@ from typing import Any, TypeVar
 
 from medtl.config import (
     ArmConfig,
-    ConfigError,
     EvaluateConfig,
     ModelConfig,
     PostprocessConfig,
@@ -44,7 +43,7 @@ from medtl.config import (
     training_seeds,
     validate_config,
 )
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import ConfigError, MedtlError
 
 #: Where the demo's labelled source set is generated (pipeline/demo.smk).
 DEMO_SOURCE = "data/demo/source"

@@ -24,11 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from medtl.io.errors import MedtlError
-
-
-class ConfigError(MedtlError):
-    """A configuration value that is missing, unknown or of the wrong type."""
+from medtl.kernel.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medtl.io.files import atomic_write_text
+from medtl.kernel.files import atomic_write_text
 
 PACKAGES = (
     "medtl",

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from medtl.checks import check_workflow_config, config_problems, runs_pretraining
-from medtl.config import ConfigError, validate_config
+from medtl.config import validate_config
+from medtl.kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "pipeline" / "schemas" / "config.schema.yaml"

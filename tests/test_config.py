@@ -11,7 +11,6 @@ import yaml
 from medtl.config import (
     ArmConfig,
     AugmentConfig,
-    ConfigError,
     ModelConfig,
     PredictConfig,
     PreprocessConfig,
@@ -22,6 +21,7 @@ from medtl.config import (
     to_dict,
     validate_config,
 )
+from medtl.kernel.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "pipeline" / "schemas" / "config.schema.yaml"

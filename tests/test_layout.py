@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medtl.config import ConfigError, training_seeds
+from medtl.config import training_seeds
+from medtl.kernel.errors import ConfigError
 from medtl.layout import evaluation_file, predictions_dir, run_dir, trained_runs
 
 

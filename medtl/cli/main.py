@@ -78,7 +78,7 @@ def _guard(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from medtl.io.errors import MedtlError
+        from medtl.kernel.errors import MedtlError
 
         try:
             return fn(*args, **kwargs)
@@ -165,8 +165,9 @@ def ingest(
     rejected.tsv with the reason and how to fix it; the rest carry on. Patient IDs are
     written only as keyed hashes; the input is never modified.
     """
-    from medtl.config import ConfigError, load_json_arg
+    from medtl.config import load_json_arg
     from medtl.io.ingest import ingest_path
+    from medtl.kernel.errors import ConfigError
 
     names = None
     if classes.strip():
@@ -308,7 +309,7 @@ def pull(
     from medtl.config import load_json_arg
     from medtl.io.dicomweb import pull as run_pull
     from medtl.io.dicomweb import query_from_config
-    from medtl.io.files import atomic_write_text
+    from medtl.kernel.files import atomic_write_text
 
     s = load_json_arg(settings, "--settings")
     s.pop("cache", None)
@@ -388,8 +389,8 @@ def preprocess(
     """
     import time
 
-    from medtl.io.errors import InputError
     from medtl.io.ingest import read_manifest
+    from medtl.kernel.errors import InputError
     from medtl.preprocess.plan import Plan
 
     if (out_dir is None) == (out is None):
@@ -1080,7 +1081,7 @@ def report(
     import yaml
 
     from medtl.config import load_json_arg
-    from medtl.io.files import atomic_write_text
+    from medtl.kernel.files import atomic_write_text
     from medtl.provenance import git_commit, hardware, package_versions, redact_secrets
     from medtl.report.build import build_report
 
@@ -1127,7 +1128,7 @@ def check_device(
     """
     import torch
 
-    from medtl.io.files import atomic_write_text
+    from medtl.kernel.files import atomic_write_text
     from medtl.provenance import hardware
 
     asked = f"device {device}" if device != "auto" else f"{gpus} GPU(s)"

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from medtl.demo.phantoms import SOURCE, TARGET, make_phantom
 from medtl.io.dicom_write import write_series
-from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.volume import Volume
+from medtl.kernel.files import atomic_write, atomic_write_text
 
 DEMO_UID_ROOT = "1.2.826.0.1.3680043.10.1234."
 

@@ -77,10 +77,10 @@ import torch
 from scipy import ndimage
 
 from medtl.config import EvaluateConfig
-from medtl.io.errors import MedtlError
-from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
+from medtl.kernel.errors import MedtlError
+from medtl.kernel.files import atomic_write_text
 from medtl.layout import PREDICT_RULE, predictions_dir
 
 #: Columns of ``metrics.csv``, in order.

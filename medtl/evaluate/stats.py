@@ -76,7 +76,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import DegenerateDataWarning, bootstrap, wilcoxon
 
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import MedtlError
 
 #: Significance threshold of the Wilcoxon test (of the Holm-adjusted p in a family).
 ALPHA = 0.05

@@ -47,8 +47,8 @@ import torch
 
 from medtl import __version__
 from medtl.config import ModelConfig, PredictConfig, parse_section
-from medtl.io.errors import InputError, MedtlError
 from medtl.io.outputs import check_separate
+from medtl.kernel.errors import InputError, MedtlError
 from medtl.layout import trained_runs
 from medtl.models.weights import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan

@@ -25,7 +25,7 @@ Example:
     >>> read_case_sheet(sheet)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    medtl.io.errors.InputError: ...unknown column 'lable' (did you mean 'label'?)...
+    medtl.kernel.errors.InputError: ...unknown column 'lable' (did you mean 'label'?)...
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import difflib
 import io
 from pathlib import Path
 
-from medtl.io.errors import InputError, Rejection
 from medtl.io.sources import CaseSource
+from medtl.kernel.errors import InputError, Rejection
 
 COLUMNS = ("image", "label", "patient", "case_id")
 _SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon"}

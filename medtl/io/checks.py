@@ -11,7 +11,7 @@ Example:
     ... # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    medtl.io.errors.InputError: lab.nii.gz: label values 256 are not classes ...
+    medtl.kernel.errors.InputError: lab.nii.gz: label values 256 are not classes ...
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 #: The most voxels (channels included) one file may declare: 2**30, i.e. 4 GiB once
 #: converted to float32 (a 1024 x 1024 x 1024 volume). A header declaring more is refused

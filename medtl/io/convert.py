@@ -48,9 +48,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medtl.io.deid import hash_id
-from medtl.io.errors import InputError, MedtlError, Rejection
-from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.outputs import check_separate, fresh_folder
+from medtl.kernel.errors import InputError, MedtlError, Rejection
+from medtl.kernel.files import atomic_write, atomic_write_text
 
 # nibabel's own default for .nii.gz (nibabel.openers.Opener.default_compresslevel).
 DEFAULT_LEVEL = 1

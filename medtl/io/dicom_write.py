@@ -31,8 +31,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from medtl.io.files import atomic_save_dicom
 from medtl.io.volume import Volume
+from medtl.kernel.files import atomic_save_dicom
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")

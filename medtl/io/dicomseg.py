@@ -29,8 +29,6 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, generate_uid
 
 from medtl.io.dicom import SeriesInfo
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_save_dicom
 from medtl.io.roi_names import match_name
 from medtl.io.rtstruct import (
     FIX_PAIRING,
@@ -45,6 +43,8 @@ from medtl.io.rtstruct import (
     series_grid,
 )
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_save_dicom
 
 SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
 LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")

@@ -10,7 +10,7 @@ WADO-RS into::
 Each file is written atomically, so a killed pull never leaves a file that looks complete,
 and a pull is resumable: an instance whose file is already in the cache is skipped, and
 the unfinished temporaries of a killed pull are removed when the next one starts. An
-instance that cannot be retrieved is set aside as a :class:`~medtl.io.errors.Rejection`
+instance that cannot be retrieved is set aside as a :class:`~medtl.kernel.errors.Rejection`
 and the others carry on; run the pull again to retry it. The cache is then an ordinary
 DICOM folder for :func:`medtl.io.ingest.ingest_path`.
 
@@ -38,9 +38,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from tqdm.auto import tqdm
 
-from medtl.config import ConfigError
-from medtl.io.errors import InputError, Rejection
-from medtl.io.files import atomic_write, is_temporary
+from medtl.kernel.errors import ConfigError, InputError, Rejection
+from medtl.kernel.files import atomic_write, is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -440,9 +439,9 @@ def remove_stale_temporaries(cache: Path) -> int:
     """Delete the unfinished temporaries an interrupted pull left in ``cache``.
 
     A pull writes each instance under a hidden temporary name and renames it when
-    complete (:func:`medtl.io.files.atomic_write`); a pull killed mid-write leaves the
+    complete (:func:`medtl.kernel.files.atomic_write`); a pull killed mid-write leaves the
     temporary behind, often empty. Only names of that pattern
-    (:func:`medtl.io.files.is_temporary`) are removed, and hidden folders are not entered:
+    (:func:`medtl.kernel.files.is_temporary`) are removed, and hidden folders are not entered:
     nothing else in the cache is touched. Two pulls must not share a cache at the same time.
 
     Args:

@@ -41,8 +41,8 @@ import numpy as np
 from nibabel.imageglobals import LoggingOutputSuppressor
 
 from medtl.io.checks import MAX_VOXELS, check_axes, check_geometry, check_size
-from medtl.io.errors import InputError
 from medtl.io.volume import spacing_of
+from medtl.kernel.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NIFTI_PAIR_SUFFIXES = (".hdr",)  # the .img beside it holds the voxels

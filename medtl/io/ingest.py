@@ -23,7 +23,6 @@ import pandas as pd
 import pydicom
 from tqdm.auto import tqdm
 
-from medtl.config import ConfigError
 from medtl.io.checks import (
     check_axes,
     check_finite,
@@ -32,8 +31,6 @@ from medtl.io.checks import (
     content_key,
 )
 from medtl.io.deid import hash_id
-from medtl.io.errors import InputError, MedtlError, Rejection
-from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.images import (
     IMAGE_SUFFIXES,
     companion_files,
@@ -52,6 +49,8 @@ from medtl.io.sources import (
     nifti_stem,
 )
 from medtl.io.volume import Volume
+from medtl.kernel.errors import ConfigError, InputError, MedtlError, Rejection
+from medtl.kernel.files import atomic_write, atomic_write_text
 
 MANIFEST_COLUMNS = [
     "case_id",

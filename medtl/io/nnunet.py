@@ -13,7 +13,7 @@ Two on-disk formats are understood:
 
 Hidden files and macOS ``._*`` resource forks are ignored everywhere. Files that fit no
 case (a missing channel, a label without an image, a name that breaks the pattern) become
-:class:`~medtl.io.errors.Rejection` records; the other cases carry on.
+:class:`~medtl.kernel.errors.Rejection` records; the other cases carry on.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medtl.io.errors import InputError, MedtlError, Rejection
-from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.outputs import check_separate
+from medtl.kernel.errors import InputError, MedtlError, Rejection
+from medtl.kernel.files import atomic_write, atomic_write_text
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 _ID_OK = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -989,7 +989,7 @@ def check_same_folds(folds: dict[str, Any], splits: list[dict[str, Any]]) -> Non
         >>> check_same_folds(folds, [{"train": ["b"], "val": ["a"]}])
         Traceback (most recent call last):
         ...
-        medtl.io.errors.MedtlError: fold 0: nnU-Net's val differs from medtl's held-out cases ...
+        medtl.kernel.errors.MedtlError: fold 0: nnU-Net's val differs from ...
     """
     expected = nnunet_splits(folds)
     fix = "How to fix: write splits_final.json from folds.json with `medtl export-nnunet --folds`"

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 #: The file every folder written through :func:`fresh_folder` holds: which command wrote it.
 MARKER = ".medtl-output.json"
@@ -53,7 +53,7 @@ def check_separate(out: str | Path, inputs: Iterable[str | Path | None], option:
         >>> check_separate(scans / "masks", [scans])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        medtl.io.errors.InputError: ...masks: --out lies inside the input folder ...
+        medtl.kernel.errors.InputError: ...masks: --out lies inside the input folder ...
     """
     target = _resolved(out)
     for given in inputs:

@@ -40,10 +40,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ImplicitVRLittleEndian, generate_uid
 
 from medtl.io.dicom import SeriesInfo, position_rounding
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_save_dicom
 from medtl.io.roi_names import MAX_CLASS, match_name
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_save_dicom
 
 RT_STRUCTURE_SET_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.3")
 DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # RTReferencedStudySequence class

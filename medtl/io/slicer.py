@@ -17,11 +17,11 @@ import re
 
 import numpy as np
 
-from medtl.io.errors import InputError
 from medtl.io.images import ImageFile
 from medtl.io.roi_names import match_name
 from medtl.io.rtstruct import LabelConversion
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 _SEGMENT = re.compile(r"^Segment(\d+)_Name$")
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtl.io.errors import Rejection
 from medtl.io.images import SEG_NRRD_SUFFIX, image_stem, is_image_file
+from medtl.kernel.errors import Rejection
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SHEET_SUFFIXES = (".tsv", ".csv", ".txt")

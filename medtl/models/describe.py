@@ -1,7 +1,7 @@
 """What a network is made of, and what each transfer arm trains of it.
 
 :func:`describe_model` lists the network stage by stage (the encoder stages of
-:func:`medtl.train.strategies.encoder_stages`, then the decoder and the head) with their
+:func:`medtl.models.stages.encoder_stages`, then the decoder and the head) with their
 parameter counts, whether pretrained weights cover them, and, per arm, whether the
 stage trains from the start, stays frozen, or unfreezes at a later step.
 """
@@ -13,7 +13,7 @@ from torch import nn
 
 from medtl.config import ArmConfig, ModelConfig
 from medtl.models.networks import build_network, get_architecture
-from medtl.train.strategies import StrategySpec, encoder_stages, stage_status
+from medtl.models.stages import StrategySpec, encoder_stages, stage_status
 
 FIXED_COLUMNS = ("part", "stage", "parameters", "pretrained")
 

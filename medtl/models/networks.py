@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from medtl.config import ConfigError, ModelConfig
+from medtl.config import ModelConfig
+from medtl.kernel.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow checks patch sizes
-    import torch  # at start (patch_problem) and must not pay for importing it.
     from torch import nn
 
 
@@ -265,18 +265,3 @@ def param_groups(
     if enc:
         groups.append({"params": enc, "lr": lr * encoder_lr_scale, "name": "encoder"})
     return groups
-
-
-def torch_device(name: str) -> torch.device:
-    """Resolve ``auto`` / ``cpu`` / ``cuda`` to a device, with a clear error for missing CUDA."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            "config key 'device': got 'cuda' but this machine has no usable CUDA device "
-            "(torch.cuda.is_available() is False). How to fix: set device: auto or cpu, "
-            "or run on a GPU node."
-        )
-    return torch.device(name)

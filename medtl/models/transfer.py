@@ -37,6 +37,7 @@ from medtl.models.networks import (
     build_network,
     get_architecture,
 )
+from medtl.models.stages import encoder_stages
 from medtl.models.weights import FORMATS, Weights, WeightsError, read_checkpoint, read_weights
 
 __all__ = [
@@ -231,7 +232,6 @@ def plan_transfer(
         The report (with suggested settings in its notes when something did not match)
         and the tensors to copy.
     """
-    from medtl.train.strategies import encoder_stages
 
     own = model.state_dict()
     state = weights.state
@@ -458,7 +458,7 @@ def check_checkpoint(
         The load report training would write.
 
     Raises:
-        WeightsError: (a :class:`~medtl.io.errors.MedtlError`) the checkpoint cannot be
+        WeightsError: (a :class:`~medtl.kernel.errors.MedtlError`) the checkpoint cannot be
             read or does not fit, with the file and the fix.
         medtl.config.ConfigError: the model settings cannot be built.
     """

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from medtl.io.errors import InputError, MedtlError
+from medtl.kernel.errors import InputError, MedtlError
 
 #: Accepted values of a pretrained source's ``format``.
 FORMATS: tuple[str, ...] = (
@@ -124,7 +124,7 @@ _SCAN_LIMIT = 64 << 20  # bytes of a pickle read to name what it imports
 class WeightsFileError(WeightsError, InputError):
     """A weights file that cannot be read: missing, truncated, not a checkpoint, or unsafe.
 
-    Both a :class:`WeightsError` and an :class:`~medtl.io.errors.InputError` (``path``,
+    Both a :class:`WeightsError` and an :class:`~medtl.kernel.errors.InputError` (``path``,
     ``reason``, ``fix``), so the CLI prints it as one line naming the file and the fix.
     """
 

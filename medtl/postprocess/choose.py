@@ -33,10 +33,10 @@ import numpy as np
 
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
 from medtl.evaluate.metrics import AFFINE_ATOL, dice_score, load_label, read_folds
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write_text
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_write_text
 from medtl.layout import PREDICT_RULE, predictions_dir
 from medtl.postprocess.components import NO_POSTPROCESSING, apply_operation
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -14,14 +13,14 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medtl.config import ModelConfig, PredictConfig, parse_section
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write
 from medtl.io.volume import Volume, spacing_of
+from medtl.kernel.device import gpu_predictor, out_of_memory_hint
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_write
 from medtl.models.networks import build_network
 from medtl.models.weights import WeightsFileError, safe_load
 from medtl.postprocess.components import apply_postprocessing
 from medtl.preprocess.case import PreprocessedCase, restore_labels
-from medtl.train.memory import out_of_memory_hint
 
 
 def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -99,42 +98,6 @@ def mirror_axes(tta: bool) -> list[tuple[int, ...]]:
     ]
 
 
-def autocast(device: torch.device, enabled: bool = True) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast on a CUDA device when ``enabled``; a context doing nothing elsewhere.
-
-    bfloat16 keeps float32's range, so no gradient scaling is needed in training.
-
-    Example:
-        >>> with autocast(torch.device("cpu")):
-        ...     torch.is_autocast_enabled()
-        False
-        >>> isinstance(autocast(torch.device("cuda"), enabled=False), contextlib.nullcontext)
-        True
-    """
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def channels_last(value, device: torch.device, enabled: bool = True):
-    """A network or 5-D tensor in the ``channels_last_3d`` memory format on a CUDA device.
-
-    Elsewhere, or unless ``enabled``, ``value`` itself (unchanged). A network is converted
-    in place (as by ``Module.to``).
-
-    Example:
-        >>> x = torch.zeros(1, 2, 3, 4, 5)
-        >>> channels_last(x, torch.device("cpu")) is x
-        True
-        >>> y = channels_last(x, torch.device("cuda"))  # the layout alone: no GPU needed
-        >>> y.is_contiguous(memory_format=torch.channels_last_3d), y.stride()
-        (True, (120, 1, 40, 10, 2))
-    """
-    if enabled and device.type == "cuda":
-        return value.to(memory_format=torch.channels_last_3d)
-    return value
-
-
 def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
     """The number of windows ``sliding_window_inference`` runs over one image.
 
@@ -196,32 +159,6 @@ def _total_device(device: torch.device, nbytes: int, free_bytes: int | None = No
     return device if 4 * nbytes <= free_bytes else torch.device("cpu")
 
 
-def gpu_predictor(model: torch.nn.Module, device: torch.device, cfg: PredictConfig) -> Callable:
-    """The network as a sliding-window predictor, with the GPU settings of ``cfg``.
-
-    On a CUDA device: bfloat16 autocast (``cfg.amp``) and the ``channels_last_3d`` memory
-    format (``cfg.channels_last``; the network is converted in place). Elsewhere, or with
-    both off, the network itself.
-
-    Example:
-        >>> net = torch.nn.Conv3d(1, 2, 1)
-        >>> gpu_predictor(net, torch.device("cpu"), PredictConfig(amp=True)) is net
-        True
-    """
-    amp = cfg.amp and device.type == "cuda"
-    layout = cfg.channels_last and device.type == "cuda"
-    if not (amp or layout):
-        return model
-    if layout:
-        channels_last(model, device)
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        with autocast(device, amp):
-            return model(channels_last(x, device, layout))
-
-    return predict
-
-
 def predict_probabilities(
     models: Sequence[torch.nn.Module],
     case: PreprocessedCase,
@@ -256,7 +193,7 @@ def predict_probabilities(
     total = None
     with torch.no_grad(), out_of_memory_hint("prediction", *inference_hint(cfg, patch_size)):
         for model in models:
-            predictor = gpu_predictor(model, device, cfg)
+            predictor = gpu_predictor(model, device, amp=cfg.amp, layout=cfg.channels_last)
             for group in groups:
                 copies = [image.flip(dims) if dims else image for dims in group]
                 logits = sliding_window_inference(

@@ -12,12 +12,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from medtl.config import PredictConfig
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write_text
 from medtl.io.ingest import ingest_path
 from medtl.io.outputs import check_separate, fresh_folder
+from medtl.kernel.device import torch_device
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_write_text
 from medtl.layout import TrainedRun, trained_runs
-from medtl.models.networks import torch_device
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
 from medtl.preprocess.case import load_case, preprocess_files

@@ -27,7 +27,7 @@ import torch
 from nibabel.filebasedimages import ImageFileError
 from tqdm.auto import tqdm
 
-from medtl.io.errors import InputError, MedtlError
+from medtl.kernel.errors import InputError, MedtlError
 from medtl.preprocess.case import preprocess_files, save_case
 from medtl.preprocess.plan import Plan
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_write
 from medtl.preprocess.plan import Plan
 
 

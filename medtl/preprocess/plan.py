@@ -15,9 +15,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from medtl.config import ConfigError, PreprocessConfig
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write_text
+from medtl.config import PreprocessConfig
+from medtl.kernel.errors import ConfigError, InputError
+from medtl.kernel.files import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 
 from medtl.evaluate.stats import per_case
-from medtl.io.errors import MedtlError
-from medtl.io.files import atomic_write_bytes, atomic_write_text
 from medtl.io.ingest import read_manifest
+from medtl.kernel.errors import MedtlError
+from medtl.kernel.files import atomic_write_bytes, atomic_write_text
 from medtl.layout import predictions_dir, run_dir
 from medtl.report import evaluation as E
 from medtl.report import figures as F

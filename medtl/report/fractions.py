@@ -15,7 +15,7 @@ import pandas as pd
 
 from medtl.evaluate.runs import run_aware_mean
 from medtl.evaluate.stats import bootstrap_ci, per_case, per_case_runs
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import MedtlError
 from medtl.report.tables import fmt, table
 from medtl.split.subsets import full_label_rows
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import MedtlError
 
 #: The spec shipped with medtl.
 SPEC = Path(__file__).with_name("spec.yaml")

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write_text
+from medtl.kernel.errors import InputError
+from medtl.kernel.files import atomic_write_text
 
 
 def make_folds(

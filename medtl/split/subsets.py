@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtl.io.errors import MedtlError
-from medtl.io.files import atomic_write_text
+from medtl.kernel.errors import MedtlError
+from medtl.kernel.files import atomic_write_text
 from medtl.split.folds import fold_cases, load_folds, save_folds
 
 #: Columns of ``label_fraction.csv``, in order.

@@ -41,7 +41,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from medtl.config import ConfigError
+from medtl.kernel.errors import ConfigError
 
 #: How long a rank waits for the others (e.g. while rank 0 validates) before failing.
 TIMEOUT = timedelta(minutes=int(os.environ.get("MEDTL_DIST_TIMEOUT_MIN", "120")))

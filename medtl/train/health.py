@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import MedtlError
 
 
 class DivergedError(MedtlError):

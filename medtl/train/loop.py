@@ -7,7 +7,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,10 @@ from monai.losses import DiceCELoss
 from monai.utils import set_determinism
 from tqdm.auto import tqdm
 
-from medtl.config import ConfigError, ModelConfig, PredictConfig, TrainConfig, to_dict
-from medtl.io.files import atomic_write, atomic_write_text
+from medtl.config import ModelConfig, PredictConfig, TrainConfig, to_dict
+from medtl.kernel.device import autocast, channels_last, gpu_predictor, out_of_memory_hint
+from medtl.kernel.errors import ConfigError
+from medtl.kernel.files import atomic_write, atomic_write_text
 from medtl.models.networks import (
     Architecture,
     build_network,
@@ -27,11 +29,11 @@ from medtl.models.networks import (
     count_parameters,
     get_architecture,
 )
-from medtl.predict.inference import autocast, channels_last, gpu_predictor
+from medtl.models.stages import StrategySpec
 from medtl.train import distributed
 from medtl.train.data import PatchStream, Prefetcher
 from medtl.train.health import check_finite_loss
-from medtl.train.memory import out_of_memory_hint, training_hint, validation_hint
+from medtl.train.memory import training_hint, validation_hint
 from medtl.train.state import (
     curves_up_to,
     load_state,
@@ -40,7 +42,7 @@ from medtl.train.state import (
     save_state,
     set_rng_state,
 )
-from medtl.train.strategies import StageSchedule, StrategySpec
+from medtl.train.strategies import StageSchedule
 
 CURVE_COLUMNS = ["step", "loss", "val_dice", "lr", "elapsed_s", "event"]
 
@@ -151,7 +153,7 @@ def validate(
     """
     model.eval()
     scores = []
-    predictor = gpu_predictor(model, device, replace(predict, channels_last=False))
+    predictor = gpu_predictor(model, device, amp=predict.amp, layout=False)
     with torch.no_grad():
         for item in cases:
             logits = sliding_window_inference(

@@ -1,77 +1,11 @@
-"""Out of GPU memory: fail with the setting to lower, not a CUDA traceback.
+"""The settings to lower when training or validation runs out of GPU memory.
 
-Example:
-    >>> try:
-    ...     with out_of_memory_hint("training", {"train.batch_size": 4}, "lower train.batch_size"):
-    ...         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-    ... except DeviceMemoryError as exc:
-    ...     print(exc)  # doctest: +NORMALIZE_WHITESPACE
-    training ran out of device memory (CUDA out of memory. Tried to allocate 2.00 GiB);
-    settings now: train.batch_size = 4. How to fix: lower train.batch_size
+The error itself is :func:`medtl.kernel.device.out_of_memory_hint`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
-
-import torch
-
-from medtl.io.errors import MedtlError
-
-
-class DeviceMemoryError(MedtlError):
-    """The GPU (or other accelerator) ran out of memory; says which setting to lower."""
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception is an accelerator's out-of-memory error.
-
-    Example:
-        >>> is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory."))
-        True
-        >>> is_out_of_memory(RuntimeError("shape mismatch"))
-        False
-    """
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0].strip() if text else type(exc).__name__
-
-
-@contextmanager
-def out_of_memory_hint(what: str, settings: Mapping[str, Any], fix: str) -> Iterator[None]:
-    """Turn an out-of-memory error inside the block into a :class:`DeviceMemoryError`.
-
-    Args:
-        what: what ran out of memory, e.g. ``training (step 12)``.
-        settings: the config keys that decide the memory, with their current values.
-        fix: which of them to lower, and how.
-
-    Raises:
-        DeviceMemoryError: the block ran out of memory (chained to the original error).
-    """
-    try:
-        yield
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        now = ", ".join(f"{k} = {_value(v)}" for k, v in settings.items())
-        raise DeviceMemoryError(
-            f"{what} ran out of device memory ({_first_line(exc)}); settings now: {now}. "
-            f"How to fix: {fix}"
-        ) from exc
-
-
-def _value(v: Any) -> str:
-    return str(list(v)) if isinstance(v, tuple) else str(v)
 
 
 def training_hint(

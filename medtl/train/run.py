@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from medtl.config import (
     ArmConfig,
-    ConfigError,
     ModelConfig,
     PredictConfig,
     PretrainConfig,
@@ -21,10 +20,12 @@ from medtl.config import (
     parse_section,
     to_dict,
 )
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write, atomic_write_text
 from medtl.io.ingest import read_manifest
-from medtl.models.networks import build_network, get_architecture, torch_device
+from medtl.kernel.device import torch_device
+from medtl.kernel.errors import ConfigError, InputError
+from medtl.kernel.files import atomic_write, atomic_write_text
+from medtl.models.networks import build_network, get_architecture
+from medtl.models.stages import StrategySpec
 from medtl.models.transfer import MAX_UNUSED_FRACTION, load_pretrained
 from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan
@@ -33,7 +34,6 @@ from medtl.split.folds import fold_cases, load_folds
 from medtl.train import distributed
 from medtl.train.data import load_training_cases, training_item
 from medtl.train.loop import RunSpec, train_run
-from medtl.train.strategies import StrategySpec
 
 ARM_INITS = ("random", "pretrained", "ssl")
 

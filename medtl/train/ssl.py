@@ -33,14 +33,15 @@ from monai.transforms import Compose, RandFlipd, RandSpatialCropd, SpatialPadd
 from monai.utils import set_determinism
 from tqdm.auto import tqdm
 
-from medtl.config import ConfigError, ModelConfig, to_dict
-from medtl.io.errors import InputError
-from medtl.io.files import atomic_write, atomic_write_text
+from medtl.config import ModelConfig, to_dict
+from medtl.kernel.device import out_of_memory_hint
+from medtl.kernel.errors import ConfigError, InputError
+from medtl.kernel.files import atomic_write, atomic_write_text
 from medtl.models.networks import build_network, check_patch_size, get_architecture
 from medtl.train import distributed
 from medtl.train.data import derive_seed
 from medtl.train.health import check_finite_loss
-from medtl.train.memory import out_of_memory_hint, training_hint
+from medtl.train.memory import training_hint
 from medtl.train.state import (
     curves_up_to,
     load_state,
@@ -505,7 +506,7 @@ def pretrain_ssl_from_manifests(
     the encoder sees the grid and intensity scale the arms will use.
     """
     from medtl.io.ingest import read_manifest
-    from medtl.models.networks import torch_device
+    from medtl.kernel.device import torch_device
     from medtl.preprocess.case import preprocess_files
     from medtl.preprocess.plan import Plan
     from medtl.provenance import write_run_record

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtl.io.files import atomic_write
+from medtl.kernel.files import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
@@ -110,7 +110,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
 def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> list[Path]:
     """Delete the temporary files a killed job left beside its outputs.
 
-    :func:`medtl.io.files.atomic_write` writes ``.<name>.<random>.tmp<suffix>`` and
+    :func:`medtl.kernel.files.atomic_write` writes ``.<name>.<random>.tmp<suffix>`` and
     renames it; a job killed in between leaves that file behind. Only the temporaries
     of the given output names are removed.
 

@@ -23,7 +23,7 @@ import torch
 
 from medtl.config import ModelConfig, PredictConfig, to_dict
 from medtl.export import BundleExportError, export_bundle
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network
 from medtl.predict.inference import predict_probabilities
 from medtl.predict.run import predict_new

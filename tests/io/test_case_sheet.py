@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medtl.io.case_sheet import read_case_sheet
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 
 def _sheet(tmp_path: Path, text: str, name: str = "cases.tsv") -> Path:

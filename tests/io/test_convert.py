@@ -21,8 +21,8 @@ from medtl.io.convert import REJECTED_COLUMNS, SERIES_COLUMNS, ConvertOptions, c
 from medtl.io.deid import hash_id
 from medtl.io.dicom import _get, _native_pixels, discover, load_series_checked
 from medtl.io.dicom_write import write_series
-from medtl.io.errors import InputError
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 PATIENT_ID = "PAT-SECRET-042"
 PATIENT_NAME = "Secretname^Jane"

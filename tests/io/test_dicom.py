@@ -27,8 +27,8 @@ from medtl.io.dicom import (
 )
 from medtl.io.dicom import pixels as dicom_pixels
 from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
-from medtl.io.errors import InputError
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 SHAPE = (6, 5, 4)
 

@@ -5,7 +5,7 @@ The corpora are pydicom's own ``data/test_files`` and the ``pydicom-data`` packa
 compressed transfer syntax pydicom supports, colour and multi-frame images, RT objects, SR,
 SEG, DICOMDIR index files, truncated and corrupt files. Nothing may crash: each file ends
 as a series member, a label object or a rejection with a reason and a fix, and loading a
-series raises nothing but :class:`~medtl.io.errors.InputError`.
+series raises nothing but :class:`~medtl.kernel.errors.InputError`.
 
 Run with ``-s`` (or ``-rP``) to see the counts.
 """
@@ -22,7 +22,7 @@ import pydicom
 import pytest
 
 from medtl.io.dicom import DICOMDIR_REASON, DicomInventory, discover, load_series_checked
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 
 def _corpora() -> dict[str, Path]:

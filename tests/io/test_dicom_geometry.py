@@ -25,8 +25,8 @@ from pydicom.uid import generate_uid
 
 from medtl.io.dicom import discover_series, load_series, load_series_with_notes
 from medtl.io.dicom_write import write_series
-from medtl.io.errors import InputError
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 SHAPE = (8, 7, 5)
 SPACING = (0.7, 1.3, 2.6)  # non-unit, anisotropic

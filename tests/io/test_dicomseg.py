@@ -15,9 +15,9 @@ from pydicom.uid import generate_uid
 from medtl.io.dicom import SeriesInfo, load_series
 from medtl.io.dicom_write import write_series
 from medtl.io.dicomseg import SEGMENTATION_STORAGE, read_seg, write_seg
-from medtl.io.errors import InputError
 from medtl.io.roi_names import build_name_map
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 SHAPE = (24, 24, 12)
 CLASSES = {0: "background", 1: "tumour", 2: "oedema"}

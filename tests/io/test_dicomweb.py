@@ -21,7 +21,6 @@ import orthanc  # tests/support, put on sys.path by tests/io/conftest.py
 import pydicom
 import pytest
 
-from medtl.config import ConfigError
 from medtl.demo.generate import generate_demo
 from medtl.io.dicomweb import (
     DicomwebQuery,
@@ -30,8 +29,8 @@ from medtl.io.dicomweb import (
     query_from_config,
     remove_stale_temporaries,
 )
-from medtl.io.errors import InputError
 from medtl.io.ingest import ingest_path
+from medtl.kernel.errors import ConfigError, InputError
 
 N_PATIENTS = 2
 

@@ -17,7 +17,7 @@ from medtl.io.checks import (
     check_size,
     content_key,
 )
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 P = Path("x.nii.gz")
 

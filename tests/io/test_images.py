@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtl.io.errors import InputError
 from medtl.io.images import (
     companion_files,
     describe_error,
@@ -21,6 +20,7 @@ from medtl.io.images import (
     suffix_of,
 )
 from medtl.io.ingest import ingest_path
+from medtl.kernel.errors import InputError
 
 SHAPE = (7, 6, 5)
 # not axial: rotated 20 degrees about z and 10 about x, anisotropic, off-centre

@@ -17,8 +17,8 @@ import pytest
 
 from medtl.demo.generate import generate_demo
 from medtl.io.deid import hash_id
-from medtl.io.errors import InputError
 from medtl.io.ingest import MANIFEST_COLUMNS, REJECTED_COLUMNS, ingest_path
+from medtl.kernel.errors import InputError
 
 N_PATIENTS = 3
 PATIENT_IDS = [f"DEMO-{p:03d}" for p in range(N_PATIENTS)]
@@ -295,7 +295,7 @@ def test_ingest_out_inside_the_input_is_refused_before_reading(tmp_path: Path) -
 
 
 def test_bad_synonyms_stop_the_run_and_leave_out_as_it_was(tmp_path: Path) -> None:
-    from medtl.config import ConfigError
+    from medtl.kernel.errors import ConfigError
 
     source = _labelled_folder(tmp_path / "in")
     out = tmp_path / "out"

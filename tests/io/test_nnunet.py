@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtl.io.errors import InputError, MedtlError
 from medtl.io.nnunet import (
     ExternalCase,
     check_same_folds,
@@ -21,6 +20,7 @@ from medtl.io.nnunet import (
     nnunet_splits,
     read_external,
 )
+from medtl.kernel.errors import InputError, MedtlError
 
 SHAPE = (4, 5, 6)
 # oblique-free but not identity: flipped axis, anisotropic spacing, offset origin

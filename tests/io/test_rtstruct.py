@@ -13,7 +13,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medtl.io.dicom import SeriesInfo, load_series
 from medtl.io.dicom_write import write_series
-from medtl.io.errors import InputError
 from medtl.io.roi_names import build_name_map, match_name
 from medtl.io.rtstruct import (
     RT_STRUCTURE_SET_STORAGE,
@@ -21,6 +20,7 @@ from medtl.io.rtstruct import (
     write_rtstruct,
 )
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 SHAPE = (24, 24, 12)
 RADIUS = 9.0  # mm

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtl.io.errors import InputError
 from medtl.io.images import ImageFile
 from medtl.io.roi_names import build_name_map
 from medtl.io.slicer import is_slicer_segmentation, read_slicer_segmentation
 from medtl.io.volume import Volume
+from medtl.kernel.errors import InputError
 
 AFFINE = np.array([[-1.0, 0, 0, 50], [0, -1.0, 0, 20], [0, 0, 2.0, -30], [0, 0, 0, 1]])
 IMAGE = Volume(np.zeros((10, 9, 8), np.float32), AFFINE)

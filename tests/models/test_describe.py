@@ -14,8 +14,9 @@ from medtl.cli.main import app
 from medtl.config import ArmConfig, ModelConfig
 from medtl.models.describe import describe_model, format_table, trainable_at_start
 from medtl.models.networks import build_network, count_parameters, get_architecture
+from medtl.models.stages import StrategySpec
 from medtl.models.transfer import load_pretrained
-from medtl.train.strategies import StageSchedule, StrategySpec
+from medtl.train.strategies import StageSchedule
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
 ARCH = get_architecture("basicunet")

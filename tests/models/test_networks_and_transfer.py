@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtl.config import ConfigError, ModelConfig
+from medtl.config import ModelConfig
+from medtl.kernel.errors import ConfigError
 from medtl.models.networks import (
     build_network,
     check_patch_size,

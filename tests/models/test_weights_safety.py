@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medtl.config import ModelConfig
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.transfer import load_pretrained
 from medtl.models.weights import (

@@ -216,7 +216,7 @@ def test_a_job_runs_without_the_environment_on_path(tmp_path: Path) -> None:
 
 def test_a_python_without_medtl_is_refused_at_start(tmp_path: Path) -> None:
     from medtl.checks import check_job_python
-    from medtl.io.errors import MedtlError
+    from medtl.kernel.errors import MedtlError
 
     check_job_python([sys.executable])  # this one has it
     with pytest.raises(MedtlError, match=r"cannot import medtl \(.*No module named 'medtl'"):

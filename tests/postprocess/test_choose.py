@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from medtl.config import PostprocessConfig
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.postprocess.choose import choose_postprocessing, describe_decision, load_decision
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])

@@ -18,12 +18,10 @@ from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
 from medtl.config import ModelConfig, PredictConfig
+from medtl.kernel.device import autocast, channels_last, gpu_predictor
 from medtl.models.networks import build_network
 from medtl.predict.inference import (
     _total_device,
-    autocast,
-    channels_last,
-    gpu_predictor,
     mirror_axes,
     mirror_batch,
     predict_probabilities,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.layout import run_dir
 from medtl.predict.run import default_arm, describe_members, ensemble_members
 

@@ -13,7 +13,7 @@ import torch
 
 import medtl.predict.run as run
 from medtl.config import PredictConfig
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.predict.inference import segment_case
 from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medtl.cli.main import app
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.preprocess.batch import CaseDone, PreprocessError, preprocess_cases
 from medtl.preprocess.case import load_case, preprocess_files
 from medtl.preprocess.plan import Plan

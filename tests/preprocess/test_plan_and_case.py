@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medtl.config import ConfigError, PreprocessConfig
-from medtl.io.errors import InputError
+from medtl.config import PreprocessConfig
+from medtl.kernel.errors import ConfigError, InputError
 from medtl.preprocess.case import (
     PreprocessedCase,
     load_case,

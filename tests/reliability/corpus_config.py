@@ -2,7 +2,7 @@
 
 Each entry writes ``config.yaml`` (and the files it names) under ``root / "in"`` and runs
 :func:`medtl.checks.check_workflow_config` on it, the function the Snakefile calls before
-any job: a :class:`~medtl.io.errors.MedtlError` is the ``error`` outcome with its message;
+any job: a :class:`~medtl.kernel.errors.MedtlError` is the ``error`` outcome with its message;
 any other exception is a traceback, which the corpus refuses.
 """
 
@@ -15,7 +15,7 @@ import yaml
 from corpus import ACCEPTED, ERROR, Outcome, case
 
 from medtl.checks import check_workflow_config
-from medtl.io.errors import MedtlError
+from medtl.kernel.errors import MedtlError
 
 SCHEMA = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "config.schema.yaml"
 

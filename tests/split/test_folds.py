@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.split.folds import fold_cases, load_folds, make_folds, save_folds
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from monai.utils import set_determinism
 
-from medtl.config import ConfigError
+from medtl.kernel.errors import ConfigError
 from medtl.models.networks import build_network
 from medtl.train import distributed
 

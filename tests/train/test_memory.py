@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from medtl.config import PredictConfig
-from medtl.io.errors import MedtlError
+from medtl.kernel.device import DeviceMemoryError, is_out_of_memory, out_of_memory_hint
+from medtl.kernel.errors import MedtlError
 from medtl.models.networks import build_network
 from medtl.predict.inference import predict_probabilities
 from medtl.preprocess.case import PreprocessedCase
 from medtl.train import ssl as ssl_module
 from medtl.train.loop import train_run
-from medtl.train.memory import DeviceMemoryError, is_out_of_memory, out_of_memory_hint
 from medtl.train.ssl import SSLConfig, pretrain_ssl
 
 HERE = Path(__file__).resolve().parent

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtl.config import AugmentConfig, ConfigError
+from medtl.config import AugmentConfig
+from medtl.kernel.errors import ConfigError
 from medtl.train.data import PatchStream, Prefetcher
 from medtl.train.loop import train_run
 

@@ -80,7 +80,7 @@ def test_train_refuses_weights_of_another_network(tmp_path: Path) -> None:
 
 def test_arm_settings_name_the_arm_in_their_errors() -> None:
     """`medtl train --arm NAME` run by hand: a bad arm section names NAME, not `<arm>`."""
-    from medtl.config import ConfigError
+    from medtl.kernel.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'arms\.finetune_partial\.unfreeze_stages'"):
         ArmSettings.from_dict(

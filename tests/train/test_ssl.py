@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medtl.config import ModelConfig
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.transfer import load_encoder
 from medtl.train.ssl import SSLConfig, mask_cubes, pretrain_ssl, rotate_batch

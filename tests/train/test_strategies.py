@@ -16,17 +16,18 @@ from torch import nn
 
 from medtl.config import (
     ArmConfig,
-    ConfigError,
     ModelConfig,
     TrainConfig,
     parse_section,
     to_dict,
     validate_config,
 )
+from medtl.kernel.errors import ConfigError
 from medtl.models.networks import Architecture, build_network, get_architecture
+from medtl.models.stages import StrategySpec, encoder_stages
 from medtl.train.loop import RunSpec, lr_factor, train_run
 from medtl.train.run import ArmSettings
-from medtl.train.strategies import StageSchedule, StrategySpec, encoder_stages
+from medtl.train.strategies import StageSchedule
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))

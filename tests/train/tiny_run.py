@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from medtl.config import ModelConfig, TrainConfig
+from medtl.models.stages import StrategySpec
 from medtl.train import distributed
 from medtl.train.loop import RunSpec, train_run
 from medtl.train.ssl import SSLConfig, pretrain_ssl
-from medtl.train.strategies import StrategySpec
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
 PATCH = (16, 16, 32)

@@ -2,7 +2,7 @@
 
 Discovery (:func:`discover`, in :mod:`.discovery`) reads headers only, in parallel, and never
 raises on a bad file: every file ends as a member of an image series, as a label object
-(RTSTRUCT or DICOM-SEG) or as a :class:`~medtl.io.errors.Rejection` with a reason and a fix.
+(RTSTRUCT or DICOM-SEG) or as a :class:`~medtl.kernel.errors.Rejection` with a reason and a fix.
 
 Loading (:func:`load_series_checked`, in :mod:`.loading`) reads the pixels of every file
 (:mod:`.pixels`), splits multi-frame files into frames (:mod:`.frames`), sets aside
@@ -67,7 +67,7 @@ from medtl.io.dicom.pairing import (
     pair_labels,
 )
 from medtl.io.dicom.pixels import _native_pixels
-from medtl.io.errors import Rejection
+from medtl.kernel.errors import Rejection
 
 __all__ = [
     "DICOMDIR_REASON",

@@ -2,7 +2,7 @@
 
 :func:`discover` reads headers in parallel and never raises on a bad file: every file ends
 as a member of an image series, as a label object (RTSTRUCT or DICOM-SEG) or as a
-:class:`~medtl.io.errors.Rejection` with a reason and a fix. Images are grouped
+:class:`~medtl.kernel.errors.Rejection` with a reason and a fix. Images are grouped
 Patient -> Study -> Series (SeriesInstanceUID); a multi-frame file (enhanced CT/MR and any
 file whose frames carry their own plane position) is a series of its own.
 
@@ -37,8 +37,8 @@ from medtl.io.dicom.headers import (
     _sop_class,
     _text,
 )
-from medtl.io.errors import InputError, Rejection
-from medtl.io.files import is_temporary
+from medtl.kernel.errors import InputError, Rejection
+from medtl.kernel.files import is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class DicomInventory:
             hidden files and folders (``.DS_Store``, ``.git``) among them, not read.
         files_seen: files looked at (read or rejected); 0 for an empty folder.
         temporaries: unfinished temporaries of medtl's own writes (a download or a write
-            killed mid-way, see :func:`medtl.io.files.is_temporary`), skipped: they are
+            killed mid-way, see :func:`medtl.kernel.files.is_temporary`), skipped: they are
             not inputs and not rejections.
         set_aside_series: SeriesInstanceUID -> the first rejection of a file of that series
             (one that failed a header check), so that a label object drawn on a series

@@ -28,7 +28,7 @@ from medtl.io.dicom.headers import (
     _shared_groups,
 )
 from medtl.io.dicom.pixels import _PixelSource
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 _COSINE_TOL = 1e-3  # unit length / orthogonality of ImageOrientationPatient
 

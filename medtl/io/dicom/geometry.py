@@ -22,7 +22,7 @@ import numpy as np
 
 from medtl.io.dicom.frames import _Frame
 from medtl.io.dicom.headers import FIX_EXPORT_AGAIN, FIX_ONE_SERIES
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 _RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _POSITION_TOL = 1e-3  # mm; two slices closer than this along the normal share a position

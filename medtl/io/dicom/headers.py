@@ -30,7 +30,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 FIX_REMOVE = "remove the file or point ingest at the folder that holds only the image series"
 FIX_DECOMPRESS = (

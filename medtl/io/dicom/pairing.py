@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medtl.io.dicom.discovery import DicomInventory, LabelObjectInfo, SeriesInfo
-from medtl.io.errors import Rejection
+from medtl.kernel.errors import Rejection
 
 
 @dataclass(frozen=True)

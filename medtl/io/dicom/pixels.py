@@ -22,7 +22,7 @@ from medtl.io.dicom.headers import (
     FIX_REMOVE,
     _get,
 )
-from medtl.io.errors import InputError
+from medtl.kernel.errors import InputError
 
 if TYPE_CHECKING:
     from medtl.io.dicom.frames import _Frame

@@ -1,7 +1,7 @@
 """Frames left out of a series with a rejection: localizers, strays and duplicate copies.
 
 Each filter in :data:`_SET_ASIDE_FILTERS` takes ``(where, label, frames)`` and returns the
-frames kept and a :class:`~medtl.io.errors.Rejection` for each frame left out: images whose
+frames kept and a :class:`~medtl.kernel.errors.Rejection` for each frame left out: images whose
 ImageType says LOCALIZER, and images whose orientation or Rows x Columns differ from the
 strict majority's. :func:`_set_aside_duplicates` then leaves out pixel-identical copies of
 a slice (two different images at one position stop the series).
@@ -17,7 +17,7 @@ import numpy as np
 from medtl.io.dicom.frames import _Frame
 from medtl.io.dicom.geometry import _POSITION_TOL
 from medtl.io.dicom.headers import FIX_ONE_SERIES, FIX_SET_ASIDE, _fmt
-from medtl.io.errors import InputError, Rejection
+from medtl.kernel.errors import InputError, Rejection
 
 _ORIENTATION_TOL = 1e-3  # same orientation across slices
 

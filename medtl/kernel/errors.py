@@ -1,4 +1,4 @@
-"""Errors and rejection records for input that medtl cannot use."""
+"""The error contract of medtl, and the record of an input set aside."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 
 class MedtlError(Exception):
     """An error a user can fix: says what was expected, what was found, and how to fix it."""
+
+
+class ConfigError(MedtlError):
+    """A configuration value that is missing, unknown or of the wrong type."""
 
 
 class InputError(MedtlError):
