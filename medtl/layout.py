@@ -7,10 +7,14 @@ cases with that seed. Its files live under the results folder:
 * ``predictions/<arm>/seed<s>/fold<k>/<case>.nii.gz`` — its masks of the held-out cases
 * ``evaluation/<arm>/seed<s>/fold<k>.csv`` — their metrics
 
-The workflow's rules (``pipeline/*.smk``) build their paths with the same functions,
-passing wildcard names (``"{arm}"``), so adding an axis is one change here. Runs of an
-earlier version kept ``train/<arm>/fold<k>/`` (one seed, no seed folder): the readers
-here still find them, as seed ``None``.
+The axes that tell runs apart are written down once, in :data:`RUN_AXES`; every path
+and the reader :func:`trained_runs` are built from it. The workflow's rules
+(``pipeline/*.smk``) build their paths with :func:`run_path`, passing wildcard names
+(:func:`wildcards`), so a new axis (a data set, an image size …) is a new :class:`Axis`
+here, a field of :class:`TrainedRun`, and the rule that gives the axis its values
+(``docs/architecture.md`` walks through it). Runs of an earlier version kept
+``train/<arm>/fold<k>/`` (one seed, no seed folder): the readers here still find them,
+as seed ``None``.
 
 Example:
     >>> run_dir("results", "scratch", 2, 0).as_posix()
@@ -28,27 +32,96 @@ from pathlib import Path
 #: The rule that writes each training run's masks of its held-out cases.
 PREDICT_RULE = "predict_fold"
 
-_RUN = re.compile(r"^(?:seed(?P<seed>\d+)/)?fold(?P<fold>\d+)$")
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis that tells training runs apart.
+
+    Attributes:
+        name: its wildcard in the rules and its field in :class:`TrainedRun`.
+        folder: its folder name, ``{}`` standing for the value (``seed{}``).
+        pattern: a regular expression that matches any of its values.
+        optional: runs of an earlier version may lack its folder (read as ``None``).
+    """
+
+    name: str
+    folder: str
+    pattern: str
+    optional: bool = False
+
+
+#: The axes of a training run, outermost folder first.
+RUN_AXES: tuple[Axis, ...] = (
+    Axis("arm", "{}", r"[A-Za-z0-9_.-]+"),
+    Axis("seed", "seed{}", r"\d+", optional=True),
+    Axis("fold", "fold{}", r"\d+"),
+)
+
+#: Each kind of run output: its top folder under the results, and the suffix of the last
+#: axis (a folder for ``train`` and ``predictions``, one CSV file for ``evaluation``).
+KINDS: dict[str, tuple[str, str]] = {
+    "train": ("train", ""),
+    "predictions": ("predictions", ""),
+    "evaluation": ("evaluation", ".csv"),
+}
+
+
+def run_path(kind: str, results: Path | str, **values: object) -> Path:
+    """Where one training run keeps its output of one kind.
+
+    Args:
+        kind: ``train`` (its folder), ``predictions`` (its masks' folder) or
+            ``evaluation`` (its metrics file).
+        results: the results folder.
+        **values: the value of every axis of :data:`RUN_AXES` (wildcards allowed).
+
+    Example:
+        >>> run_path("evaluation", "r", arm="a", seed=1, fold=3).as_posix()
+        'r/evaluation/a/seed1/fold3.csv'
+        >>> run_path("train", "r", **wildcards()).as_posix()
+        'r/train/{arm}/seed{seed}/fold{fold}'
+    """
+    missing = [a.name for a in RUN_AXES if a.name not in values]
+    unknown = sorted(set(values) - {a.name for a in RUN_AXES})
+    if missing or unknown or kind not in KINDS:
+        raise ValueError(
+            f"run_path({kind!r}, ...): expected a kind of {sorted(KINDS)} and a value for "
+            f"each axis {[a.name for a in RUN_AXES]}; missing {missing}, unknown {unknown}"
+        )
+    top, suffix = KINDS[kind]
+    parts = [axis.folder.format(values[axis.name]) for axis in RUN_AXES]
+    parts[-1] += suffix
+    return Path(results, top, *parts)
+
+
+def wildcards() -> dict[str, str]:
+    """Every axis as a Snakemake wildcard (``{"arm": "{arm}", ...}``), for the rules."""
+    return {axis.name: "{" + axis.name + "}" for axis in RUN_AXES}
+
+
+def wildcard_patterns() -> dict[str, str]:
+    """The regular expression of each axis's values: the rules' wildcard constraints."""
+    return {axis.name: axis.pattern for axis in RUN_AXES}
 
 
 def run_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
     """The folder of one training run (``best.pt``, ``curves.csv``, ``run.json``)."""
-    return Path(results) / "train" / str(arm) / f"seed{seed}" / f"fold{fold}"
+    return run_path("train", results, arm=arm, seed=seed, fold=fold)
 
 
 def predictions_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
     """The masks one training run made of its fold's held-out cases."""
-    return Path(results) / "predictions" / str(arm) / f"seed{seed}" / f"fold{fold}"
+    return run_path("predictions", results, arm=arm, seed=seed, fold=fold)
 
 
 def evaluation_file(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
     """The metrics of one training run's held-out masks."""
-    return Path(results) / "evaluation" / str(arm) / f"seed{seed}" / f"fold{fold}.csv"
+    return run_path("evaluation", results, arm=arm, seed=seed, fold=fold)
 
 
 @dataclass(frozen=True, order=True)
 class TrainedRun:
-    """One finished training run found in a results folder.
+    """One finished training run found in a results folder: a value per axis, and its model.
 
     Attributes:
         arm: the arm.
@@ -63,6 +136,16 @@ class TrainedRun:
     path: Path
 
 
+def _run_folder() -> re.Pattern[str]:
+    """The path of a run folder under ``train/``, one named group per axis."""
+    parts = []
+    for axis in RUN_AXES:
+        value = f"(?P<{axis.name}>{axis.pattern})"
+        part = re.escape(axis.folder).replace(re.escape("{}"), value).replace("{}", value)
+        parts.append(f"(?:{part}/)?" if axis.optional else f"{part}/")
+    return re.compile("^" + "".join(parts)[:-1] + "$")
+
+
 def trained_runs(results: Path | str, arm: str | None = None) -> list[TrainedRun]:
     """Every finished training run (a ``best.pt``) of one arm, or of all arms.
 
@@ -70,16 +153,17 @@ def trained_runs(results: Path | str, arm: str | None = None) -> list[TrainedRun
     come with seed ``None``, before the seeded ones.
     """
     root = Path(results) / "train"
-    arms = [arm] if arm is not None else sorted(p.name for p in root.glob("*") if p.is_dir())
+    folder = _run_folder()
     found = []
-    for name in arms:
-        base = root / name
-        for path in [*base.glob("fold*/best.pt"), *base.glob("seed*/fold*/best.pt")]:
-            match = _RUN.match(path.parent.relative_to(base).as_posix())
-            if match is None:
-                continue
-            seed = match["seed"]
-            found.append(
-                TrainedRun(name, None if seed is None else int(seed), int(match["fold"]), path)
-            )
+    for path in root.glob("**/best.pt"):
+        match = folder.match(path.parent.relative_to(root).as_posix())
+        if match is None or (arm is not None and match["arm"] != arm):
+            continue
+        values = {
+            axis.name: match[axis.name]
+            if axis.name == "arm" or match[axis.name] is None
+            else int(match[axis.name])
+            for axis in RUN_AXES
+        }
+        found.append(TrainedRun(**values, path=path))
     return sorted(found, key=lambda r: (r.arm, -1 if r.seed is None else r.seed, r.fold))
