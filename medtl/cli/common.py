@@ -9,6 +9,7 @@ libraries are imported inside the commands so that ``--help`` is instant.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -39,6 +40,13 @@ Threads = Annotated[int, typer.Option(help="CPU threads for PyTorch.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress bars.")]
 Classes = Annotated[
     str, typer.Option(help='Label value → class name as JSON, e.g. {"1": "tumour"}.')
+]
+TargetPlan = Annotated[Path, typer.Option("--plan", help="The target's plan.json.")]
+PretrainOut = Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, curves.csv).")]
+References = Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")]
+FoldsJson = Annotated[Path, typer.Option(help="folds.json.")]
+Predictions = Annotated[
+    Path, typer.Option(help="Folder `predictions/` (holding `<arm>/seed<s>/fold<k>/`).")
 ]
 
 

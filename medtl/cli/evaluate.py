@@ -8,17 +8,25 @@ from typing import Annotated
 
 import typer
 
-from medtl.cli.common import Classes, Settings, Threads, app, guard, parse_classes
+from medtl.cli.common import (
+    Classes,
+    FoldsJson,
+    Predictions,
+    References,
+    Settings,
+    Threads,
+    app,
+    guard,
+    parse_classes,
+)
 
 
 @app.command()
 @guard
 def evaluate(
-    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
-    folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[
-        Path, typer.Option(help="Folder `predictions/` (holding `<arm>/seed<s>/fold<k>/`).")
-    ],
+    manifest: References,
+    folds: FoldsJson,
+    predictions: Predictions,
     arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],
     out: Annotated[Path, typer.Option(help="The metrics CSV to write.")],
     fold: Annotated[
@@ -81,11 +89,9 @@ def evaluate_merge(
 @app.command()
 @guard
 def postprocess(
-    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
-    folds: Annotated[Path, typer.Option(help="folds.json.")],
-    predictions: Annotated[
-        Path, typer.Option(help="Folder `predictions/` (holding `<arm>/seed<s>/fold<k>/`).")
-    ],
+    manifest: References,
+    folds: FoldsJson,
+    predictions: Predictions,
     arm: Annotated[str, typer.Option(help="The arm whose cross-validation masks to use.")],
     out: Annotated[Path, typer.Option(help="The decision (JSON) to write.")],
     seeds: Annotated[
@@ -235,8 +241,8 @@ def _echo_power_table(table, one_seed: bool) -> None:
 @app.command("evaluate-fractions")
 @guard
 def evaluate_fractions(
-    manifest: Annotated[Path, typer.Option(help="The ingest manifest.tsv (references).")],
-    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    manifest: References,
+    folds: FoldsJson,
     fractions_root: Annotated[Path, typer.Option(help="Folder results/fractions.")],
     fractions: Annotated[str, typer.Option(help="Comma-separated shares, e.g. 0.25,0.5.")],
     arms: Annotated[str, typer.Option(help="Comma-separated arm names.")],

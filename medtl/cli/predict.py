@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from medtl.cli.common import Quiet, Settings, Threads, app, guard, set_threads
+from medtl.cli.common import FoldsJson, Quiet, Settings, Threads, app, guard, set_threads
 
 
 @app.command("predict-fold")
 @guard
 def predict_fold(
     run: Annotated[Path, typer.Option(help="The fold's run folder (holds best.pt).")],
-    folds: Annotated[Path, typer.Option(help="folds.json.")],
+    folds: FoldsJson,
     fold: Annotated[int, typer.Option(help="Fold index.")],
     cases: Annotated[Path, typer.Option(help="Folder of preprocessed .npz cases.")],
     out: Annotated[Path, typer.Option(help="Folder for the masks.")],

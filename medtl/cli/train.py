@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from medtl.cli.common import (
+    PretrainOut,
     Quiet,
     Settings,
+    TargetPlan,
     Threads,
     app,
     guard,
@@ -23,8 +25,8 @@ from medtl.cli.common import (
 @guard
 def pretrain(
     manifest: Annotated[Path, typer.Option(help="manifest.tsv of the ingested source set.")],
-    plan_path: Annotated[Path, typer.Option("--plan", help="The target's plan.json.")],
-    out: Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, curves.csv).")],
+    plan_path: TargetPlan,
+    out: PretrainOut,
     settings: Settings = "{}",
     threads: Threads = 1,
     quiet: Quiet = False,
@@ -64,8 +66,8 @@ def pretrain_ssl(
         list[Path],
         typer.Option(help="manifest.tsv of each ingested data set to learn from (repeatable)."),
     ],
-    plan_path: Annotated[Path, typer.Option("--plan", help="The target's plan.json.")],
-    out: Annotated[Path, typer.Option(help="Output folder (checkpoint.pt, curves.csv).")],
+    plan_path: TargetPlan,
+    out: PretrainOut,
     settings: Settings = "{}",
     threads: Threads = 1,
     quiet: Quiet = False,
