@@ -17,7 +17,7 @@ Example:
     ... # doctest: +SKIP
     Traceback (most recent call last):
     ...
-    medtl.config.ConfigError: the config cannot run:
+    medtl.kernel.errors.ConfigError: the config cannot run:
       - config key 'arms.p.unfreeze_stages': got 0; strategy 'partial' needs ...
 """
 
@@ -31,18 +31,23 @@ from typing import Any, TypeVar
 
 from medtl.config import (
     ArmConfig,
+    DatasetConfig,
     EvaluateConfig,
     ModelConfig,
     PostprocessConfig,
     PredictConfig,
     PreprocessConfig,
     PretrainConfig,
+    ReportConfig,
+    SplitsConfig,
     TrainConfig,
     parse_section,
     sources_note,
+    to_dict,
     training_seeds,
     validate_config,
 )
+from medtl.kernel.classes import ClassMap
 from medtl.kernel.errors import ConfigError, MedtlError
 
 #: Where the demo's labelled source set is generated (pipeline/demo.smk).
@@ -112,6 +117,9 @@ def config_problems(
     _parsed(PredictConfig, config["predict"], "predict", problems)
     _parsed(EvaluateConfig, config["evaluate"], "evaluate", problems)
     _parsed(PostprocessConfig, config["postprocess"], "postprocess", problems)
+    _parsed(SplitsConfig, config["splits"], "splits", problems)
+    report = _parsed(ReportConfig, config["report"], "report", problems)
+    dataset = _parsed(DatasetConfig, config["dataset"], "dataset", problems)
     arms = {
         name: arm
         for name, data in config["arms"].items()
@@ -123,8 +131,10 @@ def config_problems(
     if model is not None:
         problems += _patch_problems(config, model)
     problems += _batch_problems(config)
-    problems += _report_problems(config)
-    problems += _data_problems(config, workdir)
+    if report is not None:
+        problems += _report_problems(config, report)
+    if dataset is not None:
+        problems += _data_problems(config, dataset, workdir)
     if read_checkpoint:
         problems += _checkpoint_problems(config, workdir)
     return problems
@@ -230,8 +240,8 @@ def _fraction_problems(config: dict[str, Any]) -> list[str]:
     ]
 
 
-def _report_problems(config: dict[str, Any]) -> list[str]:
-    reference, arms = config["report"]["reference_arm"], list(config["arms"])
+def _report_problems(config: dict[str, Any], report: ReportConfig) -> list[str]:
+    reference, arms = report.reference_arm, list(config["arms"])
     if reference in arms:
         return []
     return [
@@ -241,20 +251,19 @@ def _report_problems(config: dict[str, Any]) -> list[str]:
     ]
 
 
-def _data_problems(config: dict[str, Any], workdir: Path) -> list[str]:
+def _data_problems(config: dict[str, Any], dataset: DatasetConfig, workdir: Path) -> list[str]:
     problems = []
-    dataset = config["dataset"]
-    kind = dataset["kind"]
+    kind = dataset.kind
     if kind in ("path", "dicom"):
         problems += _path_problems(
             "dataset.path",
-            dataset["path"],
+            dataset.path,
             workdir,
             f"empty while dataset.kind is '{kind}'",
             "name your case sheet, DICOM folder or NIfTI folder",
         )
     if kind == "dicomweb":
-        problems += _dicomweb_problems(dataset["dicomweb"])
+        problems += _dicomweb_problems(to_dict(dataset.dicomweb))
     source = config["pretrain"]["source"]
     demo_source = kind == "demo" and source in (None, DEMO_SOURCE)
     ssl_source = uses_init(config, "ssl") and config["pretrain_ssl"]["use_source"] and source
@@ -319,7 +328,7 @@ def _checkpoint_problems(config: dict[str, Any], workdir: Path) -> list[str]:
             pretrain["format"],
             parse_section(ModelConfig, config["model"], "model"),
             1,
-            1 + max(int(k) for k in config["classes"]),
+            ClassMap.parse(config["classes"], "classes").num_classes,
             pretrain["min_loaded_fraction"],
             pretrain["max_unused_fraction"],
         )

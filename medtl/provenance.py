@@ -277,3 +277,32 @@ def write_run_record(
         }
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return record
+
+
+def write_report_provenance(config: dict[str, Any], folder: Path) -> tuple[Path, Path]:
+    """Write ``config.resolved.yaml`` (the config as run) and ``versions.json`` into ``folder``.
+
+    ``versions.json`` holds the package versions, the git commit and the hardware. Both
+    files are written atomically; secrets are the caller's to redact
+    (:func:`redact_secrets`).
+
+    Returns:
+        The two paths written.
+    """
+    import yaml
+
+    resolved = atomic_write_text(
+        Path(folder) / "config.resolved.yaml", yaml.safe_dump(config, sort_keys=False)
+    )
+    record = {"versions": package_versions(), "git_commit": git_commit(), "hardware": hardware()}
+    versions = atomic_write_text(
+        Path(folder) / "versions.json", json.dumps(record, indent=2) + "\n"
+    )
+    return resolved, versions
+
+
+def write_device_record(found: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write what the device check found, with the hardware, as JSON (for provenance)."""
+    record = {**found, **hardware()}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return record

@@ -96,3 +96,42 @@ def test_reproducibility_differences_name_what_differs(tmp_path: Path) -> None:
         f"sha256.cases: {a['sha256']['cases']['combined']} != {'0' * 64}",
         f"versions.torch: {a['versions']['torch']} != 0.0",
     ]
+
+
+def test_report_provenance_writes_the_config_and_the_versions(tmp_path: Path) -> None:
+    import yaml
+
+    from medtl.provenance import write_report_provenance
+
+    config = {"seed": 1, "arms": {"scratch": {"init": "random"}}}
+    resolved, versions = write_report_provenance(config, tmp_path)
+    assert yaml.safe_load(resolved.read_text()) == config
+    assert set(json.loads(versions.read_text())) == {"versions", "git_commit", "hardware"}
+
+
+def test_pull_record_lists_the_failures(tmp_path: Path) -> None:
+    from dataclasses import dataclass, field
+
+    from medtl.io.pull_record import write_pull_record
+
+    @dataclass
+    class Failure:
+        uid: str
+
+    @dataclass
+    class Report:
+        studies: int = 1
+        failed: list = field(default_factory=lambda: [Failure("1.2")])
+
+    path = write_pull_record(Report(), tmp_path)
+    assert json.loads(path.read_text()) == {"studies": 1, "failed": [{"uid": "1.2"}]}
+
+
+def test_device_check_refuses_cuda_where_there_is_none(monkeypatch) -> None:
+    from medtl.kernel.device import check_devices
+    from medtl.kernel.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_devices("auto", 0)["name"] == "CPU"
+    with pytest.raises(ConfigError, match="sees no CUDA device"):
+        check_devices("cuda", 0)

@@ -157,3 +157,44 @@ def out_of_memory_hint(what: str, settings: Mapping[str, Any], fix: str) -> Iter
 
 def _value(v: Any) -> str:
     return str(list(v)) if isinstance(v, tuple) else str(v)
+
+
+def check_devices(device: str, gpus: int) -> dict[str, Any]:
+    """Whether the device a config asks for exists here: what was found, or why not.
+
+    Args:
+        device: the config's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        gpus: the GPUs per job the config asks for.
+
+    Returns:
+        ``device``, ``gpus_asked``, ``gpus_found``, ``name`` (of GPU 0, else ``CPU``),
+        ``torch`` and ``cuda`` (the versions).
+
+    Raises:
+        ConfigError: CUDA asked for and none seen, or more GPUs asked for than found.
+
+    Example:
+        >>> check_devices("cpu", 0)["gpus_asked"]
+        0
+    """
+    asked = f"device {device}" if device != "auto" else f"{gpus} GPU(s)"
+    found = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if (device.startswith("cuda") or gpus > 0) and found == 0:
+        raise ConfigError(
+            f"the config asks for {asked} "
+            "but PyTorch sees no CUDA device. How to fix: set device: auto and gpus: 0 to run "
+            "on CPU, or run on a GPU node with a CUDA build of PyTorch"
+        )
+    if gpus > found > 0:
+        raise ConfigError(
+            f"the config asks for {gpus} GPUs per job but this node has {found}. How to "
+            f"fix: set gpus: {found} or fewer, or ask the scheduler for a larger node"
+        )
+    return {
+        "device": device,
+        "gpus_asked": gpus,
+        "gpus_found": found,
+        "name": torch.cuda.get_device_name(0) if found else "CPU",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
