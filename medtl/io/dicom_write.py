@@ -25,17 +25,14 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
-    UID,
     ExplicitVRLittleEndian,
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
 
+from medtl.io.dicom.uids import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE
 from medtl.io.volume import Volume
 from medtl.kernel.files import atomic_save_dicom
-
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
-CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _INT16_MIN, _INT16_MAX = -32768, 32767

@@ -26,9 +26,10 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 from medtl.io.dicom import SeriesInfo
+from medtl.io.dicom.uids import LABEL_MAP_SEGMENTATION_STORAGE, SEGMENTATION_STORAGE
 from medtl.io.roi_names import match_name
 from medtl.io.rtstruct import (
     FIX_PAIRING,
@@ -46,8 +47,6 @@ from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_save_dicom
 
-SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
-LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 LOCAL_SCHEME = "99MEDTL"  # private coding scheme for class codes (PS3.16 section 8.2)
 

@@ -40,13 +40,12 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ImplicitVRLittleEndian, generate_uid
 
 from medtl.io.dicom import SeriesInfo, position_rounding
+from medtl.io.dicom.uids import DETACHED_STUDY_MANAGEMENT, RTSTRUCT_STORAGE
 from medtl.io.roi_names import MAX_CLASS, match_name
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_save_dicom
 
-RT_STRUCTURE_SET_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.3")
-DETACHED_STUDY_MANAGEMENT = UID("1.2.840.10008.3.1.2.3.1")  # RTReferencedStudySequence class
 GEOMETRY_MISMATCH = "label geometry does not match its image"
 FIX_PAIRING = (
     "pair the label file with the image series it was drawn on (same SeriesInstanceUID and "
@@ -285,7 +284,7 @@ def rasterise_rtstruct(
     """
     path = Path(path)
     _check_name_map(name_map)
-    ds = _read_label_file(path, (RT_STRUCTURE_SET_STORAGE,), "RTSTRUCT")
+    ds = _read_label_file(path, (RTSTRUCT_STORAGE,), "RTSTRUCT")
     grid = series_grid(series, image, where=path)
     image_for = image.source_uids.get("FrameOfReferenceUID") or grid.frame_of_reference_uid
     _check_rtstruct_references(path, ds, series, image_for)
@@ -493,7 +492,7 @@ def write_rtstruct(
 
     ds = Dataset()
     ds.SpecificCharacterSet = first.get("SpecificCharacterSet", "ISO_IR 192") or "ISO_IR 192"
-    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPClassUID = RTSTRUCT_STORAGE
     ds.SOPInstanceUID = sop_uid
     copy_patient_study(first, ds)
     ds.Modality = "RTSTRUCT"
@@ -564,7 +563,7 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = Sequence(observations)
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RT_STRUCTURE_SET_STORAGE
+    meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ImplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
