@@ -270,8 +270,8 @@ def export_nnunet(
     tools train and are scored on the same cases.
     """
     from medtl.config import load_json_arg
-    from medtl.io.ingest import read_manifest
     from medtl.export.nnunet import export_nnunet as write
+    from medtl.io.ingest import read_manifest
 
     df = read_manifest(manifest)
     if channel_names:

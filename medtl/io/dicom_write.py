@@ -25,6 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     generate_uid,
 )
@@ -275,12 +276,21 @@ def _slice_dataset(
     pixels = np.ascontiguousarray(stored.T, dtype="<i2")
     ds.add_new(0x7FE00010, "OW", pixels.tobytes())
 
+    add_file_meta(ds, ExplicitVRLittleEndian)
+    return ds
+
+
+def add_file_meta(ds: Dataset, transfer_syntax: UID) -> None:
+    """Give ``ds`` the file meta information and preamble of a DICOM file medtl writes.
+
+    The meta names ``ds``'s SOPClassUID and SOPInstanceUID and ``transfer_syntax``; the
+    implementation version is ``MEDTL``, not pydicom's version, so the bytes stay stable.
+    """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = common.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "MEDTL"  # not pydicom's version: keeps bytes stable
     ds.file_meta = meta
     ds.preamble = b"\x00" * 128
-    return ds

@@ -15,7 +15,8 @@ from medtl.io.dicom import SeriesInfo, load_series
 from medtl.io.dicom.uids import RTSTRUCT_STORAGE
 from medtl.io.dicom_write import write_series
 from medtl.io.roi_names import build_name_map, match_name
-from medtl.io.rtstruct import rasterise_rtstruct, write_rtstruct
+from medtl.io.rtstruct import rasterise_rtstruct
+from medtl.io.rtstruct_write import write_rtstruct
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 
@@ -351,7 +352,7 @@ def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
     import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 
     from medtl.io.dicom import discover_series, load_series_with_notes
-    from medtl.io.rtstruct import series_grid
+    from medtl.io.label_objects import series_grid
 
     dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
     (series,), _ = discover_series(tmp_path / "ct")
