@@ -175,7 +175,7 @@ def steady_step_seconds(curves: Path) -> tuple[float, float]:
 
 def prepare(b: Bench, cfg: dict) -> dict:
     """Ingest, split and export to nnU-Net (with the same folds). Not timed."""
-    from medtl.io.nnunet import check_same_folds
+    from medtl.export.nnunet import check_same_folds
 
     a, med = b.args, b.work / "medtl"
     data = b.work / "data"
@@ -368,7 +368,7 @@ def preprocess(b: Bench, cfg: dict, d: dict) -> dict:
         )
     pre = b.nn_pre / d["raw"].name
     shutil.copy(d["raw"] / "splits_final.json", pre / "splits_final.json")
-    from medtl.io.nnunet import check_same_folds
+    from medtl.export.nnunet import check_same_folds
 
     check_same_folds(d["folds_data"], json.loads((pre / "splits_final.json").read_text()))
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
@@ -578,7 +578,7 @@ def budgets(b: Bench, cfg: dict, d: dict, pre: dict, thr: dict, weights) -> dict
     test_in = b.work / "nnunet" / "test_input"
     shutil.rmtree(test_in, ignore_errors=True)
     test_in.mkdir(parents=True)
-    from medtl.io.nnunet import nnunet_case_id
+    from medtl.export.nnunet import nnunet_case_id
 
     for c in test_cases:
         shutil.copy(d["raw"] / "imagesTr" / f"{nnunet_case_id(c)}_0000.nii.gz", test_in)
@@ -708,7 +708,7 @@ def nnunet_predict(b: Bench, src: Path, dst: Path, chk: str, tta: bool, log: str
 
 def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
     """Per-case inference time and Dice from raw images, TTA off and on, one fold model."""
-    from medtl.io.nnunet import nnunet_case_id
+    from medtl.export.nnunet import nnunet_case_id
 
     classes = [int(k) for k in cfg["classes"]]
     test_cases, refs = held_out(b, d)

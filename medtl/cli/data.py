@@ -188,8 +188,8 @@ def export_nnunet(
     tools train and are scored on the same cases.
     """
     from medtl.config import load_json_arg
+    from medtl.export.nnunet import export_nnunet as write
     from medtl.io.ingest import read_manifest
-    from medtl.io.nnunet import export_nnunet as write
     from medtl.io.nnunet_defaults import channel_names as channels_of
 
     df = read_manifest(manifest)
@@ -199,7 +199,7 @@ def export_nnunet(
     folder = write(df, out, dataset_id, name, names, channels, overwrite=overwrite)
     typer.echo(f"export-nnunet: {len(df)} cases → {folder}")
     if folds is not None:
-        from medtl.io.nnunet import write_nnunet_splits
+        from medtl.export.nnunet import write_nnunet_splits
         from medtl.split.folds import load_folds
 
         path = write_nnunet_splits(load_folds(folds), folder / "splits_final.json")

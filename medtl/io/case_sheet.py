@@ -35,7 +35,7 @@ import difflib
 import io
 from pathlib import Path
 
-from medtl.io.sources import CaseSource
+from medtl.io.case_source import CaseSource
 from medtl.kernel.errors import InputError, Rejection
 
 COLUMNS = ("image", "label", "patient", "case_id")

@@ -31,11 +31,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from medtl.io.dicom.uids import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE
 from medtl.io.volume import Volume
 from medtl.kernel.files import atomic_save_dicom
-
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
-CT_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.2")
 
 _LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 _INT16_MIN, _INT16_MAX = -32768, 32767
@@ -278,12 +276,21 @@ def _slice_dataset(
     pixels = np.ascontiguousarray(stored.T, dtype="<i2")
     ds.add_new(0x7FE00010, "OW", pixels.tobytes())
 
+    add_file_meta(ds, ExplicitVRLittleEndian)
+    return ds
+
+
+def add_file_meta(ds: Dataset, transfer_syntax: UID) -> None:
+    """Give ``ds`` the file meta information and preamble of a DICOM file medtl writes.
+
+    The meta names ``ds``'s SOPClassUID and SOPInstanceUID and ``transfer_syntax``; the
+    implementation version is ``MEDTL``, not pydicom's version, so the bytes stay stable.
+    """
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = common.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "MEDTL"  # not pydicom's version: keeps bytes stable
     ds.file_meta = meta
     ds.preamble = b"\x00" * 128
-    return ds

@@ -26,28 +26,27 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import generate_uid
 
 from medtl.io.dicom import SeriesInfo
-from medtl.io.roi_names import match_name
-from medtl.io.rtstruct import (
+from medtl.io.dicom.uids import LABEL_MAP_SEGMENTATION_STORAGE, SEGMENTATION_STORAGE
+from medtl.io.label_objects import (
     FIX_PAIRING,
     GEOMETRY_MISMATCH,
     LabelConversion,
     SeriesGrid,
-    _check_name_map,
-    _fmt,
-    _read_label_file,
     check_mask,
+    check_name_map,
     derived_uid,
+    format_values,
+    read_label_file,
     series_grid,
 )
+from medtl.io.roi_names import match_name
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_save_dicom
 
-SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.4")
-LABEL_MAP_SEGMENTATION_STORAGE = UID("1.2.840.10008.5.1.4.1.1.66.7")
 TISSUE = hd.sr.CodedConcept("85756007", "SCT", "Tissue")
 LOCAL_SCHEME = "99MEDTL"  # private coding scheme for class codes (PS3.16 section 8.2)
 
@@ -86,8 +85,8 @@ def read_seg(
             reference, its frames do not fit the image grid, or its pixels cannot be decoded.
     """
     path = Path(path)
-    _check_name_map(name_map)
-    ds = _read_label_file(path, (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE), "SEG")
+    check_name_map(name_map)
+    ds = read_label_file(path, (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE), "SEG")
     grid = series_grid(series, image, where=path)
     image_for = image.source_uids.get("FrameOfReferenceUID") or grid.frame_of_reference_uid
     _check_seg_references(path, ds, series, grid, image_for)
@@ -199,8 +198,8 @@ def _check_frame_geometry(path: Path, ds: Dataset, grid: SeriesGrid) -> None:
         if not np.allclose(found, expected, atol=_ORIENTATION_TOL):
             raise InputError(
                 path,
-                f"{GEOMETRY_MISMATCH}: expected frames oriented {_fmt(expected)} (the image), "
-                f"found {_fmt(found)}",
+                f"{GEOMETRY_MISMATCH}: expected frames oriented {format_values(expected)} "
+                f"(the image), found {format_values(found)}",
                 FIX_PAIRING,
             )
 

@@ -23,11 +23,8 @@ have the patient ID replaced by ``<patient-id>``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime as dt
 import logging
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +35,8 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from tqdm.auto import tqdm
 
-from medtl.kernel.errors import ConfigError, InputError, Rejection
+from medtl.io.dicomweb_query import UID_PATTERN, DicomwebQuery, query_from_config
+from medtl.kernel.errors import InputError, Rejection
 from medtl.kernel.files import atomic_write, is_temporary
 
 log = logging.getLogger(__name__)
@@ -48,10 +46,6 @@ _STUDY_UID = "0020000D"
 _SERIES_UID = "0020000E"
 _SOP_UID = "00080018"
 
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_DATE_RE = re.compile(r"^[0-9]{8}$")
-_MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Loggers whose messages may carry request URLs, hence the patient-ID filter.
 _URL_LOGGERS = ("dicomweb_client", "dicomweb_client.web", "dicomweb_client.api", "urllib3")
 # Each HTTP request is tried this often (connection errors, 408, 429, 503, 504), waiting
@@ -63,131 +57,6 @@ _RETRY_FIX = (
     "run the pull again: instances already in the cache are skipped and what failed is "
     "retried; if it fails again, check the server's log"
 )
-
-
-@dataclass(frozen=True)
-class DicomwebQuery:
-    """Which studies to pull from which DICOMweb server.
-
-    All filters are combined (AND); an unset filter matches everything.
-
-    Attributes:
-        url: the server's DICOMweb root, e.g. ``http://127.0.0.1:8042/dicom-web``.
-        patient_id: PatientID to match.
-        study_uids: StudyInstanceUIDs to pull (any of them); empty means any study.
-        modality: a modality code (``MR``, ``CT``): studies whose ModalitiesInStudy hold it,
-            and of those only the series of that modality.
-        date_from: first StudyDate to match, ``YYYYMMDD``, inclusive.
-        date_to: last StudyDate to match, ``YYYYMMDD``, inclusive.
-        study_description: StudyDescription to match; ``*`` and ``?`` are wildcards
-            (``*BRAIN*``).
-        username: user name for HTTP basic authentication, or None for none.
-        password_env: name of the environment variable that holds the password (the
-            password itself is never part of the configuration).
-
-    Raises:
-        ConfigError: a value of the wrong form (says which key, what was found and what is
-            expected).
-
-    Example:
-        >>> q = DicomwebQuery("http://127.0.0.1:8042/dicom-web", modality="MR",
-        ...                   date_from="20240101", date_to="20241231")
-        >>> q.study_date_filter()
-        '20240101-20241231'
-    """
-
-    url: str
-    patient_id: str | None = None
-    study_uids: tuple[str, ...] = ()
-    modality: str | None = None
-    date_from: str | None = None
-    date_to: str | None = None
-    study_description: str | None = None
-    username: str | None = None
-    password_env: str | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.url, str) or not re.match(r"^https?://[^/\s]+", self.url):
-            raise ConfigError(
-                f"config key 'url': got {self.url!r}; expected an http:// or https:// URL "
-                "of the DICOMweb root, e.g. http://pacs.example.org:8042/dicom-web"
-            )
-        if "@" in self.url.split("://", 1)[1].split("/", 1)[0]:
-            raise ConfigError(
-                "config key 'url': found a user name or password in the URL; expected none. "
-                "Give the user as username and the password in an environment variable named "
-                "by password_env"
-            )
-        for key in ("patient_id", "study_description", "username"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(
-                    f"config key '{key}': got {value!r}; expected a non-empty string or null"
-                )
-        if isinstance(self.study_uids, (str, list)):
-            uids = [self.study_uids] if isinstance(self.study_uids, str) else self.study_uids
-            object.__setattr__(self, "study_uids", tuple(uids))
-        for uid in self.study_uids:
-            if not isinstance(uid, str) or not _UID_RE.match(uid) or len(uid) > 64:
-                raise ConfigError(
-                    f"config key 'study_uids': got {uid!r}; expected DICOM UIDs (digits and "
-                    "dots, at most 64 characters), e.g. 1.2.840.113619.2.55.3.1234"
-                )
-        if self.modality is not None and (
-            not isinstance(self.modality, str) or not _MODALITY_RE.match(self.modality)
-        ):
-            raise ConfigError(
-                f"config key 'modality': got {self.modality!r}; expected a DICOM modality code "
-                "in capitals, e.g. MR or CT"
-            )
-        for key in ("date_from", "date_to"):
-            value = getattr(self, key)
-            if value is None:
-                continue
-            if isinstance(value, int) and not isinstance(value, bool):
-                value = str(value)  # YAML reads 20240101 as a number
-                object.__setattr__(self, key, value)
-            if not isinstance(value, str) or not _valid_date(value):
-                raise ConfigError(
-                    f"config key '{key}': got {value!r}; expected a date as YYYYMMDD, e.g. 20240131"
-                )
-        if self.date_from and self.date_to and self.date_from > self.date_to:
-            raise ConfigError(
-                f"config keys 'date_from'/'date_to': got {self.date_from} after {self.date_to}; "
-                "expected date_from on or before date_to"
-            )
-        if self.password_env is not None and (
-            not isinstance(self.password_env, str) or not _ENV_RE.match(self.password_env)
-        ):
-            raise ConfigError(
-                f"config key 'password_env': got {self.password_env!r}; expected the name of "
-                "an environment variable, e.g. PACS_PASSWORD"
-            )
-        if (self.username is None) != (self.password_env is None):
-            raise ConfigError(
-                "config keys 'username'/'password_env': found only one of them; expected both "
-                "(basic authentication) or neither"
-            )
-
-    def study_date_filter(self) -> str | None:
-        """The QIDO-RS StudyDate range (``YYYYMMDD-YYYYMMDD``, open ends allowed), or None."""
-        if not self.date_from and not self.date_to:
-            return None
-        return f"{self.date_from or ''}-{self.date_to or ''}"
-
-    def study_filters(self) -> dict[str, str]:
-        """The QIDO-RS study-level search filters, without StudyInstanceUID."""
-        filters: dict[str, str] = {}
-        if self.patient_id:
-            filters["PatientID"] = self.patient_id
-        if self.modality:
-            filters["ModalitiesInStudy"] = self.modality
-        date = self.study_date_filter()
-        if date:
-            filters["StudyDate"] = date
-        if self.study_description:
-            filters["StudyDescription"] = self.study_description
-        return filters
 
 
 @dataclass(frozen=True)
@@ -210,67 +79,6 @@ class PullReport:
     instances_skipped: int
     failed: list[Rejection] = field(default_factory=list)
     temporaries_removed: int = 0
-
-
-def _valid_date(text: str) -> bool:
-    if not _DATE_RE.match(text):
-        return False
-    try:
-        dt.datetime.strptime(text, "%Y%m%d")
-    except ValueError:
-        return False
-    return True
-
-
-def query_from_config(d: dict[str, Any]) -> DicomwebQuery:
-    """Build a :class:`DicomwebQuery` from a configuration mapping, checking every key.
-
-    Args:
-        d: a mapping with the keys of :class:`DicomwebQuery`; ``url`` is required and
-            ``study_uids`` is a list of UIDs.
-
-    Raises:
-        ConfigError: an unknown or missing key, or a value of the wrong form.
-
-    Example:
-        >>> query_from_config({"url": "http://127.0.0.1:8042/dicom-web", "modality": "MR"})
-        ... # doctest: +ELLIPSIS
-        DicomwebQuery(url='http://127.0.0.1:8042/dicom-web', patient_id=None, ...)
-        >>> query_from_config({"url": "http://h/dicom-web", "password": "x"})
-        Traceback (most recent call last):
-        ...
-        medtl.config.ConfigError: config key 'password': unknown. Allowed keys: ...
-    """
-    if not isinstance(d, dict):
-        raise ConfigError(f"dicomweb dataset: expected a mapping of query keys, got {d!r}")
-    allowed = [f.name for f in dataclasses.fields(DicomwebQuery)]
-    for key in d:
-        if key not in allowed:
-            hint = ""
-            if str(key).lower() in ("password", "pass", "passwd", "token"):
-                hint = (
-                    ". A password is never read from the configuration: put it in an "
-                    "environment variable and give that variable's name as password_env"
-                )
-            raise ConfigError(
-                f"config key '{key}': unknown. Allowed keys: {', '.join(sorted(allowed))}{hint}"
-            )
-    if d.get("url") is None:
-        raise ConfigError(
-            "config key 'url': missing; expected the DICOMweb root URL, e.g. "
-            "http://pacs.example.org:8042/dicom-web"
-        )
-    values = dict(d)
-    uids = values.get("study_uids")
-    if uids is None:
-        values["study_uids"] = ()
-    elif isinstance(uids, (list, tuple)):
-        values["study_uids"] = tuple(uids)
-    else:
-        raise ConfigError(
-            f"config key 'study_uids': got {uids!r}; expected a list of StudyInstanceUIDs"
-        )
-    return DicomwebQuery(**values)
 
 
 class _RedactFilter(logging.Filter):
@@ -328,7 +136,7 @@ def _uid(item: dict[str, Any], tag: str) -> str | None:
     """The first value of ``tag`` in a QIDO-RS JSON result, if it is a valid UID."""
     values = item.get(tag, {}).get("Value") or []
     value = values[0] if values else None
-    if isinstance(value, str) and _UID_RE.match(value) and len(value) <= 64:
+    if isinstance(value, str) and UID_PATTERN.match(value) and len(value) <= 64:
         return value
     return None
 
@@ -499,63 +307,8 @@ def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport
             # "from None": the exception's own message may carry the patient ID in a URL.
             raise _connection_error(url, exc) from None
 
-        series_filters = {"Modality": query.modality} if query.modality else None
-        todo: list[tuple[str, str, str]] = []
-        n_series = 0
-        for study in studies:
-            try:
-                series_uids = _search_all(
-                    client.search_for_series,
-                    _SERIES_UID,
-                    study_instance_uid=study,
-                    fields=["SeriesInstanceUID"],
-                    search_filters=series_filters,
-                )
-            except Exception as exc:  # one study's failure must not stop the rest
-                failed.append(
-                    Rejection(
-                        str(cache / study),
-                        f"expected the server to list the study's series (QIDO-RS), "
-                        f"found {_describe(exc)}",
-                        _RETRY_FIX,
-                    )
-                )
-                continue
-            n_series += len(series_uids)
-            for series in series_uids:
-                try:
-                    sops = _search_all(
-                        client.search_for_instances,
-                        _SOP_UID,
-                        study_instance_uid=study,
-                        series_instance_uid=series,
-                        fields=["SOPInstanceUID"],
-                    )
-                except Exception as exc:  # one series' failure must not stop the rest
-                    failed.append(
-                        Rejection(
-                            str(cache / study / series),
-                            f"expected the server to list the series' instances (QIDO-RS), "
-                            f"found {_describe(exc)}",
-                            _RETRY_FIX,
-                        )
-                    )
-                    continue
-                todo.extend((study, series, sop) for sop in sops)
-
-        downloaded = skipped = 0
-        for study, series, sop in tqdm(
-            todo, desc="dicomweb pull", unit="instance", disable=not progress
-        ):
-            path = cache / study / series / f"{sop}.dcm"
-            if path.is_file():
-                skipped += 1
-                continue
-            problem = _retrieve(client, study, series, sop, path)
-            if problem is None:
-                downloaded += 1
-            else:
-                failed.append(Rejection(str(path), problem, _RETRY_FIX))
+        todo, n_series = _list_instances(client, studies, query, cache, failed)
+        downloaded, skipped = _download(client, todo, cache, progress, failed)
 
     report = PullReport(
         studies=len(studies),
@@ -576,6 +329,87 @@ def pull(query: DicomwebQuery, cache: Path, progress: bool = True) -> PullReport
         len(report.failed),
     )
     return report
+
+
+def _list_instances(
+    client: DICOMwebClient,
+    studies: list[str],
+    query: DicomwebQuery,
+    cache: Path,
+    failed: list[Rejection],
+) -> tuple[list[tuple[str, str, str]], int]:
+    """Every (study, series, instance) UID to retrieve, and the number of series searched.
+
+    A study or series the server cannot list is added to ``failed``; the others carry on.
+    """
+    series_filters = {"Modality": query.modality} if query.modality else None
+    todo: list[tuple[str, str, str]] = []
+    n_series = 0
+    for study in studies:
+        try:
+            series_uids = _search_all(
+                client.search_for_series,
+                _SERIES_UID,
+                study_instance_uid=study,
+                fields=["SeriesInstanceUID"],
+                search_filters=series_filters,
+            )
+        except Exception as exc:  # one study's failure must not stop the rest
+            failed.append(
+                Rejection(
+                    str(cache / study),
+                    f"expected the server to list the study's series (QIDO-RS), "
+                    f"found {_describe(exc)}",
+                    _RETRY_FIX,
+                )
+            )
+            continue
+        n_series += len(series_uids)
+        for series in series_uids:
+            try:
+                sops = _search_all(
+                    client.search_for_instances,
+                    _SOP_UID,
+                    study_instance_uid=study,
+                    series_instance_uid=series,
+                    fields=["SOPInstanceUID"],
+                )
+            except Exception as exc:  # one series' failure must not stop the rest
+                failed.append(
+                    Rejection(
+                        str(cache / study / series),
+                        f"expected the server to list the series' instances (QIDO-RS), "
+                        f"found {_describe(exc)}",
+                        _RETRY_FIX,
+                    )
+                )
+                continue
+            todo.extend((study, series, sop) for sop in sops)
+    return todo, n_series
+
+
+def _download(
+    client: DICOMwebClient,
+    todo: list[tuple[str, str, str]],
+    cache: Path,
+    progress: bool,
+    failed: list[Rejection],
+) -> tuple[int, int]:
+    """Retrieve each instance not yet in the cache; the numbers downloaded and skipped."""
+    downloaded = skipped = 0
+    for study, series, sop in tqdm(
+        todo, desc="dicomweb pull", unit="instance", disable=not progress
+    ):
+        path = cache / study / series / f"{sop}.dcm"
+        if path.is_file():
+            skipped += 1
+            continue
+        problem = _retrieve(client, study, series, sop, path)
+        if problem is None:
+            downloaded += 1
+        else:
+            failed.append(Rejection(str(path), problem, _RETRY_FIX))
+    return downloaded, skipped
 
 
 __all__ = [

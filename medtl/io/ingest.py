@@ -31,6 +31,7 @@ from medtl.io.checks import (
     content_key,
 )
 from medtl.io.deid import hash_id
+from medtl.io.dicom.uids import LABEL_KINDS
 from medtl.io.images import (
     IMAGE_SUFFIXES,
     companion_files,
@@ -67,8 +68,6 @@ MANIFEST_COLUMNS = [
     "note",
 ]
 REJECTED_COLUMNS = ["path", "reason", "fix"]
-RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 #: The classes DICOM ROI / segment names are matched to when none are given.
@@ -282,7 +281,7 @@ def _dicom_label_kind(path: Path) -> str | None:
     except Exception:
         return None
     uid = str(getattr(ds, "SOPClassUID", ""))
-    return {RTSTRUCT_SOP_CLASS: "RTSTRUCT", SEG_SOP_CLASS: "SEG"}.get(uid)
+    return LABEL_KINDS.get(uid)
 
 
 def _read_dicom_label(

@@ -18,8 +18,8 @@ import re
 import numpy as np
 
 from medtl.io.images import ImageFile
+from medtl.io.label_objects import LabelConversion
 from medtl.io.roi_names import match_name
-from medtl.io.rtstruct import LabelConversion
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 

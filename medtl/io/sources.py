@@ -8,51 +8,16 @@ writing NIfTI is left to :mod:`medtl.io.ingest`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from medtl.io.images import SEG_NRRD_SUFFIX, image_stem, is_image_file
+from medtl.io.case_sheet import read_case_sheet
+from medtl.io.case_source import CaseSource
+from medtl.io.images import NIFTI_SUFFIXES, SEG_NRRD_SUFFIX, image_stem, is_image_file
 from medtl.kernel.errors import Rejection
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SHEET_SUFFIXES = (".tsv", ".csv", ".txt")
 #: Folders whose image files are the labels of the images in a sibling folder.
 LABEL_FOLDERS = {"labels": "images", "labelstr": "imagestr", "labelsts": "imagests"}
-
-
-@dataclass(frozen=True)
-class CaseSource:
-    """One case to ingest: where its image and label come from.
-
-    Attributes:
-        image: an image file (NIfTI, NRRD, MetaImage), a folder holding one DICOM
-            series, or (with ``series``) the series' folder, for messages.
-        label: a label file (NIfTI, NRRD, MetaImage, 3D Slicer ``.seg.nrrd``), an
-            RTSTRUCT or DICOM-SEG file, or None.
-        patient: the patient identifier (raw; hashed before it is written), or None to
-            take it from the DICOM header (or the case name for image files).
-        case_id: a pseudonymous case name, or None to derive one.
-        channels: further channels (files on the image's grid) of a multi-channel case;
-            they are stacked after ``image`` into one 4-D NIfTI (channels last).
-        series: the DICOM series, when discovery already found it.
-        label_object: the DICOM label object (RTSTRUCT / SEG) paired with ``series``.
-        four_d: ``image`` is one 4-D file whose last axis holds channels that the
-            dataset declares (an MSD ``dataset.json`` naming them under ``modality``).
-        classes: the label values the dataset itself declares (``dataset.json``'s
-            ``labels``); labels are checked against them when no classes are given.
-        origin: where the case was listed (e.g. ``line 3 of cases.tsv``), for messages.
-    """
-
-    image: Path
-    label: Path | None = None
-    patient: str | None = None
-    case_id: str | None = None
-    channels: tuple[Path, ...] = ()
-    series: object | None = None  # medtl.io.dicom.SeriesInfo
-    label_object: object | None = None  # medtl.io.dicom.LabelObjectInfo
-    four_d: bool = False
-    classes: dict[int, str] | None = None
-    origin: str = ""
 
 
 def is_nifti(path: Path) -> bool:
@@ -71,8 +36,6 @@ def nifti_stem(path: Path) -> str:
 
 def from_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
     """The cases of a case sheet (see :func:`medtl.io.case_sheet.read_case_sheet`)."""
-    from medtl.io.case_sheet import read_case_sheet
-
     return read_case_sheet(sheet)
 
 

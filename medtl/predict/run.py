@@ -167,7 +167,7 @@ def _write_dicom_outputs(
         write_seg(labels, series, classes, path, algorithm=f"medtl {arm}", version=__version__)
         written.append(str(path))
     if "rtstruct" in formats:
-        from medtl.io.rtstruct import write_rtstruct
+        from medtl.io.rtstruct_write import write_rtstruct
 
         path = out / f"{row.case_id}.rtstruct.dcm"
         write_rtstruct(labels, series, classes, path, algorithm=f"medtl {arm}", version=__version__)

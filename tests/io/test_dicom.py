@@ -26,7 +26,8 @@ from medtl.io.dicom import (
     load_series_with_notes,
 )
 from medtl.io.dicom import pixels as dicom_pixels
-from medtl.io.dicom_write import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE, write_series
+from medtl.io.dicom.uids import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE
+from medtl.io.dicom_write import write_series
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 

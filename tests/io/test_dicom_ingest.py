@@ -16,7 +16,7 @@ import pandas as pd
 
 from medtl.io.dicom import discover, pair_labels
 from medtl.io.ingest import ingest_path
-from medtl.io.rtstruct import write_rtstruct
+from medtl.io.rtstruct_write import write_rtstruct
 
 CLASSES = {0: "background", 1: "foreground"}
 

@@ -13,8 +13,9 @@ from pydicom.pixels import pack_bits
 from pydicom.uid import generate_uid
 
 from medtl.io.dicom import SeriesInfo, load_series
+from medtl.io.dicom.uids import SEGMENTATION_STORAGE
 from medtl.io.dicom_write import write_series
-from medtl.io.dicomseg import SEGMENTATION_STORAGE, read_seg, write_seg
+from medtl.io.dicomseg import read_seg, write_seg
 from medtl.io.roi_names import build_name_map
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError

@@ -1,114 +1,30 @@
-"""Tests for the nnU-Net v2 / MSD interchange (medtl.io.nnunet)."""
+"""Tests for reading nnU-Net v2 / MSD datasets (medtl.io.nnunet, medtl.io.msd)."""
 
 from __future__ import annotations
 
 import json
-import re
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
-from medtl.io.nnunet import (
-    ExternalCase,
-    check_same_folds,
-    detect_format,
-    export_nnunet,
-    nnunet_case_id,
-    nnunet_splits,
-    read_external,
-)
-from medtl.kernel.errors import InputError, MedtlError
+from medtl.io.nnunet import ExternalCase, detect_format, read_external
+from medtl.kernel.errors import InputError
 
-SHAPE = (4, 5, 6)
-# oblique-free but not identity: flipped axis, anisotropic spacing, offset origin
-AFFINE = np.array(
-    [[-1.5, 0, 0, 10.0], [0, 1.2, 0, -20.0], [0, 0, 2.5, 5.0], [0, 0, 0, 1]], dtype=float
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from nnunet_data import (  # noqa: E402  (tests/support, put on sys.path above)
+    SHAPE,
+    msd_dir,
+    nnunet_dir,
+    random_image,
+    random_label,
+    save,
+    write_json,
 )
 
-
-def _save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
-    return path
-
-
-def _image(seed: int, channels: int | None = None) -> np.ndarray:
-    shape = SHAPE if channels is None else (*SHAPE, channels)
-    return np.random.default_rng(seed).random(shape).astype(np.float32)
-
-
-def _label(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 3, SHAPE).astype(np.uint8)
-
-
-def _write_json(folder: Path, meta: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "dataset.json").write_text(json.dumps(meta))
-
-
-def _junk(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x00\x05\x16\x07 macOS resource fork")
-
-
-@pytest.fixture
-def nnunet_dir(tmp_path: Path) -> Path:
-    """Two channels, three training cases (case_c lacks channel 1), one test case."""
-    d = tmp_path / "Dataset042_Tiny"
-    _write_json(
-        d,
-        {
-            "channel_names": {"0": "CT", "1": "T2"},
-            "labels": {"background": 0, "tumour": 1, "cyst": 2},
-            "numTraining": 3,
-            "file_ending": ".nii.gz",
-        },
-    )
-    for i, case in enumerate(["case_a", "case_b", "case_c"]):
-        _save(d / "imagesTr" / f"{case}_0000.nii.gz", _image(i))
-        if case != "case_c":
-            _save(d / "imagesTr" / f"{case}_0001.nii.gz", _image(10 + i))
-        _save(d / "labelsTr" / f"{case}.nii.gz", _label(i))
-    _save(d / "imagesTs" / "test_x_0000.nii.gz", _image(20))
-    _save(d / "imagesTs" / "test_x_0001.nii.gz", _image(21))
-    _junk(d / "imagesTr" / "._case_a_0000.nii.gz")
-    _junk(d / "labelsTr" / "._case_a.nii.gz")
-    _junk(d / ".DS_Store")
-    return d
-
-
-@pytest.fixture
-def msd_dir(tmp_path: Path) -> Path:
-    """MSD task: 4-D two-channel images, macOS junk, a test list of plain strings."""
-    d = tmp_path / "Task01_Tiny"
-    training = []
-    for i, case in enumerate(["brain_001", "brain_002"]):
-        _save(d / "imagesTr" / f"{case}.nii.gz", _image(i, channels=2))
-        _save(d / "labelsTr" / f"{case}.nii.gz", _label(i))
-        training.append(
-            {"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"}
-        )
-    _save(d / "imagesTs" / "brain_101.nii.gz", _image(5, channels=2))
-    for sub in ("imagesTr", "labelsTr", "imagesTs"):
-        _junk(d / sub / "._brain_001.nii.gz")
-    _write_json(
-        d,
-        {
-            "name": "Tiny",
-            "modality": {"0": "FLAIR", "1": "T1w"},
-            "labels": {"0": "background", "1": "edema", "2": "enhancing tumour"},
-            "numTraining": 2,
-            "training": training,
-            "test": ["./imagesTs/brain_101.nii.gz"],
-        },
-    )
-    return d
-
-
-# ----------------------------------------------------------------------------- reading
+__all__ = ["msd_dir", "nnunet_dir"]  # fixtures
 
 
 def test_read_nnunet_rejects_case_missing_a_channel(nnunet_dir: Path) -> None:
@@ -132,11 +48,11 @@ def test_read_nnunet_rejects_case_missing_a_channel(nnunet_dir: Path) -> None:
 
 
 def test_read_nnunet_reports_stray_files(nnunet_dir: Path) -> None:
-    _save(nnunet_dir / "labelsTr" / "orphan.nii.gz", _label(0))
+    save(nnunet_dir / "labelsTr" / "orphan.nii.gz", random_label(0))
     (nnunet_dir / "imagesTr" / "notes.txt").write_text("x")
-    _save(nnunet_dir / "imagesTr" / "case_d_0000.nii.gz", _image(0))
-    _save(nnunet_dir / "imagesTr" / "case_d_0001.nii.gz", _image(1))  # no label
-    _save(nnunet_dir / "imagesTr" / "case_e_0002.nii.gz", _image(0))  # no channel 2
+    save(nnunet_dir / "imagesTr" / "case_d_0000.nii.gz", random_image(0))
+    save(nnunet_dir / "imagesTr" / "case_d_0001.nii.gz", random_image(1))  # no label
+    save(nnunet_dir / "imagesTr" / "case_e_0002.nii.gz", random_image(0))  # no channel 2
     ds = read_external(nnunet_dir)
     assert [c.case_id for c in ds.cases] == ["case_a", "case_b", "test_x"]
     by_name = {Path(r.path).name: r for r in ds.rejected}
@@ -152,7 +68,7 @@ def test_read_nnunet_reports_stray_files(nnunet_dir: Path) -> None:
 
 
 def test_read_nnunet_rejects_channel_of_other_shape(nnunet_dir: Path) -> None:
-    _save(nnunet_dir / "imagesTr" / "case_b_0001.nii.gz", np.zeros((3, 3, 3), np.float32))
+    save(nnunet_dir / "imagesTr" / "case_b_0001.nii.gz", np.zeros((3, 3, 3), np.float32))
     ds = read_external(nnunet_dir)
     assert "case_b" not in [c.case_id for c in ds.cases]
     assert any("differ in shape" in r.reason for r in ds.rejected)
@@ -160,9 +76,9 @@ def test_read_nnunet_rejects_channel_of_other_shape(nnunet_dir: Path) -> None:
 
 def test_read_nnunet_explicit_dataset_listing(tmp_path: Path) -> None:
     d = tmp_path / "Dataset043_Listed"
-    _save(d / "somewhere" / "x_ct.nii.gz", _image(0))
-    _save(d / "somewhere" / "x_seg.nii.gz", _label(0))
-    _write_json(
+    save(d / "somewhere" / "x_ct.nii.gz", random_image(0))
+    save(d / "somewhere" / "x_seg.nii.gz", random_label(0))
+    write_json(
         d,
         {
             "channel_names": {"0": "CT"},
@@ -197,8 +113,8 @@ def test_read_msd_rejections(msd_dir: Path) -> None:
     meta = json.loads((msd_dir / "dataset.json").read_text())
     meta["training"].append({"image": "./imagesTr/gone.nii.gz", "label": "./labelsTr/gone.nii.gz"})
     meta["training"].append({"image": "./imagesTr/._brain_001.nii.gz", "label": "./x.nii.gz"})
-    _write_json(msd_dir, meta)
-    _save(msd_dir / "imagesTr" / "brain_003.nii.gz", _image(3, channels=2))  # not listed
+    write_json(msd_dir, meta)
+    save(msd_dir / "imagesTr" / "brain_003.nii.gz", random_image(3, channels=2))  # not listed
     (msd_dir / "labelsTr" / "brain_002.nii.gz").unlink()
     ds = read_external(msd_dir)
     assert [c.case_id for c in ds.cases] == ["brain_001", "brain_101"]
@@ -210,9 +126,9 @@ def test_read_msd_rejections(msd_dir: Path) -> None:
 def test_read_msd_style_without_modality(tmp_path: Path) -> None:
     """medtl's demo writes an MSD-style dataset.json; 'modality' may be absent."""
     d = tmp_path / "source"
-    _save(d / "imagesTr" / "src_000.nii.gz", _image(0))
-    _save(d / "labelsTr" / "src_000.nii.gz", _label(0))
-    _write_json(
+    save(d / "imagesTr" / "src_000.nii.gz", random_image(0))
+    save(d / "labelsTr" / "src_000.nii.gz", random_label(0))
+    write_json(
         d,
         {
             "labels": {"0": "background", "1": "body", "2": "lesion"},
@@ -230,10 +146,10 @@ def test_read_msd_style_without_modality(tmp_path: Path) -> None:
 
 def test_read_nnunet_v1_task_with_split_channels(tmp_path: Path) -> None:
     d = tmp_path / "Task005_Prostate"
-    _save(d / "imagesTr" / "p_00_0000.nii.gz", _image(0))
-    _save(d / "imagesTr" / "p_00_0001.nii.gz", _image(1))
-    _save(d / "labelsTr" / "p_00.nii.gz", _label(0))
-    _write_json(
+    save(d / "imagesTr" / "p_00_0000.nii.gz", random_image(0))
+    save(d / "imagesTr" / "p_00_0001.nii.gz", random_image(1))
+    save(d / "labelsTr" / "p_00.nii.gz", random_label(0))
+    write_json(
         d,
         {
             "modality": {"0": "T2", "1": "ADC"},
@@ -260,7 +176,7 @@ def test_read_nnunet_v1_task_with_split_channels(tmp_path: Path) -> None:
 def test_region_based_and_ignore_labels_refused(tmp_path: Path, labels: dict) -> None:
     d = tmp_path / "Dataset044_Regions"
     meta = {"channel_names": {"0": "MR"}, "labels": labels, "file_ending": ".nii.gz"}
-    _write_json(d, meta)
+    write_json(d, meta)
     with pytest.raises(InputError) as info:
         read_external(d)
     assert info.value.path.endswith("dataset.json")
@@ -275,7 +191,7 @@ def test_regions_class_order_refused(tmp_path: Path) -> None:
         "regions_class_order": [1],
         "file_ending": ".nii.gz",
     }
-    _write_json(d, meta)
+    write_json(d, meta)
     with pytest.raises(InputError, match="region"):
         read_external(d)
 
@@ -301,139 +217,9 @@ def test_dataset_json_missing(tmp_path: Path) -> None:
 def test_non_nifti_file_ending_refused(tmp_path: Path) -> None:
     d = tmp_path / "Dataset047_Png"
     meta = {"channel_names": {"0": "R"}, "labels": {"background": 0, "a": 1}, "file_ending": ".png"}
-    _write_json(d, meta)
+    write_json(d, meta)
     with pytest.raises(InputError, match="NIfTI only"):
         read_external(d)
-
-
-# ----------------------------------------------------------------------------- export
-
-
-def test_round_trip_four_d_two_channels(tmp_path: Path) -> None:
-    src = tmp_path / "ingested"
-    images = {c: _image(i, channels=2) for i, c in enumerate(["p01.a", "p02", "p03"])}
-    rows = []
-    for case, data in images.items():
-        image = _save(src / "images" / f"{case}.nii.gz", data)
-        label = "" if case == "p03" else str(_save(src / "labels" / f"{case}.nii.gz", _label(1)))
-        rows.append({"case_id": case, "patient_id": "x", "image": str(image), "label": label})
-    # as read back from manifest.tsv: the empty label becomes NaN
-    (src / "manifest.tsv").write_text(pd.DataFrame(rows).to_csv(sep="\t", index=False))
-    manifest = pd.read_csv(src / "manifest.tsv", sep="\t")
-    classes, channels = {1: "tumour", 2: "cyst"}, {0: "T1", 1: "T2"}
-
-    out = export_nnunet(manifest, tmp_path / "nnUNet_raw", 501, "Tiny", classes, channels)
-
-    assert out == tmp_path / "nnUNet_raw" / "Dataset501_Tiny"
-    assert [p.name for p in (tmp_path / "nnUNet_raw").iterdir()] == ["Dataset501_Tiny"]
-    meta = json.loads((out / "dataset.json").read_text())
-    assert meta["channel_names"] == {"0": "T1", "1": "T2"}
-    assert meta["labels"] == {"background": 0, "tumour": 1, "cyst": 2}
-    assert meta["numTraining"] == 2
-    assert meta["file_ending"] == ".nii.gz"
-    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == [
-        "p03_0000.nii.gz",
-        "p03_0001.nii.gz",
-    ]
-
-    ds = read_external(out)
-    assert ds.rejected == []
-    assert (ds.kind, ds.channel_names, ds.classes) == ("nnunet", channels, classes)
-    assert [c.case_id for c in ds.cases] == ["p01_a", "p02", "p03"]
-    for case, original in zip(ds.cases, images, strict=True):
-        assert len(case.channels) == 2
-        source = nib.load(str(src / "images" / f"{original}.nii.gz"))
-        for c, path in enumerate(case.channels):
-            img = nib.load(str(path))
-            assert img.shape == SHAPE
-            np.testing.assert_array_equal(np.asanyarray(img.dataobj), images[original][..., c])
-            np.testing.assert_array_equal(img.affine, source.affine)
-            np.testing.assert_allclose(img.affine, AFFINE, atol=1e-6)
-            for key in ("qform_code", "sform_code", "quatern_b", "srow_x", "srow_y", "pixdim"):
-                np.testing.assert_array_equal(img.header[key], source.header[key])
-        if original == "p03":
-            assert case.label is None
-        else:
-            assert case.label.read_bytes() == (src / "labels" / f"{original}.nii.gz").read_bytes()
-
-
-def test_round_trip_three_d_single_channel(tmp_path: Path) -> None:
-    img1 = _save(tmp_path / "in" / "a.nii.gz", _image(0))
-    lab1 = _save(tmp_path / "in" / "a_seg.nii.gz", _label(0))
-    img2 = _save(tmp_path / "in" / "b.nii", _image(1))  # other ending: re-saved, not copied
-    manifest = pd.DataFrame(
-        {
-            "case_id": ["a", "b"],
-            "image": ["in/a.nii.gz", "in/b.nii"],
-            "label": ["in/a_seg.nii.gz", None],
-        }
-    )
-    out = export_nnunet(
-        manifest, tmp_path / "raw", 7, "One", {1: "organ"}, {0: "CT"}, base_dir=tmp_path
-    )
-    assert (out / "imagesTr" / "a_0000.nii.gz").read_bytes() == img1.read_bytes()
-    assert (out / "labelsTr" / "a.nii.gz").read_bytes() == lab1.read_bytes()
-    ds = read_external(out)
-    assert [(c.case_id, len(c.channels), c.label is not None) for c in ds.cases] == [
-        ("a", 1, True),
-        ("b", 1, False),
-    ]
-    b, b_source = nib.load(str(ds.cases[1].channels[0])), nib.load(img2)
-    np.testing.assert_array_equal(np.asanyarray(b.dataobj), np.asanyarray(b_source.dataobj))
-    np.testing.assert_array_equal(b.affine, b_source.affine)
-
-
-def test_export_channel_count_must_match(tmp_path: Path) -> None:
-    image = _save(tmp_path / "a.nii.gz", _image(0))
-    manifest = pd.DataFrame({"case_id": ["a"], "image": [str(image)], "label": [""]})
-    with pytest.raises(MedtlError, match=r"1 channel\(s\), expected 2"):
-        export_nnunet(manifest, tmp_path / "raw", 8, "X", {1: "a"}, {0: "T1", 1: "T2"})
-    assert not (tmp_path / "raw").exists()
-
-
-def test_export_sanitises_ids_and_refuses_collisions(tmp_path: Path) -> None:
-    assert nnunet_case_id("pat 01.ct") == "pat_01_ct"
-    assert nnunet_case_id("ok-id_2") == "ok-id_2"
-    image = str(_save(tmp_path / "a.nii.gz", _image(0)))
-    for ids in (["a.b", "a_b"], ["Case1", "case1"]):
-        manifest = pd.DataFrame({"case_id": ids, "image": [image, image], "label": ["", ""]})
-        with pytest.raises(MedtlError, match="both become"):
-            export_nnunet(manifest, tmp_path / "raw", 9, "X", {1: "a"}, {0: "CT"})
-
-
-def test_export_refuses_bad_classes_and_existing_output(tmp_path: Path) -> None:
-    image = str(_save(tmp_path / "a.nii.gz", _image(0)))
-    manifest = pd.DataFrame({"case_id": ["a"], "image": [image], "label": [""]})
-    with pytest.raises(MedtlError, match="consecutive"):
-        export_nnunet(manifest, tmp_path / "raw", 10, "X", {1: "a", 3: "c"}, {0: "CT"})
-    with pytest.raises(MedtlError, match="1 to 999"):
-        export_nnunet(manifest, tmp_path / "raw", 1000, "X", {1: "a"}, {0: "CT"})
-
-    out = export_nnunet(manifest, tmp_path / "raw", 10, "X", {1: "a"}, {0: "CT"})
-    (out / "imagesTs" / "stale_0000.nii.gz").write_bytes(b"old")
-    with pytest.raises(InputError, match="already exists"):
-        export_nnunet(manifest, tmp_path / "raw", 10, "X", {1: "a"}, {0: "CT"})
-    with pytest.raises(InputError, match="already used"):
-        export_nnunet(manifest, tmp_path / "raw", 10, "Other", {1: "a"}, {0: "CT"})
-    export_nnunet(manifest, tmp_path / "raw", 10, "X", {1: "a"}, {0: "CT"}, overwrite=True)
-    assert sorted(p.name for p in (out / "imagesTs").iterdir()) == ["a_0000.nii.gz"]
-    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["Dataset010_X"]
-
-
-def test_export_keeps_stored_integers_and_scaling(tmp_path: Path) -> None:
-    stored = np.random.default_rng(0).integers(-1000, 2000, (*SHAPE, 2)).astype(np.int16)
-    img = nib.Nifti1Image(stored, AFFINE)
-    img.header.set_data_dtype(np.int16)
-    img.header.set_slope_inter(0.5, -10.0)
-    path = tmp_path / "ct.nii.gz"
-    nib.save(img, str(path))
-    manifest = pd.DataFrame({"case_id": ["ct"], "image": [str(path)], "label": [""]})
-    out = export_nnunet(manifest, tmp_path / "raw", 11, "Scaled", {1: "a"}, {0: "CT", 1: "PET"})
-    for c in range(2):
-        written = nib.load(str(out / "imagesTs" / f"ct_{c:04d}.nii.gz"))
-        assert written.get_data_dtype() == np.int16
-        assert (written.dataobj.slope, written.dataobj.inter) == (0.5, -10.0)
-        np.testing.assert_array_equal(written.dataobj.get_unscaled(), stored[..., c])
 
 
 def test_ingest_of_nnunet_dataset_stacks_channels(nnunet_dir: Path, tmp_path: Path) -> None:
@@ -453,100 +239,6 @@ def test_ingest_of_nnunet_dataset_stacks_channels(nnunet_dir: Path, tmp_path: Pa
     assert any("case_c" in p for p in rejected["path"])
 
 
-def test_export_nnunet_command(nnunet_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    from medtl.cli.main import app
-    from medtl.io.ingest import ingest_path
-
-    monkeypatch.chdir(tmp_path)
-    ingest_path(nnunet_dir, Path("ing"), salt="s", progress=False)
-    result = CliRunner().invoke(
-        app,
-        [
-            "export-nnunet",
-            "--manifest",
-            "ing/manifest.tsv",
-            "--out",
-            "raw",
-            "--dataset-id",
-            "7",
-            "--name",
-            "Back",
-            "--classes",
-            '{"1": "tumour", "2": "cyst"}',
-            "--channel-names",
-            '{"0": "CT", "1": "T2"}',
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    back = read_external(tmp_path / "raw" / "Dataset007_Back")
-    assert back.channel_names == {0: "CT", 1: "T2"}
-    assert {c.case_id for c in back.cases if c.label} == {"case_a", "case_b"}
-
-
-FOLDS = {
-    "k": 2,
-    "folds": [
-        {"fold": 1, "train": ["p3.1", "p4"], "val": ["p1"], "test": ["p2"]},
-        {"fold": 0, "train": ["p2"], "val": ["p1"], "test": ["p3.1", "p4"]},
-    ],
-}
-
-
-def test_nnunet_splits_hold_medtl_folds() -> None:
-    splits = nnunet_splits(FOLDS)
-    # in fold order; medtl's held-out cases are nnU-Net's val, train + val its train
-    assert splits == [
-        {"train": ["p1", "p2"], "val": ["p3_1", "p4"]},
-        {"train": ["p1", "p3_1", "p4"], "val": ["p2"]},
-    ]
-    check_same_folds(FOLDS, splits)
-
-
-@pytest.mark.parametrize(
-    "tamper, message",
-    [
-        (lambda s: s[:1], "hold 1 folds"),
-        (lambda s: [{"train": ["p1", "p2", "p4"], "val": ["p3_1"]}, s[1]], "fold 0"),
-        (
-            lambda s: [s[0], {"train": ["p1", "p3_1"], "val": ["p2", "p4"]}],
-            "only in nnU-Net: ['p4']",
-        ),
-    ],
-)
-def test_check_same_folds_names_the_difference(tamper, message) -> None:
-    with pytest.raises(MedtlError, match=re.escape(message)):
-        check_same_folds(FOLDS, tamper(nnunet_splits(FOLDS)))
-
-
-def test_export_nnunet_command_writes_the_folds(
-    nnunet_dir: Path, tmp_path: Path, monkeypatch
-) -> None:
-    from typer.testing import CliRunner
-
-    from medtl.cli.main import app
-    from medtl.io.ingest import ingest_path, read_manifest
-    from medtl.split.folds import make_folds, save_folds
-
-    monkeypatch.chdir(tmp_path)
-    ingest_path(nnunet_dir, Path("ing"), salt="s", progress=False)
-    manifest = read_manifest(Path("ing/manifest.tsv"))
-    labelled = manifest[manifest["label"] != ""]
-    folds = make_folds(labelled, k=2, seed=0, val_fraction=0.0)
-    save_folds(folds, Path("folds.json"))
-    args = ["export-nnunet", "--manifest", "ing/manifest.tsv", "--out", "raw"]
-    args += ["--dataset-id", "8", "--name", "Folds", "--channel-names", '{"0": "CT", "1": "T2"}']
-    result = CliRunner().invoke(app, [*args, "--folds", "folds.json"])
-    assert result.exit_code == 0, result.output
-    dataset = tmp_path / "raw" / "Dataset008_Folds"
-    splits = json.loads((dataset / "splits_final.json").read_text())
-    check_same_folds(folds, splits)
-    # every case nnU-Net is told about exists in the exported dataset
-    exported = {p.name.rsplit("_", 1)[0] for p in (dataset / "imagesTr").iterdir()}
-    assert {c for s in splits for part in s.values() for c in part} == exported
-
-
 def test_ingest_of_msd_keeps_the_declared_channels(msd_dir: Path, tmp_path: Path) -> None:
     from medtl.io.ingest import ingest_path
 
@@ -559,9 +251,9 @@ def test_ingest_of_msd_keeps_the_declared_channels(msd_dir: Path, tmp_path: Path
 def test_ingest_checks_labels_against_the_dataset_labels(nnunet_dir: Path, tmp_path: Path) -> None:
     from medtl.io.ingest import ingest_path
 
-    label = _label(1)
+    label = random_label(1)
     label[0, 0, 0] = 3  # dataset.json declares 0, 1, 2
-    _save(nnunet_dir / "labelsTr" / "case_b.nii.gz", label)
+    save(nnunet_dir / "labelsTr" / "case_b.nii.gz", label)
     manifest, rejected = ingest_path(nnunet_dir, tmp_path / "out", salt="s", progress=False)
     assert "case_b" not in set(manifest["case_id"])
     (reason,) = rejected.loc[rejected["path"].str.contains("case_b"), "reason"]

@@ -12,13 +12,11 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medtl.io.dicom import SeriesInfo, load_series
+from medtl.io.dicom.uids import RTSTRUCT_STORAGE
 from medtl.io.dicom_write import write_series
 from medtl.io.roi_names import build_name_map, match_name
-from medtl.io.rtstruct import (
-    RT_STRUCTURE_SET_STORAGE,
-    rasterise_rtstruct,
-    write_rtstruct,
-)
+from medtl.io.rtstruct import rasterise_rtstruct
+from medtl.io.rtstruct_write import write_rtstruct
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
 
@@ -121,7 +119,7 @@ def _write_rtstruct(
     """A minimal RTSTRUCT with the given ROI contours (LPS points), written with pydicom."""
     frame_uid = frame_uid or image.source_uids["FrameOfReferenceUID"]
     ds = Dataset()
-    ds.SOPClassUID = RT_STRUCTURE_SET_STORAGE
+    ds.SOPClassUID = RTSTRUCT_STORAGE
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "RTSTRUCT"
     ds.PatientID = "P1"
@@ -319,7 +317,7 @@ def test_write_rtstruct_round_trip(tmp_path, affine):
     assert result.used == {"tumour": 1, "node": 2, "absent": 3} and result.unmatched == []
 
     ds = pydicom.dcmread(out)
-    assert ds.SOPClassUID == RT_STRUCTURE_SET_STORAGE and ds.Modality == "RTSTRUCT"
+    assert ds.SOPClassUID == RTSTRUCT_STORAGE and ds.Modality == "RTSTRUCT"
     assert ds.PatientID == "P1" and ds.StudyInstanceUID == series.study_uid
     frame = ds.ReferencedFrameOfReferenceSequence[0]
     assert frame.FrameOfReferenceUID == image.source_uids["FrameOfReferenceUID"]
@@ -354,7 +352,7 @@ def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
     import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 
     from medtl.io.dicom import discover_series, load_series_with_notes
-    from medtl.io.rtstruct import series_grid
+    from medtl.io.label_objects import series_grid
 
     dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
     (series,), _ = discover_series(tmp_path / "ct")

@@ -17,7 +17,7 @@ import pytest
 
 from medtl.demo.generate import generate_demo
 from medtl.io.dicom import discover
-from medtl.io.rtstruct import write_rtstruct
+from medtl.io.rtstruct_write import write_rtstruct
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("config_tiny_dicom.yaml")

@@ -93,7 +93,7 @@ def _rtstruct_export(folder: str) -> Callable[[Path], None]:
         import nibabel as nib
 
         from medtl.io.dicom import discover, load_series
-        from medtl.io.rtstruct import write_rtstruct
+        from medtl.io.rtstruct_write import write_rtstruct
 
         sheet = (root / "data" / "demo" / "target" / "cases.tsv").read_text().splitlines()
         image, label = sheet[1].split("\t")

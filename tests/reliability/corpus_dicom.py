@@ -351,7 +351,7 @@ def _(root):
 def _rtstruct(series_folder: Path, out: Path, names: dict[int, str]) -> Path:
     """A real RTSTRUCT with one contoured ROI per class, drawn on the series."""
     from medtl.io.dicom import discover
-    from medtl.io.rtstruct import write_rtstruct
+    from medtl.io.rtstruct_write import write_rtstruct
 
     (series,) = discover(series_folder).series
     mask = np.zeros((8, 6, len(series.files)), np.uint8)

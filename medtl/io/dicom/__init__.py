@@ -40,17 +40,12 @@ from medtl.io.dicom.discovery import (
 )
 from medtl.io.dicom.headers import (
     DICOMDIR_REASON,
-    ENHANCED_CT_STORAGE,
-    ENHANCED_MR_STORAGE,
     FIX_DECODER,
     FIX_DECOMPRESS,
     FIX_EXPORT_AGAIN,
     FIX_ONE_SERIES,
     FIX_REMOVE,
     FIX_SET_ASIDE,
-    MEDIA_STORAGE_DIRECTORY,
-    RTSTRUCT_STORAGE,
-    SEGMENTATION_STORAGE,
     _get,
     position_rounding,
 )
@@ -67,6 +62,13 @@ from medtl.io.dicom.pairing import (
     pair_labels,
 )
 from medtl.io.dicom.pixels import _native_pixels
+from medtl.io.dicom.uids import (
+    ENHANCED_CT_STORAGE,
+    ENHANCED_MR_STORAGE,
+    MEDIA_STORAGE_DIRECTORY,
+    RTSTRUCT_STORAGE,
+    SEGMENTATION_STORAGE,
+)
 from medtl.kernel.errors import Rejection
 
 __all__ = [

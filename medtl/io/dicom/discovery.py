@@ -25,10 +25,8 @@ from tqdm import tqdm
 
 from medtl.io.dicom.headers import (
     _FIX_DICOMDIR,
-    _LABEL_KINDS,
     DICOMDIR_REASON,
     FIX_REMOVE,
-    MEDIA_STORAGE_DIRECTORY,
     _frame_geometry_problem,
     _get,
     _Header,
@@ -37,6 +35,7 @@ from medtl.io.dicom.headers import (
     _sop_class,
     _text,
 )
+from medtl.io.dicom.uids import LABEL_KINDS, MEDIA_STORAGE_DIRECTORY
 from medtl.kernel.errors import InputError, Rejection
 from medtl.kernel.files import is_temporary
 
@@ -354,8 +353,8 @@ def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection | _Rejecte
         sop = _sop_class(header.ds)
         if sop == MEDIA_STORAGE_DIRECTORY:
             return Rejection(str(path), DICOMDIR_REASON, _FIX_DICOMDIR)
-        if sop in _LABEL_KINDS:
-            return _label_info(header, _LABEL_KINDS[sop])
+        if sop in LABEL_KINDS:
+            return _label_info(header, LABEL_KINDS[sop])
         try:
             for check in _HEADER_CHECKS:
                 check(header)

@@ -27,8 +27,8 @@ from medtl.io.dicom.geometry import (
     _Stack,
 )
 from medtl.io.dicom.headers import FIX_ONE_SERIES, _fmt, _text
-from medtl.io.dicom.pixels import _stack_integers, _stack_pixels
 from medtl.io.dicom.set_aside import _SET_ASIDE_FILTERS, _set_aside_duplicates
+from medtl.io.dicom.stacking import _stack_integers, _stack_pixels
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError, Rejection
 
