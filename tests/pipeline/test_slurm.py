@@ -81,7 +81,7 @@ def test_profile_asks_gpus_for_gpu_rules_only(run_workflow, tmp_path: Path) -> N
     assert result.returncode == 0, text[-4000:]
     jobs = _job_resources(text)
     # The demo config plans every GPU rule (pretrain_ssl for its ssl arm, the fraction
-    # rules for its label fractions), and the CPU rules up to the ingest checkpoint.
+    # rules for its label fractions), and every CPU rule.
     planned_gpu = GPU_RULES & set(jobs)
     assert planned_gpu >= GPU_RULES - {"check_device"}, sorted(jobs)
     assert {"demo_data", "ingest", "split", "evaluate_fold", "report"} <= set(jobs)

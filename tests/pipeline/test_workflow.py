@@ -63,8 +63,7 @@ def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", configfile=tmp_path / "config" / "config.yaml")
     assert result.returncode == 0, result.stderr
     rules = planned_rules(result)
-    # Before the ingest checkpoint has run, the DAG reaches up to it and the rules that
-    # do not depend on the case list.
+    # The whole DAG is planned before any job runs: no rule waits on the case list.
     assert {"demo_data", "ingest", "ingest_source", "plan", "pretrain", "split"} <= set(rules)
     assert rules["pretrain_ssl"] == 1
     assert rules["evaluate"] == 1 and rules["report"] == 1
