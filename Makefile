@@ -33,9 +33,9 @@ test: install  ## the fast tests: everything but the whole-workflow runs (marked
 test-all: install  ## every test, the whole-workflow runs included (what CI runs)
 	$(BIN)/python -m pytest
 
-lint: install
-	$(BIN)/ruff check medtl tests
-	$(BIN)/ruff format --check medtl tests
+lint: install  ## ruff's checks and its format check, on the package, the tests and the benchmarks
+	$(BIN)/ruff check medtl tests benchmarks
+	$(BIN)/ruff format --check medtl tests benchmarks
 
 # nnU-Net v2 for the benchmark lives in its own environment: its dependencies pin another
 # torch (2.14.1 with torchvision 0.29.1) than medtl's.

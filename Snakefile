@@ -48,4 +48,4 @@ include: "pipeline/report.smk"
 rule all:
     input:
         "results/report/report.html",
-        FRACTION_TARGETS,
+        fraction_targets(),

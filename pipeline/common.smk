@@ -1,16 +1,17 @@
 # Shared helpers: the command that runs medtl in every job, config sections as JSON for
-# the rules, the case list from the ingest checkpoint, and the resources of GPU rules.
+# the rules, the label fractions and the targets they add, and the resources of GPU rules.
+# Defined here, included first, so that no other file depends on the order of the includes.
 import json
 import os
 import shlex
 import sys
 
-import pandas as pd
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from medtl.checks import check_job_python, stop_on_error
 from medtl.config import training_seeds
 from medtl.layout import evaluation_file, predictions_dir, run_dir
+from medtl.split.subsets import fraction_folders
 
 
 def conda_jobs():
@@ -40,6 +41,17 @@ SEEDS = training_seeds(config)
 RUNS = [(arm, seed, fold) for arm in ARMS for seed in SEEDS[arm] for fold in FOLDS]
 DEMO = config["dataset"]["kind"] == "demo"
 DEMO_DIR = "data/demo"
+
+# Label-fraction curves (config key label_fractions, pipeline/fractions.smk): whole percent
+# (folder frac<pct>) → fraction, for the configured fractions below 1, and the table that
+# evaluate_fractions writes of them.
+LABEL_FRACTIONS = fraction_folders(config.get("label_fractions"))
+LABEL_FRACTION_TABLE = "results/evaluation/label_fraction.csv"
+
+
+def fraction_targets():
+    """What the target `all` and the report ask for: the label-fraction table, when configured."""
+    return [LABEL_FRACTION_TABLE] if LABEL_FRACTIONS else []
 
 
 wildcard_constraints:
@@ -178,17 +190,6 @@ def ssl_manifests():
 def pretrained_checkpoint():
     """The weights file arms with init: pretrained start from."""
     return config["pretrain"]["checkpoint"] or "results/pretrain/checkpoint.pt"
-
-
-def manifest_table():
-    """The ingest manifest; reading it waits for the ingest checkpoint."""
-    path = checkpoints.ingest.get().output.manifest
-    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-
-
-def labelled_cases(wildcards=None):
-    table = manifest_table()
-    return sorted(table.loc[table["label"] != "", "case_id"])
 
 
 def preprocessed(wildcards=None):

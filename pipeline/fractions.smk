@@ -3,10 +3,10 @@
 # cases and evaluated on the same held-out cases; the 100 % point is the normal run's
 # metrics.csv. Runs of a fraction live under results/fractions/frac<pct>/ in the layout of
 # the normal runs (medtl.layout).
-from medtl.split.subsets import folder_fraction, fraction_folders
+# The fractions themselves (LABEL_FRACTIONS) and the table of them (LABEL_FRACTION_TABLE,
+# fraction_targets) are defined in common.smk.
+from medtl.split.subsets import folder_fraction
 
-# Whole percent (folder frac<pct>) → fraction, for the configured fractions below 1.
-LABEL_FRACTIONS = fraction_folders(config.get("label_fractions"))
 FRACTION_PCTS = list(LABEL_FRACTIONS)
 
 
@@ -48,7 +48,10 @@ rule subset_folds:
         "--fraction {params.fraction} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
-rule train_fraction:
+# Training and prediction at a fraction are the normal run's rules (pipeline/train.smk,
+# pipeline/predict.smk: same command, resources and retries) on the fold's subset of
+# training cases, with outputs under FRACTION_ROOT and logs and benchmarks of their own.
+use rule train as train_fraction with:
     input:
         device="results/device.json",
         folds="results/fractions/frac{pct}/fold{fold}/folds.json",
@@ -61,31 +64,9 @@ rule train_fraction:
         "logs/fractions/train/frac{pct}_{arm}_seed{seed}_fold{fold}.log",
     benchmark:
         "results/benchmarks/train_fraction/frac{pct}_{arm}_seed{seed}_fold{fold}.tsv"
-    retries: 1
-    conda:
-        "../envs/medtl.yaml"
-    threads: config["threads"]
-    resources:
-        **gpu_resources(),
-        mem_mb=attempt_mem(8000),
-        runtime=240,
-        attempt=attempt,
-    params:
-        python=PYTHON,
-        launch=launcher,
-        threads=threads_per_process,
-        settings=train_settings,
-        pretrained=pretrained_flag,
-        out=lambda wc, output: parent(output.model),
-        cases=lambda wc, input: input.cases,
-    shell:
-        "medtl_job {resources.attempt} {log:q} {params.python} -m {params.launch} train "
-        "--arm {wildcards.arm} --fold {wildcards.fold} --folds {input.folds} "
-        "--cases {params.cases} --out {params.out} "
-        "--threads {params.threads} {params.pretrained} --settings {params.settings:q}"
 
 
-rule predict_fraction:
+use rule predict_fold as predict_fraction with:
     input:
         device="results/device.json",
         model=run_path("train", "best.pt", root=FRACTION_ROOT),
@@ -97,26 +78,6 @@ rule predict_fraction:
         "logs/fractions/predict/frac{pct}_{arm}_seed{seed}_fold{fold}.log",
     benchmark:
         "results/benchmarks/predict_fraction/frac{pct}_{arm}_seed{seed}_fold{fold}.tsv"
-    retries: 1
-    conda:
-        "../envs/medtl.yaml"
-    threads: config["threads"]
-    resources:
-        **gpu_resources(),
-        mem_mb=attempt_mem(8000),
-        runtime=60,
-        attempt=attempt,
-    params:
-        python=PYTHON,
-        settings=as_json(config["predict"]),
-        run=lambda wc, input: parent(input.model),
-        cases=lambda wc, input: input.cases,
-        device=config["device"],
-    shell:
-        "medtl_job {resources.attempt} {log:q} {params.python} -m medtl predict-fold "
-        "--run {params.run} --folds {input.folds} --fold {wildcards.fold} "
-        "--cases {params.cases} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads}"
 
 
 rule evaluate_fractions:
@@ -146,7 +107,7 @@ rule evaluate_fractions:
             ]
         ],
     output:
-        "results/evaluation/label_fraction.csv",
+        LABEL_FRACTION_TABLE,
     log:
         "logs/evaluate_fractions.log",
     benchmark:
@@ -174,7 +135,3 @@ rule evaluate_fractions:
         "--full-metrics {input.full} --fractions {params.fractions:q} --arms {params.arms} "
         "--seeds {params.seeds:q} "
         "--classes {params.classes:q} --out {output} --threads {threads}"
-
-
-# What `rule all` and the report ask for: the label-fraction table, when configured.
-FRACTION_TARGETS = list(rules.evaluate_fractions.output) if LABEL_FRACTIONS else []

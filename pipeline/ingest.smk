@@ -1,6 +1,7 @@
 # Stage 2: ingest. Finds the cases (DICOM series with RTSTRUCT / DICOM-SEG labels,
-# NIfTI / nnU-Net / MSD folders, a case sheet), converts them to NIfTI and lists them;
-# a checkpoint, so later stages fan out over the cases found.
+# NIfTI / nnU-Net / MSD folders, a case sheet), converts them to NIfTI and lists them in
+# manifest.tsv. A plain rule: later stages take the preprocessed folder as a whole, so the
+# DAG never waits on the case list (no checkpoint).
 
 
 rule pull_dicomweb:
@@ -23,7 +24,7 @@ rule pull_dicomweb:
         "{params.python} -m medtl pull --settings {params.query:q} --cache {params.cache:q} > {log} 2>&1"
 
 
-checkpoint ingest:
+rule ingest:
     input:
         target_input(),
     output:

@@ -9,7 +9,7 @@ rule report:
         folds="results/splits/folds.json",
         curves=every_run("train", "curves.csv"),
         postprocess=expand("results/postprocess/{arm}.json", arm=ARMS),
-        fractions=FRACTION_TARGETS,
+        fractions=fraction_targets(),
     output:
         html="results/report/report.html",
         summary="results/report/summary.json",

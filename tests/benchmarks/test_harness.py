@@ -9,13 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import compare_nnunet  # benchmarks/, on the path by pyproject.toml's pytest settings
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import compare_nnunet  # noqa: E402
-from measure import CommandFailed, Timing, median_timing, run_timed  # noqa: E402
+from measure import CommandFailed, Timing, median_timing, run_timed
 
 
 def test_run_timed_measures_cpu_and_memory_of_children(tmp_path: Path) -> None:

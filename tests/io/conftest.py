@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
-if str(SUPPORT) not in sys.path:
-    sys.path.insert(0, str(SUPPORT))
-
-import orthanc  # noqa: E402  (tests/support, put on sys.path above)
+from tests.support import orthanc
 
 
 @pytest.fixture(scope="module")

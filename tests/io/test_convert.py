@@ -298,7 +298,7 @@ def test_out_holding_other_files_is_refused(tmp_path: Path) -> None:
 
 
 def test_variable_spacing_is_resampled_and_noted_in_series_tsv(tmp_path: Path) -> None:
-    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
+    from tests.support import dicom_builders
 
     dicom_builders.write_series_at(tmp_path / "in" / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_builders import rotation  # tests/support, put on sys.path by tests/io/conftest.py
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
@@ -30,6 +29,7 @@ from medtl.io.dicom.uids import CT_IMAGE_STORAGE, MR_IMAGE_STORAGE
 from medtl.io.dicom_write import write_series
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
+from tests.support.dicom_builders import rotation
 
 SHAPE = (6, 5, 4)
 

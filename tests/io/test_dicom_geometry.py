@@ -14,19 +14,19 @@ import sys
 import zlib
 from pathlib import Path
 
-import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_builders import rotation
 from pydicom.uid import generate_uid
 
 from medtl.io.dicom import discover_series, load_series, load_series_with_notes
 from medtl.io.dicom_write import write_series
 from medtl.io.volume import Volume
 from medtl.kernel.errors import InputError
+from tests.support import dicom_builders
+from tests.support.dicom_builders import rotation
 
 SHAPE = (8, 7, 5)
 SPACING = (0.7, 1.3, 2.6)  # non-unit, anisotropic

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
 import numpy as np
 import pandas as pd
 
 from medtl.io.dicom import discover, pair_labels
 from medtl.io.ingest import ingest_path
 from medtl.io.rtstruct_write import write_rtstruct
+from tests.support import dicom_builders
 
 CLASSES = {0: "background", 1: "foreground"}
 

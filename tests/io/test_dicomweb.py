@@ -17,7 +17,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import orthanc  # tests/support, put on sys.path by tests/io/conftest.py
 import pydicom
 import pytest
 
@@ -31,6 +30,7 @@ from medtl.io.dicomweb import (
 )
 from medtl.io.ingest import ingest_path
 from medtl.kernel.errors import ConfigError, InputError
+from tests.support import orthanc
 
 N_PATIENTS = 2
 

@@ -349,10 +349,9 @@ def test_write_rtstruct_refuses_a_mask_off_the_grid_or_with_unknown_values(tmp_p
 
 def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
     """Variable slice spacing is resampled at load; the label's slices are not the image's."""
-    import dicom_builders  # tests/support, put on sys.path by tests/io/conftest.py
-
     from medtl.io.dicom import discover_series, load_series_with_notes
     from medtl.io.label_objects import series_grid
+    from tests.support import dicom_builders
 
     dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
     (series,), _ = discover_series(tmp_path / "ct")
@@ -366,9 +365,8 @@ def test_label_on_a_resampled_series_says_why_it_cannot_be_placed(tmp_path):
 
 def test_write_rtstruct_round_trip_on_ge_rounded_positions(tmp_path):
     """Positions written to 0.1 mm: contours go where the loaded image's slices are."""
-    import dicom_builders
-
     from medtl.io.dicom import discover_series
+    from tests.support import dicom_builders
 
     dicom_builders.write_series_at(
         tmp_path / "mr", 7.013 * np.arange(20), orientation="oblique", decimals=1
@@ -385,9 +383,8 @@ def test_write_rtstruct_round_trip_on_ge_rounded_positions(tmp_path):
 
 
 def test_writing_a_label_on_a_resampled_series_is_an_input_error(tmp_path):
-    import dicom_builders
-
     from medtl.io.dicom import discover_series
+    from tests.support import dicom_builders
 
     dicom_builders.write_series_at(tmp_path / "ct", [0.0, 5.0, 10.0, 17.0, 24.0])
     (series,), _ = discover_series(tmp_path / "ct")

@@ -8,7 +8,6 @@ import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
-from weight_layouts import medicalnet_checkpoint, swin_ssl_checkpoint
 
 from medtl.cli.main import app
 from medtl.config import ArmConfig, ModelConfig
@@ -17,6 +16,7 @@ from medtl.models.networks import build_network, count_parameters, get_architect
 from medtl.models.stages import StrategySpec
 from medtl.models.transfer import load_pretrained
 from medtl.train.strategies import StageSchedule
+from tests.models.weight_layouts import medicalnet_checkpoint, swin_ssl_checkpoint
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
 ARCH = get_architecture("basicunet")

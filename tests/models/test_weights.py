@@ -15,17 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from weight_layouts import (
-    medicalnet_checkpoint,
-    nnunet_checkpoint,
-    nnunet_plans,
-    swin_ssl_checkpoint,
-)
 
 from medtl.config import ModelConfig
 from medtl.models.networks import build_network, encoder_state_keys, get_architecture
 from medtl.models.transfer import LoadReport, WeightsError, load_encoder, load_pretrained
 from medtl.models.weights import FORMATS, read_weights
+from tests.models.weight_layouts import (
+    medicalnet_checkpoint,
+    nnunet_checkpoint,
+    nnunet_plans,
+    swin_ssl_checkpoint,
+)
 
 SWIN = ModelConfig(name="swinunetr", features=(12,))
 RESNET10 = ModelConfig(name="flexibleunet", backbone="resnet10")

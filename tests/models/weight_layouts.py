@@ -1,7 +1,7 @@
 """Checkpoints in the published key layouts, with random weights (nothing is downloaded).
 
-Shared by the weight tests and the bad-input corpus (``tests/reliability/corpus_checkpoint.py``
-puts this folder on ``sys.path``): Swin UNETR self-supervised (``model_swinvit.pt``),
+Shared by the weight tests and the bad-input corpus (``tests/reliability/corpus_checkpoint.py``,
+``from tests.models.weight_layouts import ...``): Swin UNETR self-supervised (``model_swinvit.pt``),
 MedicalNet (``resnet_N.pth``) and nnU-Net v2 (``checkpoint_final.pth``, with its plans).
 """
 

@@ -1,16 +1,11 @@
-"""Shared by the workflow tests: run the project's Snakefile, and one local run of the
-micro config (``config_micro.yaml``) that the reproducibility and SLURM tests compare with."""
+"""Shared by the workflow tests: one local run of the micro config (``config_micro.yaml``)
+that the reproducibility and SLURM tests compare with, and what two runs are compared on.
+Running Snakemake and documented commands: ``tests/support/workflow.py``."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,57 +13,7 @@ import pytest
 import torch
 
 from medtl.provenance import reproducibility_differences
-
-REPO = Path(__file__).resolve().parents[2]
-MICRO = Path(__file__).with_name("config_micro.yaml")
-BIN = Path(sys.executable).parent
-# A micro run takes 1-3 minutes on 2 cores; these limits only catch a hung run.
-LOCAL_TIMEOUT_S = 900
-INTERRUPT_GRACE_S = 60
-
-
-def run_snakemake(
-    workdir: Path,
-    *args: str,
-    configfile: Path = MICRO,
-    env: Mapping[str, str] | None = None,
-    timeout: float = LOCAL_TIMEOUT_S,
-) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in ``workdir`` with the venv's tools first on PATH.
-
-    On timeout Snakemake gets SIGINT (it then cancels its jobs, locally or with scancel)
-    and a minute to stop; only then is it killed. The result's returncode is then
-    negative and its stderr ends with a note.
-    """
-    environ = dict(os.environ if env is None else env)
-    environ["PATH"] = f"{BIN}{os.pathsep}{environ.get('PATH', '')}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        *args,
-    ]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=INTERRUPT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        err += f"\n[test] snakemake interrupted after {timeout:.0f} s"
-        return subprocess.CompletedProcess(cmd, -abs(proc.returncode or 1), out, err)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+from tests.support.workflow import run_snakemake
 
 
 class Results:
@@ -148,68 +93,3 @@ def micro_run(tmp_path_factory: pytest.TempPathFactory) -> MicroRun:
     result = run_snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-4000:]
     return MicroRun(workdir, result)
-
-
-# ----------------------------------------------- the project as a user has it (docs tests)
-
-VENV = Path(sys.prefix)
-DOCUMENTED_TIMEOUT_S = 600
-
-
-def copy_project(target: Path, run: Path | None = None) -> Path:
-    """A copy of the project in ``target`` as a user has it: the files git knows (tracked
-    and new, not ignored), ``.venv`` linking to the environment these tests run in, and,
-    with ``run``, that finished run's ``results/``, ``data/``, ``logs/`` and Snakemake
-    records. ``config/config.yaml`` is the micro config: a run started in a folder without
-    ``config/config.yaml`` (as ``micro_run``) used the micro config alone."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        source = REPO / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    (target / ".venv").symlink_to(VENV, target_is_directory=True)
-    if run is not None:
-        for name in ("results", "data", "logs", ".snakemake"):
-            if (run / name).exists():
-                shutil.copytree(run / name, target / name, symlinks=True)
-    shutil.copy(MICRO, target / "config" / "config.yaml")
-    return target
-
-
-def run_documented(
-    command: str,
-    root: Path,
-    env: Mapping[str, str] | None = None,
-    timeout: float = DOCUMENTED_TIMEOUT_S,
-) -> tuple[int, str]:
-    """Run ``command`` exactly as printed, in bash, in ``root``: (exit status, output).
-
-    The shell's PATH lacks the virtual environment (a user who never activated it), except
-    for a command printed as a bare ``snakemake``/``medtl``/``python``, which the docs
-    write for an activated environment.
-    """
-    environ = dict(os.environ if env is None else env)
-    bin_dir = str(VENV / "bin")
-    path = [p for p in environ.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
-    if re.match(r"(snakemake|medtl|python)\b", command):
-        path.insert(0, bin_dir)
-        environ["VIRTUAL_ENV"] = str(VENV)
-    environ["PATH"] = os.pathsep.join(path)
-    environ.setdefault("MEDTL_SALT", "a-secret-of-the-site")
-    environ.pop("MAKEFLAGS", None)
-    done = subprocess.run(
-        ["bash", "-c", command],
-        cwd=root,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr

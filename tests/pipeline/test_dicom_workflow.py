@@ -18,6 +18,7 @@ import pytest
 from medtl.demo.generate import generate_demo
 from medtl.io.dicom import discover
 from medtl.io.rtstruct_write import write_rtstruct
+from tests.support.workflow import run_snakemake
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("config_tiny_dicom.yaml")
@@ -71,20 +72,7 @@ def build_messy_folder(work: Path) -> dict[str, str]:
 def test_workflow_on_messy_dicom_folder(tmp_path: Path) -> None:
     problems = build_messy_folder(tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "messy").rglob("*") if p.is_file()}
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(CONFIG),
-        "--cores",
-        "2",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900)
+    result = run_snakemake(tmp_path, "--cores", "2", configfile=CONFIG)
     assert result.returncode == 0, result.stderr[-4000:]
 
     manifest = pd.read_csv(tmp_path / "results" / "ingest" / "manifest.tsv", sep="\t")

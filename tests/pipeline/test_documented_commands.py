@@ -28,7 +28,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "docs"))
-from conftest import VENV, copy_project, run_documented  # noqa: E402  (tests/pipeline)
-from documented import documented_commands  # noqa: E402  (tests/docs, on sys.path)
+from tests.docs.documented import documented_commands
+from tests.support.workflow import VENV, copy_project, run_documented
 
 # ------------------------------------------------------------------- how each is handled
 
@@ -227,11 +225,9 @@ def _scans_folder(root: Path) -> None:
 def _swin_ssl_weights(root: Path) -> None:
     """Swin UNETR self-supervised weights in their published layout (random values) for a
     config whose model is a (small) Swin UNETR."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-    from weight_layouts import swin_ssl_checkpoint
-
     from medtl.config import ModelConfig
     from medtl.models.networks import build_network
+    from tests.models.weight_layouts import swin_ssl_checkpoint
 
     model = {"name": "swinunetr", "features": [12]}
     _edit_config(root, lambda c: c.update(model=model))

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +13,7 @@ from medtl.evaluate.runs import run_aware_mean
 from medtl.evaluate.stats import per_case_runs
 from medtl.report.build import build_report
 from medtl.report.fractions import label_fraction_points, label_fraction_statements
+from tests.support.workflow import planned_rules, run_snakemake
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("config_tiny.yaml")
@@ -25,18 +22,9 @@ FRACTION_RULES = {"subset_folds", "train_fraction", "predict_fraction", "evaluat
 
 def _dry_run(workdir: Path, configfile: Path) -> dict[str, int]:
     """Rule → job count of a dry run of the project's Snakefile (its job-stats table)."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-    cmd += ["--directory", str(workdir), "--configfile", str(configfile), "--cores", "2", "-n"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-4000:]
-    table = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
-    return {
-        m[1]: int(m[2])
-        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
-        if m[1] not in ("total", "count")
-    }
+    result = run_snakemake(workdir, "--cores", "2", "-n", configfile=configfile, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return planned_rules(result)
 
 
 def test_dry_run_plans_the_label_fraction_jobs(tmp_path: Path) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.workflow import run_snakemake
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -22,15 +24,8 @@ def test_snakefmt_check() -> None:
 
 
 def test_snakemake_lint(tmp_path: Path) -> None:
-    result = _run(
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--lint",
-        "--directory",
-        str(tmp_path),
-        "--configfile",
-        str(REPO / "config" / "config.yaml"),
+    result = run_snakemake(
+        tmp_path, "--lint", configfile=REPO / "config" / "config.yaml", timeout=300
     )
     text = result.stdout + result.stderr
     assert result.returncode == 0, text

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,17 +27,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
-if str(SUPPORT) not in sys.path:
-    sys.path.insert(0, str(SUPPORT))
-
-import slurm  # noqa: E402  (tests/support, put on sys.path above)
-from conftest import copy_project, run_documented  # noqa: E402  (tests/pipeline)
-
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-if str(DOCS) not in sys.path:
-    sys.path.insert(0, str(DOCS))
-from documented import documented_commands  # noqa: E402  (tests/docs, put on sys.path above)
+from tests.docs.documented import documented_commands
+from tests.support import slurm
+from tests.support.workflow import copy_project, run_documented
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -81,7 +72,7 @@ def test_profile_asks_gpus_for_gpu_rules_only(run_workflow, tmp_path: Path) -> N
     assert result.returncode == 0, text[-4000:]
     jobs = _job_resources(text)
     # The demo config plans every GPU rule (pretrain_ssl for its ssl arm, the fraction
-    # rules for its label fractions), and the CPU rules up to the ingest checkpoint.
+    # rules for its label fractions), and every CPU rule.
     planned_gpu = GPU_RULES & set(jobs)
     assert planned_gpu >= GPU_RULES - {"check_device"}, sorted(jobs)
     assert {"demo_data", "ingest", "split", "evaluate_fold", "report"} <= set(jobs)

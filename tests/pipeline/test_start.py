@@ -19,6 +19,8 @@ import pytest
 import torch
 import yaml
 
+from tests.support.workflow import planned_rules, run_snakemake
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = shlex.quote(sys.executable)
 TIMEOUT_S = 300
@@ -27,7 +29,8 @@ TIMEOUT_S = 300
 def snakemake(
     workdir: Path, config: dict | Path, *args: str, path: str | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in ``workdir`` on ``config`` (a mapping or a file).
+    """Run the project's Snakefile in ``workdir`` on ``config`` (a mapping or a file), on
+    one core.
 
     ``path`` replaces PATH for Snakemake and its jobs (default: this environment's).
     """
@@ -36,34 +39,10 @@ def snakemake(
         configfile.write_text(yaml.safe_dump(config))
     else:
         configfile = config
-    env = dict(os.environ)
-    if path is not None:
-        env["PATH"] = path
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "1",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT_S)
-
-
-def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule → job count from a dry run's job-stats table."""
-    table = result.stdout.split("Job stats:", 1)[-1]
-    return {
-        m[1]: int(m[2])
-        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
-        if m[1] not in ("total", "count")
-    }
+    path = os.environ.get("PATH", "") if path is None else path
+    return run_snakemake(
+        workdir, "--cores", "1", *args, configfile=configfile, path=path, timeout=TIMEOUT_S
+    )
 
 
 def commands(result: subprocess.CompletedProcess) -> list[str]:

@@ -20,6 +20,7 @@ import yaml
 
 from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.layout import predictions_dir, run_dir
+from tests.support.workflow import planned_rules, run_snakemake
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).with_name("config_tiny.yaml")
@@ -27,35 +28,8 @@ IDENTIFIERS = [b"DEMO-", b"Demo^", b"Demo^Patient"]
 
 
 def snakemake(workdir: Path, *args: str, configfile: Path = TINY) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in ``workdir`` with the venv's tools on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-
-
-def planned_rules(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule → job count from a dry run's job-stats table."""
-    text = result.stdout + result.stderr
-    table = text.split("Job stats:", 1)[1] if "Job stats:" in text else ""
-    return {
-        m[1]: int(m[2])
-        for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)
-        if m[1] not in ("total", "count")
-    }
+    """Run the project's Snakefile in ``workdir`` on 2 cores (default: the tiny config)."""
+    return run_snakemake(workdir, "--cores", "2", *args, configfile=configfile)
 
 
 def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
@@ -63,8 +37,7 @@ def test_dry_run_default_config_builds_the_dag(tmp_path: Path) -> None:
     result = snakemake(tmp_path, "-n", configfile=tmp_path / "config" / "config.yaml")
     assert result.returncode == 0, result.stderr
     rules = planned_rules(result)
-    # Before the ingest checkpoint has run, the DAG reaches up to it and the rules that
-    # do not depend on the case list.
+    # The whole DAG is planned before any job runs: no rule waits on the case list.
     assert {"demo_data", "ingest", "ingest_source", "plan", "pretrain", "split"} <= set(rules)
     assert rules["pretrain_ssl"] == 1
     assert rules["evaluate"] == 1 and rules["report"] == 1

@@ -10,24 +10,21 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
-import sys
 from pathlib import Path
 
 import torch
 import yaml
-from corpus import ACCEPTED, ERROR, Outcome, case, cli_outcome, write_nifti
-from corpus_predict import finished_run
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-from weight_layouts import (  # noqa: E402  (tests/models, put on sys.path above)
-    medicalnet_checkpoint,
-    nnunet_checkpoint,
-    swin_ssl_checkpoint,
-)
 
 from medtl.config import ModelConfig  # noqa: E402
 from medtl.layout import run_dir
 from medtl.models.networks import build_network  # noqa: E402
+from tests.models.weight_layouts import (
+    medicalnet_checkpoint,
+    nnunet_checkpoint,
+    swin_ssl_checkpoint,
+)
+from tests.reliability.corpus import ACCEPTED, ERROR, Outcome, case, cli_outcome, write_nifti
+from tests.reliability.corpus_predict import finished_run
 
 BASIC = {"name": "basicunet", "features": [4, 4, 8, 8, 16, 4]}
 RESNET10 = {"name": "flexibleunet", "backbone": "resnet10"}

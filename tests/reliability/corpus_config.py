@@ -12,10 +12,10 @@ import traceback
 from pathlib import Path
 
 import yaml
-from corpus import ACCEPTED, ERROR, Outcome, case
 
 from medtl.checks import check_workflow_config
 from medtl.kernel.errors import MedtlError
+from tests.reliability.corpus import ACCEPTED, ERROR, Outcome, case
 
 SCHEMA = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "config.schema.yaml"
 

@@ -7,15 +7,13 @@ input, so that the bad one is set aside while the good one carries on.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
-from corpus import ACCEPTED, ERROR, SET_ASIDE, case, cli_outcome, ingest_outcome
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-import dicom_builders as build  # noqa: E402  (tests/support, put on sys.path above)
+from tests.reliability.corpus import ACCEPTED, ERROR, SET_ASIDE, case, cli_outcome, ingest_outcome
+from tests.support import dicom_builders as build
 
 GE_SPACING = 7.013  # mm, positions written to 0.1 mm: steps alternate about 6.96 / 7.07
 

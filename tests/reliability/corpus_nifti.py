@@ -10,7 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from corpus import (
+
+from tests.reliability.corpus import (
     ACCEPTED,
     ERROR,
     SET_ASIDE,

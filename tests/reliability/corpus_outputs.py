@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
-from corpus import ACCEPTED, ERROR, Outcome, case, cli_outcome, ingest_outcome, write_nifti
-from corpus_predict import finished_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-import dicom_builders as build  # noqa: E402  (tests/support, put on sys.path above)
+from tests.reliability.corpus import (
+    ACCEPTED,
+    ERROR,
+    Outcome,
+    case,
+    cli_outcome,
+    ingest_outcome,
+    write_nifti,
+)
+from tests.reliability.corpus_predict import finished_run
+from tests.support import dicom_builders as build
 
 
 def _cases(folder, names=("case_a", "case_b")):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from corpus import ACCEPTED, ERROR, SET_ASIDE, Outcome, case, run_cli, write_nifti
 
 from medtl.layout import run_dir
+from tests.reliability.corpus import ACCEPTED, ERROR, SET_ASIDE, Outcome, case, run_cli, write_nifti
 
 ARM = "finetune"
 

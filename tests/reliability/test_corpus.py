@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-from corpus import AREAS, ERROR, REGISTRY, SET_ASIDE, TRACEBACK, fingerprint
+
+from tests.reliability.corpus import AREAS, ERROR, REGISTRY, SET_ASIDE, TRACEBACK, fingerprint
 
 # Each corpus_<area>.py registers its entries when imported.
 for _module in sorted(Path(__file__).parent.glob("corpus_*.py")):
-    importlib.import_module(_module.stem)
+    importlib.import_module(f"tests.reliability.{_module.stem}")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 BEGIN, END = "<!-- corpus:begin -->", "<!-- corpus:end -->"

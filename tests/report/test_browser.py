@@ -16,7 +16,6 @@ import base64
 import math
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,15 +23,12 @@ from typing import Any
 import pytest
 
 from medtl.report.build import build_report
+from tests.report.test_build import ARMS, CLASSES, results  # noqa: F401  (results: the fixture)
+from tests.support import browser
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-for _folder in (HERE.parent / "support", HERE):
-    if str(_folder) not in sys.path:
-        sys.path.insert(0, str(_folder))
 
-import browser  # noqa: E402  (tests/support, put on sys.path above)
-from test_build import ARMS, CLASSES, results  # noqa: E402, F401  (results: the fixture)
 
 SCREENSHOT_NAME = "report-screenshot.png"
 TABLE_ID = "per-arm-table"

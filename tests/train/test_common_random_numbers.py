@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_run_pretrained import MODEL, _inputs
 
 from medtl.config import ModelConfig
 from medtl.models.networks import build_network, get_architecture
 from medtl.train import run as train_run_module
 from medtl.train.run import ArmSettings, train_arm
+from tests.train.test_run_pretrained import MODEL, _inputs
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> list[dict]:

@@ -17,10 +17,9 @@ from monai.utils import set_determinism
 from medtl.kernel.errors import ConfigError
 from medtl.models.networks import build_network
 from medtl.train import distributed
+from tests.train import tiny_run
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import tiny_run  # noqa: E402  (tests/train, put on sys.path above)
 
 ROOT = HERE.parents[1]
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +11,7 @@ import torch
 from medtl.train.health import DivergedError
 from medtl.train.loop import train_run
 from medtl.train.ssl import SSLConfig, pretrain_ssl
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tiny_run  # noqa: E402  (tests/train, put on sys.path above)
+from tests.train import tiny_run
 
 CPU = torch.device("cpu")
 

@@ -3,7 +3,6 @@ message naming the settings to lower and their current values (simulated on the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,7 @@ from medtl.preprocess.case import PreprocessedCase
 from medtl.train import ssl as ssl_module
 from medtl.train.loop import train_run
 from medtl.train.ssl import SSLConfig, pretrain_ssl
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import tiny_run  # noqa: E402  (tests/train, put on sys.path above)
+from tests.train import tiny_run
 
 CPU = torch.device("cpu")
 OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 15.7 GiB total capacity)"

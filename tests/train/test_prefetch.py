@@ -9,7 +9,6 @@ a run, an error or Ctrl-C. On the CPU the CUDA-only settings (``train.amp``,
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,11 +20,8 @@ from medtl.config import AugmentConfig
 from medtl.kernel.errors import ConfigError
 from medtl.train.data import PatchStream, Prefetcher
 from medtl.train.loop import train_run
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import tiny_run  # noqa: E402  (tests/train, put on sys.path above)
-from test_resume import _assert_same_run, _Interrupt, _load, _stop_at  # noqa: E402
+from tests.train import tiny_run
+from tests.train.test_resume import _assert_same_run, _Interrupt, _load, _stop_at
 
 CPU = torch.device("cpu")
 STEPS, EVERY, VAL_EVERY = 10, 3, 4

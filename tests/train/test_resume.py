@@ -29,10 +29,9 @@ from medtl.preprocess.plan import Plan
 from medtl.train import run as run_module
 from medtl.train.loop import train_run
 from medtl.train.ssl import SSLConfig, pretrain_ssl
+from tests.train import tiny_run
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import tiny_run  # noqa: E402  (tests/train, put on sys.path above)
 
 ROOT = HERE.parents[1]
 CPU = torch.device("cpu")

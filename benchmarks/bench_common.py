@@ -1,0 +1,191 @@
+"""The benchmark's shared parts: its constants and targets, the run (:class:`Bench`: paths,
+tools, logs), the config, and the Dice and timing helpers every stage uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import yaml
+from measure import Timing, run_timed
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+DATASET_ID = 500
+DATASET_NAME = "medtlbench"
+TRAINER = "nnUNetTrainer_medtlBudget"
+NNUNET_ITERS = 10  # training iterations per nnU-Net epoch (its snapshot granularity)
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+# Targets of the benchmark (issue #7): ratio medtl / peer, and which way is better.
+TARGETS = {
+    "preprocess": ("preprocessing wall time", 1 / 3, "≤ 0.33 (≥ 3× faster)"),
+    "inference": ("inference s/case (TTA off and on)", 1 / 2, "≤ 0.5 (≥ 2× faster)"),
+    "dicom": ("DICOM → NIfTI wall time", 1.5, "≤ 1.5"),
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Bench:
+    """Paths, tools and the log of one benchmark run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(args.work).resolve()
+        self.logs = self.work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.medtl = [sys.executable, "-m", "medtl"]
+        self.nnunet_bin = Path(args.nnunet_venv).resolve() / "bin"
+        self.threads = args.threads
+        self.results: dict = {"started": dt.datetime.now().isoformat(timespec="seconds")}
+        self.nn_raw = self.work / "nnunet" / "raw"
+        self.nn_pre = self.work / "nnunet" / "preprocessed"
+        self.nn_res = self.work / "nnunet" / "results"
+
+    def say(self, text: str) -> None:
+        stamp = dt.datetime.now().strftime("%H:%M:%S")
+        print(f"[{stamp}] {text}", flush=True)
+
+    def nnunet_env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            nnUNet_raw=str(self.nn_raw),
+            nnUNet_preprocessed=str(self.nn_pre),
+            nnUNet_results=str(self.nn_res),
+            # nnU-Net guesses its augmentation workers from the host name (12 elsewhere);
+            # give it the cores medtl gets.
+            nnUNet_n_proc_DA=str(self.threads),
+            PATH=f"{self.nnunet_bin}{os.pathsep}{env.get('PATH', '')}",
+        )
+        env.update(extra)
+        return env
+
+    def nn(self, tool: str) -> str:
+        return str(self.nnunet_bin / tool)
+
+    def run(self, cmd: list, log: str, **kw) -> Timing:
+        return run_timed(cmd, log=self.logs / f"{log}.log", **kw)
+
+
+def load_config(path: Path) -> dict:
+    """The workflow config with the schema's defaults filled in (as the workflow sees it)."""
+    from snakemake.utils import validate
+
+    cfg = yaml.safe_load(Path(path).read_text())
+    validate(cfg, str(ROOT / "pipeline" / "schemas" / "config.schema.yaml"))
+    return cfg
+
+
+def compact(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def dice_per_case(pred: Path, ref: Path, classes: list[int]) -> float:
+    """Mean Dice over ``classes`` of two label files on one grid (empty and empty: 1)."""
+    p = np.asanyarray(nib.load(str(pred)).dataobj).astype(np.int64)
+    r = np.asanyarray(nib.load(str(ref)).dataobj).astype(np.int64)
+    if p.shape != r.shape:
+        raise ValueError(f"{pred}: shape {p.shape} differs from the reference {r.shape}")
+    scores = []
+    for c in classes:
+        a, b = p == c, r == c
+        denom = a.sum() + b.sum()
+        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(a, b).sum() / denom)
+    return float(np.mean(scores))
+
+
+def mean_dice(pred_dir: Path, refs: dict[str, Path], classes: list[int], names=None) -> float:
+    """Mean case Dice of ``pred_dir/<name>.nii.gz`` against ``refs`` (case -> label)."""
+    names = names or {c: c for c in refs}
+    return float(
+        np.mean([dice_per_case(pred_dir / f"{names[c]}.nii.gz", refs[c], classes) for c in refs])
+    )
+
+
+def steady_step_seconds(curves: Path) -> tuple[float, float]:
+    """(median seconds per training step, seconds before the first step) from curves.csv.
+
+    The median of consecutive differences skips the steps that also validated.
+    """
+    df = pd.read_csv(curves)
+    elapsed = df["elapsed_s"].to_numpy(dtype=float)
+    diffs = np.diff(elapsed)
+    return float(np.median(diffs[2:] if len(diffs) > 4 else diffs)), float(elapsed[0])
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def held_out(b: Bench, d: dict) -> tuple[list[str], dict[str, Path]]:
+    """The held-out cases of ``--fold`` and their reference labels (case -> file)."""
+    cases = next(f["test"] for f in d["folds_data"]["folds"] if f["fold"] == b.args.fold)
+    return cases, {c: b.work / "medtl" / "ingest" / "labels" / f"{c}.nii.gz" for c in cases}
+
+
+def train_settings(cfg: dict, arm: str, **train_overrides) -> dict:
+    train = {**cfg["train"], **train_overrides}
+    return {
+        "model": cfg["model"],
+        "train": train,
+        "arm": cfg["arms"][arm],
+        "predict": cfg["predict"],
+        "seed": cfg["seed"],
+        "device": b_device(cfg),
+        "classes": cfg["classes"],
+        "min_loaded_fraction": cfg["pretrain"]["min_loaded_fraction"],
+        "weights_format": cfg["pretrain"]["format"] if cfg["pretrain"]["checkpoint"] else "medtl",
+    }
+
+
+def b_device(cfg: dict) -> str:
+    return os.environ.get("MEDTL_BENCH_DEVICE", "cpu")
+
+
+def versions(b: Bench) -> dict:
+    import monai
+    import torch
+
+    def nn_version(code: str) -> str:
+        return subprocess.run(
+            [b.nnunet_bin / "python", "-c", code], capture_output=True, text=True
+        ).stdout.strip()
+
+    cpu = ""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        m = re.search(r"model name\s*:\s*(.+)", info.read_text())
+        cpu = m.group(1).strip() if m else ""
+    commit = subprocess.run(
+        ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    import psutil
+
+    return {
+        "date": dt.date.today().isoformat(),
+        "machine": f"{cpu or platform.processor()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"{platform.system()} {platform.release()}",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "medtl": commit,
+        "torch (medtl)": torch.__version__,
+        "monai": monai.__version__,
+        "nnunetv2": nn_version("import importlib.metadata as m; print(m.version('nnunetv2'))"),
+        "torch (nnU-Net)": nn_version("import torch; print(torch.__version__)"),
+        "threads": b.threads,
+    }

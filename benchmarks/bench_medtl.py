@@ -1,0 +1,361 @@
+"""medtl's side of the benchmark, and the runs both tools make: pretraining, training
+throughput, Dice at equal wall-clock budgets, and inference.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from bench_common import (
+    NNUNET_ITERS,
+    ROOT,
+    Bench,
+    b_device,
+    compact,
+    held_out,
+    mean_dice,
+    steady_step_seconds,
+    train_settings,
+)
+from bench_nnunet import nnunet_predict, nnunet_train
+from measure import median_timing
+
+
+def pretrain(b: Bench, cfg: dict, d: dict) -> dict:
+    """medtl's supervised pretraining (a one-off cost, shown apart), or the config's weights."""
+    if cfg["pretrain"]["checkpoint"]:
+        return {"checkpoint": str((ROOT / cfg["pretrain"]["checkpoint"]).resolve()), "timing": None}
+    out = b.work / "medtl" / "pretrain"
+    ckpt = out / "checkpoint.pt"
+    b.say("medtl pretraining (one-off, not part of the training budgets)")
+    shutil.rmtree(out, ignore_errors=True)
+    settings = {
+        "model": cfg["model"],
+        "pretrain": cfg["pretrain"],
+        "seed": cfg["seed"],
+        "device": b_device(cfg),
+    }
+    t = b.run(
+        [
+            *b.medtl,
+            "pretrain",
+            "--manifest",
+            d["source_manifest"],
+            "--plan",
+            b.work / "medtl" / "plan.json",
+            "--out",
+            out,
+            "--settings",
+            compact(settings),
+            "--threads",
+            b.threads,
+            "--quiet",
+        ],
+        "medtl_pretrain",
+    )
+    return {"checkpoint": str(ckpt), "timing": t.as_dict()}
+
+
+def medtl_train_cmd(b: Bench, d: dict, arm: str, out: Path, settings: dict, weights) -> list:
+    cmd = [
+        *b.medtl,
+        "train",
+        "--arm",
+        arm,
+        "--fold",
+        b.args.fold,
+        "--folds",
+        d["folds"],
+        "--cases",
+        b.work / "medtl" / "cases",
+        "--out",
+        out,
+        "--settings",
+        compact(settings),
+        "--threads",
+        b.threads,
+        "--quiet",
+    ]
+    if weights and settings["arm"]["init"] == "pretrained":
+        cmd += ["--pretrained", weights]
+    return cmd
+
+
+def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
+    """Training iterations/s: nnU-Net, medtl at nnU-Net's patch and batch, medtl's own."""
+    steps = b.args.probe_steps
+    patch_xyz = list(reversed(pre["nnunet_patch_zyx"]))  # nnU-Net's arrays are z, y, x
+    probes = {
+        "medtl_same_patch": (
+            {
+                **cfg,
+                "model": {
+                    **cfg["model"],
+                    "name": "plainconvunet",
+                    "features": pre["nnunet_features"],
+                },
+            },
+            {"patch_size": patch_xyz, "batch_size": pre["nnunet_batch"]},
+        ),
+        "medtl_default": (cfg, {}),
+    }
+    out = {}
+    for name, (c, over) in probes.items():
+        b.say(f"throughput probe: {name}")
+        run = b.work / "medtl" / "probe" / name
+        shutil.rmtree(run, ignore_errors=True)
+        settings = train_settings(
+            c, "scratch", steps=steps, val_every=steps, checkpoint_every=steps, **over
+        )
+        t = b.run(medtl_train_cmd(b, d, "scratch", run, settings, None), f"probe_{name}")
+        sec, startup = steady_step_seconds(run / "curves.csv")
+        batch = settings["train"]["batch_size"]
+        out[name] = {
+            "s_per_step": sec,
+            "it_per_s": 1 / sec,
+            "samples_per_s": batch / sec,
+            "startup_s": startup,
+            "wall_s": t.wall_s,
+            "patch": settings["train"]["patch_size"],
+            "batch": batch,
+        }
+    b.say("throughput probe: nnU-Net")
+    nn = nnunet_train(b, d, epochs=3, marks=[], tag="probe")
+    out["nnunet"] = {
+        "s_per_step": nn["s_per_iter"],
+        "it_per_s": 1 / nn["s_per_iter"],
+        "samples_per_s": pre["nnunet_batch"] / nn["s_per_iter"],
+        "startup_s": nn["startup_s"],
+        "wall_s": nn["timing"]["wall_s"],
+        "patch": patch_xyz,
+        "batch": pre["nnunet_batch"],
+    }
+    return out
+
+
+def nnunet_budgets(b: Bench, cfg: dict, d: dict, thr: dict, marks: list[float]) -> dict:
+    """nnU-Net trained once to the largest budget (epochs sized so its poly schedule ends
+    there), its snapshot at every budget scored on the held-out cases."""
+    from medtl.export.nnunet import nnunet_case_id
+
+    classes = [int(k) for k in cfg["classes"]]
+    test_cases, refs = held_out(b, d)
+    total = marks[-1]
+    nn_epoch_s = NNUNET_ITERS * thr["nnunet"]["s_per_step"] * 1.25  # + its validation
+    epochs = max(1, int((total - thr["nnunet"]["startup_s"]) / nn_epoch_s))
+    b.say(f"nnU-Net to {total / 60:.1f} min: {epochs} epochs of {NNUNET_ITERS} iterations")
+    nn = nnunet_train(b, d, epochs=epochs, marks=marks, tag="budget")
+    test_in = b.work / "nnunet" / "test_input"
+    shutil.rmtree(test_in, ignore_errors=True)
+    test_in.mkdir(parents=True)
+    for c in test_cases:
+        shutil.copy(d["raw"] / "imagesTr" / f"{nnunet_case_id(c)}_0000.nii.gz", test_in)
+    nn_scores = []
+    for i, _ in enumerate(marks):
+        pred = b.work / "nnunet" / "budget_pred" / f"mark{i}"
+        shutil.rmtree(pred, ignore_errors=True)
+        ckpt = nn["folder"] / f"checkpoint_mark{i}.pth"
+        if not ckpt.is_file():
+            nn_scores.append(float("nan"))
+            continue
+        nnunet_predict(
+            b, test_in, pred, f"checkpoint_mark{i}.pth", tta=False, log=f"nnunet_budget_pred{i}"
+        )
+        names = {c: nnunet_case_id(c) for c in test_cases}
+        nn_scores.append(mean_dice(pred, refs, classes, names))
+    result = {
+        "dice": nn_scores,
+        "epochs_planned": epochs,
+        "epochs_run": nn["epochs_run"],
+        "marks_at_s": nn["marks_at_s"],
+        "wall_s": nn["timing"]["wall_s"],
+    }
+    return {"nnunet": result, "nnunet_folder": str(nn["folder"])}
+
+
+def score_snapshots(
+    b: Bench, cfg: dict, d: dict, arm: str, snaps: list[Path], refs: dict
+) -> list[float]:
+    """Mean Dice over the held-out cases of each snapshot's ``best.pt`` (NaN: none)."""
+    classes = [int(k) for k in cfg["classes"]]
+    scores = []
+    for i, snap in enumerate(snaps):
+        if not (snap / "best.pt").is_file():
+            scores.append(float("nan"))
+            continue
+        pred = snap / "pred"
+        b.run(
+            [
+                *b.medtl,
+                "predict-fold",
+                "--run",
+                snap,
+                "--folds",
+                d["folds"],
+                "--fold",
+                b.args.fold,
+                "--cases",
+                b.work / "medtl" / "cases",
+                "--out",
+                pred,
+                "--settings",
+                compact({**cfg["predict"], "tta": False}),
+                "--device",
+                b_device(cfg),
+                "--threads",
+                b.threads,
+                "--quiet",
+            ],
+            f"medtl_budget_pred_{arm}{i}",
+        )
+        scores.append(mean_dice(pred, refs, classes))
+    return scores
+
+
+def medtl_budget(b: Bench, cfg: dict, d: dict, arm: str, plan: dict, weights, refs: dict) -> dict:
+    """One medtl arm trained once (``plan``: steps, val_every, marks), its ``best.pt``
+    kept at every budget and scored on the held-out cases."""
+    marks, steps, val_every = plan["marks"], plan["steps"], plan["val_every"]
+    b.say(f"medtl {arm} to {marks[-1] / 60:.1f} min: {steps} steps")
+    run = b.work / "medtl" / "budget" / arm
+    shutil.rmtree(run, ignore_errors=True)
+    settings = train_settings(
+        cfg, arm, steps=steps, val_every=val_every, checkpoint_every=val_every
+    )
+    snaps = [run / "snapshots" / f"mark{i}" for i in range(len(marks))]
+    taken: list[float] = []
+
+    def poll(elapsed: float, run=run, snaps=snaps, taken=taken) -> bool:
+        while len(taken) < len(marks) and elapsed >= marks[len(taken)]:
+            snap = snaps[len(taken)]
+            snap.mkdir(parents=True, exist_ok=True)
+            if (run / "best.pt").is_file():
+                shutil.copy(run / "best.pt", snap / "best.pt")
+            taken.append(elapsed)
+        return len(taken) == len(marks)  # past the last budget: stop
+
+    t = b.run(
+        medtl_train_cmd(b, d, arm, run, settings, weights), f"medtl_budget_{arm}", on_poll=poll
+    )
+    for i in range(len(taken), len(marks)):  # finished before these budgets
+        snaps[i].mkdir(parents=True, exist_ok=True)
+        shutil.copy(run / "best.pt", snaps[i] / "best.pt")
+        taken.append(t.wall_s)
+    scores = score_snapshots(b, cfg, d, arm, snaps, refs)
+    done = pd.read_csv(run / "curves.csv")
+    return {
+        "dice": scores,
+        "steps_planned": steps,
+        "steps_run": int(done["step"].max()),
+        "marks_at_s": taken,
+        "wall_s": t.wall_s,
+    }
+
+
+def budgets(b: Bench, cfg: dict, d: dict, pre: dict, thr: dict, weights) -> dict:
+    """Train each tool once to the largest budget, keep its model at every budget."""
+    marks = [m * 60.0 for m in b.args.budgets]
+    total = marks[-1]
+    test_cases, refs = held_out(b, d)
+    out: dict = {"budgets_min": b.args.budgets, "test_cases": len(test_cases)}
+    out.update(nnunet_budgets(b, cfg, d, thr, marks))
+
+    # medtl arms: steps sized from the probe so the cosine schedule ends near the budget.
+    s_step = thr["medtl_default"]["s_per_step"]
+    startup = thr["medtl_default"]["startup_s"]
+    steps = max(10, int((total - startup) * 0.85 / s_step))
+    plan = {"marks": marks, "steps": steps, "val_every": max(1, steps // 12)}
+    for arm in b.args.arms:
+        out[arm] = medtl_budget(b, cfg, d, arm, plan, weights, refs)
+    return out
+
+
+def inference_inputs(b: Bench, d: dict, test_cases: list[str], best_arm: str) -> tuple:
+    """What both tools predict from: medtl's model folder (the plan and ``best_arm``'s
+    model at the largest budget), case sheets of all held-out cases and of the first, and
+    nnU-Net's input folders of the same. Returns ``(model, sheets, inputs)``, the last two
+    by number of cases."""
+    from medtl.export.nnunet import nnunet_case_id
+
+    n = len(test_cases)
+    # medtl predict reads a finished run's folder: the plan and the fold model.
+    model = b.work / "medtl" / "model"
+    shutil.rmtree(model, ignore_errors=True)
+    (model / "preprocess").mkdir(parents=True)
+    shutil.copy(b.work / "medtl" / "plan.json", model / "preprocess" / "plan.json")
+    fold_dir = model / "train" / best_arm / f"fold{b.args.fold}"
+    fold_dir.mkdir(parents=True)
+    last_mark = f"mark{len(b.args.budgets) - 1}"
+    snapshot = b.work / "medtl" / "budget" / best_arm / "snapshots" / last_mark / "best.pt"
+    shutil.copy(snapshot, fold_dir / "best.pt")
+    rows = d["manifest"].set_index("case_id").loc[test_cases]
+    sheet = pd.DataFrame(
+        {
+            "image": [str(Path(p).resolve()) for p in rows["image"]],
+            "label": "",
+            "patient": rows["patient_id"],
+            "case_id": test_cases,
+        }
+    )
+    sheets = {n: b.work / "medtl" / "test_cases.tsv", 1: b.work / "medtl" / "test_case1.tsv"}
+    sheet.to_csv(sheets[n], sep="\t", index=False)
+    sheet.iloc[:1].to_csv(sheets[1], sep="\t", index=False)
+    inputs = {n: b.work / "nnunet" / "test_input", 1: b.work / "nnunet" / "test_input1"}
+    shutil.rmtree(inputs[1], ignore_errors=True)
+    inputs[1].mkdir(parents=True)
+    first = f"{nnunet_case_id(test_cases[0])}_0000.nii.gz"
+    shutil.copy(inputs[n] / first, inputs[1] / first)
+    return model, sheets, inputs
+
+
+def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
+    """Per-case inference time and Dice from raw images, TTA off and on, one fold model."""
+    from medtl.export.nnunet import nnunet_case_id
+
+    classes = [int(k) for k in cfg["classes"]]
+    test_cases, refs = held_out(b, d)
+    n = len(test_cases)
+    best_arm = max(b.args.arms, key=lambda a: np.nan_to_num(bud[a]["dice"][-1], nan=-1))
+    model, sheets, inputs = inference_inputs(b, d, test_cases, best_arm)
+    last = f"checkpoint_mark{len(b.args.budgets) - 1}.pth"
+    names = {c: nnunet_case_id(c) for c in test_cases}
+    out: dict = {"cases": n, "medtl_arm": best_arm}
+    for tta in (False, True):
+        key = "tta" if tta else "no_tta"
+        walls: dict = {(tool, k): [] for tool in ("medtl", "nnunet") for k in (1, n)}
+        for r in range(b.args.infer_repeats):
+            b.say(f"inference {key}, repeat {r + 1}/{b.args.infer_repeats}")
+            for k in (n, 1):  # all held-out cases, then one: the difference is per case
+                pred_m = b.work / "medtl" / "infer" / f"{key}_{k}"
+                shutil.rmtree(pred_m, ignore_errors=True)
+                cmd = [*b.medtl, "predict", sheets[k], "--model", model, "--arm", best_arm]
+                cmd += ["--out", pred_m, "--device", b_device(cfg), "--threads", b.threads]
+                cmd += ["--quiet", "--tta" if tta else "--no-tta"]
+                walls["medtl", k].append(b.run(cmd, f"medtl_predict_{key}_{k}"))
+                pred_n = b.work / "nnunet" / "infer" / f"{key}_{k}"
+                shutil.rmtree(pred_n, ignore_errors=True)
+                walls["nnunet", k].append(
+                    nnunet_predict(b, inputs[k], pred_n, last, tta, f"nnunet_predict_{key}_{k}")
+                )
+        out[key] = {}
+        for tool, pred, tool_names in (
+            ("medtl", b.work / "medtl" / "infer" / f"{key}_{n}", None),
+            ("nnunet", b.work / "nnunet" / "infer" / f"{key}_{n}", names),
+        ):
+            all_cases = median_timing(walls[tool, n])
+            one = median_timing(walls[tool, 1])
+            per_case = (all_cases["wall_s"] - one["wall_s"]) / max(1, n - 1)
+            out[key][tool] = {
+                **all_cases,
+                "s_per_case_with_startup": all_cases["wall_s"] / n,
+                # the cost of one more case once the tool has started: what a large data
+                # set pays per case
+                "s_per_case": per_case,
+                "startup_s": one["wall_s"] - per_case,
+                "one_case_wall_s": one["wall_s"],
+                "dice": mean_dice(pred, refs, classes, tool_names),
+            }
+    return out

@@ -1,0 +1,240 @@
+"""The benchmark's table: one row per measure (medtl, the peer, their ratio and the
+target), as Markdown, written into docs/benchmarks.md between its markers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from bench_common import END, NNUNET_ITERS, START, TARGETS
+
+#: Per-case inference costs below this are within the run-to-run noise of the
+#: difference between an all-case and a one-case run (start-up varies by ~0.3 s).
+NOISE_S = 0.05
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def _preprocess_rows(res: dict, add: Callable[..., None]) -> None:
+    """Preprocessing: wall time (with its target), CPU time, peak memory."""
+    p = res["preprocess"]
+    r = p["medtl"]["wall_s"] / p["nnunet"]["wall_s"]
+    add(
+        "preprocessing wall (s)",
+        p["medtl"]["wall_s"],
+        p["nnunet"]["wall_s"],
+        "lower",
+        TARGETS["preprocess"][2],
+        r <= TARGETS["preprocess"][1],
+    )
+    add("preprocessing CPU (s)", p["medtl"]["cpu_s"], p["nnunet"]["cpu_s"], "lower")
+    add(
+        "preprocessing peak memory (MiB)",
+        p["medtl"]["peak_rss_mb"],
+        p["nnunet"]["peak_rss_mb"],
+        "lower",
+    )
+
+
+def _throughput_rows(res: dict, add: Callable[..., None]) -> None:
+    """Training throughput at nnU-Net's patch and batch."""
+    t = res["throughput"]
+    add(
+        f"training iterations/s (patch {t['nnunet']['patch']}, batch {t['nnunet']['batch']})",
+        t["medtl_same_patch"]["it_per_s"],
+        t["nnunet"]["it_per_s"],
+        "higher",
+    )
+    add(
+        "training samples/s (same patch and batch)",
+        t["medtl_same_patch"]["samples_per_s"],
+        t["nnunet"]["samples_per_s"],
+        "higher",
+    )
+
+
+def _budgets_rows(res: dict, add: Callable[..., None]) -> None:
+    """Dice at each training budget, every medtl arm against nnU-Net."""
+    bud = res["budgets"]
+    arms = [a for a in bud if isinstance(bud[a], dict) and "dice" in bud[a] and a != "nnunet"]
+    best = max(arms, key=lambda a: np.nan_to_num(bud[a]["dice"][-1], nan=-1))
+    for i, m in enumerate(bud["budgets_min"]):
+        last = i == len(bud["budgets_min"]) - 1
+        for arm in arms:
+            target = "≥ 1 (best arm, largest budget)" if last and arm == best else ""
+            met = bud[arm]["dice"][i] >= bud["nnunet"]["dice"][i] if target else None
+            add(
+                f"Dice after {m:g} min of training: medtl {arm}",
+                bud[arm]["dice"][i],
+                bud["nnunet"]["dice"][i],
+                "higher",
+                target,
+                met,
+            )
+
+
+def _inference_rows(res: dict, add: Callable[..., None]) -> None:
+    """Inference per case (after and with start-up), start-up and Dice, TTA off and on."""
+    inf = res["inference"]
+    for key, label in (("no_tta", "TTA off"), ("tta", "TTA on (8 mirrors)")):
+        m, n = inf[key]["medtl"], inf[key]["nnunet"]
+        r = m["s_per_case"] / n["s_per_case"]
+        ok = r <= TARGETS["inference"][1] and m["dice"] >= n["dice"]
+        add(
+            f"inference s/case after start-up, {label}",
+            m["s_per_case"],
+            n["s_per_case"],
+            "lower",
+            TARGETS["inference"][2] + ", Dice ≥",
+            ok,
+        )
+        add(
+            f"inference s/case with start-up ({inf['cases']} cases), {label}",
+            m["s_per_case_with_startup"],
+            n["s_per_case_with_startup"],
+            "lower",
+        )
+        add(f"inference start-up (s), {label}", m["startup_s"], n["startup_s"], "lower")
+        add(f"inference Dice, {label}", m["dice"], n["dice"], "higher")
+
+
+def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
+    """DICOM → NIfTI conversion against dcm2niix."""
+    dcm = res["dicom"]
+    med, peer = dcm["medtl"]["median"]["wall_s"], dcm["dcm2niix"]["median"]["wall_s"]
+    add(
+        f"DICOM → NIfTI wall (s), {dcm['n_series']} series / {dcm['n_files']} files",
+        med,
+        peer,
+        "lower",
+        TARGETS["dicom"][2],
+        med / peer <= TARGETS["dicom"][1],
+        peer_name="dcm2niix",
+    )
+
+
+# The table's parts in their order: each adds its rows when results.json has it.
+RATIO_PARTS = {
+    "preprocess": _preprocess_rows,
+    "throughput": _throughput_rows,
+    "budgets": _budgets_rows,
+    "inference": _inference_rows,
+    "dicom": _dicom_rows,
+}
+
+
+def ratio_rows(res: dict) -> list[dict]:
+    """One row per measure: medtl, the peer, medtl/peer, which way is better, the target."""
+    rows = []
+
+    def add(measure, medtl, peer, better, target="", met=None, peer_name="nnU-Net"):
+        ratio = medtl / peer if peer else float("nan")
+        rows.append(
+            {
+                "measure": measure,
+                "medtl": medtl,
+                "peer": peer,
+                "peer_name": peer_name,
+                "ratio": ratio,
+                "better": better,
+                "target": target,
+                "met": met,
+            }
+        )
+
+    for part, part_rows in RATIO_PARTS.items():
+        if part in res:
+            part_rows(res, add)
+    return rows
+
+
+def markdown(res: dict) -> str:
+    v = res["versions"]
+    lines = [
+        f"Measured on {v['date']} — {v['machine']}; GPU: {v['gpu']}; {v['threads']} threads for "
+        f"each tool. medtl {v['medtl']} (torch {v['torch (medtl)']}, MONAI {v['monai']}), "
+        f"nnU-Net {v['nnunetv2']} (torch {v['torch (nnU-Net)']}), Python {v['python']}.",
+        f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
+        f"the whole run took {res['total_min']:.1f} min.",
+        "",
+        "| measure | medtl | peer | medtl / peer | better | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in ratio_rows(res):
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        digits = 3 if "Dice" in r["measure"] else 2
+        if "after start-up" in r["measure"] and r["medtl"] < NOISE_S:
+            # the one-case run and the all-case run differ by less than run-to-run noise
+            r = {**r, "medtl": None, "ratio": None}
+            r["measure"] += f" (medtl: below {NOISE_S} s, the noise of the estimate)"
+        lines.append(
+            f"| {r['measure']} | {fmt(r['medtl'], digits)} | "
+            f"{r['peer_name']} {fmt(r['peer'], digits)} "
+            f"| {fmt(r['ratio'])} | {r['better']} | {r['target']} | {met} |"
+        )
+    extra = []
+    if "throughput" in res:
+        t = res["throughput"]["medtl_default"]
+        extra.append(
+            f"medtl's own configuration (patch {t['patch']}, batch {t['batch']}) trains at "
+            f"{t['it_per_s']:.2f} iterations/s ({t['samples_per_s']:.2f} samples/s)."
+        )
+    if "budgets" in res:
+        bud = res["budgets"]
+        parts = [
+            f"nnU-Net ran {bud['nnunet']['epochs_run']} epochs of {NNUNET_ITERS} iterations "
+            f"(planned {bud['nnunet']['epochs_planned']})"
+        ]
+        for arm in [a for a in bud if isinstance(bud[a], dict) and "steps_run" in bud[a]]:
+            parts.append(
+                f"medtl {arm} {bud[arm]['steps_run']} of {bud[arm]['steps_planned']} steps"
+            )
+        extra.append(
+            "Training to the largest budget: "
+            + "; ".join(parts)
+            + f"; {bud['test_cases']} held-out cases."
+        )
+    if res.get("pretrain", {}).get("timing"):
+        extra.append(
+            f"medtl's pretraining (one-off, reused by every pretrained arm and fold) took "
+            f"{res['pretrain']['timing']['wall_s']:.0f} s, not counted in the budgets."
+        )
+    if "dicom" in res:
+        dcm = res["dicom"]
+        gz = (
+            f"gzip level {dcm['level']} (medtl) and {dcm['dcm2niix_level']} (dcm2niix)"
+            if dcm["compress"]
+            else "uncompressed"
+        )
+        extra.append(
+            f"DICOM set: {dcm['total_mb']:.0f} MB; dcm2niix {dcm['dcm2niix']['version']}; {gz}; "
+            f"outputs {'hold the same voxels' if dcm['agreement']['agree'] else '**differ**'}."
+        )
+    return "\n".join(lines + [""] + extra) + "\n"
+
+
+def write_doc(path: Path, body: str) -> None:
+    """Replace the text between the bench markers of ``path`` (or create the file)."""
+    block = f"{START}\n{body}{END}"
+    if path.is_file():
+        text = path.read_text()
+        if START in text and END in text:
+            text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        text = f"# Benchmarks\n\n{block}\n"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- main
