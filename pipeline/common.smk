@@ -10,7 +10,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from medtl.checks import check_job_python, stop_on_error
 from medtl.config import training_seeds
-from medtl.layout import evaluation_file, predictions_dir, run_dir
+import medtl.layout
 from medtl.split.subsets import fraction_folders
 
 
@@ -36,9 +36,15 @@ if workflow.is_main_process and not conda_jobs():
 ARMS = list(config["arms"])
 FOLDS = list(range(config["splits"]["folds"]))
 # The seeds each arm trains with (config `seeds`, arms' `repeats`), and every training
-# run: one (arm, seed, fold) each, a job of its own.
+# run: a value for each axis of medtl.layout.RUN_AXES (arm, seed, fold), a job of its own.
+# A new axis gives its values here.
 SEEDS = training_seeds(config)
-RUNS = [(arm, seed, fold) for arm in ARMS for seed in SEEDS[arm] for fold in FOLDS]
+RUNS = [
+    {"arm": arm, "seed": seed, "fold": fold}
+    for arm in ARMS
+    for seed in SEEDS[arm]
+    for fold in FOLDS
+]
 DEMO = config["dataset"]["kind"] == "demo"
 DEMO_DIR = "data/demo"
 
@@ -61,25 +67,21 @@ wildcard_constraints:
     case=r"[A-Za-z0-9_.-]+",
 
 
-def run_path(kind, name="", root="results", arm="{arm}", seed="{seed}", fold="{fold}"):
+def run_path(kind, name="", root="results", **values):
     """The path of a training run's folder (kind train), masks (predictions) or metrics
-    (evaluation), by medtl.layout; wildcards by default, `name` a file inside a folder.
+    (evaluation), by medtl.layout; each axis a wildcard unless given, `name` a file
+    inside a folder.
     """
-    where = {
-        "train": run_dir,
-        "predictions": predictions_dir,
-        "evaluation": evaluation_file,
-    }
-    path = where[kind](root, arm, seed, fold)
+    path = medtl.layout.run_path(kind, root, **{**medtl.layout.wildcards(), **values})
     return (path / name if name else path).as_posix()
 
 
 def every_run(kind, name="", root="results", arms=None):
     """run_path of every training run (of `arms`, default all): the inputs of merges."""
     return [
-        run_path(kind, name, root, arm, seed, fold)
-        for arm, seed, fold in RUNS
-        if arms is None or arm in arms
+        run_path(kind, name, root, **run)
+        for run in RUNS
+        if arms is None or run["arm"] in arms
     ]
 
 

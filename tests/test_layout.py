@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from medtl import layout
 from medtl.config import training_seeds
 from medtl.kernel.errors import ConfigError
 from medtl.layout import evaluation_file, predictions_dir, run_dir, trained_runs
@@ -59,3 +60,19 @@ def test_training_seeds_refuses_repeats_and_duplicates():
         training_seeds({"seeds": [1, 2, 3], "arms": {"b": {"repeats": 4}}})
     with pytest.raises(ConfigError, match=r"seed 2 is listed twice"):
         training_seeds({"seeds": [1, 2, 2], "arms": {"a": {}}})
+
+
+def test_a_new_axis_changes_every_path_from_one_place(monkeypatch):
+    """A data-set axis, added as docs/architecture.md describes: paths and the rules'
+    wildcards follow RUN_AXES, and the run-folder pattern reads the new axis back."""
+    dataset = layout.Axis("dataset", "data-{}", r"[a-z]+")
+    monkeypatch.setattr(layout, "RUN_AXES", (dataset, *layout.RUN_AXES))
+    path = layout.run_path("evaluation", "r", dataset="liver", arm="a", seed=1, fold=0)
+    assert path == Path("r/evaluation/data-liver/a/seed1/fold0.csv")
+    assert layout.wildcards()["dataset"] == "{dataset}"
+    rule_path = layout.run_path("train", "results", **layout.wildcards())
+    assert rule_path.as_posix() == "results/train/data-{dataset}/{arm}/seed{seed}/fold{fold}"
+    match = layout._run_folder().match("data-liver/scratch/seed2/fold1")
+    assert match.groupdict() == {"dataset": "liver", "arm": "scratch", "seed": "2", "fold": "1"}
+    with pytest.raises(ValueError, match=r"missing \['dataset'\]"):
+        layout.run_path("train", "r", arm="a", seed=1, fold=0)
