@@ -50,7 +50,7 @@ from medtl.config import ModelConfig, PredictConfig, parse_section
 from medtl.io.outputs import check_separate
 from medtl.kernel.errors import InputError, MedtlError
 from medtl.layout import trained_runs
-from medtl.models.weights import WeightsFileError, safe_load
+from medtl.models.safe_read import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan
 
 #: Architectures the export can write as a MONAI ``network_def``.
