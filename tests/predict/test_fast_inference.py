@@ -152,7 +152,7 @@ def test_amp_and_channels_last_do_nothing_on_the_cpu() -> None:
             h.remove()
     assert seen and set(seen) == {(False, True)}
     assert all(p.is_contiguous() for p in net.parameters())  # not converted
-    assert gpu_predictor(net, CPU, on) is net
+    assert gpu_predictor(net, CPU, amp=on.amp, layout=on.channels_last) is net
     assert torch.equal(a, predict_probabilities([net], case, patch, off, CPU))
 
 
@@ -180,7 +180,7 @@ def test_the_cuda_predictor_converts_the_network_and_its_input() -> None:
     net.register_forward_pre_hook(
         lambda m, a: layouts.append(a[0].is_contiguous(memory_format=torch.channels_last_3d))
     )
-    predict = gpu_predictor(net, CUDA, PredictConfig(amp=True, channels_last=True))
+    predict = gpu_predictor(net, CUDA, amp=True, layout=True)
     assert predict is not net
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
@@ -194,6 +194,6 @@ def test_the_cuda_predictor_converts_the_network_and_its_input() -> None:
 def test_amp_alone_leaves_the_networks_memory_format() -> None:
     # the training's validation runs so: its network keeps the training's memory format
     net = _unet(0)
-    predict = gpu_predictor(net, CUDA, PredictConfig(amp=True, channels_last=False))
+    predict = gpu_predictor(net, CUDA, amp=True, layout=False)
     assert predict is not net  # wrapped for autocast
     assert all(p.is_contiguous() for p in net.parameters())
