@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from medtl.kernel.errors import InputError
+
 #: The rule that writes each training run's masks of its held-out cases.
 PREDICT_RULE = "predict_fold"
 
@@ -167,3 +169,52 @@ def trained_runs(results: Path | str, arm: str | None = None) -> list[TrainedRun
         }
         found.append(TrainedRun(**values, path=path))
     return sorted(found, key=lambda r: (r.arm, -1 if r.seed is None else r.seed, r.fold))
+
+
+#: A training run's best model, in its folder (``train/<arm>/seed<s>/fold<k>/best.pt``).
+BEST_CHECKPOINT = "best.pt"
+
+
+def arm_dir(results: Path | str, arm: str) -> Path:
+    """The folder of every training run of one arm (``train/<arm>``)."""
+    return Path(results) / "train" / str(arm)
+
+
+def plan_file(results: Path | str) -> Path:
+    """The run's preprocessing plan (``preprocess/plan.json``)."""
+    return Path(results) / "preprocess" / "plan.json"
+
+
+def checkpoint_file(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
+    """The best model of one training run; seed ``None``: a run of an earlier version.
+
+    Example:
+        >>> checkpoint_file("results", "scratch", None, 1).as_posix()
+        'results/train/scratch/fold1/best.pt'
+    """
+    if seed is None:
+        return arm_dir(results, arm) / f"fold{fold}" / BEST_CHECKPOINT
+    return run_dir(results, arm, seed, fold) / BEST_CHECKPOINT
+
+
+def runs_of_arm(results: Path | str, arm: str, fix: str) -> list[TrainedRun]:
+    """Every finished training run of ``arm`` (as :func:`trained_runs`), at least one.
+
+    Args:
+        results: the results folder of a run.
+        arm: the arm.
+        fix: what the caller's user should do when there is none.
+
+    Raises:
+        InputError: the arm has no trained model (naming the arms that have one).
+    """
+    runs = trained_runs(results, arm)
+    if not runs:
+        arms = sorted({r.arm for r in trained_runs(results)})
+        raise InputError(
+            arm_dir(results, arm),
+            f"no trained models for arm {arm!r}"
+            + (f" (arms found: {', '.join(arms)})" if arms else ""),
+            fix,
+        )
+    return runs

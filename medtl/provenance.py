@@ -218,11 +218,11 @@ def weights_digest(path: Path) -> str:
     Unlike the file's bytes (``torch.save`` writes a random serialisation id and the
     file name into every file), this is the same for bit-identical weights. A medtl
     checkpoint's ``state_dict`` is used when there is one; the file is read with
-    ``weights_only=True`` (:func:`medtl.models.weights.safe_load`).
+    ``weights_only=True`` (:func:`medtl.models.safe_read.safe_load`).
     """
     import torch
 
-    from medtl.models.weights import safe_load
+    from medtl.models.safe_read import safe_load
 
     payload = safe_load(path)
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload

@@ -77,7 +77,23 @@ def generate_demo(
     """
     out = Path(out)
     rng = np.random.default_rng(seed)
-    source_dir = out / "source"
+    dataset = _write_source(out / "source", rng, n_source, progress)
+    sheet, n_cases = _write_target(
+        out / "target", rng, seed, n_patients, second_study_fraction, progress
+    )
+    return DemoSummary(
+        source_cases=n_source,
+        target_patients=n_patients,
+        target_cases=n_cases,
+        sheet=sheet,
+        source_dataset=dataset,
+    )
+
+
+def _write_source(
+    source_dir: Path, rng: np.random.Generator, n_source: int, progress: bool
+) -> Path:
+    """The labelled NIfTI source set and its ``dataset.json`` (returned)."""
     training = []
     for i in tqdm(range(n_source), desc="demo source", disable=not progress):
         p = make_phantom(rng, SOURCE)
@@ -95,9 +111,20 @@ def generate_demo(
         "numTraining": n_source,
         "training": training,
     }
-    atomic_write_text(source_dir / "dataset.json", json.dumps(dataset, indent=2) + "\n")
+    path = source_dir / "dataset.json"
+    atomic_write_text(path, json.dumps(dataset, indent=2) + "\n")
+    return path
 
-    target_dir = out / "target"
+
+def _write_target(
+    target_dir: Path,
+    rng: np.random.Generator,
+    seed: int,
+    n_patients: int,
+    second_study_fraction: float,
+    progress: bool,
+) -> tuple[Path, int]:
+    """The DICOM target set, its labels and its case sheet: the sheet and its rows."""
     rows = []
     for pat in tqdm(range(n_patients), desc="demo target", disable=not progress):
         n_studies = 2 if rng.random() < second_study_fraction else 1
@@ -130,10 +157,4 @@ def generate_demo(
             rows.append({"image": str(rel), "label": str(label_rel)})
     sheet = target_dir / "cases.tsv"
     atomic_write_text(sheet, pd.DataFrame(rows).to_csv(sep="\t", index=False))
-    return DemoSummary(
-        source_cases=n_source,
-        target_patients=n_patients,
-        target_cases=len(rows),
-        sheet=sheet,
-        source_dataset=source_dir / "dataset.json",
-    )
+    return sheet, len(rows)

@@ -53,31 +53,25 @@ class Domain:
         )
 
 
-SOURCE = Domain(
-    spacing=(2.0, 2.0, 2.0),
-    field_of_view=(96.0, 96.0, 96.0),
-    tissue=100.0,
-    rim=190.0,
-    core=55.0,
-    distractor=190.0,
-    cyst=55.0,
-    air=0.0,
-    noise=12.0,
-    bias=0.1,
-)
+#: The two domains side by side, field by field: (source, target).
+_DOMAINS: dict[str, tuple[object, object]] = {
+    "spacing": ((2.0, 2.0, 2.0), (2.0, 2.0, 4.0)),
+    "field_of_view": ((96.0, 96.0, 96.0), (96.0, 96.0, 96.0)),
+    "tissue": (100.0, 420.0),
+    "rim": (190.0, 640.0),
+    "core": (55.0, 300.0),
+    "distractor": (190.0, 660.0),
+    "cyst": (55.0, 290.0),
+    "air": (0.0, 20.0),
+    "noise": (12.0, 55.0),
+    "bias": (0.1, 0.25),
+}
 
-TARGET = Domain(
-    spacing=(2.0, 2.0, 4.0),
-    field_of_view=(96.0, 96.0, 96.0),
-    tissue=420.0,
-    rim=640.0,
-    core=300.0,
-    distractor=660.0,
-    cyst=290.0,
-    air=20.0,
-    noise=55.0,
-    bias=0.25,
-)
+#: The pretraining domain.
+SOURCE = Domain(**{name: values[0] for name, values in _DOMAINS.items()})
+
+#: The user's small data set: other intensities, contrast, noise, bias and slice spacing.
+TARGET = Domain(**{name: values[1] for name, values in _DOMAINS.items()})
 
 
 @dataclass(frozen=True)

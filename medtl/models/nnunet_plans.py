@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtl.models.weights import WeightsError, WeightsFileError
+from medtl.models.safe_read import WeightsError, WeightsFileError
 
 _PLANS_FIX = (
     "put the plans.json nnU-Net wrote for this model (nnUNet_results/DatasetXXX/"

@@ -21,23 +21,16 @@ A checkpoint is refused (:func:`refuse_mismatch`) when
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from medtl.config import ModelConfig
-from medtl.models.networks import (
-    Architecture,
-    architecture_name,
-    build_network,
-    get_architecture,
-)
+from medtl.models.load_report import LoadReport, Transfer
+from medtl.models.networks import Architecture, build_network, get_architecture
 from medtl.models.stages import encoder_stages
+from medtl.models.suggestions import suggest_settings
 from medtl.models.weights import FORMATS, Weights, WeightsError, read_checkpoint, read_weights
 
 __all__ = [
@@ -60,128 +53,6 @@ __all__ = [
 MIN_LOADED_FRACTION = 0.9
 #: Default share of the checkpoint encoder's values that may find no place in the model.
 MAX_UNUSED_FRACTION = 0.05
-
-
-@dataclass
-class LoadReport:
-    """What a checkpoint initialised in the network's encoder.
-
-    Attributes:
-        source: the checkpoint file or folder.
-        format: the weight format recognised.
-        loaded: encoder keys copied from the checkpoint (adapted ones included).
-        missing: encoder keys the checkpoint lacks (left at random init).
-        unexpected: checkpoint encoder keys the network does not have.
-        shape_mismatch: keys present in both with different shapes
-            (``{"key", "checkpoint", "model"}``), left at random init.
-        dropped: checkpoint keys outside the encoder (old decoder and head), not used.
-        adapted: first-layer weights changed to another number of input channels
-            (``{"key", "from", "to", "how"}``, ``how`` being ``"repeat/N"`` or ``"mean"``).
-        notes: renames, ignored aliases, known differences from the pretraining network.
-        encoder_params_total / encoder_params_loaded: parameter counts of the model's
-            encoder, all and initialised.
-        checkpoint_values_total / checkpoint_values_unused: values (elements) of the
-            checkpoint's encoder tensors, all and those with no place in the model
-            (unexpected or of other shape).
-        stages: per encoder stage of the model, stem first: ``{"stage", "tensors",
-            "loaded"}`` (tensor counts).
-        suggestions: when something did not match, model settings that would match.
-    """
-
-    source: str
-    format: str
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shape_mismatch: list[dict[str, Any]] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    adapted: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    encoder_params_total: int = 0
-    encoder_params_loaded: int = 0
-    checkpoint_values_total: int = 0
-    checkpoint_values_unused: int = 0
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    suggestions: list[str] = field(default_factory=list)
-
-    @property
-    def fraction_loaded(self) -> float:
-        """Share of the encoder's parameters initialised from the checkpoint."""
-        return self.encoder_params_loaded / max(self.encoder_params_total, 1)
-
-    @property
-    def fraction_unused(self) -> float:
-        """Share of the checkpoint encoder's values that found no place in the model."""
-        return self.checkpoint_values_unused / max(self.checkpoint_values_total, 1)
-
-    @property
-    def target_tensors(self) -> int:
-        """Tensors of the model's encoder: loaded, missing or of other shape."""
-        return len(self.loaded) + len(self.missing) + len(self.shape_mismatch)
-
-    @property
-    def checkpoint_tensors(self) -> int:
-        """Tensors of the checkpoint's encoder part: loaded, unexpected or of other shape."""
-        return len(self.loaded) + len(self.unexpected) + len(self.shape_mismatch)
-
-    @property
-    def unused_tensors(self) -> int:
-        """Checkpoint encoder tensors with no place in the model."""
-        return len(self.unexpected) + len(self.shape_mismatch)
-
-    @property
-    def skipped_stages(self) -> list[str]:
-        """Encoder stages that get nothing although a deeper stage gets weights."""
-        deepest = max((i for i, s in enumerate(self.stages) if s["loaded"]), default=0)
-        return [s["stage"] for s in self.stages[:deepest] if not s["loaded"]]
-
-    def summary(self) -> str:
-        """One line for the train log: what loaded, what of the checkpoint was not used.
-
-        Example:
-            >>> r = LoadReport("w.pt", "medicalnet", loaded=["a", "b"], missing=["c"],
-            ...                unexpected=["d"], encoder_params_total=4,
-            ...                encoder_params_loaded=3, checkpoint_values_total=10,
-            ...                checkpoint_values_unused=5)
-            >>> print(r.summary())  # doctest: +NORMALIZE_WHITESPACE
-            w.pt (medicalnet): loaded 2 of 3 encoder tensors of the model (75.0% of its
-            parameters); 1 of 3 encoder tensors of the checkpoint unused (50.0% of their
-            values); adapted 0; 0 checkpoint tensors outside the encoder not used
-        """
-        return (
-            f"{self.source} ({self.format}): loaded {len(self.loaded)} of "
-            f"{self.target_tensors} encoder tensors of the model ({self.fraction_loaded:.1%} "
-            f"of its parameters); {self.unused_tensors} of {self.checkpoint_tensors} encoder "
-            f"tensors of the checkpoint unused ({self.fraction_unused:.1%} of their values); "
-            f"adapted {len(self.adapted)}; {len(self.dropped)} checkpoint tensors outside the "
-            "encoder not used"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, with the fractions, the counts and the summary line."""
-        d = asdict(self)
-        d["fraction_loaded"] = self.fraction_loaded
-        d["fraction_unused"] = self.fraction_unused
-        d["target_tensors"] = self.target_tensors
-        d["checkpoint_tensors"] = self.checkpoint_tensors
-        d["unused_tensors"] = self.unused_tensors
-        d["skipped_stages"] = self.skipped_stages
-        d["summary"] = self.summary()
-        return d
-
-
-@dataclass
-class Transfer:
-    """What :func:`load_pretrained` would do: the report and the tensors it would copy.
-
-    Attributes:
-        report: the load report (nothing checked against thresholds yet).
-        tensors: model name → tensor to copy (adapted first-layer weights included,
-            in the model's dtype).
-    """
-
-    report: LoadReport
-    tensors: dict[str, torch.Tensor]
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> tuple[torch.Tensor, str] | None:
@@ -280,7 +151,7 @@ def plan_transfer(
         report.stages.append(
             {"stage": stage.name, "tensors": len(keys), "loaded": sum(k in loaded for k in keys)}
         )
-    report.suggestions = _suggestions(arch, weights, own, report, adapt_channels)
+    report.suggestions = suggest_settings(arch, weights, own, report, adapt_channels)
     return Transfer(report, update)
 
 
@@ -383,22 +254,10 @@ def load_encoder(
     adapt_channels: bool = True,
     max_unused_fraction: float = MAX_UNUSED_FRACTION,
 ) -> LoadReport:
-    """Copy the encoder part of a checkpoint into ``model`` (see :func:`load_pretrained`).
+    """:func:`load_pretrained` with the checkpoint's path first and the options by keyword.
 
-    Args:
-        model: the freshly built network (its head already sized for the task).
-        arch: the network's architecture description.
-        path: the checkpoint file (or MONAI bundle folder).
-        min_fraction: refuse when less than this share of encoder parameters loads.
-        fmt: the checkpoint's format; ``auto`` detects it.
-        adapt_channels: adapt the first layer between 1 and N input channels.
-        max_unused_fraction: refuse when more of the checkpoint's encoder is unused.
-
-    Returns:
-        The load report.
-
-    Raises:
-        WeightsError: when the checkpoint does not fit, listing the mismatches.
+    ``path`` is :func:`load_pretrained`'s ``source``; the other arguments, the load report
+    returned and the errors are the same.
     """
     return load_pretrained(
         model, arch, path, fmt, min_fraction, adapt_channels, max_unused_fraction
@@ -476,143 +335,6 @@ def _adapt(
     if tensor.shape[0] != value.shape[0] or tensor.shape[2:] != value.shape[2:]:
         return None
     return adapt_input_channels(tensor, value.shape[1])
-
-
-# --------------------------------------------------------------------------- suggestions
-
-_RESNETS = {
-    ("basic", (1, 1, 1, 1)): "resnet10",
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-    ("bottleneck", (3, 24, 36, 3)): "resnet200",
-}
-
-
-def _resnet_layers(
-    keys: Mapping[str, Any] | set[str], prefix: str = "encoder."
-) -> tuple[str, tuple[int, ...]] | None:
-    """``("basic" | "bottleneck", blocks per layer)`` of a ResNet state dict, or None."""
-    blocks: dict[int, set[int]] = {}
-    bottleneck = False
-    for key in keys:
-        m = re.match(re.escape(prefix) + r"layer([1-4])\.(\d+)\.(conv\d)\.", key)
-        if m:
-            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-            bottleneck |= m.group(3) == "conv3"
-    if sorted(blocks) != [1, 2, 3, 4]:
-        return None
-    return ("bottleneck" if bottleneck else "basic", tuple(len(blocks[i]) for i in (1, 2, 3, 4)))
-
-
-def _resnet_name(keys: Mapping[str, Any] | set[str], prefix: str = "encoder.") -> str | None:
-    """``resnet18`` etc. from the block counts of a ResNet state dict, or None."""
-    layers = _resnet_layers(keys, prefix)
-    return _RESNETS.get(layers) if layers else None
-
-
-def _resnet_text(keys: Mapping[str, Any] | set[str]) -> str:
-    """``resnet18 (2, 2, 2, 2 basic blocks per layer)``, for the messages."""
-    layers = _resnet_layers(keys)
-    if layers is None:
-        return "no ResNet"
-    name = _RESNETS.get(layers, "an unlisted ResNet")
-    return f"{name} ({', '.join(map(str, layers[1]))} {layers[0]} blocks in layer1-4)"
-
-
-def _plainconv_widths(state: Mapping[str, torch.Tensor]) -> list[int]:
-    widths = {}
-    for key, value in state.items():
-        m = re.fullmatch(r"encoder\.stages\.(\d+)\.0\.convs\.0\.conv\.weight", key)
-        if m:
-            widths[int(m.group(1))] = int(value.shape[0])
-    return [widths[s] for s in sorted(widths)]
-
-
-def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The medtl architecture whose names the (renamed) checkpoint uses."""
-    keys = set(state)
-    if any(k.startswith("swinViT.") for k in keys):
-        return "swinunetr"
-    if "encoder.conv1.weight" in keys:
-        return "flexibleunet"
-    if any(k.startswith("encoder.stages.") and ".convs." in k for k in keys):
-        return "plainconvunet"
-    if "conv_0.conv_0.conv.weight" in keys:
-        return "basicunet"
-    return None
-
-
-def _suggestions(
-    arch: Architecture,
-    weights: Weights,
-    own: Mapping[str, torch.Tensor],
-    report: LoadReport,
-    adapt_channels: bool,
-) -> list[str]:
-    """Model settings that would match the checkpoint better (empty when all matched)."""
-    if not (report.missing or report.unexpected or report.shape_mismatch):
-        return []
-    state = weights.state
-    name = architecture_name(arch)
-    out: list[str] = []
-    guess = _guess_architecture(state)
-    resnet = _resnet_name(state)
-    if guess and name and guess != name:
-        extra = f" and model.backbone: {resnet}" if guess == "flexibleunet" and resnet else ""
-        out.append(f"the checkpoint holds {guess} weights: set model.name: {guess}{extra}")
-    if any(k.startswith("encoder.stem.") for k in state):
-        out.append(
-            "the checkpoint is an nnU-Net ResidualEncoderUNet (encoder.stem.*); medtl's "
-            "plainconvunet mirrors nnU-Net's PlainConvUNet only"
-        )
-    if name == "flexibleunet" and resnet and resnet != _resnet_name(own):
-        out.append(
-            f"the checkpoint's encoder looks like a {_resnet_text(state)}, the model's backbone "
-            f"is {_resnet_text(own)}: set model.backbone: {resnet}"
-        )
-    if name == "plainconvunet":
-        widths, mine = _plainconv_widths(state), _plainconv_widths(own)
-        if widths and widths != mine:
-            out.append(
-                f"the checkpoint's encoder has {len(widths)} stages of widths {widths}: set "
-                f"model.features to {widths}"
-            )
-    for key in arch.stem_keys:
-        if key not in state or key not in own:
-            continue
-        theirs, mine = tuple(state[key].shape), tuple(own[key].shape)
-        if len(theirs) != len(mine):
-            out.append(
-                f"the checkpoint's first layer has a {len(theirs) - 2}-D kernel {list(theirs)}, "
-                f"the model's is {len(mine) - 2}-D: use weights of a 3-D network"
-            )
-            continue
-        if theirs[0] != mine[0] and name != "plainconvunet":
-            out.append(
-                f"the checkpoint's encoder has {theirs[0]} features in its first stage: set "
-                f"model.features[0] to {theirs[0]}"
-            )
-        if theirs[1] != mine[1]:
-            if adapt_channels or 1 not in (theirs[1], mine[1]):
-                out.append(
-                    f"the checkpoint's first layer takes {theirs[1]} input channels, the model "
-                    f"{mine[1]}: only 1 → N and N → 1 can be adapted; train on {theirs[1]}-"
-                    "channel images or use weights trained on your number of channels"
-                )
-            else:
-                out.append(
-                    f"the checkpoint's first layer takes {theirs[1]} input channels, the model "
-                    f"{mine[1]}: allow input-channel adaptation (adapt_channels)"
-                )
-        if theirs[2:] != mine[2:]:
-            out.append(
-                f"the checkpoint's first kernel is {list(theirs[2:])}, the model's "
-                f"{list(mine[2:])}: the network was built with other kernel sizes"
-            )
-    return out
 
 
 def _refusal(report: LoadReport, problems: list[str], keys: list[str]) -> str:

@@ -18,7 +18,7 @@ from medtl.kernel.device import gpu_predictor, out_of_memory_hint
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_write
 from medtl.models.networks import build_network
-from medtl.models.weights import WeightsFileError, safe_load
+from medtl.models.safe_read import WeightsFileError, safe_load
 from medtl.postprocess.components import apply_postprocessing
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 

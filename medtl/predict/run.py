@@ -17,7 +17,14 @@ from medtl.io.outputs import check_separate, fresh_folder
 from medtl.kernel.device import torch_device
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_write_text
-from medtl.layout import TrainedRun, trained_runs
+from medtl.layout import (
+    BEST_CHECKPOINT,
+    TrainedRun,
+    arm_dir,
+    plan_file,
+    runs_of_arm,
+    trained_runs,
+)
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
 from medtl.preprocess.case import load_case, preprocess_files
@@ -42,7 +49,7 @@ def predict_fold(
     (:mod:`medtl.postprocess.choose`).
     """
     device = torch_device(device_name)
-    model, payload = load_model(Path(run_dir) / "best.pt", device)
+    model, payload = load_model(Path(run_dir) / BEST_CHECKPOINT, device)
     written = []
     cases = fold_cases(load_folds(folds_path), fold, "test")
     for case_id in tqdm(cases, desc=f"predict fold {fold}", disable=not progress):
@@ -68,22 +75,16 @@ def ensemble_members(
         InputError: the arm has no trained model, or none of the seeds named.
     """
     results = Path(results)
-    runs = trained_runs(results, arm)
-    if not runs:
-        arms = sorted({r.arm for r in trained_runs(results)})
-        raise InputError(
-            results / "train" / arm,
-            f"no trained models for arm {arm!r}"
-            + (f" (arms found: {', '.join(arms)})" if arms else ""),
-            "give --model the results folder of a finished run and an arm it trained",
-        )
+    runs = runs_of_arm(
+        results, arm, "give --model the results folder of a finished run and an arm it trained"
+    )
     if seeds:
         chosen = [r for r in runs if r.seed in set(seeds)]
         missing = sorted(set(seeds) - {r.seed for r in chosen})
         if missing:
             have = sorted({r.seed for r in runs if r.seed is not None})
             raise InputError(
-                results / "train" / arm,
+                arm_dir(results, arm),
                 f"arm {arm!r} has no model of seed {missing[0]} (its seeds: "
                 f"{', '.join(map(str, have)) or 'none'})",
                 "name seeds the arm was trained with, or leave --seeds out to use them all",
@@ -219,20 +220,15 @@ def predict_new(
     cross-validation (``results/postprocess/<arm>.json``, when the run has one) is applied
     to each mask; the table's ``postprocess`` column says what was applied per class.
     """
-    bad = [f for f in formats if f not in OUTPUT_FORMATS]
-    if bad:
-        raise InputError(
-            ",".join(formats),
-            f"unknown output format {bad[0]!r}",
-            f"use any of {', '.join(OUTPUT_FORMATS)}",
-        )
+    _check_formats(formats)
     cfg = cfg or PredictConfig()
     source, results, out = Path(source), Path(results), Path(out)
     # Before anything is read: the masks never land in, over or around the scans or the run.
     check_separate(out, [source, results])
     arm = arm or default_arm(results)
-    plan = Plan.load(results / "preprocess" / "plan.json")
-    classes = {int(k): v for k, v in plan.classes.items()}
+    plan = Plan.load(plan_file(results))
+    # A plain dict: the DICOM writers derive their UIDs from its repr.
+    classes = dict(plan.class_map)
     device = torch_device(device_name)
     members = ensemble_members(results, arm, seeds)
     ensemble = describe_members(members)
@@ -248,13 +244,7 @@ def predict_new(
             out, "predict", known=PREDICT_OUTPUTS, signature=("predictions.tsv", "rejected.tsv")
         ) as staging,
     ):
-        try:
-            manifest, rejected = ingest_path(
-                source, Path(tmp) / "ingest", salt, progress=False, workers=workers, labels=False
-            )
-        except InputError as exc:
-            listing = Path(tmp) / "ingest" / "rejected.tsv"
-            raise _no_usable_case(exc, listing) from exc
+        manifest, rejected = _ingest_new(source, Path(tmp) / "ingest", salt, workers)
         dicom_formats = tuple(f for f in formats if f != "nifti")
         has_dicom = "series_uid" in manifest and (manifest["series_uid"].fillna("") != "").any()
         series_index = _series_by_uid(source, workers) if dicom_formats and has_dicom else {}
@@ -271,27 +261,57 @@ def predict_new(
             dicom = _write_dicom_outputs(
                 labels, row, series_index, dicom_formats, classes, staging, arm
             )
-            rows.append(
-                {
-                    "case_id": row.case_id,
-                    "patient_id": row.patient_id,
-                    "mask": str(out / name),
-                    "dicom": ";".join(str(out / Path(d).name) for d in dicom),
-                    "arm": arm,
-                    "models": len(models),
-                    "folds": len({r.fold for r in members}),
-                    "seeds": ",".join(
-                        str(s) for s in sorted({r.seed for r in members if r.seed is not None})
-                    ),
-                    "postprocess": applied,
-                    "foreground_voxels": int((labels > 0).sum()),
-                }
-            )
+            rows.append(_table_row(row, out / name, dicom, out, arm, members, applied, labels))
         if len(rejected):
             atomic_write_text(staging / "rejected.tsv", rejected.to_csv(sep="\t", index=False))
         table = pd.DataFrame(rows)
         atomic_write_text(staging / "predictions.tsv", table.to_csv(sep="\t", index=False))
     return table
+
+
+def _check_formats(formats: tuple[str, ...]) -> None:
+    bad = [f for f in formats if f not in OUTPUT_FORMATS]
+    if bad:
+        raise InputError(
+            ",".join(formats),
+            f"unknown output format {bad[0]!r}",
+            f"use any of {', '.join(OUTPUT_FORMATS)}",
+        )
+
+
+def _ingest_new(
+    source: Path, folder: Path, salt: str, workers: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The new cases' manifest and the inputs set aside (images only, no labels)."""
+    try:
+        return ingest_path(source, folder, salt, progress=False, workers=workers, labels=False)
+    except InputError as exc:
+        raise _no_usable_case(exc, folder / "rejected.tsv") from exc
+
+
+def _table_row(
+    row,
+    mask: Path,
+    dicom: list[str],
+    out: Path,
+    arm: str,
+    members: Sequence[TrainedRun],
+    applied: str,
+    labels,
+) -> dict[str, object]:
+    """One case's row of ``predictions.tsv``."""
+    return {
+        "case_id": row.case_id,
+        "patient_id": row.patient_id,
+        "mask": str(mask),
+        "dicom": ";".join(str(out / Path(d).name) for d in dicom),
+        "arm": arm,
+        "models": len(members),
+        "folds": len({r.fold for r in members}),
+        "seeds": ",".join(str(s) for s in sorted({r.seed for r in members if r.seed is not None})),
+        "postprocess": applied,
+        "foreground_voxels": int((labels > 0).sum()),
+    }
 
 
 #: What ``medtl predict`` writes into ``--out`` (to recognise an earlier version's output).

@@ -215,10 +215,7 @@ def preprocess_cases(
         (row.case_id, row.image, row.label, plan, out_dir / f"{row.case_id}.npz")
         for row in table.itertuples(index=False)
     ]
-    for job in jobs:
-        # Temporary files a killed earlier run left of these cases (atomic_write's names).
-        for tmp in out_dir.glob(f".{job[0]}.npz.*.tmp.npz"):
-            tmp.unlink(missing_ok=True)
+    _clear_leftovers(out_dir, jobs)
     results: dict[str, CaseDone | CaseFailed] = {}
 
     def record(result: CaseDone | CaseFailed, bar) -> None:
@@ -229,17 +226,40 @@ def preprocess_cases(
 
     n = min(workers, len(jobs))
     if n <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress) as bar:
-                for job in jobs:
-                    record(_one_case(*job), bar)
-        finally:
-            torch.set_num_threads(threads)
+        _in_this_process(jobs, progress, record)
     else:
         _in_pool(jobs, n, progress, record)
+    return _written(results, jobs, out_dir)
 
+
+def _clear_leftovers(out_dir: Path, jobs: list[tuple]) -> None:
+    """Remove the temporary files a killed earlier run left of these cases."""
+    for job in jobs:
+        # atomic_write's names
+        for tmp in out_dir.glob(f".{job[0]}.npz.*.tmp.npz"):
+            tmp.unlink(missing_ok=True)
+
+
+def _in_this_process(jobs: list[tuple], progress: bool, record: Callable) -> None:
+    """Run the jobs one after the other here, with one PyTorch thread as in the pool."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tqdm(total=len(jobs), desc="preprocess", unit="case", disable=not progress) as bar:
+            for job in jobs:
+                record(_one_case(*job), bar)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _written(
+    results: dict[str, CaseDone | CaseFailed], jobs: list[tuple], out_dir: Path
+) -> list[CaseDone]:
+    """The cases written, in the jobs' order; no file is left of a failed case.
+
+    Raises:
+        PreprocessError: some cases failed.
+    """
     for failed in (r for r in results.values() if isinstance(r, CaseFailed)):
         # An older file of this case would not match this plan: leave none.
         (out_dir / f"{failed.case_id}.npz").unlink(missing_ok=True)

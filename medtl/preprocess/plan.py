@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from medtl.config import PreprocessConfig
+from medtl.kernel.classes import ClassMap
 from medtl.kernel.errors import ConfigError, InputError
 from medtl.kernel.files import atomic_write_text
 
@@ -45,6 +46,11 @@ class Plan:
     median_shape: tuple[int, int, int]
     n_cases: int
     classes: dict[str, str]
+
+    @property
+    def class_map(self) -> ClassMap:
+        """:attr:`classes` keyed by label value, checked (sorted by value)."""
+        return ClassMap.parse(self.classes, "plan.json: classes")
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")

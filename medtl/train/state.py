@@ -98,7 +98,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    from medtl.models.weights import safe_load
+    from medtl.models.safe_read import safe_load
 
     return safe_load(
         path,

@@ -1,4 +1,4 @@
-"""Reading weight files safely (medtl.models.weights.safe_load and its callers).
+"""Reading weight files safely (medtl.models.safe_read.safe_load and its callers).
 
 Every hostile or broken file is written here: a real pickle payload that runs a shell
 command when unpickled, truncated and text checkpoints, a corrupt safetensors header.
@@ -18,14 +18,9 @@ import torch
 from medtl.config import ModelConfig
 from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network, get_architecture
+from medtl.models.safe_read import WeightsError, WeightsFileError, pickle_globals, safe_load
 from medtl.models.transfer import load_pretrained
-from medtl.models.weights import (
-    WeightsError,
-    WeightsFileError,
-    pickle_globals,
-    read_weights,
-    safe_load,
-)
+from medtl.models.weights import read_weights
 from medtl.predict.inference import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,4 +178,4 @@ def test_every_torch_load_in_medtl_goes_through_safe_load() -> None:
                 and node.func.value.id == "torch"
             ):
                 calls.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert len(calls) == 1 and calls[0].startswith("medtl/models/weights.py:"), calls
+    assert len(calls) == 1 and calls[0].startswith("medtl/models/safe_read.py:"), calls
