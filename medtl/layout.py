@@ -75,7 +75,8 @@ def run_path(kind: str, results: Path | str, **values: object) -> Path:
         kind: ``train`` (its folder), ``predictions`` (its masks' folder) or
             ``evaluation`` (its metrics file).
         results: the results folder.
-        **values: the value of every axis of :data:`RUN_AXES` (wildcards allowed).
+        **values: the value of every axis of :data:`RUN_AXES` (wildcards allowed;
+            ``None`` for an optional axis: a run of an earlier version, without its folder).
 
     Example:
         >>> run_path("evaluation", "r", arm="a", seed=1, fold=3).as_posix()
@@ -91,7 +92,11 @@ def run_path(kind: str, results: Path | str, **values: object) -> Path:
             f"each axis {[a.name for a in RUN_AXES]}; missing {missing}, unknown {unknown}"
         )
     top, suffix = KINDS[kind]
-    parts = [axis.folder.format(values[axis.name]) for axis in RUN_AXES]
+    parts = [
+        axis.folder.format(values[axis.name])
+        for axis in RUN_AXES
+        if not (axis.optional and values[axis.name] is None)
+    ]
     parts[-1] += suffix
     return Path(results, top, *parts)
 
@@ -192,9 +197,7 @@ def checkpoint_file(results: Path | str, arm: str, seed: int | str | None, fold:
         >>> checkpoint_file("results", "scratch", None, 1).as_posix()
         'results/train/scratch/fold1/best.pt'
     """
-    if seed is None:
-        return arm_dir(results, arm) / f"fold{fold}" / BEST_CHECKPOINT
-    return run_dir(results, arm, seed, fold) / BEST_CHECKPOINT
+    return run_path("train", results, arm=arm, seed=seed, fold=fold) / BEST_CHECKPOINT
 
 
 def runs_of_arm(results: Path | str, arm: str, fix: str) -> list[TrainedRun]:
