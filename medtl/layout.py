@@ -6,6 +6,8 @@ cases with that seed. Its files live under the results folder:
 * ``train/<arm>/seed<s>/fold<k>/`` — ``best.pt``, ``curves.csv``, ``run.json``, ...
 * ``predictions/<arm>/seed<s>/fold<k>/<case>.nii.gz`` — its masks of the held-out cases
 * ``evaluation/<arm>/seed<s>/fold<k>.csv`` — their metrics
+* ``fractions/frac<pct>/`` — the runs of one label fraction, laid out as above, and
+  ``fractions/frac<pct>/fold<k>/folds.json``, the folds they train on
 
 The workflow's rules (``pipeline/*.smk``) build their paths with the same functions,
 passing wildcard names (``"{arm}"``), so adding an axis is one change here. Runs of an
@@ -31,14 +33,43 @@ PREDICT_RULE = "predict_fold"
 _RUN = re.compile(r"^(?:seed(?P<seed>\d+)/)?fold(?P<fold>\d+)$")
 
 
-def run_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
-    """The folder of one training run (``best.pt``, ``curves.csv``, ``run.json``)."""
-    return Path(results) / "train" / str(arm) / f"seed{seed}" / f"fold{fold}"
+def _run_parts(arm: str, seed: int | str | None, fold: int | str) -> tuple[str, ...]:
+    if seed is None:  # an earlier version's run: no seed folder
+        return (str(arm), f"fold{fold}")
+    return (str(arm), f"seed{seed}", f"fold{fold}")
 
 
-def predictions_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
-    """The masks one training run made of its fold's held-out cases."""
-    return Path(results) / "predictions" / str(arm) / f"seed{seed}" / f"fold{fold}"
+def run_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
+    """The folder of one training run (``best.pt``, ``curves.csv``, ``run.json``).
+
+    Seed ``None``: a run of an earlier version, ``train/<arm>/fold<k>/``.
+    """
+    return Path(results, "train", *_run_parts(arm, seed, fold))
+
+
+def predictions_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
+    """The masks one training run made of its fold's held-out cases.
+
+    Seed ``None``: a run of an earlier version, ``predictions/<arm>/fold<k>/``.
+    """
+    return Path(results, "predictions", *_run_parts(arm, seed, fold))
+
+
+def fraction_dir(fractions_root: Path | str, pct: int | str) -> Path:
+    """The results folder of one label fraction's runs, ``fractions/frac<pct>``.
+
+    It holds ``train/`` and ``predictions/`` laid out as under ``results/``.
+
+    Example:
+        >>> fraction_dir("results/fractions", 25).as_posix()
+        'results/fractions/frac25'
+    """
+    return Path(fractions_root) / f"frac{pct}"
+
+
+def subset_folds_file(fractions_root: Path | str, pct: int | str, fold: int | str) -> Path:
+    """The folds file whose fold ``fold`` trains on the ``pct`` % subset of its patients."""
+    return fraction_dir(fractions_root, pct) / f"fold{fold}" / "folds.json"
 
 
 def evaluation_file(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:

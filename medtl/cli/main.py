@@ -956,8 +956,9 @@ def power(
     """
     import json as json_
 
+    from medtl.evaluate.estimation import estimate_components
     from medtl.evaluate.metrics import read_metrics
-    from medtl.evaluate.power import DEMO, DEMO_FOLDS, DEMO_PATIENTS, estimate_components
+    from medtl.evaluate.power import DEMO, DEMO_FOLDS, DEMO_PATIENTS
     from medtl.evaluate.power import power_table as simulate
 
     try:
@@ -970,7 +971,7 @@ def power(
     components, source = DEMO, "the demo's sizes"
     n_patients, n_folds = DEMO_PATIENTS, DEMO_FOLDS
     if results is not None:
-        from medtl.evaluate.stats import seeds_of
+        from medtl.evaluate.cases import seeds_of
 
         metrics = read_metrics(results / "evaluation" / "metrics.csv")
         split = json_.loads((results / "splits" / "folds.json").read_text())

@@ -3,7 +3,7 @@ fold and case tables, and the post-processing chosen on cross-validation.
 
 Every function here turns the ``metrics.csv`` table (and the post-processing decisions)
 into plain data: tables for the template (see :func:`medtl.report.tables.table`) and
-records for ``summary.json``. The numbers come from :mod:`medtl.evaluate.stats`.
+records for ``summary.json``. The numbers come from :mod:`medtl.evaluate`.
 """
 
 from __future__ import annotations
@@ -15,25 +15,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medtl.evaluate.runs import NoiseFloor, noise_floor, pooled_noise_floor, run_aware_mean
-from medtl.evaluate.stats import (
+from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.cases import (
     ALPHA,
     METHOD_POOLED,
     METHOD_RUNS,
-    PairedComparison,
     StatsError,
-    bootstrap_ci,
-    compare_all_pairs,
-    compare_arms,
-    fold_table,
-    format_p_value,
-    holm_family,
     per_case,
     per_case_runs,
     per_case_table,
-    summarise_arms,
+)
+from medtl.evaluate.comparisons import (
+    PairedComparison,
+    compare_all_pairs,
+    compare_arms,
+    holm_family,
     verdict,
 )
+from medtl.evaluate.multiplicity import format_p_value
+from medtl.evaluate.noise_floor import NoiseFloor, noise_floor, pooled_noise_floor
+from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.summaries import fold_table, summarise_arms
 from medtl.report.tables import fmt, table
 
 #: Metrics of the per-arm table that get a bootstrap CI: column, heading, digits.
