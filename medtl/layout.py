@@ -47,12 +47,27 @@ def run_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | s
     return Path(results, "train", *_run_parts(arm, seed, fold))
 
 
+def predictions_root(results: Path | str) -> Path:
+    """The folder of every training run's masks, ``predictions/``."""
+    return Path(results) / "predictions"
+
+
 def predictions_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
     """The masks one training run made of its fold's held-out cases.
 
     Seed ``None``: a run of an earlier version, ``predictions/<arm>/fold<k>/``.
     """
-    return Path(results, "predictions", *_run_parts(arm, seed, fold))
+    return run_predictions(predictions_root(results), arm, seed, fold)
+
+
+def run_predictions(
+    predictions: Path | str, arm: str, seed: int | str | None, fold: int | str
+) -> Path:
+    """One training run's masks in a predictions folder: ``<predictions>/<arm>/seed<s>/fold<k>``.
+
+    For readers given the predictions folder itself (``medtl evaluate --predictions``).
+    """
+    return Path(predictions, *_run_parts(arm, seed, fold))
 
 
 def fraction_dir(fractions_root: Path | str, pct: int | str) -> Path:

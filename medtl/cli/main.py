@@ -841,7 +841,7 @@ def evaluate(
     --fold 0 --out finetune_seed1_fold0.csv`
     """
     from medtl.config import EvaluateConfig, load_json_arg, parse_section
-    from medtl.evaluate.metrics import evaluate_predictions
+    from medtl.evaluate.metrics import evaluate_predictions, write_metrics
 
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
     cfg = parse_section(EvaluateConfig, load_json_arg(settings, "--settings"), "evaluate")
@@ -851,12 +851,12 @@ def evaluate(
         predictions,
         arms.split(","),
         names,
-        out,
         threads=threads,
         cfg=cfg,
         fold=fold,
         seed=seed,
     )
+    write_metrics(df, out)
     typer.echo(f"evaluate: {len(df)} rows → {out}")
 
 
@@ -1043,7 +1043,7 @@ def evaluate_fractions(
 ) -> None:
     """Dice and HD95 of every arm at every label fraction → label_fraction.csv."""
     from medtl.config import load_json_arg
-    from medtl.split.subsets import evaluate_fractions as run
+    from medtl.evaluate.fractions import evaluate_fractions as run
 
     names = {int(k): v for k, v in load_json_arg(classes, "--classes").items()}
     shares = [float(f) for f in fractions.split(",") if f.strip()]
