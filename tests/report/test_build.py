@@ -20,7 +20,8 @@ from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.evaluate.runs import run_aware_mean
 from medtl.layout import predictions_dir, run_dir
 from medtl.provenance import weights_digest
-from medtl.report.build import ReportError, build_report
+from medtl.report.build import build_report
+from medtl.report.inputs import ReportError
 
 ARMS = ["scratch", "finetune"]
 CLASSES = {1: "tumour"}
