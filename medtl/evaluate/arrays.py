@@ -12,26 +12,9 @@ Overlap:
 * ``dice`` = ``2 |P ∩ R| / (|P| + |R|)``;
 * ``iou`` (Jaccard) = ``|P ∩ R| / |P ∪ R|``.
 
-Surfaces and distances (MONAI's implementation, ``monai.metrics``, ``use_subvoxels``
-off). The surface ``∂X`` of a mask is its set of *boundary voxels*: the voxels of ``X``
-that one binary erosion with the 6-connected cross (``scipy.ndimage.binary_erosion``'s
-default element) removes, i.e. foreground voxels with at least one face neighbour in
-the background; voxels on the edge of the array count as boundary (outside the array is
-background). ``d(x, ∂Y)`` is the Euclidean distance in mm between the centre of voxel
-``x`` and the nearest voxel centre of ``∂Y``, with the spacing ``s``. Each boundary voxel
-counts once, whatever the area of its exposed faces.
-
-* ``hd95`` (mm) = ``max(q95{d(p, ∂R) : p ∈ ∂P}, q95{d(r, ∂P) : r ∈ ∂R})``, with ``q95``
-  the 95th percentile with linear interpolation (``compute_hausdorff_distance``);
-* ``assd`` (mm) = ``(Σ_{p∈∂P} d(p, ∂R) + Σ_{r∈∂R} d(r, ∂P)) / (|∂P| + |∂R|)``, the mean of
-  both directed distance sets pooled (``compute_average_surface_distance``,
-  ``symmetric=True``);
-* ``nsd``, the normalised surface Dice at tolerance ``τ`` mm =
-  ``(|{p ∈ ∂P : d(p, ∂R) ≤ τ}| + |{r ∈ ∂R : d(r, ∂P) ≤ τ}|) / (|∂P| + |∂R|)``
-  (``compute_surface_dice``; the comparison is inclusive, ``≤ τ``, and the boundary is
-  measured in boundary voxels, not in surface area as DeepMind's ``surface-distance``
-  does). ``τ`` is ``EvaluateConfig.tolerance(class name)``, written to the column
-  ``nsd_tolerance_mm``.
+Surfaces and distances: ``hd95`` and ``assd`` (mm) and ``nsd``, the normalised surface
+Dice at the class's tolerance ``τ`` mm (``EvaluateConfig.tolerance(class name)``, written
+to the column ``nsd_tolerance_mm``), are defined in :mod:`medtl.evaluate.surfaces`.
 
 Volumes (ml): ``volume_ref_ml = |R| v / 1000``, ``volume_pred_ml = |P| v / 1000``,
 ``volume_error_ml = volume_pred_ml - volume_ref_ml`` and ``volume_error_rel =

@@ -21,7 +21,7 @@ counts once, whatever the area of its exposed faces.
   does). ``τ`` is ``EvaluateConfig.tolerance(class name)``, written to the column
   ``nsd_tolerance_mm``.
 
-The definitions of all metrics are in :mod:`medtl.evaluate.arrays`.
+The other metrics (overlap, volumes, lesions) are in :mod:`medtl.evaluate.arrays`.
 """
 
 from __future__ import annotations
@@ -143,15 +143,7 @@ def assd_mm(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, floa
 
     ``monai.metrics.compute_average_surface_distance`` with ``symmetric=True``: the mean
     of the distances from every boundary voxel of each mask to the nearest boundary voxel
-    of the other, both directions pooled.
-
-    Args:
-        pred: predicted 3-D mask.
-        ref: reference 3-D mask of the same shape.
-        spacing: voxel size in mm along the three array axes.
-
-    Returns:
-        The distance in mm, or NaN when either mask is empty.
+    of the other, both directions pooled. Arguments and result as :func:`hd95_mm`.
 
     Example:
         >>> a = np.zeros((4, 6, 6), bool); a[0] = True
