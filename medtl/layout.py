@@ -6,6 +6,8 @@ cases with that seed. Its files live under the results folder:
 * ``train/<arm>/seed<s>/fold<k>/`` — ``best.pt``, ``curves.csv``, ``run.json``, ...
 * ``predictions/<arm>/seed<s>/fold<k>/<case>.nii.gz`` — its masks of the held-out cases
 * ``evaluation/<arm>/seed<s>/fold<k>.csv`` — their metrics
+* ``fractions/frac<pct>/`` — the runs of one label fraction, laid out as above, and
+  ``fractions/frac<pct>/fold<k>/folds.json``, the folds they train on
 
 The axes that tell runs apart are written down once, in :data:`RUN_AXES`; every path
 and the reader :func:`trained_runs` are built from it. The workflow's rules
@@ -92,13 +94,18 @@ def run_path(kind: str, results: Path | str, **values: object) -> Path:
             f"each axis {[a.name for a in RUN_AXES]}; missing {missing}, unknown {unknown}"
         )
     top, suffix = KINDS[kind]
-    parts = [
+    parts = _run_parts(**values)
+    parts[-1] += suffix
+    return Path(results, top, *parts)
+
+
+def _run_parts(**values: object) -> list[str]:
+    """The folder names of one run, outermost first; an optional axis given ``None`` is left out."""
+    return [
         axis.folder.format(values[axis.name])
         for axis in RUN_AXES
         if not (axis.optional and values[axis.name] is None)
     ]
-    parts[-1] += suffix
-    return Path(results, top, *parts)
 
 
 def wildcards() -> dict[str, str]:
@@ -111,14 +118,35 @@ def wildcard_patterns() -> dict[str, str]:
     return {axis.name: axis.pattern for axis in RUN_AXES}
 
 
-def run_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
-    """The folder of one training run (``best.pt``, ``curves.csv``, ``run.json``)."""
+def run_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
+    """The folder of one training run (``best.pt``, ``curves.csv``, ``run.json``).
+
+    Seed ``None``: a run of an earlier version, ``train/<arm>/fold<k>/``.
+    """
     return run_path("train", results, arm=arm, seed=seed, fold=fold)
 
 
-def predictions_dir(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
-    """The masks one training run made of its fold's held-out cases."""
-    return run_path("predictions", results, arm=arm, seed=seed, fold=fold)
+def predictions_dir(results: Path | str, arm: str, seed: int | str | None, fold: int | str) -> Path:
+    """The masks one training run made of its fold's held-out cases.
+
+    Seed ``None``: a run of an earlier version, ``predictions/<arm>/fold<k>/``.
+    """
+    return run_predictions(predictions_root(results), arm, seed, fold)
+
+
+def predictions_root(results: Path | str) -> Path:
+    """The folder of every training run's masks, ``predictions/``."""
+    return Path(results) / KINDS["predictions"][0]
+
+
+def run_predictions(
+    predictions: Path | str, arm: str, seed: int | str | None, fold: int | str
+) -> Path:
+    """One training run's masks in a predictions folder: ``<predictions>/<arm>/seed<s>/fold<k>``.
+
+    For readers given the predictions folder itself (``medtl evaluate --predictions``).
+    """
+    return Path(predictions, *_run_parts(arm=arm, seed=seed, fold=fold))
 
 
 def evaluation_file(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:
@@ -221,3 +249,20 @@ def runs_of_arm(results: Path | str, arm: str, fix: str) -> list[TrainedRun]:
             fix,
         )
     return runs
+
+
+def fraction_dir(fractions_root: Path | str, pct: int | str) -> Path:
+    """The results folder of one label fraction's runs, ``fractions/frac<pct>``.
+
+    It holds ``train/`` and ``predictions/`` laid out as under ``results/``.
+
+    Example:
+        >>> fraction_dir("results/fractions", 25).as_posix()
+        'results/fractions/frac25'
+    """
+    return Path(fractions_root) / f"frac{pct}"
+
+
+def subset_folds_file(fractions_root: Path | str, pct: int | str, fold: int | str) -> Path:
+    """The folds file whose fold ``fold`` trains on the ``pct`` % subset of its patients."""
+    return fraction_dir(fractions_root, pct) / f"fold{fold}" / "folds.json"

@@ -162,7 +162,7 @@ def test_an_upward_or_sideways_import_is_caught():
     graph = {
         "medtl.io.ingest": {"medtl.train.loop": 3, "medtl.kernel.errors": 4},
         "medtl.models.describe": {"medtl.split.folds": 7, "medtl.models.stages": 8},
-        "medtl.report.build": {"medtl.evaluate.stats": 9},
+        "medtl.report.build": {"medtl.evaluate.comparisons": 9},
     }
     assert against_layers(graph) == [
         "medtl.io.ingest:3 imports medtl.train.loop (upward)",

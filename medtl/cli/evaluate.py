@@ -54,7 +54,7 @@ def evaluate(
     --fold 0 --out finetune_seed1_fold0.csv`
     """
     from medtl.config import EvaluateConfig, load_json_arg, parse_section
-    from medtl.evaluate.metrics import evaluate_predictions
+    from medtl.evaluate.metrics import evaluate_predictions, write_metrics
 
     names = parse_classes(classes)
     cfg = parse_section(EvaluateConfig, load_json_arg(settings, "--settings"), "evaluate")
@@ -64,12 +64,12 @@ def evaluate(
         predictions,
         arms.split(","),
         names,
-        out,
         threads=threads,
         cfg=cfg,
         fold=fold,
         seed=seed,
     )
+    write_metrics(df, out)
     typer.echo(f"evaluate: {len(df)} rows → {out}")
 
 
@@ -200,9 +200,9 @@ def power(
 
 def _measured_sizes(results: Path):
     """The variance components, patients and folds of a finished run's results folder."""
+    from medtl.evaluate.cases import seeds_of
+    from medtl.evaluate.estimation import estimate_components
     from medtl.evaluate.metrics import read_metrics
-    from medtl.evaluate.power import estimate_components
-    from medtl.evaluate.stats import seeds_of
 
     metrics = read_metrics(results / "evaluation" / "metrics.csv")
     split = json.loads((results / "splits" / "folds.json").read_text())
@@ -262,7 +262,7 @@ def evaluate_fractions(
 ) -> None:
     """Dice and HD95 of every arm at every label fraction → label_fraction.csv."""
     from medtl.config import load_json_arg
-    from medtl.split.subsets import evaluate_fractions as run
+    from medtl.evaluate.fractions import evaluate_fractions as run
 
     names = parse_classes(classes)
     shares = [float(f) for f in fractions.split(",") if f.strip()]

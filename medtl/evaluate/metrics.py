@@ -1,61 +1,10 @@
-"""Per-case, per-class segmentation metrics of predicted label maps, in physical units.
+"""Metrics of the predicted masks, read from the files the workflow wrote: ``metrics.csv``.
 
-Every metric is computed on the original image grid of each case, from the NIfTI files
-the workflow wrote: the prediction of each arm and fold against the reference label
-named in the manifest. For one class, let ``P`` and ``R`` be the sets of predicted and
-reference voxels carrying its label, ``s = (s0, s1, s2)`` the voxel size in mm (the
-column norms of the reference label's affine, so anisotropic spacing is respected) and
-``v = s0 * s1 * s2`` the voxel volume in mm³.
-
-Overlap:
-
-* ``dice`` = ``2 |P ∩ R| / (|P| + |R|)``;
-* ``iou`` (Jaccard) = ``|P ∩ R| / |P ∪ R|``.
-
-Surfaces and distances (MONAI's implementation, ``monai.metrics``, ``use_subvoxels``
-off). The surface ``∂X`` of a mask is its set of *boundary voxels*: the voxels of ``X``
-that one binary erosion with the 6-connected cross (``scipy.ndimage.binary_erosion``'s
-default element) removes, i.e. foreground voxels with at least one face neighbour in
-the background; voxels on the edge of the array count as boundary (outside the array is
-background). ``d(x, ∂Y)`` is the Euclidean distance in mm between the centre of voxel
-``x`` and the nearest voxel centre of ``∂Y``, with the spacing ``s``. Each boundary voxel
-counts once, whatever the area of its exposed faces.
-
-* ``hd95`` (mm) = ``max(q95{d(p, ∂R) : p ∈ ∂P}, q95{d(r, ∂P) : r ∈ ∂R})``, with ``q95``
-  the 95th percentile with linear interpolation (``compute_hausdorff_distance``);
-* ``assd`` (mm) = ``(Σ_{p∈∂P} d(p, ∂R) + Σ_{r∈∂R} d(r, ∂P)) / (|∂P| + |∂R|)``, the mean of
-  both directed distance sets pooled (``compute_average_surface_distance``,
-  ``symmetric=True``);
-* ``nsd``, the normalised surface Dice at tolerance ``τ`` mm =
-  ``(|{p ∈ ∂P : d(p, ∂R) ≤ τ}| + |{r ∈ ∂R : d(r, ∂P) ≤ τ}|) / (|∂P| + |∂R|)``
-  (``compute_surface_dice``; the comparison is inclusive, ``≤ τ``, and the boundary is
-  measured in boundary voxels, not in surface area as DeepMind's ``surface-distance``
-  does). ``τ`` is ``EvaluateConfig.tolerance(class name)``, written to the column
-  ``nsd_tolerance_mm``.
-
-Volumes (ml): ``volume_ref_ml = |R| v / 1000``, ``volume_pred_ml = |P| v / 1000``,
-``volume_error_ml = volume_pred_ml - volume_ref_ml`` and ``volume_error_rel =
-(|P| - |R|) / |R|`` (a fraction, not a percentage).
-
-Lesion-wise detection: ``P`` and ``R`` are split into connected components with full
-26-connectivity (faces, edges and corners; ``scipy.ndimage.label``). ``lesions_ref`` and
-``lesions_pred`` count them; ``lesion_tp`` counts reference components that contain at
-least one voxel of ``P``, ``lesion_fn`` the reference components that contain none
-(``lesions_ref = lesion_tp + lesion_fn``), and ``lesion_fp`` the predicted components
-that contain no voxel of ``R``. A predicted component that bridges two reference
-components makes both true positives; a reference component hit by several predicted
-components counts once.
-
-Edge cases, per class (defined values, never a crash, ``inf`` or a sentinel number):
-
-* ``P`` and ``R`` both empty (``empty = "both"``): ``dice``, ``iou`` and ``nsd`` are 1.0
-  when ``EvaluateConfig.empty_dice`` is ``"one"`` and NaN when it is ``"nan"``;
-  ``hd95`` and ``assd`` NaN; volumes and ``volume_error_ml`` 0.0, ``volume_error_rel``
-  NaN; all lesion counts 0;
-* only ``R`` empty (``empty = "reference"``) or only ``P`` empty (``empty =
-  "prediction"``): ``dice``, ``iou`` and ``nsd`` 0.0; ``hd95`` and ``assd`` NaN (no
-  surface to measure against); ``volume_error_rel`` NaN when ``R`` is empty;
-* otherwise ``empty = ""``.
+Every metric is computed on the original image grid of each case: the prediction of each
+arm, seed and fold against the reference label named in the manifest, per class
+(:func:`medtl.evaluate.arrays.case_metrics`; the definitions are in
+:mod:`medtl.evaluate.arrays`). :func:`evaluate_predictions` returns the table,
+:func:`write_metrics` writes it.
 
 In ``metrics.csv`` NaN is an empty field and so is ``empty = ""``; read it back with
 :func:`read_metrics`, which keeps ``""`` a string and case ids such as ``007`` intact.
@@ -63,9 +12,6 @@ In ``metrics.csv`` NaN is an empty field and so is ``empty = ""``; read it back 
 
 from __future__ import annotations
 
-import json
-import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +19,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from scipy import ndimage
 
 from medtl.config import EvaluateConfig
+from medtl.evaluate.arrays import case_metrics
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
+from medtl.kernel.classes import ClassMap
 from medtl.kernel.errors import MedtlError
 from medtl.kernel.files import atomic_write_text
-from medtl.layout import PREDICT_RULE, predictions_dir
+from medtl.layout import PREDICT_RULE, run_predictions
+from medtl.split.folds import load_folds
 
 #: Columns of ``metrics.csv``, in order.
 METRIC_COLUMNS = [
@@ -122,29 +69,9 @@ _INT_COLUMNS = [
 _TEXT_COLUMNS = ["arm", "case", "class", "empty"]
 _FLOAT_COLUMNS = [c for c in METRIC_COLUMNS if c not in _INT_COLUMNS + _TEXT_COLUMNS]
 
-#: The values of the ``empty`` column.
-EMPTY_FLAGS = ("", "both", "reference", "prediction")
-
 #: Columns a table of an earlier version may lack (it then holds one seed).
 _OPTIONAL_COLUMNS = ["seed"]
 
-
-def _quiet_monai() -> None:
-    """Ignore the FutureWarning MONAI raises about its own internal call.
-
-    MONAI's surface-distance functions pass the deprecated ``always_return_as_numpy``
-    argument to ``get_mask_edges`` themselves (monai 1.5-1.6); the warning is about
-    MONAI's code, not ours. The filter is (re)installed before each call because test
-    runners reset the filters between tests; ``filterwarnings`` replaces an identical
-    filter instead of stacking it, and it is not ``catch_warnings``, which is not safe
-    across the evaluation threads.
-    """
-    warnings.filterwarnings(
-        "ignore", message=".*always_return_as_numpy.*", category=FutureWarning, module="monai"
-    )
-
-
-_quiet_monai()
 
 #: Largest absolute difference (mm) tolerated between the affines of two grids.
 AFFINE_ATOL = 1e-3
@@ -152,350 +79,6 @@ AFFINE_ATOL = 1e-3
 
 class EvaluationError(MedtlError):
     """Input for evaluation that is missing or inconsistent."""
-
-
-# ------------------------------------------------------------------ single metrics
-
-
-def dice_score(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice overlap of two binary masks.
-
-    Args:
-        pred: predicted mask (any shape, truthy = foreground).
-        ref: reference mask of the same shape.
-
-    Returns:
-        ``2 |P ∩ R| / (|P| + |R|)``; 1.0 when both masks are empty.
-
-    Example:
-        >>> a = np.zeros((4, 4, 4), bool); a[:2] = True
-        >>> b = np.zeros((4, 4, 4), bool); b[1:3] = True
-        >>> dice_score(a, b)
-        0.5
-    """
-    p = np.asarray(pred, dtype=bool)
-    r = np.asarray(ref, dtype=bool)
-    total = int(p.sum()) + int(r.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(p, r).sum()) / total
-
-
-def iou_score(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Intersection over union (Jaccard index) of two binary masks.
-
-    Counted directly (``monai.metrics.compute_iou`` gives the same from one-hot tensors).
-
-    Args:
-        pred: predicted mask (any shape, truthy = foreground).
-        ref: reference mask of the same shape.
-
-    Returns:
-        ``|P ∩ R| / |P ∪ R|``; 1.0 when both masks are empty.
-
-    Example:
-        >>> a = np.zeros((4, 4, 4), bool); a[:2] = True
-        >>> b = np.zeros((4, 4, 4), bool); b[1:3] = True
-        >>> round(iou_score(a, b), 4)
-        0.3333
-    """
-    p = np.asarray(pred, dtype=bool)
-    r = np.asarray(ref, dtype=bool)
-    union = int(np.logical_or(p, r).sum())
-    if union == 0:
-        return 1.0
-    return int(np.logical_and(p, r).sum()) / union
-
-
-def _crop_to_union(p: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cut to the bounding box of their union plus one voxel, where it fits.
-
-    MONAI crops the same way inside its surface functions (``get_mask_edges``); doing it
-    first keeps the float tensors it builds small. Boundary voxels and distances do not
-    change: every foreground voxel keeps its six face neighbours, or lies on the array's
-    edge in both the full and the cropped array.
-    """
-    union = p | r
-    if not union.any():
-        return p, r
-    box = []
-    for axis in range(union.ndim):
-        others = tuple(a for a in range(union.ndim) if a != axis)
-        idx = np.flatnonzero(union.any(axis=others))
-        box.append(slice(max(int(idx[0]) - 1, 0), int(idx[-1]) + 2))
-    return p[tuple(box)], r[tuple(box)]
-
-
-def _surface_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(pred, ref)`` as ``[1, 1, ...]`` float tensors for MONAI; None if either is empty."""
-    p = np.asarray(pred, dtype=bool)
-    r = np.asarray(ref, dtype=bool)
-    if not p.any() or not r.any():
-        return None
-    p, r = _crop_to_union(p, r)
-    return (
-        torch.from_numpy(p[None, None].astype(np.float32)),
-        torch.from_numpy(r[None, None].astype(np.float32)),
-    )
-
-
-def _scalar(value: torch.Tensor) -> float:
-    out = float(value.reshape(-1)[0])
-    return out if math.isfinite(out) else math.nan
-
-
-def _spacing_list(spacing, ndim: int) -> list[float]:
-    values = [float(s) for s in spacing]
-    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise ValueError(
-            f"voxel spacing: expected {ndim} finite sizes > 0 mm, found {tuple(spacing)}. "
-            "How to fix: pass the voxel size of the reference label along each array axis."
-        )
-    return values
-
-
-def hd95_mm(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Symmetric 95th-percentile Hausdorff distance of two binary masks, in mm.
-
-    Uses MONAI's surface-distance implementation (boundary voxels, exact Euclidean
-    distance with the given spacing); the result is the larger of the two directed 95th
-    percentiles, as in ``monai.metrics.compute_hausdorff_distance``.
-
-    Args:
-        pred: predicted 3-D mask.
-        ref: reference 3-D mask of the same shape.
-        spacing: voxel size in mm along the three array axes.
-
-    Returns:
-        The distance in mm, or NaN when either mask is empty.
-
-    Example:
-        >>> a = np.zeros((6, 6, 6), bool); a[1:4, 1:4, 1:4] = True
-        >>> hd95_mm(np.roll(a, 1, axis=2), a, (1.0, 1.0, 2.5))
-        2.5
-    """
-    pair = _surface_pair(pred, ref)
-    if pair is None:
-        return math.nan
-    _quiet_monai()
-    from monai.metrics import (
-        compute_hausdorff_distance,  # imported here: monai takes seconds to load
-    )
-
-    value = compute_hausdorff_distance(
-        *pair,
-        include_background=True,
-        percentile=95,
-        spacing=_spacing_list(spacing, pair[0].ndim - 2),
-    )
-    return _scalar(value)
-
-
-def assd_mm(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Average symmetric surface distance of two binary masks, in mm.
-
-    ``monai.metrics.compute_average_surface_distance`` with ``symmetric=True``: the mean
-    of the distances from every boundary voxel of each mask to the nearest boundary voxel
-    of the other, both directions pooled.
-
-    Args:
-        pred: predicted 3-D mask.
-        ref: reference 3-D mask of the same shape.
-        spacing: voxel size in mm along the three array axes.
-
-    Returns:
-        The distance in mm, or NaN when either mask is empty.
-
-    Example:
-        >>> a = np.zeros((4, 6, 6), bool); a[0] = True
-        >>> b = np.zeros((4, 6, 6), bool); b[3] = True
-        >>> assd_mm(a, b, (2.0, 1.0, 1.0))  # two plates 3 voxels of 2 mm apart
-        6.0
-    """
-    pair = _surface_pair(pred, ref)
-    if pair is None:
-        return math.nan
-    _quiet_monai()
-    from monai.metrics import (
-        compute_average_surface_distance,  # imported here: monai takes seconds to load
-    )
-
-    value = compute_average_surface_distance(
-        *pair,
-        include_background=True,
-        symmetric=True,
-        spacing=_spacing_list(spacing, pair[0].ndim - 2),
-    )
-    return _scalar(value)
-
-
-def nsd_score(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    spacing: tuple[float, float, float],
-    tolerance_mm: float,
-) -> float:
-    """Normalised surface Dice of two binary masks at a tolerance in mm.
-
-    ``monai.metrics.compute_surface_dice`` with ``class_thresholds=[tolerance_mm]`` and
-    the spacing: the share of boundary voxels of both masks that lie within
-    ``tolerance_mm`` (inclusive) of the other mask's boundary.
-
-    Args:
-        pred: predicted 3-D mask.
-        ref: reference 3-D mask of the same shape.
-        spacing: voxel size in mm along the three array axes.
-        tolerance_mm: the tolerance τ in mm (finite, ≥ 0).
-
-    Returns:
-        The NSD in [0, 1]; 1.0 when both masks are empty, 0.0 when exactly one is.
-
-    Example:
-        >>> a = np.zeros((4, 6, 6), bool); a[0] = True
-        >>> b = np.zeros((4, 6, 6), bool); b[3] = True
-        >>> nsd_score(a, b, (2.0, 1.0, 1.0), 5.0), nsd_score(a, b, (2.0, 1.0, 1.0), 6.0)
-        (0.0, 1.0)
-    """
-    p_any = bool(np.asarray(pred, dtype=bool).any())
-    r_any = bool(np.asarray(ref, dtype=bool).any())
-    if not p_any and not r_any:
-        return 1.0
-    pair = _surface_pair(pred, ref)
-    if pair is None:
-        return 0.0
-    _quiet_monai()
-    from monai.metrics import compute_surface_dice  # imported here: monai takes seconds to load
-
-    value = compute_surface_dice(
-        *pair,
-        class_thresholds=[float(tolerance_mm)],
-        include_background=True,
-        spacing=_spacing_list(spacing, pair[0].ndim - 2),
-    )
-    return _scalar(value)
-
-
-def lesion_counts(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
-    """Lesion-wise detection counts from connected components (26-connectivity in 3-D).
-
-    Components are labelled by ``scipy.ndimage.label`` with the full neighbourhood
-    (``generate_binary_structure(ndim, ndim)``); the matching below (a component is hit
-    when it shares at least one voxel with the other mask) is simple counting on those
-    labels.
-
-    Args:
-        pred: predicted mask.
-        ref: reference mask of the same shape.
-
-    Returns:
-        ``lesions_ref``, ``lesions_pred``, ``lesion_tp`` (reference components with at
-        least one predicted voxel), ``lesion_fp`` (predicted components with no
-        reference voxel) and ``lesion_fn`` (reference components with no predicted
-        voxel).
-
-    Example:
-        >>> r = np.zeros((1, 9), bool); r[0, [1, 4, 7]] = True
-        >>> p = np.zeros((1, 9), bool); p[0, [1, 2, 5]] = True
-        >>> lesion_counts(p, r)["lesion_tp"], lesion_counts(p, r)["lesion_fp"]
-        (1, 1)
-    """
-    p = np.asarray(pred, dtype=bool)
-    r = np.asarray(ref, dtype=bool)
-    structure = ndimage.generate_binary_structure(r.ndim, r.ndim)
-    ref_labels, n_ref = ndimage.label(r, structure=structure)
-    pred_labels, n_pred = ndimage.label(p, structure=structure)
-    tp = int(np.unique(ref_labels[p & r]).size)
-    pred_hitting = int(np.unique(pred_labels[p & r]).size)
-    return {
-        "lesions_ref": int(n_ref),
-        "lesions_pred": int(n_pred),
-        "lesion_tp": tp,
-        "lesion_fp": int(n_pred) - pred_hitting,
-        "lesion_fn": int(n_ref) - tp,
-    }
-
-
-# ------------------------------------------------------------------ one case
-
-
-def _class_row(
-    p: np.ndarray, r: np.ndarray, spacing: list[float], name: str, cfg: EvaluateConfig
-) -> dict:
-    """Every metric of one class; ``p`` and ``r`` are its boolean masks."""
-    n_p, n_r = int(p.sum()), int(r.sum())
-    p, r = _crop_to_union(p, r)  # every metric below is unchanged by the crop
-    tolerance = cfg.tolerance(name)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    if n_p == 0 and n_r == 0:
-        flag = "both"
-        overlap = 1.0 if cfg.empty_dice == "one" else math.nan
-        dice = iou = nsd = overlap
-    else:
-        flag = "reference" if n_r == 0 else ("prediction" if n_p == 0 else "")
-        dice, iou = dice_score(p, r), iou_score(p, r)
-        nsd = nsd_score(p, r, spacing, tolerance)
-    return {
-        "class": name,
-        "dice": dice,
-        "iou": iou,
-        "hd95": hd95_mm(p, r, spacing),
-        "assd": assd_mm(p, r, spacing),
-        "nsd": nsd,
-        "nsd_tolerance_mm": tolerance,
-        "volume_ref_ml": n_r * voxel_ml,
-        "volume_pred_ml": n_p * voxel_ml,
-        "volume_error_ml": (n_p - n_r) * voxel_ml,
-        "volume_error_rel": (n_p - n_r) / n_r if n_r else math.nan,
-        **lesion_counts(p, r),
-        "empty": flag,
-    }
-
-
-def case_metrics(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    spacing: tuple[float, float, float],
-    classes: dict[int, str],
-    cfg: EvaluateConfig | None = None,
-) -> list[dict]:
-    """Every metric of one case, per class (definitions in the module docstring).
-
-    Args:
-        pred: predicted label map (integer labels), 3-D.
-        ref: reference label map on the same grid.
-        spacing: voxel size in mm along the array axes.
-        classes: ``{label value: class name}``, background (0) excluded.
-        cfg: NSD tolerances and the both-empty convention; defaults to
-            ``EvaluateConfig()`` (τ = 2 mm, both empty scores 1.0).
-
-    Returns:
-        One dict per class, in the order of ``classes``, with the keys of
-        :data:`METRIC_COLUMNS` after ``case`` (``class``, ``dice``, ... ``empty``).
-
-    Raises:
-        ValueError: if the two arrays differ in shape, or the spacing is not one size
-            > 0 per axis.
-
-    Example:
-        >>> a = np.zeros((4, 4, 4), int); a[1:3, 1:3, 1:3] = 1
-        >>> row = case_metrics(a, a, (1.0, 1.0, 2.0), {1: "fg"})[0]
-        >>> row["dice"], row["hd95"], row["nsd"], row["volume_ref_ml"], row["empty"]
-        (1.0, 0.0, 1.0, 0.016, '')
-    """
-    if pred.shape != ref.shape:
-        raise ValueError(
-            f"prediction and reference differ in shape: expected {ref.shape} (reference), "
-            f"found {pred.shape} (prediction). How to fix: predict on the reference grid."
-        )
-    cfg = EvaluateConfig() if cfg is None else cfg
-    sizes = _spacing_list(spacing, ref.ndim)
-    return [
-        _class_row(pred == int(value), ref == int(value), sizes, str(name), cfg)
-        for value, name in classes.items()
-    ]
-
-
-# ------------------------------------------------------------------ files
 
 
 def load_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
@@ -561,26 +144,6 @@ def _evaluate_task(task: _Task, classes: dict[int, str], cfg: EvaluateConfig) ->
     return [{**key, **row} for row in rows]
 
 
-def read_folds(folds: Path) -> dict:
-    """Read ``folds.json``.
-
-    Raises:
-        EvaluationError: if the file is missing or has no ``folds`` list.
-    """
-    folds = Path(folds)
-    if not folds.is_file():
-        raise EvaluationError(
-            f"folds file not found: expected {folds}. How to fix: run the split stage first."
-        )
-    data = json.loads(folds.read_text())
-    if not isinstance(data.get("folds"), list):
-        raise EvaluationError(
-            f"{folds}: expected a 'folds' list, found keys {sorted(data)}. "
-            "How to fix: regenerate it with the split stage."
-        )
-    return data
-
-
 def _tasks(
     manifest_df: pd.DataFrame,
     manifest: Path,
@@ -606,12 +169,8 @@ def _tasks(
                         f"{manifest}: test case {case!r} of fold {k} needs a reference label; "
                         f"found {found}. How to fix: keep unlabelled cases out of the folds."
                     )
-                if seed is None:  # an earlier version's layout: no seed folder
-                    pred = Path(predictions) / arm / f"fold{k}" / f"{case}.nii.gz"
-                else:
-                    pred = (
-                        predictions_dir(Path(predictions).parent, arm, seed, k) / f"{case}.nii.gz"
-                    )
+                # seed None: an earlier version's layout, no seed folder
+                pred = run_predictions(predictions, arm, seed, k) / f"{case}.nii.gz"
                 if not pred.is_file():
                     missing.append(str(pred))
                 tasks.append(_Task(arm, k, seed, case, pred, Path(label)))
@@ -652,7 +211,6 @@ def evaluate_predictions(
     predictions: Path,
     arms: list[str],
     classes: dict[int, str],
-    out_csv: Path,
     threads: int = 1,
     cfg: EvaluateConfig | None = None,
     fold: int | None = None,
@@ -665,10 +223,9 @@ def evaluate_predictions(
             working directory.
         folds: ``results/splits/folds.json``; each fold's ``test`` cases are evaluated.
         predictions: ``results/predictions`` (holds ``{arm}/seed{s}/fold{k}/{case}.nii.gz``,
-            :func:`medtl.layout.predictions_dir`).
+            :func:`medtl.layout.run_predictions`).
         arms: arm names to evaluate.
         classes: ``{label value: class name}``, background excluded.
-        out_csv: where to write the table (atomically).
         threads: cases evaluated in parallel.
         cfg: NSD tolerances and the both-empty convention; defaults to
             ``EvaluateConfig()``.
@@ -678,23 +235,24 @@ def evaluate_predictions(
             version's layout, ``{arm}/fold{k}/``, and a table without a seed column.
 
     Returns:
-        The table written, columns :data:`METRIC_COLUMNS`, sorted by arm, seed, fold,
-        case and class.
+        The table (write it with :func:`write_metrics`), columns :data:`METRIC_COLUMNS`,
+        sorted by arm, seed, fold, case and class.
 
     Raises:
         EvaluationError: on a missing input file or prediction (naming it), a prediction
             on another grid than its reference label (naming both), or a ``fold`` that
             ``folds.json`` does not have.
+        InputError: on a missing or malformed ``folds.json``.
     """
     if not classes:
         raise EvaluationError(
             "no classes to evaluate: expected {label value: name}, found an empty mapping. "
             "How to fix: list the foreground classes in the config."
         )
-    classes = {int(k): str(v) for k, v in classes.items()}
+    classes = ClassMap.parse(classes, "classes")
     cfg = EvaluateConfig() if cfg is None else cfg
     manifest_df = read_manifest(manifest)
-    folds_data = read_folds(folds)
+    folds_data = load_folds(folds)
     if fold is not None:
         known = [int(f["fold"]) for f in folds_data["folds"]]
         if int(fold) not in known:
@@ -709,9 +267,17 @@ def evaluate_predictions(
     )
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         results = list(pool.map(lambda t: _evaluate_task(t, classes, cfg), tasks))
-    df = _sorted_table([row for rows in results for row in rows])
-    atomic_write_text(Path(out_csv), df.to_csv(index=False))
-    return df
+    return _sorted_table([row for rows in results for row in rows])
+
+
+def write_metrics(table: pd.DataFrame, out_csv: Path) -> Path:
+    """Write a table of :func:`evaluate_predictions` (atomically); NaN as an empty field.
+
+    Returns:
+        ``out_csv``.
+    """
+    atomic_write_text(Path(out_csv), table.to_csv(index=False))
+    return Path(out_csv)
 
 
 def read_metrics(path: Path) -> pd.DataFrame:
@@ -809,5 +375,5 @@ def combine_metrics(paths: list[Path], out_csv: Path) -> pd.DataFrame:
             "How to fix: pass each per-arm × fold table once."
         )
     table = _sorted_table(table[[c for c in METRIC_COLUMNS if c in table]])
-    atomic_write_text(Path(out_csv), table.to_csv(index=False))
+    write_metrics(table, out_csv)
     return table

@@ -2,13 +2,13 @@
 
 No training is involved: per-case Dice values are drawn from a variance-components
 model with sizes taken from the demo (or estimated from a finished run with
-:func:`estimate_components`), and the two comparisons of :mod:`medtl.evaluate.stats`
-are applied to each simulated study:
+:func:`~medtl.evaluate.estimation.estimate_components`), and the two comparisons of
+:mod:`medtl.evaluate.comparisons` are applied to each simulated study:
 
 * **run-aware**: the paired differences per case and seed, tested with the t test of
   :func:`medtl.evaluate.runs.run_aware_mean` (patients and runs random, Cochran–Cox
-  critical value); what :func:`~medtl.evaluate.stats.compare_arms` does when the arms share at
-  least 2 seeds;
+  critical value); what :func:`~medtl.evaluate.comparisons.compare_arms` does when the
+  arms share at least 2 seeds;
 * **patient-only**: each arm's case values averaged over its seeds, the per-case
   differences tested with the two-sided Wilcoxon signed-rank test; the decision of
   today's single-seed comparison (its CI is the patient bootstrap).
@@ -29,15 +29,15 @@ with a fixed seed, so every result is reproducible.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from medtl.evaluate.cases import ALPHA, METHOD_PATIENTS, METHOD_RUNS, StatsError
 from medtl.evaluate.runs import patient_codes, t_test, variance_components
-from medtl.evaluate.stats import ALPHA, StatsError, per_case_runs
 
 # Component sizes of the demo (Dice, one class). The patient, case and residual sizes
 # were estimated with estimate_components on a finished single-seed demo run (4 arms,
@@ -239,7 +239,7 @@ def run_aware_p(diff: np.ndarray, patient: np.ndarray) -> np.ndarray:
 def patient_only_p(diff: np.ndarray) -> np.ndarray:
     """Two-sided Wilcoxon p of ``(..., cases)`` per-case differences (NaN when not possible).
 
-    As :func:`~medtl.evaluate.stats.compare_arms` on one seed: ``scipy.stats.wilcoxon``
+    As :func:`~medtl.evaluate.comparisons.compare_arms` on one seed: ``scipy.stats.wilcoxon``
     with its defaults, along the last axis.
     """
     flat = diff.reshape(-1, diff.shape[-1])
@@ -387,12 +387,12 @@ def power_table(
 
     For every number of seeds: ``n_studies`` null studies (no true difference) and
     ``n_studies`` studies per true difference, each arm trained with that many seeds.
-    The comparison is the one :func:`~medtl.evaluate.stats.compare_arms` makes: the
+    The comparison is the one :func:`~medtl.evaluate.comparisons.compare_arms` makes: the
     run-aware t test with at least 2 seeds, the patient-only Wilcoxon test with one.
 
     Args:
-        components: the component sizes (:data:`DEMO`, or :func:`estimate_components`
-            of a finished run).
+        components: the component sizes (:data:`DEMO`, or
+            :func:`~medtl.evaluate.estimation.estimate_components` of a finished run).
         seeds: numbers of seeds per arm.
         differences: true differences (second arm minus first, in Dice).
         n_patients: patients.
@@ -408,8 +408,6 @@ def power_table(
         (seed-averaged values), ``power`` (of ``method``: the run-aware test with at
         least 2 seeds, the patient-only test with one) and ``power_patients_only``.
     """
-    from medtl.evaluate.stats import METHOD_PATIENTS, METHOD_RUNS
-
     design = Design(n_patients=n_patients, n_folds=n_folds, two_case_share=two_case_share)
     patient, _ = design.cases()
     rng = np.random.default_rng(rng_seed)
@@ -435,136 +433,3 @@ def power_table(
                 }
             )
     return pd.DataFrame(rows)
-
-
-# ----------------------------------------------------------------------------- estimation
-
-
-def estimate_components(
-    metrics: pd.DataFrame,
-    arms: Sequence[str] | None = None,
-    metric: str = "dice",
-    groups: pd.Series | Mapping | None = None,
-) -> Components:
-    """Component sizes estimated from a finished run (method of moments).
-
-    Each arm's case values (averaged over classes) are centred on the mean of their
-    trained model (arm, seed, fold), which removes the arms' levels and the run effects:
-
-    * ``residual_sd``: with at least 2 seeds, the pooled variance over seeds of a
-      case's centred values, divided by ``1 - 1/n_f`` (``n_f`` the cases of its fold);
-      with one seed, the same over arms instead of seeds (then true arm × case
-      interactions count as residual: an upper bound);
-    * ``run_sd``: the pooled variance over seeds of a model's mean minus
-      ``residual_sd² / n_f``; NaN with one seed;
-    * ``run_corr``: the pooled covariance over shared seeds of two arms' model means in
-      a fold, divided by ``run_sd²``; NaN without two arms sharing 2 seeds;
-    * ``case_sd``: the pooled variance within patients (patients with two or more
-      cases) of the cases' centred values averaged over arms and seeds, minus the
-      residual's share; 0 without such patients;
-    * ``patient_sd``: the variance over cases of those averages (``N - F`` df) minus
-      the case and residual shares;
-    * ``mean``: the mean of all values of ``arms``.
-
-    Variances estimated below 0 are set to 0. With 2–3 seeds the run sizes are rough.
-
-    Args:
-        metrics: the ``metrics.csv`` table (with a ``seed`` column for the run sizes).
-        arms: the arms to use (``None``: all).
-        metric: the column.
-        groups: maps case → patient (``None``: every case its own patient; then
-            ``case_sd`` is 0 and ``patient_sd`` takes the whole case-level variance).
-
-    Raises:
-        StatsError: if an arm has no value or a column is missing.
-    """
-    arms = list(pd.unique(metrics["arm"])) if arms is None else list(arms)
-    fold_of = metrics.groupby("case")["fold"].first()
-    tables = {}
-    for arm in arms:
-        runs = per_case_runs(metrics, arm, metric)
-        if runs.empty:
-            raise StatsError(
-                f"estimate_components: expected {metric} values for arm {arm!r}, found none. "
-                "How to fix: leave the arm out of arms."
-            )
-        tables[arm] = runs
-    n_f = fold_of.value_counts()
-    # centre on each trained model's mean: z[a][c, s]
-    model_means, centred = {}, {}
-    for arm, runs in tables.items():
-        f = fold_of.reindex(runs.index)
-        m = runs.groupby(f).mean()  # fold × seed
-        model_means[arm] = m
-        centred[arm] = runs - m.reindex(f.to_numpy()).set_axis(runs.index)
-    shrink = 1.0 - 1.0 / fold_of.map(n_f)  # per case: 1 - 1/n_f
-
-    def pooled(blocks: list[tuple[float, float]]) -> float:
-        dfs = sum(d for _, d in blocks)
-        return sum(v * d for v, d in blocks) / dfs if dfs > 0 else math.nan
-
-    multi = [a for a in arms if tables[a].shape[1] >= 2]
-    blocks = []
-    if multi:
-        for a in multi:
-            z = centred[a]
-            k = z.notna().sum(axis=1)
-            v = z.var(axis=1, ddof=1) / shrink.reindex(z.index)
-            blocks += [(vi, ki - 1) for vi, ki in zip(v, k, strict=True) if ki >= 2]
-    else:
-        wide = pd.concat({a: centred[a].iloc[:, 0] for a in arms}, axis=1)
-        k = wide.notna().sum(axis=1)
-        v = wide.var(axis=1, ddof=1) / shrink.reindex(wide.index)
-        blocks += [(vi, ki - 1) for vi, ki in zip(v, k, strict=True) if ki >= 2]
-    resid_var = max(pooled(blocks), 0.0) if blocks else math.nan
-
-    run_var = math.nan
-    if multi:
-        rb = []
-        for a in multi:
-            m = model_means[a]
-            for f, row in m.iterrows():
-                row = row.dropna()
-                if row.size >= 2:
-                    rb.append((row.var(ddof=1) - resid_var / n_f[f], row.size - 1))
-        run_var = max(pooled(rb), 0.0) if rb else math.nan
-    cb = []
-    for i, a in enumerate(multi):
-        for b in multi[i + 1 :]:
-            shared = [s for s in model_means[a].columns if s in set(model_means[b].columns)]
-            if len(shared) < 2:
-                continue
-            for f in model_means[a].index.intersection(model_means[b].index):
-                x, y = model_means[a].loc[f, shared], model_means[b].loc[f, shared]
-                ok = x.notna() & y.notna()
-                if ok.sum() >= 2:
-                    cb.append((float(np.cov(x[ok], y[ok])[0, 1]), int(ok.sum()) - 1))
-    run_corr = math.nan
-    if cb and run_var and run_var > 0:
-        run_corr = float(np.clip(pooled(cb) / run_var, -1.0, 1.0))
-
-    cells = pd.concat([centred[a] for a in arms], axis=1)
-    zbar = cells.mean(axis=1).dropna()
-    k_cells = cells.notna().sum(axis=1).reindex(zbar.index)
-    resid_share = float(np.mean(resid_var / k_cells)) if math.isfinite(resid_var) else 0.0
-    n_folds = fold_of.reindex(zbar.index).nunique()
-    total = float((zbar**2).sum() / (zbar.size - n_folds)) if zbar.size > n_folds else math.nan
-    case_var = 0.0
-    if groups is not None:
-        codes = patient_codes(zbar.index, groups)
-        g = pd.Series(zbar.to_numpy(), index=codes)
-        sizes = g.groupby(level=0).size()
-        within = g - g.groupby(level=0).transform("mean")
-        dfw = int((sizes - 1).sum())
-        if dfw > 0:
-            case_var = max(float((within**2).sum() / dfw) - resid_share, 0.0)
-    patient_var = max(total - resid_share - case_var, 0.0) if math.isfinite(total) else math.nan
-    values = pd.concat([tables[a].stack() for a in arms])
-    return Components(
-        mean=float(values.mean()),
-        patient_sd=math.sqrt(patient_var) if math.isfinite(patient_var) else math.nan,
-        case_sd=math.sqrt(case_var),
-        run_sd=math.sqrt(run_var) if math.isfinite(run_var) else math.nan,
-        run_corr=run_corr,
-        residual_sd=math.sqrt(resid_var) if math.isfinite(resid_var) else math.nan,
-    )

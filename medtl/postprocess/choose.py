@@ -32,13 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
-from medtl.evaluate.metrics import AFFINE_ATOL, dice_score, load_label, read_folds
+from medtl.evaluate.arrays import dice_score
+from medtl.evaluate.metrics import AFFINE_ATOL, load_label
 from medtl.io.ingest import read_manifest
 from medtl.io.volume import spacing_of
-from medtl.kernel.errors import InputError
+from medtl.kernel.classes import ClassMap
+from medtl.kernel.errors import ConfigError, InputError
 from medtl.kernel.files import atomic_write_text
-from medtl.layout import PREDICT_RULE, predictions_dir
+from medtl.layout import PREDICT_RULE, run_predictions
 from medtl.postprocess.components import NO_POSTPROCESSING, apply_operation
+from medtl.split.folds import load_folds
 
 #: The workflow rule that writes ``postprocess/{arm}.json``.
 POSTPROCESS_RULE = "postprocess"
@@ -67,11 +70,14 @@ def _check_classes(classes: dict) -> dict[int, str]:
             "no classes to post-process: expected {label value: name}, found an empty mapping",
             "list the foreground classes in the config",
         )
-    out = {int(k): str(v) for k, v in classes.items()}
-    if any(v <= 0 for v in out):
+    try:
+        out = ClassMap.parse(classes, "classes")
+    except ConfigError:
+        out = None
+    if out is None or len(out) != len(classes):  # ClassMap.parse drops a 0 "background"
         raise InputError(
             "classes",
-            f"expected foreground label values > 0, found {sorted(out)}",
+            f"expected foreground label values > 0, found {sorted(str(k) for k in classes)}",
             "leave the background (0) out of the classes",
         )
     return out
@@ -114,10 +120,8 @@ def _cases(
                 f"held-out case {case!r} of fold {fold} needs a reference label; found {found}",
                 "keep unlabelled cases out of the folds (rerun the split stage)",
             )
-        if seed is None:  # an earlier version's layout: no seed folder
-            pred = Path(predictions) / arm / f"fold{fold}" / f"{case}.nii.gz"
-        else:
-            pred = predictions_dir(Path(predictions).parent, arm, seed, fold) / f"{case}.nii.gz"
+        # seed None: an earlier version's layout, no seed folder
+        pred = run_predictions(predictions, arm, seed, fold) / f"{case}.nii.gz"
         if not pred.is_file():
             missing.append(pred)
         out.append(_Case(fold, case, pred, Path(label)))
@@ -210,7 +214,7 @@ def choose_postprocessing(
             label paths relative to the working directory).
         folds: ``results/splits/folds.json``; each fold's ``test`` cases are scored.
         predictions: ``results/predictions`` (holds ``{arm}/seed{s}/fold{k}/{case}.nii.gz``
-            on each case's original grid, :func:`medtl.layout.predictions_dir`).
+            on each case's original grid, :func:`medtl.layout.run_predictions`).
         arm: the arm whose predictions are scored.
         classes: ``{label value: class name}``, background excluded.
         cfg: the candidates, ``min_volume_mm3`` and ``min_gain``.
@@ -224,33 +228,25 @@ def choose_postprocessing(
         The decision written (see the module's docstring for its shape).
 
     Raises:
-        InputError: naming the file, on a missing manifest, prediction or reference
-            label, or a prediction on another grid than its label.
-        EvaluationError: on a missing or malformed folds file (from ``read_folds``).
+        InputError: naming the file, on a missing manifest, folds file, prediction or
+            reference label, a malformed folds file, or a prediction on another grid than
+            its label.
     """
     classes = _check_classes(classes)
-    folds_data = read_folds(folds)
+    folds_data = load_folds(folds)
     candidates = tuple(dict.fromkeys(cfg.candidates))
-    entries: dict[str, dict] = {}
     decision: dict = {
         "arm": arm,
         "n_cases": 0,
         "enabled": bool(cfg.enabled),
         "min_gain": float(cfg.min_gain),
         "candidates": list(candidates),
-        "classes": entries,
+        "classes": {},
     }
     if not cfg.enabled:
         decision["n_cases"] = len(_test_cases(Path(folds), folds_data))
         decision["note"] = DISABLED_NOTE
-        for value, name in classes.items():
-            entries[name] = {
-                "value": value,
-                "chosen": NO_POSTPROCESSING,
-                "min_volume_mm3": float(cfg.min_volume_mm3),
-                "mean_dice": {},
-                "cases_changed": 0,
-            }
+        decision["classes"] = _disabled_entries(classes, cfg)
     else:
         tasks = _cases(Path(manifest), Path(folds), folds_data, Path(predictions), arm, seeds)
         with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
@@ -261,26 +257,50 @@ def choose_postprocessing(
                 )
             )
         decision["n_cases"] = len(tasks)
-        for value, name in classes.items():
-            means = {
-                option: float(np.mean([s[name]["dice"][option] for s in scores]))
-                for option in (NO_POSTPROCESSING, *candidates)
-            }
-            chosen = _choose(means, candidates, float(cfg.min_gain))
-            changed = (
-                0
-                if chosen == NO_POSTPROCESSING
-                else sum(s[name]["changed"][chosen] for s in scores)
-            )
-            entries[name] = {
-                "value": value,
-                "chosen": chosen,
-                "min_volume_mm3": float(cfg.min_volume_mm3),
-                "mean_dice": means,
-                "cases_changed": int(changed),
-            }
+        decision["classes"] = _chosen_entries(scores, classes, candidates, cfg)
     atomic_write_text(Path(out_json), json.dumps(decision, indent=2) + "\n")
     return decision
+
+
+def _disabled_entries(classes: dict[int, str], cfg: PostprocessConfig) -> dict[str, dict]:
+    """Per class, the decision of a disabled post-processing: ``none``, nothing tried."""
+    return {
+        name: {
+            "value": value,
+            "chosen": NO_POSTPROCESSING,
+            "min_volume_mm3": float(cfg.min_volume_mm3),
+            "mean_dice": {},
+            "cases_changed": 0,
+        }
+        for value, name in classes.items()
+    }
+
+
+def _chosen_entries(
+    scores: list[dict],
+    classes: dict[int, str],
+    candidates: tuple[str, ...],
+    cfg: PostprocessConfig,
+) -> dict[str, dict]:
+    """Per class, the mean Dice of each option over the scored cases and the choice."""
+    entries = {}
+    for value, name in classes.items():
+        means = {
+            option: float(np.mean([s[name]["dice"][option] for s in scores]))
+            for option in (NO_POSTPROCESSING, *candidates)
+        }
+        chosen = _choose(means, candidates, float(cfg.min_gain))
+        changed = (
+            0 if chosen == NO_POSTPROCESSING else sum(s[name]["changed"][chosen] for s in scores)
+        )
+        entries[name] = {
+            "value": value,
+            "chosen": chosen,
+            "min_volume_mm3": float(cfg.min_volume_mm3),
+            "mean_dice": means,
+            "cases_changed": int(changed),
+        }
+    return entries
 
 
 def decision_path(results: Path, arm: str) -> Path:

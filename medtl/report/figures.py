@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
 #: Contour colour of the reference label in overlays.
@@ -36,7 +34,7 @@ _METRIC_LABELS = {
 _UNIT_INTERVAL = {"dice", "iou", "nsd"}
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -72,7 +70,7 @@ def metric_boxplot(
         class_names: class names, one panel each.
     """
     colours = arm_colours(arms)
-    fig = _figure(max(4.0, 1.4 * len(arms) + 1.5) * len(class_names), 3.6)
+    fig = new_figure(max(4.0, 1.4 * len(arms) + 1.5) * len(class_names), 3.6)
     axes = np.atleast_1d(fig.subplots(1, len(class_names), squeeze=False)[0])
     rng = np.random.default_rng(0)
     for ax, cls in zip(axes, class_names, strict=True):
@@ -119,7 +117,7 @@ def spacing_histogram(spacing: np.ndarray) -> Figure:
         spacing: ``(cases, 3)`` voxel sizes in mm (NaN rows are left out).
     """
     spacing = np.asarray(spacing, dtype=float).reshape(-1, 3)
-    fig = _figure(9.0, 2.6)
+    fig = new_figure(9.0, 2.6)
     axes = fig.subplots(1, 3)
     for i, (ax, axis) in enumerate(zip(axes, "xyz", strict=True)):
         values = spacing[:, i][np.isfinite(spacing[:, i])]
@@ -141,7 +139,7 @@ def volume_distribution(volumes: dict[str, np.ndarray]) -> Figure:
         volumes: per class name, the reference volume of every labelled case in ml.
     """
     names = list(volumes) or ["–"]
-    fig = _figure(max(4.0, 3.6 * len(names)), 2.8)
+    fig = new_figure(max(4.0, 3.6 * len(names)), 2.8)
     axes = np.atleast_1d(fig.subplots(1, len(names), squeeze=False)[0])
     for ax, name in zip(axes, names, strict=True):
         values = np.asarray(volumes.get(name, []), dtype=float)
@@ -184,7 +182,7 @@ def difference_forest(
         noise_floor: the A/A noise floor (how far two single-seed runs of one arm land
             apart 95 % of the time), drawn as a grey band around zero; None: no band.
     """
-    fig = _figure(6.4, 0.5 * max(1, len(rows)) + 1.2)
+    fig = new_figure(6.4, 0.5 * max(1, len(rows)) + 1.2)
     ax = fig.subplots()
     if not rows:
         ax.text(
@@ -240,7 +238,7 @@ def paired_differences(
     it did worse, grey where equal.
     """
     others = [a for a in arms if a != reference]
-    fig = _figure(max(3.6, 3.2 * len(others)), 3.8)
+    fig = new_figure(max(3.6, 3.2 * len(others)), 3.8)
     axes = fig.subplots(1, max(1, len(others)), squeeze=False)[0]
     higher_better = metric != "hd95"
     ref = per_case.get(reference, pd.Series(dtype=float))
@@ -290,7 +288,7 @@ def training_curves(curves: dict[str, dict[object, pd.DataFrame]], arms: list[st
         arms: arms in display order; arms without curves are skipped.
     """
     shown = [a for a in arms if curves.get(a)]
-    fig = _figure(9.0, 2.6 * max(1, len(shown)))
+    fig = new_figure(9.0, 2.6 * max(1, len(shown)))
     axes = fig.subplots(max(1, len(shown)), 2, squeeze=False)
     for row, arm in zip(axes, shown, strict=False):
         for key, df in sorted(curves[arm].items(), key=lambda kv: str(kv[0])):
@@ -323,7 +321,7 @@ def label_fraction_curves(points: pd.DataFrame, arms: list[str]) -> Figure:
     fraction). Arms are nudged sideways a little so that their bars do not overlap.
     """
     colours = arm_colours(arms)
-    fig = _figure(6.4, 4.0)
+    fig = new_figure(6.4, 4.0)
     ax = fig.subplots()
     xs = sorted(set(pd.to_numeric(points["labelled_cases"], errors="coerce").dropna()))
     log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) >= 4
@@ -373,88 +371,6 @@ def label_fraction_curves(points: pd.DataFrame, arms: list[str]) -> Figure:
     return fig
 
 
-def largest_slice(mask: np.ndarray, axis: int) -> int:
-    """Index along ``axis`` of the slice with the largest mask area (middle if empty)."""
-    other = tuple(i for i in range(mask.ndim) if i != axis)
-    area = np.asarray(mask, dtype=bool).sum(axis=other)
-    if not area.any():
-        return mask.shape[axis] // 2
-    return int(np.argmax(area))
-
-
-@dataclass
-class OverlayCase:
-    """One case to draw: arrays in RAS+ orientation (axis 2 = inferior→superior).
-
-    Attributes:
-        case: case id.
-        title: panel title, e.g. ``"best: case_003 (Dice 0.91)"``.
-        image: the image volume.
-        reference: the reference label map.
-        predictions: per arm, the predicted label map (arms without one are left out).
-        spacing: voxel size in mm along the three axes.
-    """
-
-    case: str
-    title: str
-    image: np.ndarray
-    reference: np.ndarray
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-
-_VIEWS = {"axial": (2, (0, 1)), "coronal": (1, (0, 2)), "sagittal": (0, (1, 2))}
-
-
-def _view(volume: np.ndarray, view: str, index: int) -> np.ndarray:
-    axis = _VIEWS[view][0]
-    return np.take(volume, index, axis=axis).T  # rows = second in-plane axis
-
-
-def _draw_view(ax, case: OverlayCase, view: str, colours: dict[str, str]) -> None:
-    axis, (u, v) = _VIEWS[view]
-    ref_fg = case.reference > 0
-    index = largest_slice(ref_fg, axis)
-    img = _view(case.image, view, index).astype(float)
-    finite = img[np.isfinite(img)]
-    lo, hi = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
-    aspect = case.spacing[v] / case.spacing[u]
-    ax.imshow(
-        img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower", aspect=aspect
-    )
-    masks = [(REFERENCE_COLOUR, ref_fg, 3.4)]
-    masks += [(colours[a], p > 0, 1.3) for a, p in case.predictions.items()]
-    for colour, mask, lw in masks:
-        sl = _view(mask, view, index).astype(float)
-        if sl.any() and not sl.all():
-            ax.contour(sl, levels=[0.5], colors=[colour], linewidths=lw)
-    ax.set_title(f"{view} slice {index}", fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def overlays(cases: list[OverlayCase], arms: list[str], views: tuple[str, ...]) -> Figure:
-    """Image slices with reference and predicted contours, one row per case.
-
-    Args:
-        cases: the cases to draw.
-        arms: all arms, for fixed colours and the legend.
-        views: any of ``"axial"``, ``"coronal"``, ``"sagittal"``; each shows the slice
-            with the largest reference-label area in that direction.
-    """
-    colours = arm_colours(arms)
-    fig = _figure(3.2 * len(views), 3.3 * max(1, len(cases)) + 0.4)
-    axes = fig.subplots(max(1, len(cases)), len(views), squeeze=False)
-    for row, case in zip(axes, cases, strict=False):
-        for ax, view in zip(row, views, strict=True):
-            _draw_view(ax, case, view, colours)
-        row[0].set_ylabel(case.title, fontsize=9)
-    handles = [Line2D([], [], color=REFERENCE_COLOUR, lw=3.4, label="reference")]
-    handles += [Line2D([], [], color=colours[a], lw=1.5, label=a) for a in arms]
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
-    return fig
-
-
 def seed_spread(per_seed: pd.DataFrame, overall: pd.DataFrame, arms: list[str]) -> Figure:
     """Each arm's mean Dice per seed (dots) beside its mean over seeds with a 95 % CI.
 
@@ -469,7 +385,7 @@ def seed_spread(per_seed: pd.DataFrame, overall: pd.DataFrame, arms: list[str]) 
     """
     colours = arm_colours(arms)
     shown = [a for a in arms if (per_seed["arm"] == a).any()]
-    fig = _figure(max(4.0, 1.3 * len(shown) + 1.5), 3.6)
+    fig = new_figure(max(4.0, 1.3 * len(shown) + 1.5), 3.6)
     ax = fig.subplots()
     for i, arm in enumerate(shown):
         sel = per_seed[per_seed["arm"] == arm].sort_values("seed")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.cases import per_case, per_case_runs
+from medtl.evaluate.fractions import full_label_rows
 from medtl.evaluate.runs import run_aware_mean
-from medtl.evaluate.stats import bootstrap_ci, per_case, per_case_runs
 from medtl.kernel.errors import MedtlError
 from medtl.report.tables import fmt, table
-from medtl.split.subsets import full_label_rows
 
 
 class LabelFractionError(MedtlError):

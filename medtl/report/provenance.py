@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from medtl import provenance as P
+from medtl import provenance
 from medtl.report.tables import json_safe, table
 
 #: Packages listed besides those of :data:`medtl.provenance.PACKAGES`.
@@ -44,11 +44,11 @@ def machine() -> dict[str, Any]:
     """The machine this runs on: OS, CPU model and cores, memory, GPU if any."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
-        "cpu": P.cpu_model(),
+        "cpu": provenance.cpu_model(),
         "cpu_cores": os.cpu_count(),
         "memory_gb": _memory_gb(),
     }
-    info.update(P.hardware())
+    info.update(provenance.hardware())
     return info
 
 
@@ -75,7 +75,7 @@ def _hash_rows(run_records: list[dict]) -> list[dict]:
                 "seed": r.get("seed"),
                 "fold": r.get("fold"),
                 **{f"{kind}_sha256": h.get("combined") for kind, h in hashes.items()},
-                "trained_weights_sha256": P.weights_digest(best)
+                "trained_weights_sha256": provenance.weights_digest(best)
                 if best and best.is_file()
                 else None,
             }
@@ -96,8 +96,8 @@ def provenance_section(
             ``fold`` and ``weights`` (its ``best.pt``, hashed here).
         folds: ``folds.json`` (for the split seed).
     """
-    versions = P.package_versions(REPORT_PACKAGES)
-    commit = P.git_commit()
+    versions = provenance.package_versions(REPORT_PACKAGES)
+    commit = provenance.git_commit()
     train_commits = sorted({str(r.get("git_commit")) for r in run_records if r.get("git_commit")})
     seeds = {
         "config seed": config.get("seed"),

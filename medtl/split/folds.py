@@ -87,10 +87,24 @@ def save_folds(folds: dict[str, Any], path: Path) -> None:
 
 
 def load_folds(path: Path) -> dict[str, Any]:
+    """Read ``folds.json`` (the split stage's, or a label fraction's subset folds).
+
+    The one reader of folds files: training, prediction, evaluation, post-processing and
+    the report all read them here.
+
+    Raises:
+        InputError: if the file is missing or holds no ``folds`` list.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "folds file not found", "run the split stage first")
-    return json.loads(path.read_text())
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("folds"), list):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise InputError(
+            path, f"expected a 'folds' list, found keys {found}", "rerun the split stage"
+        )
+    return data
 
 
 def fold_cases(folds: dict[str, Any], fold: int, part: str) -> list[str]:

@@ -10,37 +10,21 @@ from one seeded permutation of the fold's training *patients*, so they are
 * independent of which other fractions are asked for.
 
 The fold's ``val`` (checkpoint selection) and ``test`` (held-out) cases never change.
-:func:`evaluate_fractions` then gathers the metrics of every fraction into one table.
+:func:`medtl.evaluate.fractions.evaluate_fractions` then gathers the metrics of every
+fraction into one table.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from medtl.kernel.errors import MedtlError
-from medtl.kernel.files import atomic_write_text
 from medtl.split.folds import fold_cases, load_folds, save_folds
-
-#: Columns of ``label_fraction.csv``, in order.
-FRACTION_COLUMNS = [
-    "arm",
-    "fraction",
-    "labelled_cases",
-    "fold",
-    "seed",
-    "case",
-    "class",
-    "dice",
-    "hd95",
-]
 
 
 class SubsetError(MedtlError):
@@ -277,7 +261,7 @@ def subset_train_cases(path: Path, fold: int, fraction: float) -> int:
             f"subset folds file not found: expected {path}. How to fix: run the workflow's "
             "'subset_folds' rule (or `medtl subset`) for this fraction and fold."
         )
-    data = json.loads(path.read_text())
+    data = load_folds(path)
     record = data.get("subset") or {}
     if int(record.get("fold", -1)) != int(fold) or not math.isclose(
         float(record.get("fraction", math.nan)), float(fraction), abs_tol=1e-9
@@ -288,146 +272,3 @@ def subset_train_cases(path: Path, fold: int, fraction: float) -> int:
             "How to fix: delete the file and rerun the 'subset_folds' rule."
         )
     return len(fold_cases(data, fold, "train"))
-
-
-def full_label_rows(metrics: pd.DataFrame, arms: list[str], folds: dict[str, Any]) -> pd.DataFrame:
-    """The full runs of ``arms`` as label-fraction rows: the 100 % point of each curve.
-
-    Args:
-        metrics: the full runs' ``metrics.csv`` table.
-        arms: the arms whose rows to keep.
-        folds: the split stage's ``folds.json`` (its training cases per fold).
-
-    Returns:
-        The rows of ``arms`` in :data:`FRACTION_COLUMNS`, with ``fraction`` 1 and
-        ``labelled_cases`` the mean number of training cases per fold.
-
-    Example:
-        >>> m = pd.DataFrame({"arm": ["r", "s"], "fold": [0, 0], "case": ["x", "x"],
-        ...                   "class": ["c", "c"], "dice": [0.7, 0.6]})
-        >>> rows = full_label_rows(m, ["r"], {"folds": [{"train": ["y", "z"]}]})
-        >>> rows[["arm", "fraction", "labelled_cases", "dice"]].to_dict("records")
-        [{'arm': 'r', 'fraction': 1.0, 'labelled_cases': 2.0, 'dice': 0.7}]
-    """
-    full = metrics[metrics["arm"].isin(list(arms))].copy()
-    full["fraction"] = 1.0
-    full["labelled_cases"] = float(np.mean([len(f["train"]) for f in folds["folds"]]))
-    return full[[c for c in FRACTION_COLUMNS if c in full]]
-
-
-def evaluate_fractions(
-    manifest: Path,
-    folds: Path,
-    fractions_root: Path,
-    fractions: list[float],
-    arms: list[str],
-    classes: dict[int, str],
-    out_csv: Path,
-    full_metrics: Path | None = None,
-    threads: int = 1,
-    seeds: dict[str, list[int]] | None = None,
-) -> pd.DataFrame:
-    """Dice and HD95 of every arm at every label fraction, in one table.
-
-    For each fraction, the predictions under
-    ``fractions_root/frac<pct>/predictions/<arm>/seed<s>/fold<k>/`` are evaluated on the
-    held-out cases of ``folds`` (the same as the full run's); the 100 % point is taken
-    from the full run's ``metrics.csv`` when ``full_metrics`` is given.
-
-    Args:
-        manifest: ``results/ingest/manifest.tsv`` (reference labels).
-        folds: the split stage's ``folds.json`` (the held-out cases).
-        fractions_root: ``results/fractions`` (``frac<pct>/fold<k>/folds.json`` and
-            ``frac<pct>/predictions/``).
-        fractions: the label fractions below 1.
-        arms: arm names.
-        classes: ``{label value: class name}``, background excluded.
-        out_csv: where to write ``label_fraction.csv`` (atomically).
-        full_metrics: the full run's ``metrics.csv`` (the 100 % point), or None.
-        threads: cases evaluated in parallel.
-        seeds: per arm, its training seeds (:func:`medtl.config.training_seeds`). None:
-            an earlier version's layout (``<arm>/fold<k>/``, no seed column).
-
-    Returns:
-        The table written: columns ``arm, fraction, labelled_cases, fold, seed, case,
-        class, dice, hd95`` (no ``seed`` without ``seeds``); ``labelled_cases`` is the
-        mean over folds of the number of training cases at that fraction.
-
-    Raises:
-        SubsetError: on a missing or stale subset folds file, or a full metrics table
-            without an arm.
-        EvaluationError: on a missing prediction or reference label.
-    """
-    from medtl.evaluate.metrics import (
-        evaluate_predictions,
-        read_folds,
-        read_metrics,
-    )
-
-    folds_data = read_folds(Path(folds))
-    fold_ids = [int(f["fold"]) for f in folds_data["folds"]]
-    root = Path(fractions_root)
-    Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
-    frames = []
-    for fraction in fractions:
-        pct = fraction_pct(fraction)
-        if pct >= 100:
-            raise SubsetError(
-                f"label fraction {fraction}: expected below 1 (the 100 % point is the full "
-                "run), found a value that rounds to 100 %. How to fix: drop it from "
-                "label_fractions."
-            )
-        counts = [
-            subset_train_cases(root / f"frac{pct}" / f"fold{k}" / "folds.json", k, fraction)
-            for k in fold_ids
-        ]
-        runs = (
-            [(arm, seed) for arm in arms for seed in seeds[arm]]
-            if seeds
-            else [(arm, None) for arm in arms]
-        )
-        parts = []
-        with tempfile.TemporaryDirectory(prefix=".label_fraction.", dir=Path(out_csv).parent) as t:
-            for i, (arm, seed) in enumerate(runs):
-                parts.append(
-                    evaluate_predictions(
-                        manifest,
-                        folds,
-                        root / f"frac{pct}" / "predictions",
-                        [arm],
-                        classes,
-                        Path(t) / f"metrics{i}.csv",
-                        threads=threads,
-                        seed=seed,
-                    )
-                )
-        df = pd.concat(parts, ignore_index=True)
-        df.insert(1, "fraction", float(fraction))
-        df.insert(2, "labelled_cases", float(np.mean(counts)))
-        frames.append(df)
-    if full_metrics is not None:
-        full = read_metrics(full_metrics)
-        absent = [a for a in arms if a not in set(full["arm"])]
-        if absent:
-            raise SubsetError(
-                f"{full_metrics}: expected results for arms {list(arms)}, missing {absent}. "
-                "How to fix: rerun the 'evaluate' rule."
-            )
-        frames.append(full_label_rows(full, arms, folds_data))
-    table = (
-        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FRACTION_COLUMNS)
-    )
-    if "seed" in table and table["seed"].isna().any():
-        raise SubsetError(
-            f"{full_metrics}: expected a seed column as in the label-fraction runs, found "
-            "none (a table of an earlier version). How to fix: rerun the 'evaluate' rule."
-        )
-    table = table[[c for c in FRACTION_COLUMNS if c in table]]
-    if len(table):
-        table["fold"] = table["fold"].astype(int)
-        key = [c for c in ("arm", "fraction", "seed", "fold", "case", "class") if c in table]
-        if "seed" in table:
-            table["seed"] = table["seed"].astype(int)
-        table = table.sort_values(key, kind="stable").reset_index(drop=True)
-    atomic_write_text(Path(out_csv), table.to_csv(index=False))
-    return table

@@ -14,16 +14,16 @@ import pytest
 from scipy import ndimage
 
 from medtl.config import EvaluateConfig
+from medtl.evaluate.arrays import case_metrics, dice_score
 from medtl.evaluate.metrics import (
     METRIC_COLUMNS,
     EvaluationError,
-    case_metrics,
     combine_metrics,
-    dice_score,
     evaluate_predictions,
-    hd95_mm,
     read_metrics,
+    write_metrics,
 )
+from medtl.evaluate.surfaces import hd95_mm
 from medtl.layout import predictions_dir
 
 # MONAI 1.5-1.6 passes a deprecated argument to itself inside its surface functions.
@@ -334,18 +334,19 @@ def tree(tmp_path, monkeypatch):
 def _run(
     tmp_path: Path, arms=("scratch", "finetune"), threads=2, out="metrics.csv", seed=1, **kw
 ) -> pd.DataFrame:
-    # positional arguments and threads= as medtl.split.subsets calls it
-    return evaluate_predictions(
+    # positional arguments and threads= as medtl.evaluate.fractions calls it
+    table = evaluate_predictions(
         Path("results/ingest/manifest.tsv"),
         Path("results/splits/folds.json"),
         Path("results/predictions"),
         list(arms),
         CLASSES,
-        Path("results/evaluation") / out,
         threads=threads,
         seed=seed,
         **kw,
     )
+    write_metrics(table, Path("results/evaluation") / out)  # as the command `evaluate` does
+    return table
 
 
 def test_evaluate_predictions_writes_sorted_csv(tree):
@@ -432,8 +433,8 @@ def test_a_run_of_an_earlier_version_without_seed_folders_is_evaluated(tree):
         old,
         ["scratch", "finetune"],
         CLASSES,
-        Path("results/evaluation/old.csv"),
     )
+    write_metrics(df, Path("results/evaluation/old.csv"))
     assert list(df.columns) == [c for c in METRIC_COLUMNS if c != "seed"]
     assert read_metrics(tree / "results/evaluation/old.csv").shape == df.shape
 

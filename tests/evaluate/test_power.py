@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medtl.evaluate.cases import METHOD_RUNS
+from medtl.evaluate.comparisons import compare_arms, paired_runs
+from medtl.evaluate.estimation import estimate_components
 from medtl.evaluate.power import (
     DEMO,
     Components,
     Design,
     calibrate,
-    estimate_components,
     patient_only_p,
     power_table,
     run_aware_p,
@@ -21,7 +23,6 @@ from medtl.evaluate.power import (
     simulate_metrics,
 )
 from medtl.evaluate.runs import run_aware_mean
-from medtl.evaluate.stats import METHOD_RUNS, compare_arms, paired_runs
 
 
 def test_simulated_metrics_have_the_metrics_csv_shape():

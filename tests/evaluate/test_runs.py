@@ -10,21 +10,19 @@ import pytest
 from scipy.stats import t as t_dist
 from scipy.stats import wilcoxon
 
-from medtl.evaluate.runs import noise_floor, pooled_noise_floor, run_aware_mean
-from medtl.evaluate.stats import (
+from medtl.evaluate.cases import (
     METHOD_PATIENTS,
     METHOD_POOLED,
     METHOD_RUNS,
     StatsError,
-    compare_all_pairs,
-    compare_arms,
-    paired_runs,
     per_case,
     per_case_runs,
     per_case_table,
-    summarise_arms,
-    verdict,
 )
+from medtl.evaluate.comparisons import compare_all_pairs, compare_arms, paired_runs, verdict
+from medtl.evaluate.noise_floor import noise_floor, pooled_noise_floor
+from medtl.evaluate.runs import run_aware_mean
+from medtl.evaluate.summaries import summarise_arms
 
 # 4 cases × 3 seeds; a1 and a2 belong to patient A
 X = pd.DataFrame(

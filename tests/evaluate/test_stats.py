@@ -11,21 +11,11 @@ import pytest
 from scipy.stats import bootstrap, wilcoxon
 from scipy.stats import t as t_dist
 
-from medtl.evaluate.stats import (
-    PairedComparison,
-    StatsError,
-    bootstrap_ci,
-    cluster_mean_statistic,
-    compare_all_pairs,
-    compare_arms,
-    fold_table,
-    holm,
-    per_case,
-    per_case_runs,
-    per_case_table,
-    summarise_arms,
-    verdict,
-)
+from medtl.evaluate.bootstrap import bootstrap_ci, cluster_mean_statistic
+from medtl.evaluate.cases import StatsError, per_case, per_case_runs, per_case_table
+from medtl.evaluate.comparisons import PairedComparison, compare_all_pairs, compare_arms, verdict
+from medtl.evaluate.multiplicity import holm
+from medtl.evaluate.summaries import fold_table, summarise_arms
 
 
 def metrics_table(ref: np.ndarray, arm: np.ndarray, classes=("tumour",)) -> pd.DataFrame:
@@ -517,8 +507,9 @@ def _mixed(rng: int, difference: float = 0.0) -> tuple[pd.DataFrame, dict]:
 
 
 def test_an_arm_with_one_seed_borrows_the_pooled_run_variance():
+    from medtl.evaluate.cases import METHOD_POOLED
+    from medtl.evaluate.comparisons import pooled_run_variance
     from medtl.evaluate.runs import patient_codes
-    from medtl.evaluate.stats import METHOD_POOLED, pooled_run_variance
 
     df, groups = _mixed(0)
     c = compare_arms(df, "c", "a", groups=groups)

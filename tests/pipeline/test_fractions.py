@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from medtl.evaluate.cases import per_case_runs
 from medtl.evaluate.runs import run_aware_mean
-from medtl.evaluate.stats import per_case_runs
 from medtl.report.build import build_report
 from medtl.report.fractions import label_fraction_points, label_fraction_statements
 from tests.support.workflow import planned_rules, run_snakemake

@@ -13,18 +13,15 @@ import pandas as pd
 import pytest
 import torch
 
+from medtl.evaluate.bootstrap import bootstrap_ci
+from medtl.evaluate.cases import METHOD_PATIENTS, METHOD_RUNS, per_case
+from medtl.evaluate.comparisons import paired_runs
 from medtl.evaluate.metrics import METRIC_COLUMNS
 from medtl.evaluate.runs import run_aware_mean
-from medtl.evaluate.stats import (
-    METHOD_PATIENTS,
-    METHOD_RUNS,
-    bootstrap_ci,
-    paired_runs,
-    per_case,
-)
 from medtl.layout import predictions_dir, run_dir
 from medtl.provenance import weights_digest
-from medtl.report.build import ReportError, build_report
+from medtl.report.build import build_report
+from medtl.report.inputs import ReportError
 
 ARMS = ["scratch", "finetune"]
 CLASSES = {1: "tumour"}
