@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -203,9 +202,10 @@ def _measured_sizes(results: Path):
     from medtl.evaluate.cases import seeds_of
     from medtl.evaluate.estimation import estimate_components
     from medtl.evaluate.metrics import read_metrics
+    from medtl.split.folds import load_folds
 
     metrics = read_metrics(results / "evaluation" / "metrics.csv")
-    split = json.loads((results / "splits" / "folds.json").read_text())
+    split = load_folds(results / "splits" / "folds.json")
     groups = split.get("groups") or None
     if seeds_of(metrics).groupby(metrics["arm"]).nunique().max() < 2:
         raise typer.BadParameter(

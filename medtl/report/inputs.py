@@ -14,7 +14,7 @@ import pandas as pd
 
 from medtl.io.ingest import read_manifest
 from medtl.kernel.errors import MedtlError
-from medtl.layout import run_dir
+from medtl.layout import BEST_CHECKPOINT, plan_file, run_dir
 from medtl.report.fractions import read_label_fraction
 from medtl.split.folds import load_folds
 
@@ -128,7 +128,7 @@ def _read_run_files(
         path = folder / name
         if path.is_file():
             record = json.loads(path.read_text())
-            key = {"arm": arm, "seed": seed, "fold": k, "weights": folder / "best.pt"}
+            key = {"arm": arm, "seed": seed, "fold": k, "weights": folder / BEST_CHECKPOINT}
             out.append({**record, **key})
     return out
 
@@ -168,7 +168,7 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
     rejected = results / "ingest" / "rejected.tsv"
     if rejected.is_file():
         inputs.rejected = pd.read_csv(rejected, sep="\t", dtype=str, keep_default_na=False)
-    plan = results / "preprocess" / "plan.json"
+    plan = plan_file(results)
     if plan.is_file():
         inputs.plan = json.loads(plan.read_text())
     seeds = arm_seeds(metrics, arms)
