@@ -201,10 +201,10 @@ def train(
     "min_loaded_fraction"}. An interrupted run resumes from OUT/last.pt.
     """
     from medtl.config import load_json_arg
-    from medtl.train.run import ArmSettings, train_arm
+    from medtl.train.run import TrainingJob, train_arm
 
     set_threads(threads)
-    s = ArmSettings.from_dict(load_json_arg(settings, "--settings"), arm)
+    s = TrainingJob.from_dict(load_json_arg(settings, "--settings"), arm)
     summary = train_arm(s, arm, fold, folds, cases, out, pretrained, progress=not quiet)
     from medtl.train.distributed import is_main
 

@@ -119,7 +119,41 @@ def derive_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
-class PatchStream:
+class SeededStream:
+    """An endless batch stream whose batch ``i`` depends only on ``(seed, i)``.
+
+    Its whole state is thus its position, the number of batches drawn
+    (:meth:`state_dict`); a stream restored with :meth:`load_state_dict` continues
+    exactly where the saved one stopped. Subclasses draw batch ``self.index`` in
+    ``__next__`` and count it.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.index = 0
+
+    def __iter__(self) -> SeededStream:
+        return self
+
+    def state_dict(self) -> dict[str, int]:
+        """The stream's position (plain integers)."""
+        return {"seed": self.seed, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a position saved by :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state is of a stream with another seed.
+        """
+        if int(state["seed"]) != self.seed:
+            raise ValueError(
+                f"{type(self).__name__}: the saved stream has seed {state['seed']}, this one "
+                f"{self.seed}; expected the same seed"
+            )
+        self.index = int(state["index"])
+
+
+class PatchStream(SeededStream):
     """Endless, resumable stream of augmented patch batches, reproducible from ``seed``.
 
     Each batch holds ``batch_size`` patches of one case (which keeps the loader cheap on
@@ -165,10 +199,9 @@ class PatchStream:
     ) -> None:
         if not items:
             raise ValueError("PatchStream: no training cases")
+        super().__init__(seed)
         self.transform = training_transform(patch_size, augment, pos_fraction, batch_size)
         self.items = [{k: v for k, v in it.items() if k != "case"} for it in items]
-        self.seed = int(seed)
-        self.index = 0
         self._order: tuple[int, list[int]] | None = None
 
     def _case(self, index: int) -> dict:
@@ -179,9 +212,6 @@ class PatchStream:
             self._order = (epoch, torch.randperm(n, generator=g).tolist())
         return self.items[self._order[1][pos]]
 
-    def __iter__(self) -> PatchStream:
-        return self
-
     def __next__(self) -> dict:
         item = self._case(self.index)
         self.transform.set_random_state(seed=derive_seed(self.seed, self._TRANSFORM, self.index))
@@ -190,26 +220,9 @@ class PatchStream:
         batch = list_data_collate([samples])
         return {k: _plain(v) for k, v in batch.items()}
 
-    def state_dict(self) -> dict[str, int]:
-        """The stream's position (plain integers)."""
-        return {"seed": self.seed, "index": self.index}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a position saved by :meth:`state_dict`.
-
-        Raises:
-            ValueError: the state is of a stream with another seed.
-        """
-        if int(state["seed"]) != self.seed:
-            raise ValueError(
-                f"PatchStream: the saved stream has seed {state['seed']}, this one "
-                f"{self.seed}; expected the same seed"
-            )
-        self.index = int(state["index"])
-
 
 class Prefetcher:
-    """The batches of a :class:`PatchStream`, prepared ahead by a background thread.
+    """The batches of a stream (e.g. a :class:`PatchStream`), prepared ahead by a thread.
 
     A thread draws up to ``depth`` batches ahead into a bounded queue, so that batch
     ``i + 1`` is cropped and augmented on the CPU while step ``i`` runs (the idea of
@@ -231,18 +244,15 @@ class Prefetcher:
 
     Example:
         >>> import torch
-        >>> from medtl.config import AugmentConfig
-        >>> label = torch.zeros(1, 20, 20, 36, dtype=torch.int64)
-        >>> label[:, 5:12, 5:12, 5:20] = 1
-        >>> items = [{"image": label.float(), "label": label}]
-        >>> def stream():
-        ...     return PatchStream(items, (16, 16, 32), 2, AugmentConfig(), 0.5, seed=0)
-        >>> plain = stream(); expected = [next(plain)["image"] for _ in range(3)]
-        >>> with Prefetcher(stream(), depth=2) as batches:
-        ...     got = [next(batches)["image"] for _ in range(3)]
+        >>> class Squares(SeededStream):
+        ...     def __next__(self):
+        ...         self.index += 1
+        ...         return {"image": torch.tensor(float(self.index) ** 2)}
+        >>> with Prefetcher(Squares(seed=0), depth=2) as batches:
+        ...     got = [float(next(batches)["image"]) for _ in range(3)]
         ...     position = batches.state_dict()
-        >>> all(torch.equal(a, b) for a, b in zip(got, expected)), position["index"]
-        (True, 3)
+        >>> got, position["index"]
+        ([1.0, 4.0, 9.0], 3)
     """
 
     #: Seconds between checks of the stop signal while the thread waits for room.
@@ -250,7 +260,7 @@ class Prefetcher:
     #: Seconds :meth:`close` waits for the thread to finish the batch it is preparing.
     JOIN_S = 60.0
 
-    def __init__(self, stream: PatchStream, depth: int = 2, pin_memory: bool = False) -> None:
+    def __init__(self, stream: SeededStream, depth: int = 2, pin_memory: bool = False) -> None:
         if depth < 0:
             raise ValueError(f"Prefetcher: depth {depth}; expected 0 or more batches")
         self.stream = stream
@@ -372,18 +382,3 @@ def _pinned(value):
 def _plain(value):
     """A MetaTensor as a plain tensor (other values unchanged)."""
     return value.as_tensor() if hasattr(value, "as_tensor") else value
-
-
-def infinite_batches(
-    items: list[dict],
-    patch_size: Sequence[int],
-    batch_size: int,
-    augment: AugmentConfig,
-    pos_fraction: float,
-    seed: int,
-) -> PatchStream:
-    """Endless stream of augmented patch batches, reproducible from ``seed``.
-
-    The same as :class:`PatchStream`, whose state can be saved and restored.
-    """
-    return PatchStream(items, patch_size, batch_size, augment, pos_fraction, seed)

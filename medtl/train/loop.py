@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.utils import set_determinism
-from tqdm.auto import tqdm
 
 from medtl.config import ModelConfig, PredictConfig, TrainConfig, to_dict
-from medtl.kernel.device import autocast, channels_last, gpu_predictor, out_of_memory_hint
+from medtl.kernel.device import autocast, channels_last, out_of_memory_hint
 from medtl.kernel.errors import ConfigError
-from medtl.kernel.files import atomic_write, atomic_write_text
 from medtl.models.networks import (
     Architecture,
     build_network,
@@ -32,18 +24,12 @@ from medtl.models.networks import (
 from medtl.models.stages import StrategySpec
 from medtl.train import distributed
 from medtl.train.data import PatchStream, Prefetcher
-from medtl.train.health import check_finite_loss
+from medtl.train.engine import Checkpoints, TrainingEngine, lr_factor, write_checkpoint
 from medtl.train.memory import training_hint, validation_hint
-from medtl.train.state import (
-    curves_up_to,
-    load_state,
-    remove_stale_temporaries,
-    rng_state,
-    save_state,
-    set_rng_state,
-)
 from medtl.train.strategies import StageSchedule
+from medtl.train.validation import validate
 
+#: The columns of a run's ``curves.csv``.
 CURVE_COLUMNS = ["step", "loss", "val_dice", "lr", "elapsed_s", "event"]
 
 
@@ -101,24 +87,6 @@ class RunSpec:
         return self.strategy
 
 
-def lr_factor(step: int, steps: int, warmup_steps: int = 0) -> float:
-    """The learning rate's share of the base rate after ``step`` optimiser steps.
-
-    A linear warm-up over the first ``warmup_steps`` steps (the n-th step runs at
-    ``n / warmup_steps``), then a cosine decay from 1 to 0 over the remaining steps.
-
-    Example:
-        >>> [round(lr_factor(s, 6, warmup_steps=2), 3) for s in range(7)]
-        [0.5, 1.0, 1.0, 0.854, 0.5, 0.146, 0.0]
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = steps - warmup_steps
-    if span <= 0:
-        return 0.0
-    return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, span) / span))
-
-
 def checkpoint_payload(model: torch.nn.Module, spec: RunSpec, step: int, val: float) -> dict:
     """A checkpoint holding only tensors and plain data (loadable with weights_only=True).
 
@@ -136,42 +104,6 @@ def checkpoint_payload(model: torch.nn.Module, spec: RunSpec, step: int, val: fl
         "val_dice": val,
         "tags": spec.tags,
     }
-
-
-def validate(
-    model: torch.nn.Module,
-    cases: list[dict],
-    patch_size,
-    num_classes: int,
-    device: torch.device,
-    predict: PredictConfig,
-) -> float:
-    """Mean foreground Dice over validation cases (sliding window, whole volumes).
-
-    On a CUDA device the network runs in bfloat16 autocast with ``predict.amp``, as in
-    prediction; its memory format stays the training's (``train.channels_last``).
-    """
-    model.eval()
-    scores = []
-    predictor = gpu_predictor(model, device, amp=predict.amp, layout=False)
-    with torch.no_grad():
-        for item in cases:
-            logits = sliding_window_inference(
-                item["image"][None].to(device),
-                roi_size=list(patch_size),
-                sw_batch_size=predict.sw_batch_size,
-                predictor=predictor,
-                overlap=predict.overlap,
-                mode=predict.mode,
-            )
-            pred = logits.argmax(1)[0].cpu()
-            ref = item["label"][0]
-            for c in range(1, num_classes):
-                p, r = pred == c, ref == c
-                denom = int(p.sum() + r.sum())
-                scores.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    model.train()
-    return float(np.mean(scores)) if scores else float("nan")
 
 
 def _check_schedule(train: TrainConfig) -> None:
@@ -299,8 +231,6 @@ def _train(
     on_step: Callable[[int, torch.nn.Module], None] | None,
 ) -> dict[str, Any]:
     """The body of :func:`train_run`, in the process group (if any)."""
-    main = distributed.is_main()
-    say = tqdm.write if main else _quiet
     _check_schedule(spec.train)
     section = spec.section
     distributed.check_batch_size(spec.train.batch_size, f"{section}.batch_size")
@@ -315,17 +245,15 @@ def _train(
     schedule = StageSchedule(model, arch, strategy)
     schedule.apply(0)
     model.to(device)
-    amp = spec.train.amp and device.type == "cuda"
-    layout = spec.train.channels_last and device.type == "cuda"
-    channels_last(model, device, layout)
+    channels_last(model, device, spec.train.channels_last and device.type == "cuda")
     optimizer = torch.optim.AdamW(
         schedule.param_groups(spec.train.lr),
         lr=spec.train.lr,
         weight_decay=spec.train.weight_decay,
     )
-    steps, warmup, patience = spec.train.steps, spec.train.warmup_steps, spec.train.patience
+    steps, warmup = spec.train.steps, spec.train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    task = _Supervised(spec, model, schedule, val_items, device, out_dir / "best.pt")
     stream = PatchStream(
         train_items,
         spec.train.patch_size,
@@ -334,229 +262,203 @@ def _train(
         spec.train.pos_fraction,
         seed=spec.seed,
     )
-    step, best, best_step, bad, stopped = 0, -1.0, 0, 0, False
-    elapsed_before = 0.0
-    best_payload: dict | None = None
-    rows: list[dict[str, Any]] = []
-    last, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    curves_path = out_dir / "curves.csv"
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out_dir, RUN_FILES)
-    state = _resumable(load_state(last), fingerprint, last, say)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, best = int(state["step"]), float(state["best"])
-        best_step = int(state["best_step"])
-        bad = int(state["bad_validations"])
-        stopped = bool(state["stopped_early"])
-        elapsed_before = float(state["elapsed_s"])
-        rows = curves_up_to(state["curves"], step)
-        best_payload = state["best_checkpoint"]
-        stream.load_state_dict(state["stream"])
-        set_rng_state(state["rng"])
-        if main and best_payload is not None:
-            # best.pt may be gone (a workflow deletes the outputs of a failed job)
-            _write_checkpoint(best_path, best_payload)
-        say(f"resuming from {last} at step {step} of {steps}")
-
-    def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - start
-
-    def save() -> None:
-        _write_curves(curves_path, rows)
-        save_state(
-            last,
-            {
-                "version": STATE_VERSION,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "best": best,
-                "best_step": best_step,
-                "bad_validations": bad,
-                "stopped_early": stopped,
-                "best_checkpoint": best_payload,
-                "curves": rows,
-                "stream": batches.state_dict(),  # the batches trained on, not prefetched
-                "rng": rng_state(),
-                "elapsed_s": elapsed(),
-                "world_size": distributed.world_size(),
-            },
-        )
-
-    train_hint = training_hint(
-        section, spec.train.batch_size, spec.train.patch_size, distributed.world_size()
-    )
-    val_hint = validation_hint(section, spec.train.patch_size, spec.predict.sw_batch_size)
-    start = time.perf_counter()
-    schedule.apply(step)
-    schedule.train_mode()
-    net = distributed.wrap(model, device)
-    # the next batches are cropped and augmented by a thread while the network trains
-    batches = Prefetcher(stream, spec.train.prefetch, pin_memory=device.type == "cuda")
-    bar = tqdm(
-        total=steps,
-        initial=step,
-        disable=not (progress and main),
-        desc=section,
-        unit="step",
-        mininterval=2.0,
-    )
-    try:
-        while step < steps and not stopped:
-            events = []
-            unfrozen = schedule.unfrozen_at(step)
-            if schedule.apply(step):
-                schedule.train_mode()
-                net = distributed.wrap(model, device)  # DDP must see the new trainable set
-            if unfrozen:
-                events.append(f"unfrozen: {', '.join(unfrozen)}")
-                say(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
-            batch = next(batches)
-            # pinned by the prefetch thread on a GPU: the copies overlap with the CPU's work
-            image = distributed.shard(batch["image"]).to(device, non_blocking=True)
-            label = distributed.shard(batch["label"]).to(device, non_blocking=True)
-            image = channels_last(image, device, layout)
-            with out_of_memory_hint(f"{section} step {step + 1}", *train_hint):
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, amp):
-                    logits = net(image)
-                loss = loss_fn(logits.float(), label)  # no-op on float32 logits (the CPU)
-                loss.backward()
-                loss_value = distributed.mean_over_ranks(loss.item(), device)
-                check_finite_loss(loss_value, step + 1, section)
-                optimizer.step()
-            scheduler.step()
-            step += 1
-            row = {
-                "step": step,
-                "loss": loss_value,
-                "val_dice": "",
-                "lr": scheduler.get_last_lr()[0],
-                "elapsed_s": elapsed(),
-                "event": "",
-            }
-            validated = step % spec.train.val_every == 0 or step == steps
-            if validated:
-                val = float("nan")
-                if main:
-                    with out_of_memory_hint(f"validation at {section} step {step}", *val_hint):
-                        val = validate(
-                            model,
-                            val_items,
-                            spec.train.patch_size,
-                            spec.num_classes,
-                            device,
-                            spec.predict,
-                        )
-                    schedule.train_mode()  # validate() ends with model.train(): refreeze stages
-                    row["val_dice"] = val
-                    if val > best:
-                        best, best_step, bad = val, step, 0
-                        best_payload = checkpoint_payload(model, spec, step, val)
-                        _write_checkpoint(best_path, best_payload)
-                    else:
-                        bad += 1
-                    stopped = bool(patience and bad >= patience and step < steps)
-                # rank 0 decided; every rank follows, so that all of them stop together
-                best, b_step, b_bad, b_stop = distributed.broadcast_floats(
-                    [best, best_step, bad, stopped], device
-                )
-                best_step, bad, stopped = int(b_step), int(b_bad), bool(b_stop)
-                if stopped:
-                    events.append(
-                        f"early stop: no better validation Dice in {bad} validations "
-                        f"(best {best:.4f} at step {best_step})"
-                    )
-                bar.set_postfix(loss=f"{loss_value:.3f}", val_dice=f"{val:.3f}")
-                say(
-                    f"step {step}/{steps}: loss {loss_value:.4f}, validation Dice "
-                    f"{val:.4f} (best {best:.4f} at step {best_step}), {elapsed():.0f} s"
-                )
-                if stopped:
-                    say(f"step {step}/{steps}: {events[-1]}; stopping")
-            row["event"] = "; ".join(events)
-            rows.append(row)
-            bar.update(1)
-            if main and (validated or step % spec.train.checkpoint_every == 0):
-                save()
-            if on_step is not None:
-                on_step(step, model)
-    finally:
-        batches.close()  # also on an error or Ctrl-C: no thread left behind
-    bar.close()
-    counts = count_parameters(model, arch)
-    total = sum(counts.values())
-    at_start = schedule.trainable_parameters(0)
-    summary = {
-        "best_step": best_step,
-        "best_val_dice": best,
-        "steps": step,
-        "planned_steps": steps,
-        "stopped_early": stopped,
-        "stop_reason": (
-            f"validation Dice did not improve for {patience} validations "
-            f"(best {best:.4f} at step {best_step})"
-            if stopped
-            else None
+    engine = TrainingEngine(
+        task,
+        modules={"model": model},
+        optimizer=optimizer,
+        scheduler=scheduler,
+        # the next batches are cropped and augmented by a thread while the network trains
+        batches=Prefetcher(stream, spec.train.prefetch, pin_memory=device.type == "cuda"),
+        steps=steps,
+        columns=CURVE_COLUMNS,
+        checkpoints=Checkpoints(
+            out_dir, RUN_FILES, fingerprint, STATE_VERSION, spec.train.checkpoint_every
         ),
-        "strategy": strategy.name,
-        "stages": {
-            s.name: start_step
-            for s, start_step in zip(schedule.stages, schedule.starts, strict=True)
-        },
-        "parameters": counts,
-        "frozen_parameters": total - at_start,
-        "trainable_parameters": {
-            "start": at_start,
-            "max": schedule.trainable_parameters(max(step - 1, 0)),
-        },
-        "processes": distributed.world_size(),
-        "seconds": elapsed(),
-    }
-    if main:
-        _write_curves(curves_path, rows)
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    distributed.barrier()  # the other ranks leave once rank 0 has written everything
+        section=section,
+        hint=training_hint(
+            section, spec.train.batch_size, spec.train.patch_size, distributed.world_size()
+        ),
+        desc=section,
+        progress=progress,
+    )
+    engine.resume()
+    engine.run(on_step)
+    summary = task.summary(engine, arch, strategy.name)
+    engine.finish(summary)
     return summary
 
 
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    """Messages of ranks other than 0 are dropped."""
+@dataclass
+class _Supervised:
+    """The supervised part of a run (a :class:`medtl.train.engine.StepTask`).
 
+    Dice + cross-entropy on the patches; validation every ``train.val_every`` steps
+    (rank 0), which keeps the best checkpoint in ``best.pt`` and counts the validations
+    without improvement for early stopping; the encoder stages unfreeze on schedule.
 
-def _resumable(
-    state: dict[str, Any] | None, fingerprint: str, path: Path, say: Callable[[str], None]
-) -> dict[str, Any] | None:
-    """The saved state if this run can continue from it; None (with a note) otherwise."""
-    if state is None:
-        return None
-    if state.get("fingerprint") != fingerprint:
-        say(f"{path}: saved by a run of other settings; starting over")
-        return None
-    if state.get("version") != STATE_VERSION:
-        say(
-            f"{path}: saved by another medtl version (state layout {state.get('version', 1)}, "
-            f"expected {STATE_VERSION}); starting over"
+    Attributes:
+        best: the best validation Dice so far (-1 before the first validation).
+        best_step: the step of ``best``.
+        bad: validations in a row without a better Dice.
+        stopped: stopped early (``train.patience``).
+        best_payload: the checkpoint of ``best`` (kept in ``last.pt`` for ``best.pt``).
+        events: the events of the current step (stages unfrozen, early stop).
+    """
+
+    spec: RunSpec
+    model: torch.nn.Module
+    schedule: StageSchedule
+    val_items: list[dict]
+    device: torch.device
+    best_path: Path
+    best: float = -1.0
+    best_step: int = 0
+    bad: int = 0
+    stopped: bool = False
+    best_payload: dict | None = None
+    events: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.net = self.model
+        cuda = self.device.type == "cuda"
+        self.amp = self.spec.train.amp and cuda
+        self.layout = self.spec.train.channels_last and cuda
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        train = self.spec.train
+        self.val_hint = validation_hint(
+            self.spec.section, train.patch_size, self.spec.predict.sw_batch_size
         )
-        return None
-    return state
 
+    def state(self) -> dict[str, Any]:
+        return {
+            "best": self.best,
+            "best_step": self.best_step,
+            "bad_validations": self.bad,
+            "stopped_early": self.stopped,
+            "best_checkpoint": self.best_payload,
+        }
 
-def _write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = float(state["best"]), int(state["best_step"])
+        self.bad = int(state["bad_validations"])
+        self.stopped = bool(state["stopped_early"])
+        self.best_payload = state["best_checkpoint"]
+        if distributed.is_main() and self.best_payload is not None:
+            # best.pt may be gone (a workflow deletes the outputs of a failed job)
+            write_checkpoint(self.best_path, self.best_payload)
 
+    def begin(self, step: int) -> None:
+        """Set the trainable stages of ``step`` and wrap the network (after a resume)."""
+        self.schedule.apply(step)
+        self.schedule.train_mode()
+        self.net = distributed.wrap(self.model, self.device)
 
-def _write_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CURVE_COLUMNS, restval="", extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+    def prepare(self, batch: dict, step: int, run: TrainingEngine) -> tuple:
+        self.events = []
+        unfrozen = self.schedule.unfrozen_at(step)
+        if self.schedule.apply(step):
+            self.schedule.train_mode()
+            self.net = distributed.wrap(self.model, self.device)  # DDP: the new trainable set
+        if unfrozen:
+            self.events.append(f"unfrozen: {', '.join(unfrozen)}")
+            run.say(f"step {step}: unfreezing encoder stage(s) {', '.join(unfrozen)}")
+        # pinned by the prefetch thread on a GPU: the copies overlap with the CPU's work
+        image = distributed.shard(batch["image"]).to(self.device, non_blocking=True)
+        label = distributed.shard(batch["label"]).to(self.device, non_blocking=True)
+        return channels_last(image, self.device, self.layout), label
 
-    atomic_write(path, write)
+    def losses(self, inputs: tuple, step: int) -> dict[str, float]:
+        image, label = inputs
+        with autocast(self.device, self.amp):
+            logits = self.net(image)
+        loss = self.loss_fn(logits.float(), label)  # no-op on float32 logits (the CPU)
+        loss.backward()
+        return {"loss": distributed.mean_over_ranks(loss.item(), self.device)}
+
+    def after_step(self, step: int, row: dict[str, Any], run: TrainingEngine) -> bool:
+        train = self.spec.train
+        validated = step % train.val_every == 0 or step == train.steps
+        if validated:
+            val = self._validate(step)
+            if distributed.is_main():
+                row["val_dice"] = val
+            assert run.bar is not None
+            run.bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val:.3f}")
+            run.say(
+                f"step {step}/{train.steps}: loss {row['loss']:.4f}, validation Dice "
+                f"{val:.4f} (best {self.best:.4f} at step {self.best_step}), "
+                f"{run.elapsed():.0f} s"
+            )
+            if self.stopped:
+                run.say(f"step {step}/{train.steps}: {self.events[-1]}; stopping")
+        row["event"] = "; ".join(self.events)
+        return validated
+
+    def _validate(self, step: int) -> float:
+        """Validate (rank 0), keep a better model, decide on early stopping (all ranks)."""
+        val = float("nan")
+        spec, train = self.spec, self.spec.train
+        if distributed.is_main():
+            where = f"validation at {spec.section} step {step}"
+            with out_of_memory_hint(where, *self.val_hint):
+                val = validate(
+                    self.model,
+                    self.val_items,
+                    train.patch_size,
+                    spec.num_classes,
+                    self.device,
+                    spec.predict,
+                )
+            self.schedule.train_mode()  # validate() ends with model.train(): refreeze stages
+            if val > self.best:
+                self.best, self.best_step, self.bad = val, step, 0
+                self.best_payload = checkpoint_payload(self.model, spec, step, val)
+                write_checkpoint(self.best_path, self.best_payload)
+            else:
+                self.bad += 1
+            patience = train.patience
+            self.stopped = bool(patience and self.bad >= patience and step < train.steps)
+        # rank 0 decided; every rank follows, so that all of them stop together
+        best, b_step, b_bad, b_stop = distributed.broadcast_floats(
+            [self.best, self.best_step, self.bad, self.stopped], self.device
+        )
+        self.best, self.best_step, self.bad = best, int(b_step), int(b_bad)
+        self.stopped = bool(b_stop)
+        if self.stopped:
+            self.events.append(
+                f"early stop: no better validation Dice in {self.bad} validations "
+                f"(best {self.best:.4f} at step {self.best_step})"
+            )
+        return val
+
+    def summary(self, run: TrainingEngine, arch: Architecture, strategy: str) -> dict[str, Any]:
+        """The run's ``summary.json``."""
+        step, schedule = run.step, self.schedule
+        counts = count_parameters(self.model, arch)
+        at_start = schedule.trainable_parameters(0)
+        return {
+            "best_step": self.best_step,
+            "best_val_dice": self.best,
+            "steps": step,
+            "planned_steps": run.steps,
+            "stopped_early": self.stopped,
+            "stop_reason": (
+                f"validation Dice did not improve for {self.spec.train.patience} validations "
+                f"(best {self.best:.4f} at step {self.best_step})"
+                if self.stopped
+                else None
+            ),
+            "strategy": strategy,
+            "stages": {
+                s.name: start_step
+                for s, start_step in zip(schedule.stages, schedule.starts, strict=True)
+            },
+            "parameters": counts,
+            "frozen_parameters": sum(counts.values()) - at_start,
+            "trainable_parameters": {
+                "start": at_start,
+                "max": schedule.trainable_parameters(max(step - 1, 0)),
+            },
+            "processes": distributed.world_size(),
+            "seconds": run.elapsed(),
+        }

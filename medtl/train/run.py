@@ -39,8 +39,21 @@ ARM_INITS = ("random", "pretrained", "ssl")
 
 
 @dataclass(frozen=True)
-class ArmSettings:
-    """Everything one ``medtl train`` call needs, parsed from its ``--settings`` JSON."""
+class TrainingJob:
+    """One training job: an arm's settings, from its ``--settings`` JSON (``medtl train``).
+
+    Attributes:
+        model: the network.
+        train: the schedule.
+        arm: the arm (initialisation and transfer strategy).
+        predict: the sliding-window settings of the validation.
+        seed: the repeat's seed (the run's seed is ``seed * 1000 + fold``).
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        classes: label value → structure name.
+        min_loaded_fraction: the least share of the encoder pretrained weights must fill.
+        weights_format: the format of the pretrained weights (``auto`` detects it).
+        max_unused_fraction: the most of the weights' encoder values left unplaced.
+    """
 
     model: ModelConfig
     train: TrainConfig
@@ -54,7 +67,7 @@ class ArmSettings:
     max_unused_fraction: float = MAX_UNUSED_FRACTION
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str = "<arm>") -> ArmSettings:
+    def from_dict(cls, d: dict[str, Any], name: str = "<arm>") -> TrainingJob:
         """The settings of the arm ``name`` (used in messages) from the rule's JSON."""
         arm = parse_section(ArmConfig, d.get("arm"), f"arms.{name}")
         if arm.init not in ARM_INITS:
@@ -77,7 +90,7 @@ class ArmSettings:
 
 
 def train_arm(
-    settings: ArmSettings,
+    job: TrainingJob,
     arm_name: str,
     fold: int,
     folds_path: Path,
@@ -98,53 +111,31 @@ def train_arm(
     train_ids, val_ids = fold_cases(folds, fold, "train"), fold_cases(folds, fold, "val")
     train_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in train_ids])
     val_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in val_ids])
-    num_classes = 1 + max(int(k) for k in settings.classes)
-    arch = get_architecture(settings.model.name)
-    seed = settings.seed * 1000 + fold
+    num_classes = 1 + max(int(k) for k in job.classes)
+    seed = job.seed * 1000 + fold
     torch.manual_seed(seed)
     in_channels = int(train_items[0]["image"].shape[0])
-    model = build_network(settings.model, in_channels, num_classes)
-    report = None
-    if settings.arm.init in ("pretrained", "ssl"):
-        if pretrained is None:
-            raise ConfigError(
-                f"arm {arm_name!r} starts from {settings.arm.init} weights but no checkpoint "
-                "was given. How to fix: set pretrain.checkpoint or enable pretraining"
-            )
-        fmt = settings.weights_format if settings.arm.init == "pretrained" else "medtl"
-        report = load_pretrained(
-            model,
-            arch,
-            pretrained,
-            fmt,
-            settings.min_loaded_fraction,
-            max_unused_fraction=settings.max_unused_fraction,
-        )
-        if distributed.is_main():
-            tqdm.write(f"pretrained weights: {report.summary()}")
-            for note in report.notes:
-                tqdm.write(f"  note: {note}")
-            atomic_write_text(
-                out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n"
-            )
+    model = build_network(job.model, in_channels, num_classes)
+    if job.arm.init in ("pretrained", "ssl"):
+        _load_arm_weights(model, job, arm_name, pretrained, out)
     spec = RunSpec(
-        model=settings.model,
-        train=settings.train,
+        model=job.model,
+        train=job.train,
         num_classes=num_classes,
-        classes=settings.classes,
+        classes=job.classes,
         seed=seed,
         in_channels=in_channels,
-        freeze_encoder=settings.arm.freeze_encoder,
-        encoder_lr_scale=settings.arm.encoder_lr_scale,
-        predict=settings.predict,
-        tags={"arm": arm_name, "fold": fold, "strategy": settings.arm.strategy},
-        strategy=StrategySpec.from_arm(settings.arm),
+        freeze_encoder=job.arm.freeze_encoder,
+        encoder_lr_scale=job.arm.encoder_lr_scale,
+        predict=job.predict,
+        tags={"arm": arm_name, "fold": fold, "strategy": job.arm.strategy},
+        strategy=StrategySpec.from_arm(job.arm),
     )
-    device = torch_device(settings.device)
+    device = torch_device(job.device)
     if distributed.is_main():
         write_run_record(
             out / "run.json",
-            to_dict(settings),
+            to_dict(job),
             inputs={
                 "cases": [Path(cases_dir) / f"{c}.npz" for c in [*train_ids, *val_ids]],
                 "folds": [Path(folds_path)],
@@ -159,7 +150,7 @@ def train_arm(
             processes=distributed.world_size(),
         )
     fingerprint = json.dumps(
-        [to_dict(settings), arm_name, fold, train_ids, val_ids, str(pretrained)], sort_keys=True
+        [to_dict(job), arm_name, fold, train_ids, val_ids, str(pretrained)], sort_keys=True
     )
     return train_run(
         spec,
@@ -171,6 +162,41 @@ def train_arm(
         progress=progress,
         fingerprint=fingerprint,
     )
+
+
+def _load_arm_weights(
+    model: torch.nn.Module,
+    job: TrainingJob,
+    arm_name: str,
+    pretrained: Path | None,
+    out: Path,
+) -> None:
+    """Load the pretrained (or self-supervised) encoder into ``model``; rank 0 reports it.
+
+    Writes ``out/load_report.json`` (what was loaded, and notes).
+
+    Raises:
+        ConfigError: the arm needs weights and none were given.
+    """
+    if pretrained is None:
+        raise ConfigError(
+            f"arm {arm_name!r} starts from {job.arm.init} weights but no checkpoint "
+            "was given. How to fix: set pretrain.checkpoint or enable pretraining"
+        )
+    fmt = job.weights_format if job.arm.init == "pretrained" else "medtl"
+    report = load_pretrained(
+        model,
+        get_architecture(job.model.name),
+        pretrained,
+        fmt,
+        job.min_loaded_fraction,
+        max_unused_fraction=job.max_unused_fraction,
+    )
+    if distributed.is_main():
+        tqdm.write(f"pretrained weights: {report.summary()}")
+        for note in report.notes:
+            tqdm.write(f"  note: {note}")
+        atomic_write_text(out / "load_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def pretrain(

@@ -9,7 +9,7 @@ import torch
 from medtl.config import ModelConfig
 from medtl.models.networks import build_network, get_architecture
 from medtl.train import run as train_run_module
-from medtl.train.run import ArmSettings, train_arm
+from medtl.train.run import TrainingJob, train_arm
 from tests.train.test_run_pretrained import MODEL, _inputs
 
 
@@ -27,8 +27,8 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     return seen
 
 
-def _arm(init: str, seed: int) -> ArmSettings:
-    return ArmSettings.from_dict(
+def _arm(init: str, seed: int) -> TrainingJob:
+    return TrainingJob.from_dict(
         {
             "model": MODEL,
             "train": {"steps": 1, "batch_size": 1, "patch_size": [16, 16, 32], "val_every": 1},

@@ -13,7 +13,7 @@ import torch
 from medtl.config import AugmentConfig, ModelConfig, TrainConfig
 from medtl.models.networks import build_network, count_parameters, get_architecture
 from medtl.preprocess.case import PreprocessedCase, save_case
-from medtl.train.data import infinite_batches, load_training_cases
+from medtl.train.data import PatchStream, load_training_cases
 from medtl.train.loop import RunSpec, train_run
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
@@ -229,11 +229,11 @@ def test_load_training_cases_needs_label(tmp_path: Path) -> None:
         load_training_cases([p])
 
 
-def test_infinite_batches_shapes_and_reproducibility(items: list[dict]) -> None:
+def test_patch_stream_shapes_and_reproducibility(items: list[dict]) -> None:
     aug = AugmentConfig()
 
     def first(seed: int, n: int = 3) -> list[dict]:
-        stream = infinite_batches(items, PATCH, 2, aug, pos_fraction=1.0, seed=seed)
+        stream = PatchStream(items, PATCH, 2, aug, pos_fraction=1.0, seed=seed)
         return [next(stream) for _ in range(n)]
 
     a, b, c = first(0), first(0), first(1)
@@ -251,9 +251,9 @@ def test_infinite_batches_shapes_and_reproducibility(items: list[dict]) -> None:
     )
 
 
-def test_infinite_batches_pad_small_cases() -> None:
+def test_patch_stream_pads_small_cases() -> None:
     small = [_item(0, shape=(10, 12, 20))]
-    batch = next(infinite_batches(small, PATCH, 2, AugmentConfig(), 0.5, seed=0))
+    batch = next(PatchStream(small, PATCH, 2, AugmentConfig(), 0.5, seed=0))
     assert batch["image"].shape == (2, 1, *PATCH)
 
 
@@ -269,6 +269,6 @@ def test_resumed_run_reports_best_step(items: list[dict], tmp_path: Path) -> Non
 
 def test_batches_of_non_square_patch(items: list[dict]) -> None:
     patch = (32, 16, 16)
-    stream = infinite_batches(items, patch, 2, AugmentConfig(), pos_fraction=0.5, seed=0)
+    stream = PatchStream(items, patch, 2, AugmentConfig(), pos_fraction=0.5, seed=0)
     for _ in range(4):
         assert next(stream)["image"].shape == (2, 1, *patch)

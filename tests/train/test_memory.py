@@ -15,7 +15,7 @@ from medtl.kernel.errors import MedtlError
 from medtl.models.networks import build_network
 from medtl.predict.inference import predict_probabilities
 from medtl.preprocess.case import PreprocessedCase
-from medtl.train import ssl as ssl_module
+from medtl.train import pretext as pretext_module
 from medtl.train.loop import train_run
 from medtl.train.ssl import SSLConfig, pretrain_ssl
 from tests.train import tiny_run
@@ -73,7 +73,7 @@ def test_ssl_pretraining_out_of_memory(tmp_path: Path, monkeypatch: pytest.Monke
         net = build_network(cfg, cin, cout)
         return _failing(net, "train", torch.cuda.OutOfMemoryError(OOM))
 
-    monkeypatch.setattr(ssl_module, "build_network", build)
+    monkeypatch.setattr(pretext_module, "build_network", build)
     with pytest.raises(DeviceMemoryError, match=r"pretrain_ssl\.batch_size = 2, pretrain_ssl"):
         pretrain_ssl(
             tiny_run.ssl_images(),

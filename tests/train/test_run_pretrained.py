@@ -14,7 +14,7 @@ from medtl.config import ModelConfig
 from medtl.models.networks import build_network
 from medtl.models.weights import WeightsError
 from medtl.preprocess.case import PreprocessedCase, save_case
-from medtl.train.run import ArmSettings, train_arm
+from medtl.train.run import TrainingJob, train_arm
 
 MODEL = {"features": [4, 4, 8, 8, 16, 4]}
 SHAPE = (20, 20, 36)
@@ -35,8 +35,8 @@ def _inputs(tmp_path: Path) -> tuple[Path, Path]:
     return folds, cases
 
 
-def _settings(**extra) -> ArmSettings:
-    return ArmSettings.from_dict(
+def _settings(**extra) -> TrainingJob:
+    return TrainingJob.from_dict(
         {
             "model": MODEL,
             "train": {"steps": 1, "batch_size": 1, "patch_size": [16, 16, 32], "val_every": 1},
@@ -83,6 +83,6 @@ def test_arm_settings_name_the_arm_in_their_errors() -> None:
     from medtl.kernel.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"'arms\.finetune_partial\.unfreeze_stages'"):
-        ArmSettings.from_dict(
+        TrainingJob.from_dict(
             {"arm": {"init": "pretrained", "strategy": "partial"}}, "finetune_partial"
         )

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from medtl.config import ModelConfig
-from medtl.kernel.errors import InputError
+from medtl.config import ModelConfig, parse_section, validate_config
+from medtl.kernel.errors import ConfigError, InputError
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.transfer import load_encoder
-from medtl.train.ssl import SSLConfig, mask_cubes, pretrain_ssl, rotate_batch
+from medtl.train.pretext import mask_cubes, rotate_batch
+from medtl.train.ssl import SSLConfig, pretrain_ssl
 
 MODEL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
 
@@ -76,6 +77,26 @@ def test_pretrain_ssl_refuses_non_square_patches(tmp_path: Path) -> None:
             _images(1),
             MODEL,
             SSLConfig(patch_size=(32, 16, 16)),
+            tmp_path,
+            0,
+            torch.device("cpu"),
+            progress=False,
+        )
+
+
+def test_schema_defaults_are_the_dataclass_defaults() -> None:
+    schema = Path(__file__).resolve().parents[2] / "pipeline" / "schemas" / "config.schema.yaml"
+    section = dict(validate_config({}, schema)["pretrain_ssl"])
+    section.pop("use_source")  # the workflow's choice of images, not a schedule setting
+    assert parse_section(SSLConfig, section, "pretrain_ssl") == SSLConfig()
+
+
+def test_pretrain_ssl_refuses_a_warmup_as_long_as_the_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pretrain_ssl\.warmup_steps': got 4; expected 0 to 3"):
+        pretrain_ssl(
+            _images(1),
+            MODEL,
+            SSLConfig(steps=4, warmup_steps=4),
             tmp_path,
             0,
             torch.device("cpu"),

@@ -25,8 +25,9 @@ from medtl.config import (
 from medtl.kernel.errors import ConfigError
 from medtl.models.networks import Architecture, build_network, get_architecture
 from medtl.models.stages import StrategySpec, encoder_stages
-from medtl.train.loop import RunSpec, lr_factor, train_run
-from medtl.train.run import ArmSettings
+from medtl.train.engine import lr_factor
+from medtl.train.loop import RunSpec, train_run
+from medtl.train.run import TrainingJob
 from medtl.train.strategies import StageSchedule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,7 +160,7 @@ def test_bad_arm_settings_name_key_and_fix(arm: dict, key: str) -> None:
 
 def test_arm_settings_carry_the_new_keys() -> None:
     arm = {"init": "pretrained", "strategy": "gradual", "unfreeze_at": [10, 20]}
-    settings = ArmSettings.from_dict({"arm": arm, "train": {"warmup_steps": 5, "patience": 3}})
+    settings = TrainingJob.from_dict({"arm": arm, "train": {"warmup_steps": 5, "patience": 3}})
     assert settings.arm.unfreeze_at == (10, 20)
     assert (settings.train.warmup_steps, settings.train.patience) == (5, 3)
     assert StrategySpec.from_arm(settings.arm) == StrategySpec("gradual", unfreeze_at=(10, 20))
