@@ -185,3 +185,12 @@ def test_the_architecture_doc_draws_these_layers():
 @pytest.mark.parametrize("unit", [u for layer in LAYERS for u in layer])
 def test_each_layer_entry_exists(unit):
     assert unit in MODULES, f"{unit} is named in LAYERS but no such module exists"
+
+
+def test_tests_import_their_helpers_as_a_package():
+    """Test helpers are imported as ``tests.support…``, never put on ``sys.path`` by hand."""
+    pattern = "sys.path." + "insert"  # spelled in two parts so this file does not match
+    hand_made = [
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if pattern in p.read_text()
+    ]
+    assert not hand_made, f"{pattern} in {hand_made}: import from tests.support instead"

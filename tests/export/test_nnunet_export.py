@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -15,9 +14,7 @@ import pytest
 from medtl.export.nnunet import check_same_folds, export_nnunet, nnunet_case_id, nnunet_splits
 from medtl.io.nnunet import read_external
 from medtl.kernel.errors import InputError, MedtlError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-from nnunet_data import (  # noqa: E402  (tests/support, put on sys.path above)
+from tests.support.nnunet_data import (
     AFFINE,
     SHAPE,
     nnunet_dir,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +11,7 @@ import pytest
 
 from medtl.io.nnunet import ExternalCase, detect_format, read_external
 from medtl.kernel.errors import InputError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
-from nnunet_data import (  # noqa: E402  (tests/support, put on sys.path above)
+from tests.support.nnunet_data import (
     SHAPE,
     msd_dir,
     nnunet_dir,
