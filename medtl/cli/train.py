@@ -90,8 +90,8 @@ def pretrain_ssl(
         out,
         parse_section(ModelConfig, s.get("model"), "model"),
         parse_section(SSLConfig, ssl, "pretrain_ssl"),
-        int(s.get("seed", 0)),
-        str(s.get("device", "auto")),
+        settings_seed(s),
+        settings_device(s),
         progress=not quiet,
     )
     from medtl.train.distributed import is_main

@@ -14,6 +14,7 @@ from monai.utils import set_determinism
 from medtl.config import ModelConfig, PredictConfig, TrainConfig, to_dict
 from medtl.kernel.device import autocast, channels_last, out_of_memory_hint
 from medtl.kernel.errors import ConfigError
+from medtl.layout import BEST_CHECKPOINT
 from medtl.models.networks import (
     Architecture,
     build_network,
@@ -132,7 +133,7 @@ def _check_schedule(train: TrainConfig) -> None:
 
 #: The files a run writes into its folder (their stale temporaries are removed on start).
 RUN_FILES = (
-    "best.pt",
+    BEST_CHECKPOINT,
     "last.pt",
     "curves.csv",
     "summary.json",
@@ -253,7 +254,7 @@ def _train(
     )
     steps, warmup = spec.train.steps, spec.train.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, warmup))
-    task = _Supervised(spec, model, schedule, val_items, device, out_dir / "best.pt")
+    task = _Supervised(spec, model, schedule, val_items, device, out_dir / BEST_CHECKPOINT)
     stream = PatchStream(
         train_items,
         spec.train.patch_size,

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medtl.config import (
+    DEFAULT_SEED,
     ArmConfig,
     ModelConfig,
     PredictConfig,
@@ -21,9 +22,11 @@ from medtl.config import (
     to_dict,
 )
 from medtl.io.ingest import read_manifest
+from medtl.kernel.classes import ClassMap
 from medtl.kernel.device import torch_device
 from medtl.kernel.errors import ConfigError, InputError
 from medtl.kernel.files import atomic_write, atomic_write_text
+from medtl.layout import BEST_CHECKPOINT
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.stages import StrategySpec
 from medtl.models.transfer import MAX_UNUSED_FRACTION, load_pretrained
@@ -80,7 +83,7 @@ class TrainingJob:
             train=parse_section(TrainConfig, d.get("train"), "train"),
             arm=arm,
             predict=parse_section(PredictConfig, d.get("predict"), "predict"),
-            seed=int(d.get("seed", 0)),
+            seed=int(d.get("seed", DEFAULT_SEED)),
             device=str(d.get("device", "auto")),
             classes={str(k): str(v) for k, v in d.get("classes", {"1": "foreground"}).items()},
             min_loaded_fraction=float(d.get("min_loaded_fraction", 0.9)),
@@ -111,7 +114,7 @@ def train_arm(
     train_ids, val_ids = fold_cases(folds, fold, "train"), fold_cases(folds, fold, "val")
     train_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in train_ids])
     val_items = load_training_cases([Path(cases_dir) / f"{c}.npz" for c in val_ids])
-    num_classes = 1 + max(int(k) for k in job.classes)
+    num_classes = ClassMap.parse(job.classes).num_classes
     seed = job.seed * 1000 + fold
     torch.manual_seed(seed)
     in_channels = int(train_items[0]["image"].shape[0])
@@ -274,6 +277,6 @@ def pretrain(
     )
     if distributed.is_main():
         # a copy, not a rename: best.pt stays beside last.pt, which a rerun resumes from
-        best = out / "best.pt"
+        best = out / BEST_CHECKPOINT
         atomic_write(out / "checkpoint.pt", lambda tmp: shutil.copyfile(best, tmp))
     return summary
