@@ -77,7 +77,7 @@ import torch
 from scipy import ndimage
 
 from medtl.config import EvaluateConfig
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.io.volume import spacing_of
 from medtl.kernel.errors import MedtlError
 from medtl.kernel.files import atomic_write_text

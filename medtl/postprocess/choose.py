@@ -33,7 +33,7 @@ import numpy as np
 
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
 from medtl.evaluate.metrics import AFFINE_ATOL, dice_score, load_label, read_folds
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.io.volume import spacing_of
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_write_text

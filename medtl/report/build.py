@@ -23,7 +23,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 
 from medtl.evaluate.stats import per_case
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.kernel.errors import MedtlError
 from medtl.kernel.files import atomic_write_bytes, atomic_write_text
 from medtl.layout import predictions_dir, run_dir
