@@ -18,11 +18,8 @@ from medtl.io.checks import (
     check_not_constant,
 )
 from medtl.io.dicom.uids import LABEL_KINDS
-from medtl.io.images import (
-    IMAGE_SUFFIXES,
-    is_image_file,
-    read_image,
-)
+from medtl.io.image_file import IMAGE_SUFFIXES, is_image_file
+from medtl.io.images import read_image
 from medtl.io.ingest_options import DEFAULT_CLASSES, IngestOptions
 from medtl.io.sources import CaseSource, is_nifti
 from medtl.io.volume import Volume

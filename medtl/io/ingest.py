@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from medtl.io.case_loading import LoadedCase, left_behind_by, load_case
 from medtl.io.checks import content_key
 from medtl.io.deid import hash_id
-from medtl.io.images import companion_files, is_image_file
+from medtl.io.image_file import is_image_file
+from medtl.io.images import companion_files
 from medtl.io.ingest_options import IngestOptions
 from medtl.io.manifest import ManifestRow, relative_path, write_tables
 from medtl.io.outputs import check_separate, fresh_folder

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medtl.io.case_sheet import read_case_sheet
 from medtl.io.case_source import CaseSource
-from medtl.io.images import NIFTI_SUFFIXES, SEG_NRRD_SUFFIX, image_stem, is_image_file
+from medtl.io.image_file import NIFTI_SUFFIXES, SEG_NRRD_SUFFIX, image_stem, is_image_file
 from medtl.kernel.errors import Rejection
 
 SHEET_SUFFIXES = (".tsv", ".csv", ".txt")
