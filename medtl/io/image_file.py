@@ -84,6 +84,28 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} (no message)"
 
 
+def check_voxel_sizes(sizes: np.ndarray, path: Path, what: str, *, field: str, tools: str) -> None:
+    """Refuse a header voxel size that is not a positive number.
+
+    Args:
+        sizes: the voxel sizes the header declares, one per axis.
+        path: the file, for the message.
+        what: what the file is, for the message.
+        field: the header field the sizes come from (``"pixdim"``: named with its index in
+            the message), or ``""``.
+        tools: the tools to fix the header with, for the message.
+    """
+    for axis, size in enumerate(sizes):
+        if not np.isfinite(size) or size <= 0:
+            named = f" ({field}[{axis + 1}])" if field else ""
+            raise InputError(
+                path,
+                f"voxel size {size:g} mm along axis {axis} in the header{named}; a voxel size "
+                "must be a positive number",
+                f"fix the voxel size in the {what}'s header (e.g. {tools}) or export it again",
+            )
+
+
 def cannot_read(path: Path, what: str, fmt: str, detail: str) -> InputError:
     """The error for an image file the reader for ``fmt`` fails on."""
     return InputError(
@@ -108,6 +130,7 @@ __all__ = [
     "SEG_NRRD_SUFFIX",
     "ImageFile",
     "cannot_read",
+    "check_voxel_sizes",
     "describe_error",
     "drop_trailing_ones",
     "image_stem",

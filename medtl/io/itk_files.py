@@ -14,6 +14,7 @@ from medtl.io.checks import check_axes, check_geometry, check_size
 from medtl.io.image_file import (
     SEG_NRRD_SUFFIX,
     ImageFile,
+    check_voxel_sizes,
     describe_error,
     drop_trailing_ones,
     suffix_of,
@@ -148,14 +149,7 @@ def read_itk(path: Path, what: str, channels: bool) -> ImageFile:
             f"save the {what} with one real value per voxel",
         )
     spacing = np.asarray(reader.GetSpacing(), dtype=float)
-    for axis, size in enumerate(spacing):
-        if not np.isfinite(size) or size <= 0:
-            raise InputError(
-                path,
-                f"voxel size {size:g} mm along axis {axis} in the header; a voxel size must "
-                "be a positive number",
-                f"fix the voxel size in the {what}'s header (e.g. in 3D Slicer) or export it again",
-            )
+    check_voxel_sizes(spacing, path, what, field="", tools="in 3D Slicer")
     dim = int(reader.GetDimension())
     lps = np.eye(4)
     direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]

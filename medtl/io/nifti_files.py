@@ -14,7 +14,13 @@ import numpy as np
 from nibabel.imageglobals import LoggingOutputSuppressor
 
 from medtl.io.checks import MAX_VOXELS, check_axes, check_geometry, check_size
-from medtl.io.image_file import ImageFile, cannot_read, describe_error, drop_trailing_ones
+from medtl.io.image_file import (
+    ImageFile,
+    cannot_read,
+    check_voxel_sizes,
+    describe_error,
+    drop_trailing_ones,
+)
 from medtl.kernel.errors import InputError
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -120,15 +126,7 @@ def _geometry_from_nifti(header, affine: np.ndarray, path: Path, what: str) -> n
     """
     if int(header["sform_code"]) == 0:
         pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
-        for axis, size in enumerate(pixdim):
-            if not np.isfinite(size) or size <= 0:
-                raise InputError(
-                    path,
-                    f"voxel size {size:g} mm along axis {axis} in the header (pixdim[{axis + 1}]"
-                    "); a voxel size must be a positive number",
-                    f"fix the voxel size in the {what}'s header (e.g. with nibabel or "
-                    "3D Slicer) or export it again",
-                )
+        check_voxel_sizes(pixdim, path, what, field="pixdim", tools="with nibabel or 3D Slicer")
     return check_geometry(affine, path, what)
 
 
