@@ -117,9 +117,21 @@ def write_series(
             "FrameOfReferenceUID": frame_of_reference_uid,
         },
     )
+    return _write_slices(common, geometry, stored, out_dir, rescale_slope, rescale_intercept)
+
+
+def _write_slices(
+    common: Dataset,
+    geometry: _SliceGeometry,
+    stored: np.ndarray,
+    out_dir: Path,
+    slope: float,
+    intercept: float,
+) -> list[Path]:
+    """Write one file ``IM{k:04d}.dcm`` per slice k of ``stored``, in slice order."""
     files = []
     for k in range(stored.shape[2]):
-        ds = _slice_dataset(common, geometry, stored[:, :, k], k, rescale_slope, rescale_intercept)
+        ds = _slice_dataset(common, geometry, stored[:, :, k], k, slope, intercept)
         files.append(atomic_save_dicom(ds, out_dir / f"IM{k:04d}.dcm"))
     return files
 
