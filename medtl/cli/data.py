@@ -189,7 +189,7 @@ def export_nnunet(
     """
     from medtl.config import load_json_arg
     from medtl.export.nnunet import export_nnunet as write
-    from medtl.io.ingest import read_manifest
+    from medtl.io.manifest import read_manifest
     from medtl.io.nnunet_defaults import channel_names as channels_of
 
     df = read_manifest(manifest)

@@ -23,7 +23,7 @@ def plan(
 ) -> None:
     """Compute the preprocessing plan from the data set's fingerprint."""
     from medtl.config import PreprocessConfig, load_json_arg, parse_section
-    from medtl.io.ingest import read_manifest
+    from medtl.io.manifest import read_manifest
     from medtl.preprocess.plan import make_plan
 
     cfg = parse_section(PreprocessConfig, load_json_arg(settings, "--settings"), "preprocess")
@@ -77,7 +77,7 @@ def preprocess(
     """
     import time
 
-    from medtl.io.ingest import read_manifest
+    from medtl.io.manifest import read_manifest
     from medtl.kernel.errors import InputError
     from medtl.preprocess.plan import Plan
 
@@ -131,7 +131,7 @@ def split(
     ] = 0.2,
 ) -> None:
     """Split the labelled cases into K folds grouped by patient."""
-    from medtl.io.ingest import read_manifest
+    from medtl.io.manifest import read_manifest
     from medtl.split.folds import make_folds, save_folds
 
     df = read_manifest(manifest)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from medtl.config import EvaluateConfig
 from medtl.evaluate.arrays import case_metrics
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.io.volume import spacing_of
 from medtl.kernel.classes import ClassMap
 from medtl.kernel.errors import MedtlError

@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import difflib
 import io
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medtl.io.case_source import CaseSource
@@ -96,17 +97,7 @@ def read_case_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
             an unknown column or no ``image`` column.
     """
     sheet = Path(sheet)
-    try:
-        text = _text(sheet)
-    except OSError as exc:
-        raise InputError(sheet, f"cannot read the case sheet ({exc})", _HEADER_FIX) from exc
-    lines = text.splitlines()
-    first = next((i for i, line in enumerate(lines) if line.strip()), None)
-    if first is None:
-        raise InputError(sheet, "the case sheet is empty (no header line, no rows)", _HEADER_FIX)
-    sep = _separator(lines[first])
-    reader = csv.reader(io.StringIO("\n".join(lines[first:])), delimiter=sep)
-    columns = _columns(next(reader), sheet, sep)
+    reader, columns, first, sep = _open_sheet(sheet)
     base = sheet.parent
 
     def resolve(value: str) -> Path | None:
@@ -118,8 +109,7 @@ def read_case_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
 
     sources: list[CaseSource] = []
     rejected: list[Rejection] = []
-    files: dict[Path, int] = {}  # resolved file -> line that listed it first
-    case_ids: dict[str, int] = {}
+    listed = _Listed()
     for fields in reader:
         line = first + reader.line_num
         where = f"line {line} of {sheet.name}"
@@ -147,34 +137,12 @@ def read_case_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
                 )
             )
             continue
-        problem = None
-        for path in (image, label):
-            if path is None:
-                continue
-            key = path.resolve()
-            if key in files:
-                problem = Rejection(
-                    str(path),
-                    f"{where} lists a file already listed on line {files[key]}: one scan "
-                    "in two cases can land in both the training and the test set",
-                    "list each image and label once (remove the repeated row, or correct its path)",
-                )
-                break
         case_id = row.get("case_id") or None
-        if problem is None and case_id is not None and case_id in case_ids:
-            problem = Rejection(
-                str(image),
-                f"{where}: case_id {case_id!r} is already used on line {case_ids[case_id]}",
-                "give each case a unique case_id in the sheet",
-            )
+        problem = listed.repeat_of(image, label, case_id, where)
         if problem is not None:
             rejected.append(problem)
             continue
-        for path in (image, label):
-            if path is not None:
-                files[path.resolve()] = line
-        if case_id is not None:
-            case_ids[case_id] = line
+        listed.add(image, label, case_id, line)
         sources.append(
             CaseSource(
                 image=image,
@@ -191,3 +159,63 @@ def read_case_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
             "add one row per case below the header line",
         )
     return sources, rejected
+
+
+def _open_sheet(sheet: Path):
+    """The sheet's row reader (after the header), its columns, the index of its header
+    line and its separator.
+
+    Raises:
+        InputError: the sheet cannot be read or is empty, or its header is not usable.
+    """
+    try:
+        text = _text(sheet)
+    except OSError as exc:
+        raise InputError(sheet, f"cannot read the case sheet ({exc})", _HEADER_FIX) from exc
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        raise InputError(sheet, "the case sheet is empty (no header line, no rows)", _HEADER_FIX)
+    sep = _separator(lines[first])
+    reader = csv.reader(io.StringIO("\n".join(lines[first:])), delimiter=sep)
+    columns = _columns(next(reader), sheet, sep)
+    return reader, columns, first, sep
+
+
+@dataclass
+class _Listed:
+    """The files and case ids the sheet's rows listed so far, with the line of each."""
+
+    files: dict[Path, int] = field(default_factory=dict)  # resolved file -> first line
+    case_ids: dict[str, int] = field(default_factory=dict)
+
+    def repeat_of(
+        self, image: Path, label: Path | None, case_id: str | None, where: str
+    ) -> Rejection | None:
+        """Why a row cannot be used when it repeats a listed file or case id, else None."""
+        for path in (image, label):
+            if path is None:
+                continue
+            key = path.resolve()
+            if key in self.files:
+                return Rejection(
+                    str(path),
+                    f"{where} lists a file already listed on line {self.files[key]}: one scan "
+                    "in two cases can land in both the training and the test set",
+                    "list each image and label once (remove the repeated row, or correct its path)",
+                )
+        if case_id is not None and case_id in self.case_ids:
+            return Rejection(
+                str(image),
+                f"{where}: case_id {case_id!r} is already used on line {self.case_ids[case_id]}",
+                "give each case a unique case_id in the sheet",
+            )
+        return None
+
+    def add(self, image: Path, label: Path | None, case_id: str | None, line: int) -> None:
+        """Record a row that was used."""
+        for path in (image, label):
+            if path is not None:
+                self.files[path.resolve()] = line
+        if case_id is not None:
+            self.case_ids[case_id] = line

@@ -103,20 +103,35 @@ def write_series(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     common = _common_dataset(
-        patient_id=patient_id,
-        patient_name=patient_name,
-        birth_date=birth_date,
-        study_uid=study_uid,
-        series_uid=series_uid,
-        frame_of_reference_uid=frame_of_reference_uid,
-        study_date=study_date,
-        series_number=series_number,
-        series_description=series_description,
-        modality=modality,
+        modality,
+        {
+            "StudyDate": study_date,
+            "SeriesDate": study_date,
+            "SeriesDescription": series_description,
+            "PatientName": patient_name,
+            "PatientID": patient_id,
+            "PatientBirthDate": birth_date,
+            "StudyInstanceUID": study_uid,
+            "SeriesInstanceUID": series_uid,
+            "SeriesNumber": int(series_number),
+            "FrameOfReferenceUID": frame_of_reference_uid,
+        },
     )
+    return _write_slices(common, geometry, stored, out_dir, rescale_slope, rescale_intercept)
+
+
+def _write_slices(
+    common: Dataset,
+    geometry: _SliceGeometry,
+    stored: np.ndarray,
+    out_dir: Path,
+    slope: float,
+    intercept: float,
+) -> list[Path]:
+    """Write one file ``IM{k:04d}.dcm`` per slice k of ``stored``, in slice order."""
     files = []
     for k in range(stored.shape[2]):
-        ds = _slice_dataset(common, geometry, stored[:, :, k], k, rescale_slope, rescale_intercept)
+        ds = _slice_dataset(common, geometry, stored[:, :, k], k, slope, intercept)
         files.append(atomic_save_dicom(ds, out_dir / f"IM{k:04d}.dcm"))
     return files
 
@@ -205,40 +220,19 @@ def _ds(value: float) -> str:
     return format_number_as_ds(float(value))
 
 
-def _common_dataset(
-    *,
-    patient_id: str,
-    patient_name: str,
-    birth_date: str,
-    study_uid: str,
-    series_uid: str,
-    frame_of_reference_uid: str,
-    study_date: str,
-    series_number: int,
-    series_description: str,
-    modality: str,
-) -> Dataset:
-    """Attributes shared by every slice of the series."""
+def _common_dataset(modality: str, identity: dict[str, str | int]) -> Dataset:
+    """Attributes shared by every slice of the series: fixed ones, the SOP class of
+    ``modality``, and ``identity`` (DICOM keyword -> value: patient, study, series)."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SOPClassUID = CT_IMAGE_STORAGE if modality.upper() == "CT" else MR_IMAGE_STORAGE
-    ds.StudyDate = study_date
     ds.StudyTime = ""  # type 2 (General Study module): present, empty, keeps bytes stable
-    ds.SeriesDate = study_date
     ds.AccessionNumber = ""
     ds.Modality = modality
     ds.ReferringPhysicianName = ""
-    ds.SeriesDescription = series_description
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = birth_date
     ds.PatientSex = ""
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
     ds.StudyID = ""
-    ds.SeriesNumber = int(series_number)
-    ds.FrameOfReferenceUID = frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -246,6 +240,8 @@ def _common_dataset(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
+    for keyword, value in identity.items():
+        setattr(ds, keyword, value)
     return ds
 
 

@@ -329,28 +329,9 @@ def write_seg(
             f"expected at least one class besides 0, found {classes}; fix: pass the classes "
             "of the model"
         )
-    family = hd.sr.CodedConcept.from_code(codes.cid7162.ArtificialIntelligence)
-    algorithm_id = hd.AlgorithmIdentificationSequence(
-        name=algorithm, family=family, version=version
+    descriptions, lookup = _segment_descriptions(
+        values, classes, algorithm, version, property_codes
     )
-    descriptions = []
-    lookup = np.zeros(256, dtype=np.uint8)
-    for number, value in enumerate(values, start=1):
-        lookup[value] = number
-        category, kind = (property_codes or {}).get(value) or (
-            TISSUE,
-            hd.sr.CodedConcept(f"C{value}", LOCAL_SCHEME, classes[value][:64]),
-        )
-        descriptions.append(
-            hd.seg.SegmentDescription(
-                segment_number=number,
-                segment_label=classes[value][:64],
-                segmented_property_category=category,
-                segmented_property_type=kind,
-                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algorithm_id,
-            )
-        )
     sources = [_source_copy(h) for h in grid.headers]
     # [column, row, slice] -> (slice, row, column), frames in the order of `sources`.
     pixels = np.ascontiguousarray(lookup[mask].transpose(2, 1, 0))
@@ -371,6 +352,40 @@ def write_seg(
         series_description=f"{algorithm} {version}"[:64],
     )
     return atomic_save_dicom(segmentation, Path(out))
+
+
+def _segment_descriptions(
+    values: list[int],
+    classes: dict[int, str],
+    algorithm: str,
+    version: str,
+    property_codes: dict[int, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] | None,
+) -> tuple[list[hd.seg.SegmentDescription], np.ndarray]:
+    """One segment per class value (numbered 1, 2, ... in the order of ``values``), and
+    the lookup table from class value to segment number."""
+    family = hd.sr.CodedConcept.from_code(codes.cid7162.ArtificialIntelligence)
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm, family=family, version=version
+    )
+    descriptions: list[hd.seg.SegmentDescription] = []
+    lookup = np.zeros(256, dtype=np.uint8)
+    for number, value in enumerate(values, start=1):
+        lookup[value] = number
+        category, kind = (property_codes or {}).get(value) or (
+            TISSUE,
+            hd.sr.CodedConcept(f"C{value}", LOCAL_SCHEME, classes[value][:64]),
+        )
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=classes[value][:64],
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm_id,
+            )
+        )
+    return descriptions, lookup
 
 
 def _source_copy(header: Dataset) -> Dataset:

@@ -16,7 +16,7 @@ from typing import Any
 
 import nibabel as nib
 
-from medtl.io.images import describe_error
+from medtl.io.image_file import describe_error
 from medtl.kernel.errors import InputError, Rejection
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")

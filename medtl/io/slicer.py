@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from medtl.io.images import ImageFile
+from medtl.io.image_file import ImageFile
 from medtl.io.label_objects import LabelConversion
 from medtl.io.roi_names import match_name
 from medtl.io.volume import Volume

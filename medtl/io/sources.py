@@ -12,7 +12,8 @@ from pathlib import Path
 
 from medtl.io.case_sheet import read_case_sheet
 from medtl.io.case_source import CaseSource
-from medtl.io.images import NIFTI_SUFFIXES, SEG_NRRD_SUFFIX, image_stem, is_image_file
+from medtl.io.image_file import NIFTI_SUFFIXES, SEG_NRRD_SUFFIX, image_stem, is_image_file
+from medtl.io.nnunet import read_external
 from medtl.kernel.errors import Rejection
 
 SHEET_SUFFIXES = (".tsv", ".csv", ".txt")
@@ -41,8 +42,6 @@ def from_sheet(sheet: Path) -> tuple[list[CaseSource], list[Rejection]]:
 
 def from_dataset_json(folder: Path) -> tuple[list[CaseSource], list[Rejection]]:
     """Cases of an nnU-Net v2 raw dataset or an MSD-style folder, as they are."""
-    from medtl.io.nnunet import read_external
-
     dataset = read_external(folder)
     sources = [
         CaseSource(

@@ -34,7 +34,7 @@ import numpy as np
 from medtl.config import POSTPROCESS_CANDIDATES, PostprocessConfig
 from medtl.evaluate.arrays import dice_score
 from medtl.evaluate.metrics import AFFINE_ATOL, load_label
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.io.volume import spacing_of
 from medtl.kernel.classes import ClassMap
 from medtl.kernel.errors import ConfigError, InputError

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.kernel.errors import MedtlError
 from medtl.layout import BEST_CHECKPOINT, plan_file, run_dir
 from medtl.report.fractions import read_label_fraction

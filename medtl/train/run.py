@@ -21,7 +21,7 @@ from medtl.config import (
     parse_section,
     to_dict,
 )
-from medtl.io.ingest import read_manifest
+from medtl.io.manifest import read_manifest
 from medtl.kernel.classes import ClassMap
 from medtl.kernel.device import torch_device
 from medtl.kernel.errors import ConfigError, InputError

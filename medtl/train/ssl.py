@@ -366,7 +366,7 @@ def pretrain_ssl_from_manifests(
     Images are preprocessed in memory with the target's plan (labels are not read), so
     the encoder sees the grid and intensity scale the arms will use.
     """
-    from medtl.io.ingest import read_manifest
+    from medtl.io.manifest import read_manifest
     from medtl.kernel.device import torch_device
     from medtl.preprocess.case import preprocess_files
     from medtl.preprocess.plan import Plan

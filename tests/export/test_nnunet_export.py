@@ -231,7 +231,8 @@ def test_export_nnunet_command_writes_the_folds(
     from typer.testing import CliRunner
 
     from medtl.cli.main import app
-    from medtl.io.ingest import ingest_path, read_manifest
+    from medtl.io.ingest import ingest_path
+    from medtl.io.manifest import read_manifest
     from medtl.split.folds import make_folds, save_folds
 
     monkeypatch.chdir(tmp_path)

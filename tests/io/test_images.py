@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medtl.io.images import (
-    companion_files,
-    describe_error,
-    image_stem,
-    is_image_file,
-    itk_image,
-    read_image,
-    suffix_of,
-)
+from medtl.io.image_file import describe_error, image_stem, is_image_file, suffix_of
+from medtl.io.images import companion_files, read_image
 from medtl.io.ingest import ingest_path
+from medtl.io.itk_files import itk_image
 from medtl.kernel.errors import InputError
 
 SHAPE = (7, 6, 5)

@@ -17,7 +17,8 @@ import pytest
 
 from medtl.demo.generate import generate_demo
 from medtl.io.deid import hash_id
-from medtl.io.ingest import MANIFEST_COLUMNS, REJECTED_COLUMNS, ingest_path
+from medtl.io.ingest import ingest_path
+from medtl.io.manifest import MANIFEST_COLUMNS, REJECTED_COLUMNS
 from medtl.kernel.errors import InputError
 
 N_PATIENTS = 3

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtl.io.images import ImageFile
+from medtl.io.image_file import ImageFile
 from medtl.io.roi_names import build_name_map
 from medtl.io.slicer import is_slicer_segmentation, read_slicer_segmentation
 from medtl.io.volume import Volume

@@ -833,7 +833,7 @@ def _(root):
 def _itk(path: Path, array: np.ndarray, affine=AFFINE, compress=True, meta=None) -> Path:
     import SimpleITK as sitk
 
-    from medtl.io.images import itk_image
+    from medtl.io.itk_files import itk_image
 
     image = itk_image(array, affine)
     for key, value in (meta or {}).items():

@@ -15,11 +15,11 @@ Pairing (:func:`pair_labels`, in :mod:`.pairing`) matches each RTSTRUCT / DICOM-
 the image series it references.
 
 The modules, in reading order: :mod:`.headers` (one file's header and values),
-:mod:`.discovery`, :mod:`.frames`, :mod:`.pixels`, :mod:`.set_aside`, :mod:`.geometry`,
-:mod:`.loading`, :mod:`.pairing`. Checks are small functions in tables, one row per
-check: :data:`~.discovery._HEADER_CHECKS` (per file, at discovery),
-:data:`~.set_aside._SET_ASIDE_FILTERS` (frames left out of a series with a rejection, at
-load), :data:`~.loading._SERIES_CHECKS` and :data:`~.geometry._POSITION_CHECKS` (per
+:mod:`.inspection` (what one file is), :mod:`.discovery`, :mod:`.frames`, :mod:`.pixels`,
+:mod:`.set_aside`, :mod:`.geometry`, :mod:`.loading`, :mod:`.pairing`. Checks are small
+functions in tables, one row per check: :data:`~.inspection.HEADER_CHECKS` (per file, at
+discovery), :data:`~.set_aside._SET_ASIDE_FILTERS` (frames left out of a series with a
+rejection, at load), :data:`~.loading._SERIES_CHECKS` and :data:`~.geometry._POSITION_CHECKS` (per
 series, at load).
 
 Example:
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from medtl.io.dicom.discovery import (
     DicomInventory,
-    LabelObjectInfo,
     SeriesInfo,
     discover,
     discover_series,
@@ -49,6 +48,7 @@ from medtl.io.dicom.headers import (
     _get,
     position_rounding,
 )
+from medtl.io.dicom.inspection import LabelObjectInfo
 from medtl.io.dicom.loading import (
     LoadedSeries,
     load_series,

@@ -6,50 +6,26 @@ as a member of an image series, as a label object (RTSTRUCT or DICOM-SEG) or as 
 Patient -> Study -> Series (SeriesInstanceUID); a multi-frame file (enhanced CT/MR and any
 file whose frames carry their own plane position) is a series of its own.
 
-The checks a file must pass to count as an image slice are the rows of
-:data:`_HEADER_CHECKS`, one small function each (test, reason, fix).
+What one file is, and the checks a file must pass to count as an image slice, are in
+:mod:`.inspection`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.uid import UID
 from tqdm import tqdm
 
-from medtl.io.dicom.headers import (
-    _FIX_DICOMDIR,
-    DICOMDIR_REASON,
-    FIX_REMOVE,
-    _frame_geometry_problem,
-    _get,
-    _Header,
-    _is_multiframe,
-    _read_header,
-    _sop_class,
-    _text,
-)
-from medtl.io.dicom.uids import LABEL_KINDS, MEDIA_STORAGE_DIRECTORY
+from medtl.io.dicom.inspection import ImageEntry, LabelObjectInfo, RejectedImage, inspect_file
 from medtl.kernel.errors import InputError, Rejection
 from medtl.kernel.files import is_temporary
 
 log = logging.getLogger(__name__)
-
-_NON_IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.88.": "structured report or key object selection (SR/KO)",
-    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy (RT) object",
-    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
-    "1.2.840.10008.5.1.4.1.1.66": "raw data, registration or surface object",
-    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
-    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
-    "1.2.840.10008.5.1.4.1.1.67": "real-world value mapping",
-}
 
 
 @dataclass(frozen=True)
@@ -72,29 +48,6 @@ class SeriesInfo:
     modality: str
     description: str
     files: tuple[Path, ...]
-
-
-@dataclass(frozen=True)
-class LabelObjectInfo:
-    """An RTSTRUCT or DICOM-SEG object found by :func:`discover`.
-
-    Attributes:
-        path: the file.
-        kind: ``"RTSTRUCT"`` or ``"SEG"``.
-        patient_key: the raw PatientID; in memory only, never write it anywhere.
-        study_uid: StudyInstanceUID.
-        sop_instance_uid: SOPInstanceUID of the label object.
-        referenced_series_uids: the image series it was drawn on, in header order.
-        frame_of_reference_uid: the frame of reference its coordinates are in.
-    """
-
-    path: Path
-    kind: str
-    patient_key: str
-    study_uid: str
-    sop_instance_uid: str
-    referenced_series_uids: tuple[str, ...]
-    frame_of_reference_uid: str
 
 
 @dataclass
@@ -137,26 +90,6 @@ class DicomInventory:
         if self.temporaries:
             line += f", {len(self.temporaries)} unfinished medtl temporaries skipped"
         return line
-
-
-@dataclass(frozen=True)
-class _ImageEntry:
-    """What discovery keeps of an image file (not its header, to keep memory small)."""
-
-    path: Path
-    patient_key: str
-    study_uid: str
-    series_uid: str
-    series_number: int | None
-    modality: str
-    description: str
-    multiframe: bool
-
-    @property
-    def group(self) -> tuple[str, ...]:
-        """Patient -> Study -> Series; a multi-frame file is a series of its own."""
-        base = (self.patient_key, self.study_uid, self.series_uid)
-        return (*base, str(self.path)) if self.multiframe else base
 
 
 def discover(
@@ -206,45 +139,61 @@ def discover(
         )
     walk = _walk(root)
     paths = walk.files
-    with ExitStack() as stack:
-        if executor is None:
-            executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
-        # Chunks keep the hand-over cost of a process pool small; threads ignore them.
-        chunk = max(1, min(64, len(paths) // (4 * workers)))
-        results = list(
-            tqdm(
-                executor.map(_inspect, paths, chunksize=chunk),
-                total=len(paths),
-                desc="DICOM headers",
-                unit="file",
-                disable=not progress,
-            )
-        )
-    images = [r for r in results if isinstance(r, _ImageEntry)]
+    results = _inspect_all(paths, workers, progress, executor)
+    images = [r for r in results if isinstance(r, ImageEntry)]
     if walk.temporaries:
-        log.warning(
-            "skipped %d unfinished temporary file(s) of an interrupted medtl write under %s "
-            "(e.g. %s): not inputs. Run the interrupted command again; `medtl pull` removes "
-            "its own before it starts",
-            len(walk.temporaries),
-            root,
-            walk.temporaries[0].name,
-        )
-    failed = [r for r in results if isinstance(r, _RejectedImage)]
+        _warn_temporaries(root, walk.temporaries)
+    failed = [r for r in results if isinstance(r, RejectedImage)]
     rejected = [r for r in results if isinstance(r, Rejection)] + walk.hidden
     rejected += [r.rejection for r in failed]
-    set_aside_series: dict[str, Rejection] = {}
-    for r in sorted(failed, key=lambda r: r.rejection.path):
-        if r.series_uid:
-            set_aside_series.setdefault(r.series_uid, r.rejection)
     return DicomInventory(
         series=_group_series(images),
         labels=sorted((r for r in results if isinstance(r, LabelObjectInfo)), key=_path_key),
         rejected=sorted(rejected, key=lambda r: r.path),
         files_seen=len(paths) + walk.hidden_files,
         temporaries=walk.temporaries,
-        set_aside_series=set_aside_series,
+        set_aside_series=_set_aside_series(failed),
     )
+
+
+def _inspect_all(
+    paths: list[Path], workers: int, progress: bool, executor: Executor | None
+) -> list[ImageEntry | LabelObjectInfo | Rejection | RejectedImage]:
+    """What each file is, in the order of ``paths``, read on ``executor`` (or threads)."""
+    with ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(ThreadPoolExecutor(max_workers=workers))
+        # Chunks keep the hand-over cost of a process pool small; threads ignore them.
+        chunk = max(1, min(64, len(paths) // (4 * workers)))
+        return list(
+            tqdm(
+                executor.map(inspect_file, paths, chunksize=chunk),
+                total=len(paths),
+                desc="DICOM headers",
+                unit="file",
+                disable=not progress,
+            )
+        )
+
+
+def _warn_temporaries(root: Path, temporaries: list[Path]) -> None:
+    log.warning(
+        "skipped %d unfinished temporary file(s) of an interrupted medtl write under %s "
+        "(e.g. %s): not inputs. Run the interrupted command again; `medtl pull` removes "
+        "its own before it starts",
+        len(temporaries),
+        root,
+        temporaries[0].name,
+    )
+
+
+def _set_aside_series(failed: list[RejectedImage]) -> dict[str, Rejection]:
+    """SeriesInstanceUID -> the first rejection (by path) of a file of that series."""
+    set_aside_series: dict[str, Rejection] = {}
+    for r in sorted(failed, key=lambda r: r.rejection.path):
+        if r.series_uid:
+            set_aside_series.setdefault(r.series_uid, r.rejection)
+    return set_aside_series
 
 
 def discover_series(root: Path) -> tuple[list[SeriesInfo], list[Rejection]]:
@@ -336,161 +285,9 @@ def _walk(root: Path) -> _Walk:
     return walk
 
 
-@dataclass(frozen=True)
-class _RejectedImage:
-    """A file rejected by a header check, with the series it said it belongs to."""
-
-    rejection: Rejection
-    series_uid: str
-
-
-def _inspect(path: Path) -> _ImageEntry | LabelObjectInfo | Rejection | _RejectedImage:
-    """What one file is; never raises."""
-    if path.name.upper() == "DICOMDIR":
-        return Rejection(str(path), DICOMDIR_REASON, _FIX_DICOMDIR)
-    try:
-        header = _read_header(path)
-        sop = _sop_class(header.ds)
-        if sop == MEDIA_STORAGE_DIRECTORY:
-            return Rejection(str(path), DICOMDIR_REASON, _FIX_DICOMDIR)
-        if sop in LABEL_KINDS:
-            return _label_info(header, LABEL_KINDS[sop])
-        try:
-            for check in _HEADER_CHECKS:
-                check(header)
-        except InputError as err:
-            return _RejectedImage(err.to_rejection(), _text(header.ds, "SeriesInstanceUID"))
-        return _image_entry(header)
-    except InputError as err:
-        return err.to_rejection()
-    except Exception as exc:  # a last resort: one odd file must not stop discovery
-        return Rejection(
-            str(path),
-            f"expected a well-formed DICOM file, found one that could not be parsed "
-            f"({type(exc).__name__}: {exc})",
-            "copy the file again from the source (PACS export, CD) or " + FIX_REMOVE,
-        )
-
-
-def _label_info(header: _Header, kind: str) -> LabelObjectInfo:
-    """The label object's identity and the series it refers to."""
-    ds = header.ds
-    if kind == "SEG" and header.pixel_problem is not None:
-        raise InputError(header.path, header.pixel_problem, FIX_REMOVE)
-    frame_of_reference = _text(ds, "FrameOfReferenceUID")
-    if kind == "RTSTRUCT":
-        references = ds.get("ReferencedFrameOfReferenceSequence") or []
-        series = [
-            _text(series_item, "SeriesInstanceUID")
-            for reference in references
-            for study in reference.get("RTReferencedStudySequence") or []
-            for series_item in study.get("RTReferencedSeriesSequence") or []
-        ]
-        if not frame_of_reference and references:
-            frame_of_reference = _text(references[0], "FrameOfReferenceUID")
-    else:
-        series = [
-            _text(item, "SeriesInstanceUID") for item in ds.get("ReferencedSeriesSequence") or []
-        ]
-    return LabelObjectInfo(
-        path=header.path,
-        kind=kind,
-        patient_key=_text(ds, "PatientID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        referenced_series_uids=tuple(dict.fromkeys(uid for uid in series if uid)),
-        frame_of_reference_uid=frame_of_reference,
-    )
-
-
-def _check_sop_class(header: _Header) -> None:
-    """Reject objects that are DICOM but not image slices (SR, RT, KO, PR, ...)."""
-    sop = _sop_class(header.ds)
-    for prefix, kind in _NON_IMAGE_SOP_CLASSES.items():
-        if sop.startswith(prefix):
-            raise InputError(
-                header.path,
-                f"expected an image slice, found a {kind} ({UID(sop).name})",
-                "nothing to do if the series you need was found; otherwise " + FIX_REMOVE,
-            )
-
-
-def _check_pixel_data(header: _Header) -> None:
-    if header.pixel_problem is not None:
-        raise InputError(header.path, header.pixel_problem, FIX_REMOVE)
-
-
-def _check_frames(header: _Header) -> None:
-    """Multi-frame files need per-frame plane positions (enhanced CT/MR and the like)."""
-    ds = header.ds
-    if not _is_multiframe(ds):
-        return
-    problem = _frame_geometry_problem(ds)
-    if problem is not None:
-        raise InputError(
-            header.path,
-            f"expected a multi-frame image with a plane position per frame (enhanced CT/MR), "
-            f"found {problem} (a cine loop, ultrasound clip or other multi-frame object)",
-            "if this is a 3-D volume, export it as enhanced CT/MR or as classic single-frame "
-            "images (e.g. with `emf2sf` from dcm4che); otherwise " + FIX_REMOVE,
-        )
-
-
-def _check_image_attributes(header: _Header) -> None:
-    """Require the attributes that place the slice in space and describe its pixels."""
-    ds = header.ds
-    required = ["SeriesInstanceUID", "Rows", "Columns"]
-    if not _is_multiframe(ds):
-        required += ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"]
-    missing = [kw for kw in required if _get(ds, kw) in (None, "")]
-    if missing:
-        raise InputError(
-            header.path,
-            f"expected an image slice with {', '.join(required)}, found no "
-            f"{', '.join(missing)} (a projection radiograph, screenshot or non-image object)",
-            FIX_REMOVE,
-        )
-    samples = int(_get(ds, "SamplesPerPixel", 1) or 1)
-    photometric = _text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2"
-    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise InputError(
-            header.path,
-            f"expected a greyscale image (SamplesPerPixel 1, MONOCHROME1/2), found "
-            f"{samples} samples per pixel, {photometric} (a colour image, e.g. a screenshot "
-            "or secondary capture)",
-            FIX_REMOVE,
-        )
-
-
-_HEADER_CHECKS: tuple[Callable[[_Header], None], ...] = (
-    _check_sop_class,
-    _check_pixel_data,
-    _check_frames,
-    _check_image_attributes,
-)
-
-
-def _image_entry(header: _Header) -> _ImageEntry:
-    ds = header.ds
-    try:
-        number: int | None = int(_get(ds, "SeriesNumber"))
-    except (TypeError, ValueError):
-        number = None
-    return _ImageEntry(
-        path=header.path,
-        patient_key=_text(ds, "PatientID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        series_number=number,
-        modality=_text(ds, "Modality"),
-        description=_text(ds, "SeriesDescription"),
-        multiframe=_is_multiframe(ds),
-    )
-
-
-def _group_series(images: list[_ImageEntry]) -> list[SeriesInfo]:
+def _group_series(images: list[ImageEntry]) -> list[SeriesInfo]:
     """Group image files Patient -> Study -> Series, sorted."""
-    groups: dict[tuple[str, ...], list[_ImageEntry]] = {}
+    groups: dict[tuple[str, ...], list[ImageEntry]] = {}
     for entry in images:
         groups.setdefault(entry.group, []).append(entry)
     keyed = []
@@ -516,8 +313,3 @@ def _group_series(images: list[_ImageEntry]) -> list[SeriesInfo]:
         )
         keyed.append((key, info))
     return [info for _, info in sorted(keyed, key=lambda pair: pair[0])]
-
-
-# ---------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medtl.io.dicom.discovery import DicomInventory, LabelObjectInfo, SeriesInfo
+from medtl.io.dicom.discovery import DicomInventory, SeriesInfo
+from medtl.io.dicom.inspection import LabelObjectInfo
 from medtl.kernel.errors import Rejection
 
 

@@ -10,6 +10,7 @@ a slice (two different images at one position stop the series).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,60 +79,44 @@ def _describe(frame: _Frame, what: str) -> str:
     return f"{frame.rows} x {frame.columns}"
 
 
-def _set_aside_other_orientations(
-    where: Path, label: str, frames: list[_Frame]
+def _set_aside_minority(
+    where: Path,
+    label: str,
+    frames: list[_Frame],
+    same: Callable[[_Frame, _Frame], bool],
+    what: str,
 ) -> tuple[list[_Frame], list[Rejection]]:
-    """Leave out images whose orientation differs from the majority's."""
-    kept, others = _majority(
-        where,
-        frames,
-        lambda a, b: np.allclose(a.orientation, b.orientation, atol=_ORIENTATION_TOL),
-        "ImageOrientationPatient",
-    )
+    """Leave out images whose ``what`` differs from the majority's (``same`` compares)."""
+    kept, others = _majority(where, frames, same, what)
     if not others:
         return kept, []
-    majority = _fmt(kept[0].orientation)
+    majority = _describe(kept[0], what)
     return kept, [
         _localizer_rejection(
             f,
             label,
-            f"has ImageOrientationPatient {_fmt(f.orientation)}, not the series' {majority} "
+            f"has {what} {_describe(f, what)}, not the series' {majority} "
             f"({len(kept)} of {len(frames)} slices)",
         )
         for f in others
     ]
 
 
-def _set_aside_other_grids(
-    where: Path, label: str, frames: list[_Frame]
-) -> tuple[list[_Frame], list[Rejection]]:
-    """Leave out images whose Rows x Columns differ from the majority's."""
-    kept, others = _majority(
-        where,
-        frames,
-        lambda a, b: (a.rows, a.columns) == (b.rows, b.columns),
-        "Rows x Columns",
-    )
-    if not others:
-        return kept, []
-    majority = f"{kept[0].rows} x {kept[0].columns}"
-    return kept, [
-        _localizer_rejection(
-            f,
-            label,
-            f"has Rows x Columns {f.rows} x {f.columns}, not the series' {majority} "
-            f"({len(kept)} of {len(frames)} slices)",
-        )
-        for f in others
-    ]
+def _same_orientation(a: _Frame, b: _Frame) -> bool:
+    return bool(np.allclose(a.orientation, b.orientation, atol=_ORIENTATION_TOL))
+
+
+def _same_grid(a: _Frame, b: _Frame) -> bool:
+    return (a.rows, a.columns) == (b.rows, b.columns)
 
 
 _SET_ASIDE_FILTERS: tuple[
     Callable[[Path, str, list[_Frame]], tuple[list[_Frame], list[Rejection]]], ...
 ] = (
     _set_aside_localizers,
-    _set_aside_other_orientations,
-    _set_aside_other_grids,
+    # Images whose orientation, then whose Rows x Columns, differ from the majority's.
+    partial(_set_aside_minority, same=_same_orientation, what="ImageOrientationPatient"),
+    partial(_set_aside_minority, same=_same_grid, what="Rows x Columns"),
 )
 
 
