@@ -118,6 +118,6 @@ def settings_seed(settings: dict[str, Any]) -> int:
 
 def settings_device(settings: dict[str, Any]) -> str:
     """The ``device`` of a stage's settings (``auto`` when left out), checked."""
-    from medtl.config import check_device_name
+    from medtl.config import DEFAULT_DEVICE, check_device_name
 
-    return check_device_name(str(settings.get("device", "auto")))
+    return check_device_name(str(settings.get("device", DEFAULT_DEVICE)))

@@ -23,14 +23,14 @@ def report(
 
     Settings: the whole resolved workflow config (for arms, classes and provenance).
     """
-    from medtl.config import ReportConfig, load_json_arg, parse_section
+    from medtl.config import DEFAULT_CLASSES, ReportConfig, load_json_arg, parse_section
     from medtl.kernel.classes import ClassMap
     from medtl.provenance import redact_secrets, write_report_provenance
     from medtl.report.build import build_report
 
     cfg = redact_secrets(load_json_arg(settings, "--settings"))
     arms = list(cfg.get("arms", {}))
-    classes = ClassMap.parse(cfg.get("classes", {"1": "foreground"}), "classes")
+    classes = ClassMap.parse(cfg.get("classes", DEFAULT_CLASSES), "classes")
     rep = parse_section(ReportConfig, cfg.get("report"), "report")
     build_report(
         results,

@@ -139,6 +139,7 @@ def describe_model(
     import yaml
 
     from medtl.config import (
+        DEFAULT_CLASSES,
         SCHEMA_PATH,
         ArmConfig,
         ModelConfig,
@@ -155,7 +156,7 @@ def describe_model(
         validate_config(cfg, SCHEMA_PATH)
     model = parse_section(ModelConfig, cfg.get("model"), "model")
     arms = {n: parse_section(ArmConfig, a, f"arms.{n}") for n, a in cfg.get("arms", {}).items()}
-    num_classes = ClassMap.parse(cfg.get("classes", {"1": "x"}), "classes").num_classes
+    num_classes = ClassMap.parse(cfg.get("classes", DEFAULT_CLASSES), "classes").num_classes
     report, keys, network = None, None, None
     pre = parse_section(PretrainConfig, cfg.get("pretrain"), "pretrain")
     if pretrained is not None:

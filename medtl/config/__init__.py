@@ -27,6 +27,8 @@ from medtl.config.choices import (
 )
 from medtl.config.parse import load_json_arg, parse_section, to_dict
 from medtl.config.records import (
+    DEFAULT_CLASSES,
+    DEFAULT_DEVICE,
     DEFAULT_SEED,
     AugmentConfig,
     DatasetConfig,
@@ -51,6 +53,8 @@ __all__ = [
     "ARM_STRATEGIES",
     "BLEND_MODES",
     "DATASET_KINDS",
+    "DEFAULT_CLASSES",
+    "DEFAULT_DEVICE",
     "DEFAULT_SEED",
     "DEVICES",
     "EMPTY_DICE",

@@ -20,8 +20,11 @@ from medtl.config.choices import (
 )
 from medtl.kernel.errors import ConfigError
 
-#: The seed of every random choice when the config sets none (the schema's ``seed``).
+#: The top-level defaults a stage falls back on when its settings leave a key out: the
+#: schema's ``seed``, ``device`` and ``classes`` (``tests/config/test_defaults.py``).
 DEFAULT_SEED = 1
+DEFAULT_DEVICE = "auto"
+DEFAULT_CLASSES: dict[str, str] = {"1": "foreground"}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from medtl.config.records import DEFAULT_SEED
 from medtl.config.schema import TYPE_WORDS, read_text_values, schema_types
 from medtl.kernel.errors import ConfigError
 
@@ -138,7 +139,7 @@ def training_seeds(config: dict[str, Any]) -> dict[str, list[int]]:
         >>> training_seeds({"seed": 4, "arms": {"a": {}}})
         {'a': [4]}
     """
-    seeds = config.get("seeds") or [config.get("seed", 1)]
+    seeds = config.get("seeds") or [config.get("seed", DEFAULT_SEED)]
     seeds = [int(s) for s in seeds]
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     if twice:

@@ -12,6 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from medtl.config import (
+    DEFAULT_CLASSES,
+    DEFAULT_DEVICE,
     DEFAULT_SEED,
     ArmConfig,
     ModelConfig,
@@ -84,10 +86,12 @@ class TrainingJob:
             arm=arm,
             predict=parse_section(PredictConfig, d.get("predict"), "predict"),
             seed=int(d.get("seed", DEFAULT_SEED)),
-            device=str(d.get("device", "auto")),
-            classes={str(k): str(v) for k, v in d.get("classes", {"1": "foreground"}).items()},
-            min_loaded_fraction=float(d.get("min_loaded_fraction", 0.9)),
-            weights_format=str(d.get("weights_format", "auto")),
+            device=str(d.get("device", DEFAULT_DEVICE)),
+            classes={str(k): str(v) for k, v in d.get("classes", DEFAULT_CLASSES).items()},
+            min_loaded_fraction=float(
+                d.get("min_loaded_fraction", PretrainConfig.min_loaded_fraction)
+            ),
+            weights_format=str(d.get("weights_format", PretrainConfig.format)),
             max_unused_fraction=float(d.get("max_unused_fraction", MAX_UNUSED_FRACTION)),
         )
 

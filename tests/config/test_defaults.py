@@ -164,3 +164,14 @@ def test_seed_fallback_of_settings_is_the_schemas() -> None:
 
     assert settings_seed({}) == schema_defaults()["seed"] == 1
     assert settings_seed({"seed": 4}) == 4
+
+
+def test_top_level_fallbacks_are_the_schemas() -> None:
+    from medtl.config import DEFAULT_CLASSES, DEFAULT_DEVICE, DEFAULT_SEED
+
+    top = schema_defaults()
+    assert (
+        top["seed"],
+        top["device"],
+        top["classes"],
+    ) == (DEFAULT_SEED, DEFAULT_DEVICE, DEFAULT_CLASSES)
