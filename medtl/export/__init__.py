@@ -1,5 +1,2 @@
-"""Export trained medtl models to other ecosystems (MONAI bundles)."""
-
-from medtl.export.bundle import BundleExportError, export_bundle
-
-__all__ = ["BundleExportError", "export_bundle"]
+"""Export a finished run to other tools: an nnU-Net raw data set with medtl's folds
+(:mod:`medtl.export.nnunet`) and MONAI bundles (:mod:`medtl.export.bundle`)."""

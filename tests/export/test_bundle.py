@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from medtl.config import ModelConfig, PredictConfig, to_dict
-from medtl.export import BundleExportError, export_bundle
+from medtl.export.bundle import BundleExportError, export_bundle
 from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network
 from medtl.predict.inference import predict_probabilities
