@@ -7,6 +7,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # What tempfile.mkstemp / mkdtemp put between prefix and suffix: 8 of [a-z0-9_].
 _RANDOM = r"[a-z0-9_]{8}"
@@ -76,3 +77,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_save_dicom(ds, path: str | Path) -> Path:
     """Save a pydicom dataset atomically, as a standard DICOM file (preamble, file meta)."""
     return atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """:func:`torch.save` atomically, the same object always to the same bytes.
+
+    Saved through an open file, the archive inside is named ``archive`` rather than after
+    the (randomly named) temporary file, so a checkpoint's SHA-256 in the provenance
+    depends on its content alone.
+
+    Example:
+        >>> import hashlib, tempfile, torch
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> a = atomic_torch_save({"w": torch.ones(2)}, folder / "a.pt")
+        >>> b = atomic_torch_save({"w": torch.ones(2)}, folder / "b.pt")
+        >>> a.read_bytes() == b.read_bytes()
+        True
+    """
+    import torch
+
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+
+    return atomic_write(path, save)

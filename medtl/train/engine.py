@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medtl.kernel.device import out_of_memory_hint
-from medtl.kernel.files import atomic_write, atomic_write_text
+from medtl.kernel.files import atomic_torch_save, atomic_write, atomic_write_text
 from medtl.train import distributed
 from medtl.train.health import check_finite_loss
 from medtl.train.state import (
@@ -325,4 +325,4 @@ def write_curves(path: Path, rows: list[dict[str, Any]], columns: Sequence[str])
 
 def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """Save a checkpoint dict with :func:`torch.save`, atomically."""
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(payload, path)

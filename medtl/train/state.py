@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtl.kernel.files import atomic_write
+from medtl.kernel.files import atomic_torch_save
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,7 +90,7 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
         >>> load_state(p)["step"]
         3
     """
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_torch_save(state, path)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

@@ -125,6 +125,8 @@ def test_same_seed_same_curves(
     wa = torch.load(first / "best.pt", weights_only=True)["state_dict"]
     wb = torch.load(tmp_path / "again" / "best.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # the same file to the byte: the provenance's SHA-256 of a model depends on it alone
+    assert (first / "best.pt").read_bytes() == (tmp_path / "again" / "best.pt").read_bytes()
 
 
 def test_other_seed_other_curves(
