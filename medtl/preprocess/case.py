@@ -9,6 +9,7 @@ preprocessed grid is written back on the original image grid, voxel for voxel.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,20 +175,50 @@ def restore_labels(probs: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
     Returns:
         uint8 labels with the original image's shape and orientation.
     """
+    fill = [1.0] + [0.0] * (probs.shape[0] - 1)
+    labels = _uncrop(probs, meta, fill).argmax(0).numpy().astype(np.uint8)
+    # apply_orientation(x, ornt) mapped the original array to canonical; undo it.
+    back = nib.orientations.apply_orientation(labels, _invert_ornt(np.asarray(meta["ornt"])))
+    return np.ascontiguousarray(back, dtype=np.uint8)
+
+
+def restore_map(values: torch.Tensor, meta: dict[str, Any], fill: Sequence[float]) -> np.ndarray:
+    """Float maps on the preprocessed grid onto the original grid, channels last.
+
+    Resampled trilinearly, as :func:`restore_labels` resamples the probabilities it takes
+    the argmax of: so the argmax of restored probabilities is the restored mask, and each
+    value is a convex combination of its neighbours', which keeps every bound that holds
+    voxel-wise (probabilities in [0, 1] summing to 1; 0 <= mutual information <= entropy).
+    Outside the foreground crop (never seen by the model) each channel takes its ``fill``.
+
+    Args:
+        values: ``(channels, x, y, z)`` on the resampled, cropped grid.
+        meta: the case's ``meta`` from preprocessing.
+        fill: one value per channel for the voxels outside the crop.
+
+    Returns:
+        float32 ``(x, y, z, channels)`` in the original image's shape and orientation.
+    """
+    canon = _uncrop(values, meta, fill).permute(1, 2, 3, 0).numpy()
+    back = nib.orientations.apply_orientation(canon, _invert_ornt(np.asarray(meta["ornt"])))
+    return np.ascontiguousarray(back, dtype=np.float32)
+
+
+def _uncrop(values: torch.Tensor, meta: dict[str, Any], fill: Sequence[float]) -> torch.Tensor:
+    """``(channels, x, y, z)`` values resampled to the crop and pasted on the canonical grid."""
     cropped = F.interpolate(
-        probs[None].float(),
+        values[None].float(),
         size=tuple(meta["cropped_shape"]),
         mode="trilinear",
         align_corners=False,
     )[0]
-    canon = torch.zeros((probs.shape[0], *meta["canonical_shape"]), dtype=cropped.dtype)
-    canon[0] = 1.0
+    canon = torch.zeros((values.shape[0], *meta["canonical_shape"]), dtype=cropped.dtype)
+    for channel, value in enumerate(fill):
+        if value:
+            canon[channel] = value
     sl = tuple(slice(lo, hi) for lo, hi in meta["bbox"])
     canon[(slice(None), *sl)] = cropped
-    labels = canon.argmax(0).numpy().astype(np.uint8)
-    # apply_orientation(x, ornt) mapped the original array to canonical; undo it.
-    back = nib.orientations.apply_orientation(labels, _invert_ornt(np.asarray(meta["ornt"])))
-    return np.ascontiguousarray(back, dtype=np.uint8)
+    return canon
 
 
 def _invert_ornt(ornt: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from medtl.preprocess.case import (
     preprocess_arrays,
     preprocess_files,
     restore_labels,
+    restore_map,
     save_case,
 )
 from medtl.preprocess.plan import Plan, canonical_spacing, make_plan
@@ -281,6 +282,39 @@ def test_restore_labels_outside_crop_is_background() -> None:
     inside[BOX] = True
     assert np.all(restored[inside] == 1)
     assert np.all(restored[~inside] == 0)
+
+
+@pytest.mark.parametrize("name", sorted(AFFINES))
+def test_restore_map_round_trip_and_fill(name: str) -> None:
+    """Float maps come back on the original grid, channels last, as the labels do."""
+    affine = AFFINES[name]
+    image, label = _case()
+    img, lab = nib.Nifti1Image(image, affine), nib.Nifti1Image(label, affine)
+    case = preprocess_arrays(img, lab, _plan(canonical_spacing(img), crop=True))
+    probs = _one_hot(case.label)
+    restored = restore_map(probs, case.meta, fill=[1.0, 0.0, 0.0])
+    assert restored.dtype == np.float32 and restored.shape == (*SHAPE, 3)
+    # Same spacing: the resampling is the identity, so the one-hot map comes back exactly.
+    np.testing.assert_array_equal(restored.argmax(-1), label)
+    np.testing.assert_array_equal(restored.sum(-1), np.ones(SHAPE, np.float32))
+    np.testing.assert_array_equal(restored.argmax(-1), restore_labels(probs, case.meta))
+    # A scalar map: the fill outside the crop, the values inside.
+    scalar = restore_map(torch.full((1, *case.label.shape), 0.5), case.meta, fill=[0.0])
+    assert set(np.unique(scalar)) <= {0.0, 0.5} and scalar.shape == (*SHAPE, 1)
+    assert np.count_nonzero(scalar) == int(np.prod(case.meta["cropped_shape"]))
+
+
+def test_restore_map_other_spacing_keeps_bounds() -> None:
+    """Trilinear resampling mixes neighbours convexly: bounds between maps survive it."""
+    image, label = _case()
+    img, lab = nib.Nifti1Image(image, RAS), nib.Nifti1Image(label, RAS)
+    case = preprocess_arrays(img, lab, _plan((0.7, 1.3, 2.1)))
+    gen = torch.Generator().manual_seed(0)
+    high = torch.rand((1, *case.label.shape), generator=gen)
+    low = high * torch.rand((1, *case.label.shape), generator=gen)
+    both = restore_map(torch.cat([high, low]), case.meta, fill=[0.0, 0.0])
+    assert both.shape == (*SHAPE, 2)
+    assert np.all(both[..., 1] <= both[..., 0]) and np.all(both >= 0) and np.all(both <= 1)
 
 
 def test_label_with_other_affine_is_refused() -> None:
