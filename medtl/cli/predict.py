@@ -75,6 +75,21 @@ def predict(
             "was trained with)."
         ),
     ] = "all",
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            help="Also write <case>_entropy.nii.gz and <case>_mutual_info.nii.gz and add "
+            "per-case scores (mean_entropy, agreement_dice, volume_cv, members) to "
+            "predictions.tsv. See docs/predict.md."
+        ),
+    ] = False,
+    save_probabilities: Annotated[
+        bool,
+        typer.Option(
+            help="Also write <case>_probabilities.nii.gz: the mean probabilities, one "
+            "channel per class (background first)."
+        ),
+    ] = False,
     threads: Threads = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -89,6 +104,7 @@ def predict(
     Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
     from medtl.config import PredictConfig, check_device_name
+    from medtl.predict.maps import MapRequest
     from medtl.predict.run import predict_new
 
     set_threads(threads)
@@ -102,9 +118,17 @@ def predict(
         progress=not quiet,
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),
         seeds=_seed_list(seeds),
+        maps=MapRequest(uncertainty=uncertainty, probabilities=save_probabilities),
     )
     models = f", {table['models'].iloc[0]} models averaged" if len(table) else ""
     typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv{models})")
+    if uncertainty and len(table) and int(table["members"].iloc[0]) == 1:
+        typer.echo(
+            "predict: one ensemble member (one model, no --tta): mutual information is 0, "
+            "agreement_dice 1 and volume_cv 0 by construction; only the entropy says "
+            "anything",
+            err=True,
+        )
 
 
 def _seed_list(text: str) -> list[int] | None:

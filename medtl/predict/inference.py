@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -165,6 +165,7 @@ def predict_probabilities(
     patch_size: Sequence[int],
     cfg: PredictConfig,
     device: torch.device,
+    observer: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Mean softmax probabilities of ``models`` over a whole case (sliding window).
 
@@ -178,6 +179,12 @@ def predict_probabilities(
     On a CUDA device ``cfg.amp`` runs the network in bfloat16 autocast (windows are
     stitched and probabilities summed in float32) and ``cfg.channels_last`` in the
     ``channels_last_3d`` memory format; on the CPU both are ignored.
+
+    Args:
+        observer: called with each member's float32 ``(classes, x, y, z)`` probabilities
+            (one model on one mirrored copy, mirrored back; on the device) before they are
+            summed, e.g. a :class:`medtl.predict.uncertainty.UncertaintyAccumulator`. It
+            must not change them; the sum is the same with or without one.
 
     Returns:
         float32 ``(classes, x, y, z)`` probabilities on the case's (preprocessed) grid.
@@ -209,6 +216,8 @@ def predict_probabilities(
                 del logits
                 for k, dims in enumerate(group):
                     p = probs[k].flip([d - 1 for d in dims]) if dims else probs[k]
+                    if observer is not None:
+                        observer(p)
                     if total is None:
                         where = _total_device(device, p.numel() * p.element_size())
                         total = p.to(where, copy=True)

@@ -27,6 +27,7 @@ from medtl.layout import (
 )
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
+from medtl.predict.maps import MapRequest, segment_case_with_maps
 from medtl.preprocess.case import load_case, preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.split.folds import fold_cases, load_folds
@@ -205,6 +206,7 @@ def predict_new(
     workers: int = 4,
     postprocess: bool = True,
     seeds: Sequence[int] | None = None,
+    maps: MapRequest | None = None,
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
@@ -219,6 +221,9 @@ def predict_new(
     ``postprocess`` (the default) the arm's post-processing decision chosen on
     cross-validation (``results/postprocess/<arm>.json``, when the run has one) is applied
     to each mask; the table's ``postprocess`` column says what was applied per class.
+
+    ``maps`` asks for uncertainty maps and scores and/or the mean probabilities per case
+    (:mod:`medtl.predict.maps`); the masks are the same with or without them.
     """
     _check_formats(formats)
     cfg = cfg or PredictConfig()
@@ -255,13 +260,29 @@ def predict_new(
         ):
             case = preprocess_files(Path(row.image), None, plan)
             name = f"{row.case_id}.nii.gz"
-            labels = segment_case(
-                models, case, patch, cfg, device, staging / name, postprocess=decision
-            )
+            extra: dict[str, object] = {}
+            if maps is not None and maps.wanted:
+                labels, extra = segment_case_with_maps(
+                    models,
+                    case,
+                    patch,
+                    cfg,
+                    device,
+                    staging / name,
+                    maps,
+                    postprocess=decision,
+                    listed=out,
+                )
+            else:
+                labels = segment_case(
+                    models, case, patch, cfg, device, staging / name, postprocess=decision
+                )
             dicom = _write_dicom_outputs(
                 labels, row, series_index, dicom_formats, classes, staging, arm
             )
-            rows.append(_table_row(row, out / name, dicom, out, arm, members, applied, labels))
+            rows.append(
+                _table_row(row, out / name, dicom, out, arm, members, applied, labels) | extra
+            )
         if len(rejected):
             atomic_write_text(staging / "rejected.tsv", rejected.to_csv(sep="\t", index=False))
         table = pd.DataFrame(rows)
