@@ -49,7 +49,13 @@ def predict(
         Path,
         typer.Argument(help="New cases: a DICOM folder, a NIfTI file or folder, or a case sheet."),
     ],
-    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A finished run's results folder, or (with --engine onnxruntime) a folder "
+            "written by medtl export-onnx."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the masks (NIfTI, original grid).")],
     arm: Annotated[
         str | None,
@@ -75,6 +81,13 @@ def predict(
             "was trained with)."
         ),
     ] = "all",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="What runs the networks: torch (PyTorch, the default) or onnxruntime "
+            "(ONNX Runtime on the CPU; --model is then an export-onnx folder)."
+        ),
+    ] = "torch",
     threads: Threads = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -102,6 +115,7 @@ def predict(
         progress=not quiet,
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),
         seeds=_seed_list(seeds),
+        engine=engine,
     )
     models = f", {table['models'].iloc[0]} models averaged" if len(table) else ""
     typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv{models})")
@@ -141,3 +155,36 @@ def export_bundle(
 
     folder = write(model, arm, out, fold=fold, overwrite=overwrite)
     typer.echo(f"export-bundle: {arm} → {folder}")
+
+
+@app.command("export-onnx")
+@guard
+def export_onnx(
+    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    arm: Annotated[str, typer.Option(help="The arm to export.")],
+    out: Annotated[Path, typer.Option(help="The folder to write (replaced as a whole).")],
+    seeds: Annotated[
+        str,
+        typer.Option(help="Which seeds' models, comma-separated (default: all of the arm)."),
+    ] = "all",
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap to record.")] = 0.5,
+    tta: Annotated[bool, typer.Option(help="Record test-time mirroring as the setting.")] = False,
+) -> None:
+    """Write every model of an arm (each fold × seed) as ONNX, with a manifest.
+
+    OUT gets one `.onnx` file per model `medtl predict` averages and `medtl-onnx.json`:
+    the preprocessing plan, class map, patch size, sliding-window settings, the arm's
+    post-processing, and each file's SHA-256. The networks take float32
+    (batch, channels, x, y, z) and return logits; batch and spatial sizes are free, but
+    each spatial side must be a multiple of the manifest's `divisor` (the sliding window
+    feeds patch-sized windows, which are). Run the export with
+    `medtl predict SOURCE --model OUT --out MASKS --engine onnxruntime` (ONNX Runtime,
+    CPU), or with any ONNX engine following the manifest.
+    """
+    from medtl.config import PredictConfig
+    from medtl.export.onnx import export_onnx as write
+
+    manifest = write(
+        model, arm, out, seeds=_seed_list(seeds), cfg=PredictConfig(overlap=overlap, tta=tta)
+    )
+    typer.echo(f"export-onnx: {arm} → {manifest.parent} (manifest {manifest.name})")

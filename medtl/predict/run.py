@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from medtl.config import PredictConfig
@@ -27,6 +28,7 @@ from medtl.layout import (
 )
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
+from medtl.predict.onnx_engine import onnx_engine, onnx_ensemble
 from medtl.preprocess.case import load_case, preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.split.folds import fold_cases, load_folds
@@ -205,6 +207,7 @@ def predict_new(
     workers: int = 4,
     postprocess: bool = True,
     seeds: Sequence[int] | None = None,
+    engine: str = "torch",
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
@@ -219,23 +222,32 @@ def predict_new(
     ``postprocess`` (the default) the arm's post-processing decision chosen on
     cross-validation (``results/postprocess/<arm>.json``, when the run has one) is applied
     to each mask; the table's ``postprocess`` column says what was applied per class.
+
+    With ``engine="onnxruntime"``, ``results`` is a folder written by ``medtl export-onnx``
+    and ONNX Runtime runs its networks on the CPU (:mod:`medtl.predict.onnx_engine`);
+    everything else is the same.
     """
     _check_formats(formats)
     cfg = cfg or PredictConfig()
     source, results, out = Path(source), Path(results), Path(out)
     # Before anything is read: the masks never land in, over or around the scans or the run.
     check_separate(out, [source, results])
-    arm = arm or default_arm(results)
-    plan = Plan.load(plan_file(results))
-    # A plain dict: the DICOM writers derive their UIDs from its repr.
-    classes = dict(plan.class_map)
-    device = torch_device(device_name)
-    members = ensemble_members(results, arm, seeds)
+    if onnx_engine(engine, results):
+        onnx = onnx_ensemble(results, arm, seeds, postprocess)
+        arm, plan, members, models, patch, decision = onnx
+        classes, device = dict(plan.class_map), torch.device("cpu")
+    else:
+        arm = arm or default_arm(results)
+        plan = Plan.load(plan_file(results))
+        # A plain dict: the DICOM writers derive their UIDs from its repr.
+        classes = dict(plan.class_map)
+        device = torch_device(device_name)
+        members = ensemble_members(results, arm, seeds)
+        loaded = [load_model(r.path, device) for r in members]
+        models = [m for m, _ in loaded]
+        patch = loaded[0][1]["patch_size"]
+        decision = _decision_for(results, arm, classes) if postprocess else None
     ensemble = describe_members(members)
-    loaded = [load_model(r.path, device) for r in members]
-    models = [m for m, _ in loaded]
-    patch = loaded[0][1]["patch_size"]
-    decision = _decision_for(results, arm, classes) if postprocess else None
     applied = describe_decision(decision)
     rows = []
     with (
