@@ -94,7 +94,7 @@ def export_onnx(
             model, payload = load_model(run.path, torch.device("cpu"))
             first = first or payload
             target = staging / member_file(run)
-            _write_onnx(model, int(payload.get("in_channels", 1)), payload["patch_size"], target)
+            write_onnx(model, int(payload.get("in_channels", 1)), payload["patch_size"], target)
             members.append(
                 {"file": target.name, "arm": run.arm, "seed": run.seed, "fold": run.fold,
                  "sha256": sha256_of(target)}
@@ -104,7 +104,7 @@ def export_onnx(
     return out / MANIFEST
 
 
-def _write_onnx(model: torch.nn.Module, channels: int, patch: list[int], path: Path) -> None:
+def write_onnx(model: torch.nn.Module, channels: int, patch: list[int], path: Path) -> None:
     """Trace ``model`` on one patch-sized window; batch and spatial axes dynamic.
 
     The tracer's warnings are silenced: they concern shape checks (e.g. BasicUNet pads
