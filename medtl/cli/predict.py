@@ -42,6 +42,36 @@ def predict_fold(
     typer.echo(f"predict fold {fold}: {len(written)} masks → {out}")
 
 
+ONE_MEMBER = (
+    "predict: one ensemble member (one model, no --tta): mutual information is 0, "
+    "agreement_dice 1 and volume_cv 0 by construction; only the entropy says anything"
+)
+
+# The options `medtl predict` adds to segmenting: uncertainty maps, probabilities, engine.
+Uncertainty = Annotated[
+    bool,
+    typer.Option(
+        help="Also write CASE_entropy.nii.gz and CASE_mutual_info.nii.gz and add per-case "
+        "scores (mean_entropy, agreement_dice, volume_cv, members) to predictions.tsv. See "
+        "docs/predict.md."
+    ),
+]
+SaveProbabilities = Annotated[
+    bool,
+    typer.Option(
+        help="Also write CASE_probabilities.nii.gz: the mean probabilities, one channel per "
+        "class (background first)."
+    ),
+]
+Engine = Annotated[
+    str,
+    typer.Option(
+        help="What runs the networks: torch (PyTorch, the default) or onnxruntime (ONNX "
+        "Runtime on the CPU; --model is then an export-onnx folder)."
+    ),
+]
+
+
 @app.command()
 @guard
 def predict(
@@ -49,7 +79,13 @@ def predict(
         Path,
         typer.Argument(help="New cases: a DICOM folder, a NIfTI file or folder, or a case sheet."),
     ],
-    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="A finished run's results folder, or (with --engine onnxruntime) a folder "
+            "written by medtl export-onnx."
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="Folder for the masks (NIfTI, original grid).")],
     arm: Annotated[
         str | None,
@@ -75,21 +111,9 @@ def predict(
             "was trained with)."
         ),
     ] = "all",
-    uncertainty: Annotated[
-        bool,
-        typer.Option(
-            help="Also write <case>_entropy.nii.gz and <case>_mutual_info.nii.gz and add "
-            "per-case scores (mean_entropy, agreement_dice, volume_cv, members) to "
-            "predictions.tsv. See docs/predict.md."
-        ),
-    ] = False,
-    save_probabilities: Annotated[
-        bool,
-        typer.Option(
-            help="Also write <case>_probabilities.nii.gz: the mean probabilities, one "
-            "channel per class (background first)."
-        ),
-    ] = False,
+    uncertainty: Uncertainty = False,
+    save_probabilities: SaveProbabilities = False,
+    engine: Engine = "torch",
     threads: Threads = 2,
     quiet: Quiet = False,
 ) -> None:
@@ -119,16 +143,12 @@ def predict(
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),
         seeds=_seed_list(seeds),
         maps=MapRequest(uncertainty=uncertainty, probabilities=save_probabilities),
+        engine=engine,
     )
     models = f", {table['models'].iloc[0]} models averaged" if len(table) else ""
     typer.echo(f"predict: {len(table)} cases → {out} (list in {out}/predictions.tsv{models})")
     if uncertainty and len(table) and int(table["members"].iloc[0]) == 1:
-        typer.echo(
-            "predict: one ensemble member (one model, no --tta): mutual information is 0, "
-            "agreement_dice 1 and volume_cv 0 by construction; only the entropy says "
-            "anything",
-            err=True,
-        )
+        typer.echo(ONE_MEMBER, err=True)
 
 
 def _seed_list(text: str) -> list[int] | None:
@@ -165,3 +185,36 @@ def export_bundle(
 
     folder = write(model, arm, out, fold=fold, overwrite=overwrite)
     typer.echo(f"export-bundle: {arm} → {folder}")
+
+
+@app.command("export-onnx")
+@guard
+def export_onnx(
+    model: Annotated[Path, typer.Option(help="A finished run's results folder.")],
+    arm: Annotated[str, typer.Option(help="The arm to export.")],
+    out: Annotated[Path, typer.Option(help="The folder to write (replaced as a whole).")],
+    seeds: Annotated[
+        str,
+        typer.Option(help="Which seeds' models, comma-separated (default: all of the arm)."),
+    ] = "all",
+    overlap: Annotated[float, typer.Option(help="Sliding-window overlap to record.")] = 0.5,
+    tta: Annotated[bool, typer.Option(help="Record test-time mirroring as the setting.")] = False,
+) -> None:
+    """Write every model of an arm (each fold × seed) as ONNX, with a manifest.
+
+    OUT gets one `.onnx` file per model `medtl predict` averages and `medtl-onnx.json`:
+    the preprocessing plan, class map, patch size, sliding-window settings, the arm's
+    post-processing, and each file's SHA-256. The networks take float32
+    (batch, channels, x, y, z) and return logits; batch and spatial sizes are free, but
+    each spatial side must be a multiple of the manifest's `divisor` (the sliding window
+    feeds patch-sized windows, which are). Run the export with
+    `medtl predict SOURCE --model OUT --out MASKS --engine onnxruntime` (ONNX Runtime,
+    CPU), or with any ONNX engine following the manifest.
+    """
+    from medtl.config import PredictConfig
+    from medtl.export.onnx import export_onnx as write
+
+    manifest = write(
+        model, arm, out, seeds=_seed_list(seeds), cfg=PredictConfig(overlap=overlap, tta=tta)
+    )
+    typer.echo(f"export-onnx: {arm} → {manifest.parent} (manifest {manifest.name})")

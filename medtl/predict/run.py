@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from medtl.config import PredictConfig
@@ -28,6 +31,7 @@ from medtl.layout import (
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import load_model, segment_case
 from medtl.predict.maps import MapRequest, segment_case_with_maps
+from medtl.predict.onnx_engine import onnx_engine, onnx_ensemble
 from medtl.preprocess.case import load_case, preprocess_files
 from medtl.preprocess.plan import Plan
 from medtl.split.folds import fold_cases, load_folds
@@ -207,6 +211,7 @@ def predict_new(
     postprocess: bool = True,
     seeds: Sequence[int] | None = None,
     maps: MapRequest | None = None,
+    engine: str = "torch",
 ) -> pd.DataFrame:
     """Segment new cases (a DICOM folder, NIfTI file or folder, or case sheet).
 
@@ -224,24 +229,20 @@ def predict_new(
 
     ``maps`` asks for uncertainty maps and scores and/or the mean probabilities per case
     (:mod:`medtl.predict.maps`); the masks are the same with or without them.
+
+    With ``engine="onnxruntime"``, ``results`` is a folder written by ``medtl export-onnx``
+    and ONNX Runtime runs its networks on the CPU (:mod:`medtl.predict.onnx_engine`);
+    everything else is the same.
     """
     _check_formats(formats)
     cfg = cfg or PredictConfig()
     source, results, out = Path(source), Path(results), Path(out)
     # Before anything is read: the masks never land in, over or around the scans or the run.
     check_separate(out, [source, results])
-    arm = arm or default_arm(results)
-    plan = Plan.load(plan_file(results))
-    # A plain dict: the DICOM writers derive their UIDs from its repr.
-    classes = dict(plan.class_map)
-    device = torch_device(device_name)
-    members = ensemble_members(results, arm, seeds)
+    ens = _load_ensemble(results, arm, seeds, engine, device_name, postprocess)
+    arm, plan, classes, members = ens.arm, ens.plan, ens.classes, ens.members
     ensemble = describe_members(members)
-    loaded = [load_model(r.path, device) for r in members]
-    models = [m for m, _ in loaded]
-    patch = loaded[0][1]["patch_size"]
-    decision = _decision_for(results, arm, classes) if postprocess else None
-    applied = describe_decision(decision)
+    applied = describe_decision(ens.decision)
     rows = []
     with (
         tempfile.TemporaryDirectory(prefix="medtl-predict-") as tmp,
@@ -260,23 +261,7 @@ def predict_new(
         ):
             case = preprocess_files(Path(row.image), None, plan)
             name = f"{row.case_id}.nii.gz"
-            extra: dict[str, object] = {}
-            if maps is not None and maps.wanted:
-                labels, extra = segment_case_with_maps(
-                    models,
-                    case,
-                    patch,
-                    cfg,
-                    device,
-                    staging / name,
-                    maps,
-                    postprocess=decision,
-                    listed=out,
-                )
-            else:
-                labels = segment_case(
-                    models, case, patch, cfg, device, staging / name, postprocess=decision
-                )
+            labels, extra = _segment(ens, case, cfg, staging / name, maps, out)
             dicom = _write_dicom_outputs(
                 labels, row, series_index, dicom_formats, classes, staging, arm
             )
@@ -288,6 +273,75 @@ def predict_new(
         table = pd.DataFrame(rows)
         atomic_write_text(staging / "predictions.tsv", table.to_csv(sep="\t", index=False))
     return table
+
+
+@dataclass(frozen=True)
+class _Ensemble:
+    """The models of one arm, ready to segment, and what goes with them."""
+
+    arm: str
+    plan: Plan
+    classes: dict[int, str]  # a plain dict: the DICOM writers derive their UIDs from its repr
+    device: torch.device
+    members: list[TrainedRun]
+    models: list
+    patch: list[int]
+    decision: dict | None
+
+
+def _load_ensemble(
+    results: Path,
+    arm: str | None,
+    seeds: Sequence[int] | None,
+    engine: str,
+    device_name: str,
+    postprocess: bool,
+) -> _Ensemble:
+    """The arm's ensemble from a results folder (PyTorch) or an export-onnx folder."""
+    if onnx_engine(engine, results):
+        arm, plan, members, models, patch, decision = onnx_ensemble(
+            results, arm, seeds, postprocess
+        )
+        cpu = torch.device("cpu")
+        return _Ensemble(arm, plan, dict(plan.class_map), cpu, members, models, patch, decision)
+    arm = arm or default_arm(results)
+    plan = Plan.load(plan_file(results))
+    classes = dict(plan.class_map)
+    device = torch_device(device_name)
+    members = ensemble_members(results, arm, seeds)
+    loaded = [load_model(r.path, device) for r in members]
+    decision = _decision_for(results, arm, classes) if postprocess else None
+    models = [m for m, _ in loaded]
+    return _Ensemble(
+        arm, plan, classes, device, members, models, loaded[0][1]["patch_size"], decision
+    )
+
+
+def _segment(
+    ens: _Ensemble,
+    case,
+    cfg: PredictConfig,
+    path: Path,
+    maps: MapRequest | None,
+    listed: Path,
+) -> tuple[np.ndarray, dict[str, object]]:
+    """One case's mask at ``path``, and the maps and scores ``maps`` asks for (table columns)."""
+    if maps is not None and maps.wanted:
+        return segment_case_with_maps(
+            ens.models,
+            case,
+            ens.patch,
+            cfg,
+            ens.device,
+            path,
+            maps,
+            postprocess=ens.decision,
+            listed=listed,
+        )
+    labels = segment_case(
+        ens.models, case, ens.patch, cfg, ens.device, path, postprocess=ens.decision
+    )
+    return labels, {}
 
 
 def _check_formats(formats: tuple[str, ...]) -> None:

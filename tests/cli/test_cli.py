@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "train": "Train one transfer arm on one fold",
     "predict-fold": "held-out cases",
     "predict": "Segment new cases",
+    "export-onnx": "Write every model of an arm (each fold × seed) as ONNX",
     "evaluate": "normalised surface Dice",
     "evaluate-merge": "Join the per-arm",
     "postprocess": "Choose post-processing per class",

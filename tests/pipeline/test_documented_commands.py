@@ -315,6 +315,8 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     "python tests/support/slurm.py stop /tmp/medtl-slurm": NotHere(
         "stops the cluster of the line above; test_slurm.py stops its own the same way"
     ),
+    # docs/predict.md (run end to end against --engine torch in tests/export/test_onnx.py)
+    "medtl predict SOURCE --model DIR --out OUT --engine onnxruntime": Named(),
     # docs/configuration.md
     ".venv/bin/snakemake --profile profiles/local --configfile my.yaml": Run(
         setup=_copy_config("my.yaml"), check=_nothing_to_do

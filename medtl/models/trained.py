@@ -1,0 +1,66 @@
+"""Build the network stored in a trained medtl checkpoint (``best.pt``), without pickles.
+
+Shared by :mod:`medtl.predict` (PyTorch inference) and :mod:`medtl.export` (which writes
+the same networks in other formats), which may not import each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from medtl.config import ModelConfig, parse_section
+from medtl.kernel.errors import InputError
+from medtl.models.networks import build_network
+from medtl.models.safe_read import WeightsFileError, safe_load
+
+
+def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Build the network stored in a medtl checkpoint and load its weights (no pickles).
+
+    Raises:
+        InputError: the checkpoint is missing, truncated, not a PyTorch checkpoint, would
+            run code (naming what it asked for), or is not a medtl model checkpoint; each
+            with the fix: rerun the training job that writes it.
+    """
+    checkpoint = Path(checkpoint)
+    rerun = (
+        "rerun the training job that writes it: snakemake --cores all --forcerun "
+        f"{checkpoint} (or --forcerun train for every fold), or medtl train with --out "
+        f"{checkpoint.parent}"
+    )
+    if not checkpoint.is_file():
+        raise InputError(
+            checkpoint,
+            "model checkpoint not found",
+            "train the model first (the train stage writes best.pt)",
+        )
+    payload = safe_load(checkpoint, remake=rerun)
+    needed = ("model", "state_dict", "num_classes")
+    if not isinstance(payload, dict) or payload.get("format") != "medtl":
+        raise WeightsFileError(
+            checkpoint,
+            "is not a medtl model checkpoint (no 'format': 'medtl' entry); expected the "
+            "best.pt written by the train stage",
+            rerun,
+        )
+    lacking = [key for key in needed if key not in payload]
+    if lacking:
+        raise WeightsFileError(
+            checkpoint, f"is a medtl checkpoint without {', '.join(lacking)}", rerun
+        )
+    cfg = parse_section(ModelConfig, payload["model"], "model")
+    model = build_network(cfg, int(payload.get("in_channels", 1)), int(payload["num_classes"]))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        error = WeightsFileError(
+            checkpoint,
+            f"its weights do not fit the network it names ({cfg.name}): {detail}",
+            rerun,
+        )
+        raise error from None
+    model.to(device).eval()
+    return model, payload
