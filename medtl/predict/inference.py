@@ -202,11 +202,16 @@ def inference_hint(cfg: PredictConfig, patch_size: Sequence[int]) -> tuple[dict,
     return settings, fix
 
 
+def save_on_original_grid(values: np.ndarray, meta: dict, path: Path) -> None:
+    """Write an array restored to the case's original grid as NIfTI (its dtype), atomically."""
+    affine = np.asarray(meta["original_affine"], dtype=float)
+    vol = Volume(values, affine)
+    atomic_write(path, lambda tmp: nib.save(vol.to_nifti(), str(tmp)))
+
+
 def save_mask(labels: np.ndarray, meta: dict, path: Path) -> None:
     """Write a label map on the case's original grid as NIfTI, atomically."""
-    affine = np.asarray(meta["original_affine"], dtype=float)
-    vol = Volume(labels.astype(np.uint8), affine)
-    atomic_write(path, lambda tmp: nib.save(vol.to_nifti(), str(tmp)))
+    save_on_original_grid(labels.astype(np.uint8), meta, path)
 
 
 def segment_case(

@@ -14,15 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from medtl.config import PredictConfig
-from medtl.io.volume import Volume, spacing_of
-from medtl.kernel.files import atomic_write
+from medtl.io.volume import spacing_of
 from medtl.postprocess.components import apply_postprocessing
-from medtl.predict.inference import predict_probabilities, save_mask
+from medtl.predict.inference import predict_probabilities, save_mask, save_on_original_grid
 from medtl.predict.uncertainty import UncertaintyAccumulator
 from medtl.preprocess.case import PreprocessedCase, restore_labels, restore_map
 
@@ -54,9 +52,7 @@ class MapRequest:
 
 def save_map(values: np.ndarray, meta: dict, path: Path) -> None:
     """Write a float map on the case's original grid as float32 NIfTI, atomically."""
-    affine = np.asarray(meta["original_affine"], dtype=float)
-    vol = Volume(np.asarray(values, dtype=np.float32), affine)
-    atomic_write(path, lambda tmp: nib.save(vol.to_nifti(), str(tmp)))
+    save_on_original_grid(np.asarray(values, dtype=np.float32), meta, path)
 
 
 def segment_case_with_maps(
