@@ -36,6 +36,9 @@ from medtl.kernel.errors import InputError
 #: The rule that writes each training run's masks of its held-out cases.
 PREDICT_RULE = "predict_fold"
 
+#: A training run's best model, in its folder (``train/<arm>/seed<s>/fold<k>/best.pt``).
+BEST_CHECKPOINT = "best.pt"
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -46,19 +49,25 @@ class Axis:
         folder: its folder name, ``{}`` standing for the value (``seed{}``).
         pattern: a regular expression that matches any of its values.
         optional: runs of an earlier version may lack its folder (read as ``None``).
+        integer: its values are whole numbers (read back from a folder name as ``int``).
     """
 
     name: str
     folder: str
     pattern: str
     optional: bool = False
+    integer: bool = False
+
+    def value(self, text: str | None) -> str | int | None:
+        """The axis's value as read from a folder name (``None`` stays ``None``)."""
+        return int(text) if self.integer and text is not None else text
 
 
 #: The axes of a training run, outermost folder first.
 RUN_AXES: tuple[Axis, ...] = (
     Axis("arm", "{}", r"[A-Za-z0-9_.-]+"),
-    Axis("seed", "seed{}", r"\d+", optional=True),
-    Axis("fold", "fold{}", r"\d+"),
+    Axis("seed", "seed{}", r"\d+", optional=True, integer=True),
+    Axis("fold", "fold{}", r"\d+", integer=True),
 )
 
 #: Each kind of run output: its top folder under the results, and the suffix of the last
@@ -187,30 +196,21 @@ def trained_runs(results: Path | str, arm: str | None = None) -> list[TrainedRun
     Sorted by arm, seed and fold; runs of an earlier version (``train/<arm>/fold<k>/``)
     come with seed ``None``, before the seeded ones.
     """
-    root = Path(results) / "train"
+    root = Path(results) / KINDS["train"][0]
     folder = _run_folder()
     found = []
-    for path in root.glob("**/best.pt"):
+    for path in root.glob(f"**/{BEST_CHECKPOINT}"):
         match = folder.match(path.parent.relative_to(root).as_posix())
         if match is None or (arm is not None and match["arm"] != arm):
             continue
-        values = {
-            axis.name: match[axis.name]
-            if axis.name == "arm" or match[axis.name] is None
-            else int(match[axis.name])
-            for axis in RUN_AXES
-        }
+        values = {axis.name: axis.value(match[axis.name]) for axis in RUN_AXES}
         found.append(TrainedRun(**values, path=path))
     return sorted(found, key=lambda r: (r.arm, -1 if r.seed is None else r.seed, r.fold))
 
 
-#: A training run's best model, in its folder (``train/<arm>/seed<s>/fold<k>/best.pt``).
-BEST_CHECKPOINT = "best.pt"
-
-
 def arm_dir(results: Path | str, arm: str) -> Path:
     """The folder of every training run of one arm (``train/<arm>``)."""
-    return Path(results) / "train" / str(arm)
+    return Path(results) / KINDS["train"][0] / str(arm)
 
 
 def plan_file(results: Path | str) -> Path:

@@ -74,5 +74,7 @@ def test_a_new_axis_changes_every_path_from_one_place(monkeypatch):
     assert rule_path.as_posix() == "results/train/data-{dataset}/{arm}/seed{seed}/fold{fold}"
     match = layout._run_folder().match("data-liver/scratch/seed2/fold1")
     assert match.groupdict() == {"dataset": "liver", "arm": "scratch", "seed": "2", "fold": "1"}
+    values = {axis.name: axis.value(match[axis.name]) for axis in layout.RUN_AXES}
+    assert values == {"dataset": "liver", "arm": "scratch", "seed": 2, "fold": 1}
     with pytest.raises(ValueError, match=r"missing \['dataset'\]"):
         layout.run_path("train", "r", arm="a", seed=1, fold=0)
