@@ -297,6 +297,10 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     'make bench BENCH_ARGS="--nnunet-device cuda"': NotHere(CI_BENCH + "; and a CUDA device"),
     ".venv/bin/python benchmarks/compare_nnunet.py --help": Run(),
     "python -X importtime": Named(),
+    ".venv/bin/python benchmarks/onnx_inference.py --threads 2 --repeats 5": NotHere(
+        "a benchmark (two engines timed on two case sizes, minutes); tests/export/test_onnx.py "
+        "tests the ONNX export and ONNX Runtime inference it times"
+    ),
     ".venv/bin/python benchmarks/gpu_check.py --out gpu_check.json": NotHere(
         "needs a CUDA device; the same script runs in the next line with --device cpu --quick"
     ),
