@@ -84,13 +84,10 @@ def onnx_ensemble(
             f"the export holds arm {export.arm!r}, not {arm!r}",
             f"leave --arm out, or export arm {arm!r} with medtl export-onnx",
         )
-    plan = dict(export.plan)
-    plan["target_spacing"] = tuple(plan["target_spacing"])
-    plan["median_shape"] = tuple(plan["median_shape"])
     threads = torch.get_num_threads()
     return OnnxEnsemble(
         arm=export.arm,
-        plan=Plan(**plan),
+        plan=Plan.from_dict(export.plan),
         members=export.members,
         models=[OnnxNetwork(m.path, threads) for m in export.members],
         patch_size=export.patch_size,

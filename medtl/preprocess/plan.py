@@ -60,7 +60,12 @@ class Plan:
         path = Path(path)
         if not path.is_file():
             raise InputError(path, "preprocessing plan not found", "run the plan stage first")
-        d = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        """A plan from its JSON form (``plan.json``, or the copy an ONNX export holds)."""
+        d = dict(d)
         d["target_spacing"] = tuple(d["target_spacing"])
         d["median_shape"] = tuple(d["median_shape"])
         return cls(**d)
