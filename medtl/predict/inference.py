@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -16,9 +17,38 @@ from medtl.config import PredictConfig
 from medtl.io.volume import Volume, spacing_of
 from medtl.kernel.device import gpu_predictor, out_of_memory_hint
 from medtl.kernel.files import atomic_write
-from medtl.models.trained import load_model  # noqa: F401  (re-exported: callers import it here)
 from medtl.postprocess.components import apply_postprocessing
 from medtl.preprocess.case import PreprocessedCase, restore_labels
+from medtl.preprocess.plan import Plan
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The models of one arm, ready to segment with, and what goes with them.
+
+    Attributes:
+        arm: the arm.
+        plan: the run's preprocessing plan.
+        members: one record per model (its arm, seed, fold and file).
+        models: the networks (PyTorch modules, or ONNX Runtime sessions wrapped as such).
+        patch_size: the sliding window's size.
+        decision: the post-processing to apply, or None.
+        device: where the networks run.
+    """
+
+    arm: str
+    plan: Plan
+    members: list
+    models: list[torch.nn.Module]
+    patch_size: list[int]
+    decision: dict | None
+    device: torch.device
+
+    @property
+    def classes(self) -> dict[int, str]:
+        """The plan's classes as a plain dict (the DICOM writers derive UIDs from its repr)."""
+        return dict(self.plan.class_map)
+
 
 #: The spatial dimensions of a ``(batch, channel, x, y, z)`` tensor.
 SPATIAL_DIMS = (2, 3, 4)

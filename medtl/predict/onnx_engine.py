@@ -10,33 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
 from medtl.kernel.errors import InputError
 from medtl.models.onnx_model import (
     MANIFEST,
-    OnnxMember,
     OnnxNetwork,
     is_onnx_export,
     load_onnx_export,
 )
+from medtl.predict.inference import Ensemble
 from medtl.preprocess.plan import Plan
 
 #: The engines ``medtl predict`` runs networks with.
 ENGINES = ("torch", "onnxruntime")
-
-
-class OnnxEnsemble(NamedTuple):
-    """What ``predict_new`` takes from an export folder (in the order it unpacks them)."""
-
-    arm: str
-    plan: Plan
-    members: list[OnnxMember]
-    models: list[torch.nn.Module]
-    patch_size: list[int]
-    decision: dict | None
 
 
 def onnx_engine(engine: str, model: Path) -> bool:
@@ -69,7 +57,7 @@ def onnx_engine(engine: str, model: Path) -> bool:
 
 def onnx_ensemble(
     folder: Path, arm: str | None, seeds: Sequence[int] | None, postprocess: bool
-) -> OnnxEnsemble:
+) -> Ensemble:
     """Read an export folder and open one ONNX Runtime session per member.
 
     Each session uses as many threads as PyTorch (``--threads``).
@@ -85,11 +73,12 @@ def onnx_ensemble(
             f"leave --arm out, or export arm {arm!r} with medtl export-onnx",
         )
     threads = torch.get_num_threads()
-    return OnnxEnsemble(
+    return Ensemble(
         arm=export.arm,
         plan=Plan.from_dict(export.plan),
         members=export.members,
         models=[OnnxNetwork(m.path, threads) for m in export.members],
         patch_size=export.patch_size,
         decision=export.postprocess if postprocess else None,
+        device=torch.device("cpu"),
     )

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from medtl.config import PredictConfig
@@ -28,8 +26,9 @@ from medtl.layout import (
     runs_of_arm,
     trained_runs,
 )
+from medtl.models.trained import load_model
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
-from medtl.predict.inference import load_model, segment_case
+from medtl.predict.inference import Ensemble, segment_case
 from medtl.predict.maps import MapRequest, segment_case_with_maps
 from medtl.predict.onnx_engine import onnx_engine, onnx_ensemble
 from medtl.preprocess.case import load_case, preprocess_files
@@ -275,20 +274,6 @@ def predict_new(
     return table
 
 
-@dataclass(frozen=True)
-class _Ensemble:
-    """The models of one arm, ready to segment, and what goes with them."""
-
-    arm: str
-    plan: Plan
-    classes: dict[int, str]  # a plain dict: the DICOM writers derive their UIDs from its repr
-    device: torch.device
-    members: list[TrainedRun]
-    models: list
-    patch: list[int]
-    decision: dict | None
-
-
 def _load_ensemble(
     results: Path,
     arm: str | None,
@@ -296,29 +281,22 @@ def _load_ensemble(
     engine: str,
     device_name: str,
     postprocess: bool,
-) -> _Ensemble:
+) -> Ensemble:
     """The arm's ensemble from a results folder (PyTorch) or an export-onnx folder."""
     if onnx_engine(engine, results):
-        arm, plan, members, models, patch, decision = onnx_ensemble(
-            results, arm, seeds, postprocess
-        )
-        cpu = torch.device("cpu")
-        return _Ensemble(arm, plan, dict(plan.class_map), cpu, members, models, patch, decision)
+        return onnx_ensemble(results, arm, seeds, postprocess)
     arm = arm or default_arm(results)
     plan = Plan.load(plan_file(results))
-    classes = dict(plan.class_map)
     device = torch_device(device_name)
     members = ensemble_members(results, arm, seeds)
     loaded = [load_model(r.path, device) for r in members]
-    decision = _decision_for(results, arm, classes) if postprocess else None
+    decision = _decision_for(results, arm, dict(plan.class_map)) if postprocess else None
     models = [m for m, _ in loaded]
-    return _Ensemble(
-        arm, plan, classes, device, members, models, loaded[0][1]["patch_size"], decision
-    )
+    return Ensemble(arm, plan, members, models, loaded[0][1]["patch_size"], decision, device)
 
 
 def _segment(
-    ens: _Ensemble,
+    ens: Ensemble,
     case,
     cfg: PredictConfig,
     path: Path,
@@ -330,7 +308,7 @@ def _segment(
         return segment_case_with_maps(
             ens.models,
             case,
-            ens.patch,
+            ens.patch_size,
             cfg,
             ens.device,
             path,
@@ -339,7 +317,7 @@ def _segment(
             listed=listed,
         )
     labels = segment_case(
-        ens.models, case, ens.patch, cfg, ens.device, path, postprocess=ens.decision
+        ens.models, case, ens.patch_size, cfg, ens.device, path, postprocess=ens.decision
     )
     return labels, {}
 

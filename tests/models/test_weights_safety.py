@@ -19,9 +19,9 @@ from medtl.config import ModelConfig
 from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.safe_read import WeightsError, WeightsFileError, pickle_globals, safe_load
+from medtl.models.trained import load_model
 from medtl.models.transfer import load_pretrained
 from medtl.models.weights import read_weights
-from medtl.predict.inference import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 BASIC = ModelConfig(features=(4, 4, 8, 8, 16, 4))
