@@ -266,6 +266,17 @@ def segment_case(
         The labels written (uint8, original grid).
     """
     probs = predict_probabilities(models, case, patch_size, cfg, device)
+    return write_mask(probs, case, out, postprocess)
+
+
+def write_mask(
+    probs: torch.Tensor, case: PreprocessedCase, out: Path, postprocess: dict | None
+) -> np.ndarray:
+    """The mask of a case's probabilities on its original grid, post-processed and written.
+
+    Returns:
+        The labels written (uint8, original grid).
+    """
     labels = restore_labels(probs, case.meta)
     if postprocess is not None:
         spacing = spacing_of(np.asarray(case.meta["original_affine"], dtype=float))

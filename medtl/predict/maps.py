@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from medtl.config import PredictConfig
-from medtl.io.volume import spacing_of
-from medtl.postprocess.components import apply_postprocessing
-from medtl.predict.inference import predict_probabilities, save_mask, save_on_original_grid
+from medtl.predict.inference import predict_probabilities, save_on_original_grid, write_mask
 from medtl.predict.uncertainty import UncertaintyAccumulator
-from medtl.preprocess.case import PreprocessedCase, restore_labels, restore_map
+from medtl.preprocess.case import PreprocessedCase, restore_map
 
 #: The file names a case's maps get next to its mask, by table column.
 MAP_SUFFIXES = {
@@ -85,11 +83,7 @@ def segment_case_with_maps(
     """
     accumulator = UncertaintyAccumulator() if request.uncertainty else None
     probs = predict_probabilities(models, case, patch_size, cfg, device, observer=accumulator)
-    labels = restore_labels(probs, case.meta)
-    if postprocess is not None:
-        spacing = spacing_of(np.asarray(case.meta["original_affine"], dtype=float))
-        labels = apply_postprocessing(labels, postprocess, spacing)
-    save_mask(labels, case.meta, mask)
+    labels = write_mask(probs, case, mask, postprocess)
     stem = mask.name.removesuffix(".nii.gz")
     listed = Path(listed) if listed is not None else mask.parent
     columns: dict[str, object] = {}
