@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from medtl.kernel.files import atomic_write_text
+from medtl.kernel.files import atomic_write_text, sha256_file
 
 PACKAGES = (
     "medtl",
@@ -194,22 +194,6 @@ def reproducibility_differences(a: dict[str, Any], b: dict[str, Any]) -> list[st
         else:
             lines.append(f"{key}: {va} != {vb}")
     return lines
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes, hex.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-        >>> sha256_file(p)[:12]
-        'ba7816bf8f01'
-    """
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_digest(path: Path) -> str:

@@ -30,7 +30,6 @@ beyond MONAI's components, which the bundle is meant to avoid.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ from medtl.export.bundle_inference import (
 from medtl.export.bundle_metadata import BUNDLE_VERSION, metadata_config, readme
 from medtl.io.outputs import check_separate
 from medtl.kernel.errors import InputError
+from medtl.kernel.files import sha256_file
 from medtl.layout import TrainedRun, checkpoint_file, plan_file, runs_of_arm
 from medtl.models.safe_read import WeightsFileError, safe_load
 from medtl.preprocess.plan import Plan
@@ -136,14 +136,6 @@ def _check_network(network_def: dict[str, Any], state_dict: dict[str, torch.Tens
         ) from e
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _refuse_existing(out: Path, overwrite: bool) -> None:
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise BundleExportError(
@@ -188,7 +180,7 @@ def export_bundle(
     config = inference_config(plan, payload, cfg)
     _check_network(config["network_def"], payload["state_dict"])
     meta = metadata_config(
-        plan, payload, arm, run.fold, n_folds, run.path.parent, _sha256(checkpoint)
+        plan, payload, arm, run.fold, n_folds, run.path.parent, sha256_file(checkpoint)
     )
     _refuse_existing(out, overwrite)
 

@@ -26,7 +26,7 @@ import torch
 from medtl.config import ModelConfig, PredictConfig, parse_section, to_dict
 from medtl.io.outputs import check_separate, fresh_folder
 from medtl.kernel.errors import InputError
-from medtl.kernel.files import atomic_write_text
+from medtl.kernel.files import atomic_write_text, sha256_file
 from medtl.layout import TrainedRun, plan_file, runs_of_arm
 from medtl.models.networks import get_architecture
 from medtl.models.onnx_model import (
@@ -35,7 +35,6 @@ from medtl.models.onnx_model import (
     INPUT_NAME,
     MANIFEST,
     OUTPUT_NAME,
-    sha256_of,
 )
 from medtl.models.trained import load_model
 from medtl.postprocess.choose import load_decision
@@ -97,7 +96,7 @@ def export_onnx(
             write_onnx(model, int(payload.get("in_channels", 1)), payload["patch_size"], target)
             members.append(
                 {"file": target.name, "arm": run.arm, "seed": run.seed, "fold": run.fold,
-                 "sha256": sha256_of(target)}
+                 "sha256": sha256_file(target)}
             )  # fmt: skip
         manifest = _manifest(arm, plan, first, cfg, load_decision(results, arm), members)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")

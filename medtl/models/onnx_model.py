@@ -21,7 +21,6 @@ defined once here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from medtl.kernel.errors import InputError
+from medtl.kernel.files import sha256_file
 
 #: The JSON file that marks a folder as an ONNX export of medtl.
 MANIFEST = "medtl-onnx.json"
@@ -62,15 +62,6 @@ class OnnxExport:
     members: list[OnnxMember]
     postprocess: dict | None
     predict: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file, hex (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_onnx_export(folder: Path) -> bool:
@@ -130,7 +121,7 @@ def _member(folder: Path, entry: dict, again: str) -> OnnxMember:
     path = folder / str(entry["file"])
     if not path.is_file():
         raise InputError(path, f"model file listed in {MANIFEST} is missing", again)
-    found = sha256_of(path)
+    found = sha256_file(path)
     if found != entry["sha256"]:
         raise InputError(
             path,
