@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("medtl.preprocess", "medtl.models", "medtl.split", "medtl.demo"),
     ("medtl.provenance",),
     ("medtl.train", "medtl.evaluate"),
-    ("medtl.postprocess",),
+    ("medtl.postprocess", "medtl.trust"),
     ("medtl.predict", "medtl.export"),
     ("medtl.report",),
     ("medtl.checks", "medtl.cli"),
