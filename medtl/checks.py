@@ -41,6 +41,7 @@ from medtl.config import (
     ReportConfig,
     SplitsConfig,
     TrainConfig,
+    TrustConfig,
     parse_section,
     sources_note,
     to_dict,
@@ -117,6 +118,7 @@ def config_problems(
     _parsed(PredictConfig, config["predict"], "predict", problems)
     _parsed(EvaluateConfig, config["evaluate"], "evaluate", problems)
     _parsed(PostprocessConfig, config["postprocess"], "postprocess", problems)
+    _parsed(TrustConfig, config["trust"], "trust", problems)
     _parsed(SplitsConfig, config["splits"], "splits", problems)
     report = _parsed(ReportConfig, config["report"], "report", problems)
     dataset = _parsed(DatasetConfig, config["dataset"], "dataset", problems)

@@ -39,6 +39,13 @@ PREDICT_RULE = "predict_fold"
 #: A training run's best model, in its folder (``train/<arm>/seed<s>/fold<k>/best.pt``).
 BEST_CHECKPOINT = "best.pt"
 
+#: Beside a training run's held-out masks (``predictions/<arm>/seed<s>/fold<k>/``): one row
+#: per case (uncertainty scores, seconds), the voxels calibration is fitted on, and the
+#: prediction job's record (model size, peak memory).
+CV_CASE_SCORES = "cases.tsv"
+CV_CALIBRATION_SAMPLE = "calibration.npz"
+CV_PREDICTION_RECORD = "prediction.json"
+
 
 @dataclass(frozen=True)
 class Axis:
@@ -156,6 +163,11 @@ def run_predictions(
     For readers given the predictions folder itself (``medtl evaluate --predictions``).
     """
     return Path(predictions, *_run_parts(arm=arm, seed=seed, fold=fold))
+
+
+def trust_file(results: Path | str, arm: str) -> Path:
+    """Where the workflow writes ``arm``'s calibration and flag rule: ``trust/<arm>.json``."""
+    return Path(results) / "trust" / f"{arm}.json"
 
 
 def evaluation_file(results: Path | str, arm: str, seed: int | str, fold: int | str) -> Path:

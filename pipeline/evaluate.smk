@@ -82,3 +82,31 @@ rule postprocess:
         "--predictions {params.predictions} --arm {wildcards.arm} --seeds {params.seeds} "
         "--classes {params.classes:q} --settings {params.settings:q} "
         "--out {output} --threads {threads} > {log} 2>&1"
+
+
+# Calibration and failure flags, fitted on each arm's cross-validation predictions: the
+# temperature that calibrates its probabilities, and which per-case uncertainty score best
+# predicts a Dice below trust.bad_dice, with its threshold. `medtl predict` applies both.
+rule trust:
+    input:
+        predictions=lambda wc: every_run("predictions", arms=[wc.arm]),
+        evaluation=lambda wc: every_run("evaluation", arms=[wc.arm]),
+    output:
+        "results/trust/{arm}.json",
+    log:
+        "logs/trust/{arm}.log",
+    benchmark:
+        "results/benchmarks/trust/{arm}.tsv"
+    conda:
+        "../envs/medtl.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+    params:
+        python=PYTHON,
+        results=lambda wc, output: parent(parent(output[0])),
+        settings=as_json(config["trust"]),
+        seeds=lambda wc: ",".join(str(s) for s in SEEDS[wc.arm]),
+    shell:
+        "{params.python} -m medtl trust --results {params.results} --arm {wildcards.arm} "
+        "--seeds {params.seeds} --settings {params.settings:q} --out {output} > {log} 2>&1"

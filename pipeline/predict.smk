@@ -1,5 +1,6 @@
 # Stage 7: each training run's model segments its fold's held-out cases; masks are written in the
-# original image space (preprocessing inverted).
+# original image space (preprocessing inverted). Beside them: each case's uncertainty scores and
+# the voxels calibration is fitted on (read by the trust rule), and the model's size and memory.
 
 
 rule predict_fold:
@@ -26,6 +27,7 @@ rule predict_fold:
     params:
         python=PYTHON,
         settings=as_json(config["predict"]),
+        trust=as_json(config["trust"]),
         run=lambda wc, input: parent(input.model),
         cases=lambda wc, input: input.cases,
         device=config["device"],
@@ -33,4 +35,4 @@ rule predict_fold:
         "medtl_job {resources.attempt} {log:q} {params.python} -m medtl predict-fold "
         "--run {params.run} --folds {input.folds} --fold {wildcards.fold} "
         "--cases {params.cases} --out {output} --settings {params.settings:q} "
-        "--device {params.device} --threads {threads}"
+        "--trust {params.trust:q} --device {params.device} --threads {threads}"

@@ -9,6 +9,7 @@ rule report:
         folds="results/splits/folds.json",
         curves=every_run("train", "curves.csv"),
         postprocess=expand("results/postprocess/{arm}.json", arm=ARMS),
+        trust=expand("results/trust/{arm}.json", arm=ARMS),
         fractions=fraction_targets(),
     output:
         html="results/report/report.html",
@@ -69,6 +70,16 @@ rule report:
             "results/report/figures/overlays.png",
             caption="report/overlays.rst",
             category="Cases",
+        ),
+        reliability=report(
+            "results/report/figures/reliability.png",
+            caption="report/reliability.rst",
+            category="Trust",
+        ),
+        risk_coverage=report(
+            "results/report/figures/risk_coverage.png",
+            caption="report/risk_coverage.rst",
+            category="Trust",
         ),
     log:
         "logs/report.log",

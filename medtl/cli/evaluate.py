@@ -132,6 +132,48 @@ def postprocess(
 
 @app.command()
 @guard
+def trust(
+    results: Annotated[
+        Path,
+        typer.Option(
+            help="The run's results folder: the arm's training runs, their held-out "
+            "predictions (with cases.tsv and calibration.npz) and their evaluation."
+        ),
+    ],
+    arm: Annotated[str, typer.Option(help="The arm to fit.")],
+    out: Annotated[Path, typer.Option(help="The fit (JSON) to write.")],
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="The arm's training seeds, comma-separated (default: every run)."),
+    ] = None,
+    settings: Settings = "{}",
+) -> None:
+    """Calibrate an arm and choose its failure flag, on its cross-validation predictions.
+
+    Fits the temperature that calibrates the arm's probabilities (held-out voxels near
+    the structure; the error after is cross-fitted over folds), measures how well each
+    per-case uncertainty score predicts a Dice below trust.bad_dice (Spearman, AURC against
+    oracle and random), and picks the best score and its flag threshold. `medtl predict`
+    applies both. Settings: the config's `trust` section as JSON. See docs/predict.md.
+    """
+    from medtl.config import TrustConfig, load_json_arg, parse_section
+    from medtl.trust.cv import fit_trust
+
+    cfg = parse_section(TrustConfig, load_json_arg(settings, "--settings"), "trust")
+    record = fit_trust(
+        results, arm, cfg, out, seeds=[int(s) for s in seeds.split(",")] if seeds else None
+    )
+    cal, rule = record["calibration"], record["rule"]
+    flagged = sum(bool(c["flag"]) for c in record["cases"])
+    typer.echo(
+        f"trust {arm}: temperature {cal['temperature']:.3f}, ECE "
+        f"{cal['before']['ece']:.4f} → {cal['after']['ece']:.4f}; flag on "
+        f"{rule['measure']} ({flagged} of {len(record['cases'])} CV predictions) → {out}"
+    )
+
+
+@app.command()
+@guard
 def power(
     results: Annotated[
         Path | None,

@@ -19,16 +19,35 @@ def predict_fold(
     cases: Annotated[Path, typer.Option(help="Folder of preprocessed .npz cases.")],
     out: Annotated[Path, typer.Option(help="Folder for the masks.")],
     settings: Settings = "{}",
+    trust: Annotated[
+        str,
+        typer.Option(
+            help="The config's trust section as JSON: which voxels the calibration "
+            "sample holds (band_voxels, voxels_per_case)."
+        ),
+    ] = "{}",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Threads = 1,
     quiet: Quiet = False,
 ) -> None:
-    """Segment a fold's held-out cases; masks in the original image space."""
-    from medtl.config import PredictConfig, check_device_name, load_json_arg, parse_section
-    from medtl.predict.run import predict_fold as predict_fold_cases
+    """Segment a fold's held-out cases; masks in the original image space.
+
+    Beside the masks: cases.tsv (each case's uncertainty scores and seconds),
+    calibration.npz (the voxels temperature scaling is fitted on) and prediction.json
+    (model size, peak memory), which `medtl trust` reads.
+    """
+    from medtl.config import (
+        PredictConfig,
+        TrustConfig,
+        check_device_name,
+        load_json_arg,
+        parse_section,
+    )
+    from medtl.predict.fold import predict_fold as predict_fold_cases
 
     set_threads(threads)
     cfg = parse_section(PredictConfig, load_json_arg(settings, "--settings"), "predict")
+    trust_cfg = parse_section(TrustConfig, load_json_arg(trust, "--trust"), "trust")
     written = predict_fold_cases(
         run_dir=run,
         folds_path=folds,
@@ -38,6 +57,7 @@ def predict_fold(
         cfg=cfg,
         device_name=check_device_name(device, "--device"),
         progress=not quiet,
+        trust=trust_cfg,
     )
     typer.echo(f"predict fold {fold}: {len(written)} masks → {out}")
 

@@ -43,6 +43,7 @@ from medtl.config.records import (
     ReportConfig,
     SplitsConfig,
     TrainConfig,
+    TrustConfig,
 )
 from medtl.config.schema import SCHEMA_PATH, load_schema, read_text_values, schema_defaults
 from medtl.config.validate import sources_note, training_seeds, validate_config
@@ -70,6 +71,7 @@ __all__ = [
     "EvaluateConfig",
     "ModelConfig",
     "PostprocessConfig",
+    "TrustConfig",
     "PredictConfig",
     "PreprocessConfig",
     "PretrainConfig",

@@ -252,6 +252,27 @@ class PostprocessConfig:
 
 
 @dataclass(frozen=True)
+class TrustConfig:
+    """Calibration and failure flags, fitted per arm on its cross-validation predictions.
+
+    Attributes:
+        bad_dice: a held-out case whose Dice (mean over classes) is below this counts as a
+            failure; the flag threshold is chosen to find them.
+        band_voxels: calibration is fitted and measured on the voxels within this many
+            voxels of the reference or the predicted structure (far background is
+            trivially right and would make any model look calibrated).
+        voxels_per_case: at most this many of those voxels per held-out case (a random
+            subset when there are more).
+        ece_bins: equal-width confidence bins of the expected calibration error.
+    """
+
+    bad_dice: float = 0.8
+    band_voxels: int = 2
+    voxels_per_case: int = 20000
+    ece_bins: int = 15
+
+
+@dataclass(frozen=True)
 class SplitsConfig:
     """The cross-validation folds (``splits``).
 

@@ -4,7 +4,8 @@
 fold × seed) as ``<arm>_seed<s>_fold<k>.onnx`` and one manifest,
 :data:`medtl.models.onnx_model.MANIFEST`, with what a program needs to reproduce
 ``medtl predict``: the preprocessing plan, the class map, the patch size, the
-sliding-window settings, the arm's post-processing decision, and each file's SHA-256.
+sliding-window settings, the arm's post-processing decision, its calibration and flag rule
+(``results/trust/<arm>.json``) and each file's SHA-256.
 
 Each network takes float32 ``(batch, channels, x, y, z)`` and returns logits
 ``(batch, classes, x, y, z)`` (softmax over axis 1 gives the probabilities). The batch
@@ -39,6 +40,7 @@ from medtl.models.onnx_model import (
 from medtl.models.trained import load_model
 from medtl.postprocess.choose import load_decision
 from medtl.preprocess.plan import Plan
+from medtl.trust.decision import load_trust
 
 #: The ONNX operator set written (supported by ONNX Runtime 1.14 and later).
 OPSET = 17
@@ -98,7 +100,10 @@ def export_onnx(
                 {"file": target.name, "arm": run.arm, "seed": run.seed, "fold": run.fold,
                  "sha256": sha256_file(target)}
             )  # fmt: skip
-        manifest = _manifest(arm, plan, first, cfg, load_decision(results, arm), members)
+        trust = load_trust(results, arm)
+        calibration = trust.as_dict() if trust is not None else None
+        decision = load_decision(results, arm)
+        manifest = _manifest(arm, plan, first, cfg, decision, calibration, members)
         atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return out / MANIFEST
 
@@ -139,6 +144,7 @@ def _manifest(
     payload: dict,
     cfg: PredictConfig,
     decision: dict | None,
+    calibration: dict | None,
     members: list[dict],
 ) -> dict[str, Any]:
     """The content of :data:`MANIFEST` (see :mod:`medtl.models.onnx_model`)."""
@@ -168,7 +174,7 @@ def _manifest(
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "softmax_axis": 1},
         "predict": {k: settings[k] for k in ("overlap", "mode", "tta", "sw_batch_size")},
         "postprocess": decision,
-        "calibration": None,
+        "calibration": calibration,
         "members": members,
         "versions": {
             "medtl": __version__,

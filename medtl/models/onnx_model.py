@@ -10,7 +10,7 @@ An export folder holds one ``.onnx`` file per ensemble member (fold × seed) and
      "input": {...}, "output": {...},   # tensor names, layout and shape rules
      "predict": {"overlap": ..., "mode": ..., "tta": ..., "sw_batch_size": ...},
      "postprocess": {...} | null,       # results/postprocess/<arm>.json
-     "calibration": null,               # temperature scaling (not yet)
+     "calibration": {...} | null,       # results/trust/<arm>.json's rule: temperature, flag
      "members": [{"file", "arm", "seed", "fold", "sha256"}, ...],
      "versions": {"medtl", "torch", "onnx", "onnx_opset"}}
 
@@ -62,6 +62,7 @@ class OnnxExport:
     members: list[OnnxMember]
     postprocess: dict | None
     predict: dict[str, Any] = field(default_factory=dict)
+    calibration: dict | None = None
 
 
 def is_onnx_export(folder: Path) -> bool:
@@ -113,6 +114,7 @@ def load_onnx_export(folder: Path, seeds: list[int] | None = None) -> OnnxExport
         members=members,
         postprocess=data.get("postprocess"),
         predict=data.get("predict") or {},
+        calibration=data.get("calibration"),
     )
 
 

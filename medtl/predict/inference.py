@@ -20,6 +20,7 @@ from medtl.kernel.files import atomic_write
 from medtl.postprocess.components import apply_postprocessing
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 from medtl.preprocess.plan import Plan
+from medtl.trust.decision import TrustRule
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Ensemble:
         patch_size: the sliding window's size.
         decision: the post-processing to apply, or None.
         device: where the networks run.
+        trust: the arm's temperature and flag rule (``results/trust/<arm>.json``), or None.
     """
 
     arm: str
@@ -43,6 +45,7 @@ class Ensemble:
     patch_size: list[int]
     decision: dict | None
     device: torch.device
+    trust: TrustRule | None = None
 
     @property
     def classes(self) -> dict[int, str]:

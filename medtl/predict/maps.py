@@ -6,6 +6,11 @@
 ``<case>_probabilities.nii.gz``, one channel per class (background first). Every map lies
 on the case's original grid (:func:`medtl.preprocess.case.restore_map`: trilinear). They
 are float32: NIfTI has no float16 data type.
+
+When the arm was calibrated (``results/trust/<arm>.json``), the probabilities written are
+the tempered ones (:func:`medtl.trust.calibration.temper`); the mask, the uncertainty maps
+and the scores are not tempered (the scores' flag threshold was chosen on untempered CV
+scores, and the argmax does not change).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from medtl.config import PredictConfig
 from medtl.predict.inference import predict_probabilities, save_on_original_grid, write_mask
 from medtl.predict.uncertainty import UncertaintyAccumulator
 from medtl.preprocess.case import PreprocessedCase, restore_map
+from medtl.trust.calibration import temper
 
 #: The file names a case's maps get next to its mask, by table column.
 MAP_SUFFIXES = {
@@ -37,15 +43,17 @@ class MapRequest:
     Attributes:
         uncertainty: entropy and mutual-information maps, and the per-case scores.
         probabilities: the ensemble's mean probabilities, one channel per class.
+        scores: the per-case scores without the maps (for the risk and flag columns).
     """
 
     uncertainty: bool = False
     probabilities: bool = False
+    scores: bool = False
 
     @property
     def wanted(self) -> bool:
         """Whether anything beyond the mask is asked for."""
-        return self.uncertainty or self.probabilities
+        return self.uncertainty or self.probabilities or self.scores
 
 
 def save_map(values: np.ndarray, meta: dict, path: Path) -> None:
@@ -64,6 +72,7 @@ def segment_case_with_maps(
     *,
     postprocess: dict | None = None,
     listed: Path | None = None,
+    temperature: float = 1.0,
 ) -> tuple[np.ndarray, dict[str, object]]:
     """As :func:`medtl.predict.inference.segment_case`, plus the maps ``request`` asks for.
 
@@ -75,13 +84,14 @@ def segment_case_with_maps(
     Args:
         listed: the folder the table names the maps in (the final output folder when
             ``mask`` is written into a staging folder); default ``mask``'s folder.
+        temperature: the arm's calibration, applied to the probabilities written.
 
     Returns:
         The labels written (uint8, original grid) and the table columns: each map's
         path, and with ``request.uncertainty`` the scores (``members``, ``mean_entropy``,
-        ``agreement_dice``, ``volume_cv``).
+        ``mean_mutual_info``, ``agreement_dice``, ``volume_cv``).
     """
-    accumulator = UncertaintyAccumulator() if request.uncertainty else None
+    accumulator = UncertaintyAccumulator() if request.uncertainty or request.scores else None
     probs = predict_probabilities(models, case, patch_size, cfg, device, observer=accumulator)
     labels = write_mask(probs, case, mask, postprocess)
     stem = mask.name.removesuffix(".nii.gz")
@@ -95,10 +105,11 @@ def segment_case_with_maps(
 
     if accumulator is not None:
         result = accumulator.finish(probs)
-        write("entropy", restore_map(result.entropy[None], case.meta, [0.0])[..., 0])
-        write("mutual_info", restore_map(result.mutual_info[None], case.meta, [0.0])[..., 0])
+        if request.uncertainty:
+            write("entropy", restore_map(result.entropy[None], case.meta, [0.0])[..., 0])
+            write("mutual_info", restore_map(result.mutual_info[None], case.meta, [0.0])[..., 0])
         columns.update(result.scores.as_row())
     if request.probabilities:
         fill = [1.0] + [0.0] * (probs.shape[0] - 1)
-        write("probabilities", restore_map(probs, case.meta, fill))
+        write("probabilities", restore_map(temper(probs, temperature), case.meta, fill))
     return labels, columns

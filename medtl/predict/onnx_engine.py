@@ -22,6 +22,7 @@ from medtl.models.onnx_model import (
 )
 from medtl.predict.inference import Ensemble
 from medtl.preprocess.plan import Plan
+from medtl.trust.decision import TrustRule
 
 #: The engines ``medtl predict`` runs networks with.
 ENGINES = ("torch", "onnxruntime")
@@ -81,4 +82,5 @@ def onnx_ensemble(
         patch_size=export.patch_size,
         decision=export.postprocess if postprocess else None,
         device=torch.device("cpu"),
+        trust=TrustRule.from_dict(export.calibration) if export.calibration else None,
     )

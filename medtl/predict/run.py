@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,6 @@ from medtl.kernel.device import torch_device
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_write_text
 from medtl.layout import (
-    BEST_CHECKPOINT,
     TrainedRun,
     arm_dir,
     plan_file,
@@ -31,37 +31,9 @@ from medtl.postprocess.choose import decision_path, describe_decision, load_deci
 from medtl.predict.inference import Ensemble, segment_case
 from medtl.predict.maps import MapRequest, segment_case_with_maps
 from medtl.predict.onnx_engine import onnx_engine, onnx_ensemble
-from medtl.preprocess.case import load_case, preprocess_files
+from medtl.preprocess.case import preprocess_files
 from medtl.preprocess.plan import Plan
-from medtl.split.folds import fold_cases, load_folds
-
-
-def predict_fold(
-    run_dir: Path,
-    folds_path: Path,
-    fold: int,
-    cases_dir: Path,
-    out: Path,
-    cfg: PredictConfig,
-    device_name: str = "auto",
-    progress: bool = True,
-) -> list[Path]:
-    """Segment the held-out (``test``) cases of one fold with that fold's best model.
-
-    Masks are written as ``out/<case>.nii.gz`` on each case's original image grid. They
-    are never post-processed: the post-processing of the arm is chosen on them
-    (:mod:`medtl.postprocess.choose`).
-    """
-    device = torch_device(device_name)
-    model, payload = load_model(Path(run_dir) / BEST_CHECKPOINT, device)
-    written = []
-    cases = fold_cases(load_folds(folds_path), fold, "test")
-    for case_id in tqdm(cases, desc=f"predict fold {fold}", disable=not progress):
-        case = load_case(Path(cases_dir) / f"{case_id}.npz")
-        path = Path(out) / f"{case_id}.nii.gz"
-        segment_case([model], case, payload["patch_size"], cfg, device, path, postprocess=None)
-        written.append(path)
-    return written
+from medtl.trust.decision import load_trust
 
 
 def find_fold_models(results: Path, arm: str, seeds: Sequence[int] | None = None) -> list[Path]:
@@ -227,7 +199,11 @@ def predict_new(
     to each mask; the table's ``postprocess`` column says what was applied per class.
 
     ``maps`` asks for uncertainty maps and scores and/or the mean probabilities per case
-    (:mod:`medtl.predict.maps`); the masks are the same with or without them.
+    (:mod:`medtl.predict.maps`); the masks are the same with or without them. When the
+    run fitted the arm's trust (``results/trust/<arm>.json``, :mod:`medtl.trust.cv`), the
+    probabilities written are calibrated and the table gains ``risk`` (the per-case score
+    chosen on cross-validation, higher = more likely a bad mask) and ``flag`` (risk at or
+    above the threshold chosen on cross-validation: check this mask by hand).
 
     With ``engine="onnxruntime"``, ``results`` is a folder written by ``medtl export-onnx``
     and ONNX Runtime runs its networks on the CPU (:mod:`medtl.predict.onnx_engine`);
@@ -292,7 +268,9 @@ def _load_ensemble(
     loaded = [load_model(r.path, device) for r in members]
     decision = _decision_for(results, arm, dict(plan.class_map)) if postprocess else None
     models = [m for m, _ in loaded]
-    return Ensemble(arm, plan, members, models, loaded[0][1]["patch_size"], decision, device)
+    patch = loaded[0][1]["patch_size"]
+    trust = load_trust(results, arm)
+    return Ensemble(arm, plan, members, models, patch, decision, device, trust)
 
 
 def _segment(
@@ -303,9 +281,16 @@ def _segment(
     maps: MapRequest | None,
     listed: Path,
 ) -> tuple[np.ndarray, dict[str, object]]:
-    """One case's mask at ``path``, and the maps and scores ``maps`` asks for (table columns)."""
+    """One case's mask at ``path``, and the maps and scores ``maps`` asks for (table columns).
+
+    With the arm's trust rule, the scores are computed whatever ``maps`` asks, for the
+    ``risk`` and ``flag`` columns.
+    """
+    trust = ens.trust
+    if trust is not None and trust.measure is not None:
+        maps = replace(maps or MapRequest(), scores=True)
     if maps is not None and maps.wanted:
-        return segment_case_with_maps(
+        labels, columns = segment_case_with_maps(
             ens.models,
             case,
             ens.patch_size,
@@ -315,7 +300,12 @@ def _segment(
             maps,
             postprocess=ens.decision,
             listed=listed,
+            temperature=trust.temperature if trust is not None else 1.0,
         )
+        if trust is not None and trust.measure is not None:
+            risk, flag = trust.risk_and_flag(columns)
+            columns |= {"risk": risk, "flag": flag}
+        return labels, columns
     labels = segment_case(
         ens.models, case, ens.patch_size, cfg, ens.device, path, postprocess=ens.decision
     )

@@ -16,6 +16,7 @@ Per case (on the preprocessed grid, before post-processing), with the ensemble m
 ``E = argmax p̄`` and member masks ``A_m = argmax p_m``:
 
 - ``mean_entropy``: mean of ``H(p̄)`` over the voxels ``E`` calls foreground (any class);
+- ``mean_mutual_info``: mean of the mutual information over the same voxels;
 - ``agreement_dice``: per foreground class, the pooled Dice of the members' masks against
   the ensemble's, ``2 Σ_m |A_m ∩ E| / Σ_m (|A_m| + |E|)``, averaged over the classes any
   member or the ensemble found (1 when none did). Pooled rather than a mean of per-member
@@ -102,6 +103,7 @@ class CaseScores:
 
     members: int
     mean_entropy: float
+    mean_mutual_info: float
     agreement_dice: float
     volume_cv: float
 
@@ -178,6 +180,7 @@ class UncertaintyAccumulator:
         scores = CaseScores(
             members=self.members,
             mean_entropy=float(total[foreground].mean()) if foreground.any() else 0.0,
+            mean_mutual_info=float(mutual[foreground].mean()) if foreground.any() else 0.0,
             agreement_dice=pooled_dice(self._votes, ensemble, self.members),
             volume_cv=volume_cv(self._volumes),
         )

@@ -46,6 +46,19 @@ from medtl.report.sections import (
 )
 from medtl.report.spec import load_spec, render_spec
 from medtl.report.tables import fmt, json_safe, parse_triplet, table
+from medtl.report.trust import (
+    calibration_statement,
+    calibration_table,
+    failure_statement,
+    failure_table,
+    flagged_overlays,
+    flagged_table,
+    model_table,
+    trust_records,
+)
+from medtl.report.trust_figures import reliability_diagram, risk_coverage_figure
+from medtl.trust.calibration import CalibrationFit
+from medtl.trust.failure import FailureAssessment
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -132,6 +145,7 @@ class _Drawn:
     overlay_basis: str
     overlay_problems: list[str]
     label_fraction: dict | None
+    flagged_problems: list[str]
 
 
 def build_report(
@@ -281,7 +295,24 @@ def _draw_figures(figs: _Figures, results: Path, a: _Analysis, n_overlays: int) 
             "statements": label_fraction_statements(points, arms, a.reference_arm),
             "points": points.to_dict(orient="records"),
         }
-    return _Drawn(volumes, cases, basis, problems, label_fraction)
+    flagged_problems = _draw_trust(figs, results, a)
+    return _Drawn(volumes, cases, basis, problems, label_fraction, flagged_problems)
+
+
+def _draw_trust(figs: _Figures, results: Path, a: _Analysis) -> list[str]:
+    """The reliability diagram, the risk–coverage curves and the best arm's flagged cases."""
+    trust = a.inputs.trust
+    if not trust:
+        return []
+    fits = {arm: CalibrationFit.from_dict(rec["calibration"]) for arm, rec in trust.items()}
+    figs.add("reliability", reliability_diagram(fits))
+    assessed = {arm: FailureAssessment.from_dict(rec["failure"]) for arm, rec in trust.items()}
+    figs.add("risk_coverage", risk_coverage_figure(assessed))
+    arm = a.best_arm if a.best_arm in trust else next(iter(trust))
+    cases, problems = flagged_overlays(results, a.inputs, arm, trust[arm])
+    if cases:
+        figs.add("flagged_overlays", draw_overlays(cases, [arm], ("axial", "coronal", "sagittal")))
+    return problems
 
 
 def _context(
@@ -339,7 +370,24 @@ def _context(
         "overlay_problems": drawn.overlay_problems,
         "runtime": runtime_table(inputs.benchmarks),
         "label_fraction": drawn.label_fraction,
+        "trust": _trust_context(inputs, drawn),
+        "model_size": model_table(inputs.trust, inputs.run_summaries),
         "provenance": provenance,
+    }
+
+
+def _trust_context(inputs: Inputs, drawn: _Drawn) -> dict | None:
+    """The trust section's tables and sentences (None without any arm's fit)."""
+    trust = inputs.trust
+    if not trust:
+        return None
+    return {
+        "calibration": calibration_table(trust),
+        "calibration_statements": [calibration_statement(a, r) for a, r in trust.items()],
+        "failure": failure_table(trust),
+        "failure_statements": [failure_statement(a, r) for a, r in trust.items()],
+        "flagged": flagged_table(trust),
+        "flagged_problems": drawn.flagged_problems,
     }
 
 
@@ -353,6 +401,8 @@ def _render(context: dict, drawn: _Drawn, figs: _Figures) -> str:
         "weights": context["load_reports"] is not None,
         "overlays": bool(drawn.overlay_cases or drawn.overlay_problems),
         "runtime": context["runtime"] is not None,
+        "trust": context["trust"] is not None,
+        "model-size": context["model_size"] is not None,
     }
     values = {
         "reference_arm": context["reference_arm"],
@@ -399,6 +449,7 @@ def _summary(
         "n_cases": int(len(inputs.manifest)),
         "n_evaluated_cases": int(inputs.metrics["case"].nunique()),
         "runtime": runtime_records(inputs.benchmarks),
+        "trust": trust_records(inputs.trust),
         "provenance": provenance["record"],
         "figures": sorted(figs.uris),
     }

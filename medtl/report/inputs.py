@@ -14,7 +14,7 @@ import pandas as pd
 
 from medtl.io.manifest import read_manifest
 from medtl.kernel.errors import MedtlError
-from medtl.layout import BEST_CHECKPOINT, plan_file, run_dir
+from medtl.layout import BEST_CHECKPOINT, plan_file, run_dir, trust_file
 from medtl.report.fractions import read_label_fraction
 from medtl.split.folds import load_folds
 
@@ -51,6 +51,7 @@ class Inputs:
     label_fraction: pd.DataFrame | None = None
     postprocess: dict[str, dict] = field(default_factory=dict)
     run_records: list[dict] = field(default_factory=list)
+    trust: dict[str, dict] = field(default_factory=dict)
 
 
 def _read_metrics(path: Path, arms: list[str]) -> pd.DataFrame:
@@ -182,4 +183,7 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
         path = results / "postprocess" / f"{arm}.json"
         if path.is_file():
             inputs.postprocess[arm] = json.loads(path.read_text())
+        path = trust_file(results, arm)
+        if path.is_file():
+            inputs.trust[arm] = json.loads(path.read_text())
     return inputs

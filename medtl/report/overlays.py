@@ -151,28 +151,44 @@ def overlay_cases(
     if scores.empty:
         scores = pd.to_numeric(metrics["dice"], errors="coerce").groupby(metrics["case"]).mean()
         basis = "mean Dice over arms"
-    rows = inputs.manifest.set_index("case_id")
     fold_of = {c: int(f["fold"]) for f in inputs.folds["folds"] for c in f.get("test", [])}
     cases, problems = [], []
     for case, role in _pick_cases(scores, n):
-        row = rows.loc[case] if case in rows.index else None
-        if row is None or not row.get("label"):
-            problems.append(f"{case}: no labelled row in the manifest")
-            continue
-        image_path, label_path = Path(row["image"]), Path(row["label"])
-        absent = [str(p) for p in (image_path, label_path) if not p.is_file()]
-        if absent:
-            problems.append(f"{case}: not found {', '.join(absent)}")
-            continue
-        image, spacing = _load_ras(image_path)
-        label, _ = _load_ras(label_path)
-        preds = {}
-        for arm in arms:
-            pred = _first_prediction(results, inputs.metrics, arm, fold_of.get(case, -1), case)
-            if pred.is_file():
-                p, _ = _load_ras(pred)
-                if p.shape == label.shape:
-                    preds[arm] = p
+        preds = {
+            arm: _first_prediction(results, inputs.metrics, arm, fold_of.get(case, -1), case)
+            for arm in arms
+        }
         title = f"{role}: {case}\n({basis} {scores[case]:.3f})"
-        cases.append(OverlayCase(case, title, image, label, preds, spacing))
+        found = load_overlay_case(inputs, case, title, preds)
+        if isinstance(found, str):
+            problems.append(found)
+        else:
+            cases.append(found)
     return cases, basis, problems
+
+
+def load_overlay_case(
+    inputs: Inputs, case: str, title: str, predictions: dict[str, Path]
+) -> OverlayCase | str:
+    """A held-out case's image, reference and the masks named (those found, of its shape).
+
+    Returns:
+        The case to draw, or why it cannot be drawn (no labelled row, files not found).
+    """
+    rows = inputs.manifest.set_index("case_id")
+    row = rows.loc[case] if case in rows.index else None
+    if row is None or not row.get("label"):
+        return f"{case}: no labelled row in the manifest"
+    image_path, label_path = Path(row["image"]), Path(row["label"])
+    absent = [str(p) for p in (image_path, label_path) if not p.is_file()]
+    if absent:
+        return f"{case}: not found {', '.join(absent)}"
+    image, spacing = _load_ras(image_path)
+    label, _ = _load_ras(label_path)
+    preds = {}
+    for arm, pred in predictions.items():
+        if pred.is_file():
+            p, _ = _load_ras(pred)
+            if p.shape == label.shape:
+                preds[arm] = p
+    return OverlayCase(case, title, image, label, preds, spacing)

@@ -33,6 +33,7 @@ from medtl.config import (
     ReportConfig,
     SplitsConfig,
     TrainConfig,
+    TrustConfig,
     load_schema,
     schema_defaults,
     to_dict,
@@ -49,6 +50,7 @@ RECORDS = {
     PostprocessConfig: "postprocess",
     SplitsConfig: "splits",
     ReportConfig: "report",
+    TrustConfig: "trust",
     DatasetConfig: "dataset",
 }
 

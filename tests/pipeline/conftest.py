@@ -35,10 +35,15 @@ class Results:
 
     def summary_numbers(self) -> dict:
         """The report's ``summary.json`` less what legitimately differs between two runs:
-        run times, and the provenance's file hashes (torch.save records the temporary
-        file name and a random id in each checkpoint; the weights are compared apart)."""
+        run times (of the rules, and per case in each arm's model record), peak memory,
+        and the provenance's file hashes (torch.save records the temporary file name and
+        a random id in each checkpoint; the weights are compared apart)."""
         summary = json.loads((self.folder / "report" / "summary.json").read_text())
         summary.pop("runtime", None)
+        measured = ("seconds_per_case_median", "seconds_per_case_max", "peak_rss_mb", "peak_gpu_mb")
+        for fit in (summary.get("trust") or {}).values():
+            for key in measured:
+                (fit.get("model") or {}).pop(key, None)
         provenance = summary.pop("provenance", {})
         summary["seeds"] = provenance.get("seeds")
         summary["config_sha256"] = provenance.get("config_sha256")

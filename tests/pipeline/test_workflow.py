@@ -98,6 +98,18 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     for arm in ("scratch", "frozen", "finetune"):
         decision = json.loads((res / "postprocess" / f"{arm}.json").read_text())
         assert decision["classes"]["tumour"]["chosen"] in ("none", "largest", "min_volume")
+    # Trust: each arm calibrated and its flag rule chosen on its CV predictions; the
+    # report gives the chosen score's AURC beside the oracle's and random's.
+    for arm, n_seeds in (("scratch", 2), ("frozen", 1), ("finetune", 2)):
+        fit = json.loads((res / "trust" / f"{arm}.json").read_text())
+        assert len(fit["cases"]) == n_seeds * len(manifest)
+        assert fit["calibration"]["temperature"] > 0 and fit["calibration"]["voxels"] > 0
+        assert fit["rule"]["bad_dice"] == 0.8 and fit["model"]["parameters"] > 0
+        chosen = summary["trust"][arm]["chosen"]
+        assert chosen["oracle_aurc"] <= chosen["aurc"] + 1e-12
+        assert {"aurc", "random_aurc", "spearman_rho"} <= set(chosen)
+    assert "Trust in each prediction" in html and "Model size and inference cost" in html
+    assert {"reliability", "risk_coverage"} <= set(summary["figures"])
     for arm in ("frozen", "finetune"):
         assert (run_dir(res, arm, 3, 0) / "load_report.json").is_file()
     # provenance: SHA-256 of each run's inputs, the pretrained weights among them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 from typer.testing import CliRunner
 
 import medtl.predict.run as run
 from medtl.config import PredictConfig
+from medtl.layout import trust_file
 from medtl.predict.maps import MapRequest
 from medtl.preprocess.plan import Plan
+from medtl.trust.decision import TrustRule
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 SHAPE = (12, 10, 8)
@@ -158,3 +162,42 @@ def test_the_command_writes_maps_and_warns_for_one_member(finished, tmp_path, mo
     assert table["members"].tolist() == [1]
     assert table["agreement_dice"].tolist() == [1.0] and table["volume_cv"].tolist() == [0.0]
     assert float(np.asarray(_load(table["mutual_info"][0]).dataobj).max()) == 0.0
+
+
+def _write_trust(results: Path, threshold: float, temperature: float = 2.0) -> None:
+    rule = TrustRule(temperature, "agreement_dice", -1, threshold, 0.8, "youden")
+    path = trust_file(results, "finetune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rule": rule.as_dict()}))
+
+
+def test_the_arms_trust_gives_risk_and_flag_and_tempers_the_probabilities(finished, tmp_path):
+    results, sheet = finished
+    want = MapRequest(probabilities=True)
+    plain = _predict(results, sheet, tmp_path / "plain", maps=want)
+    assert "risk" not in plain.columns  # a run without a trust fit
+    _write_trust(results, threshold=0.2)
+    table = _predict(results, sheet, tmp_path / "trusted")  # no --uncertainty asked
+    row = table.iloc[0]
+    assert row["risk"] == pytest.approx(1 - row["agreement_dice"])  # 1 − agreement
+    assert row["flag"] == bool(row["risk"] >= 0.2)
+    written = pd.read_csv(tmp_path / "trusted" / "predictions.tsv", sep="\t")
+    assert {"risk", "flag"} <= set(written.columns)
+    assert not list((tmp_path / "trusted").glob("*_entropy.nii.gz"))  # scores, no maps
+    _write_trust(results, threshold=row["risk"] + 0.01)
+    assert not _predict(results, sheet, tmp_path / "below")["flag"].iloc[0]
+
+    tempered = _predict(results, sheet, tmp_path / "tempered", maps=want)
+    p0 = np.asarray(_load(plain["probabilities"][0]).dataobj)
+    p2 = np.asarray(_load(tempered["probabilities"][0]).dataobj)
+    # Tempered on the plan's grid, then resampled (trilinear) to the image's: where every
+    # neighbour has the same probability the resampling mixes equal values, so there the
+    # map is exactly softmax(ln p / 2) up to float32 rounding of log/exp (a few ulp).
+    expected = torch.softmax(torch.log(torch.from_numpy(p0).clamp_min(1e-38)) / 2, -1).numpy()
+    flat = ndimage.maximum_filter(p0[..., 1], 3) == ndimage.minimum_filter(p0[..., 1], 3)
+    assert flat.sum() > 0.2 * flat.size and (p0[..., 1][flat] > 0.01).any()
+    np.testing.assert_allclose(p2[flat], expected[flat], atol=1e-5)
+    assert np.abs(p2[..., 1] - 0.5).max() < np.abs(p0[..., 1] - 0.5).max()  # T = 2 softens
+    np.testing.assert_array_equal(
+        np.asarray(_load(tempered["mask"][0]).dataobj), np.asarray(_load(plain["mask"][0]).dataobj)
+    )
