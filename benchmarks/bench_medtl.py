@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 from bench_common import (
@@ -21,7 +22,7 @@ from bench_common import (
     train_settings,
 )
 from bench_nnunet import nnunet_predict, nnunet_train
-from measure import median_timing
+from measure import Timing, median_timing
 
 
 def pretrain(b: Bench, cfg: dict, d: dict) -> dict:
@@ -311,8 +312,125 @@ def inference_inputs(b: Bench, d: dict, test_cases: list[str], best_arm: str) ->
     return model, sheets, inputs
 
 
+def medtl_predict_cmd(
+    b: Bench, sheet: Path, model: Path, arm: str, out: Path, tta: bool, device: str, engine: str
+) -> list:
+    """``medtl predict`` of a case sheet with one engine (``torch`` or ``onnxruntime``)."""
+    cmd = [*b.medtl, "predict", sheet, "--model", model, "--arm", arm, "--out", out]
+    cmd += ["--engine", engine, "--device", device, "--threads", b.threads]
+    return cmd + ["--quiet", "--tta" if tta else "--no-tta"]
+
+
+def export_onnx(b: Bench, model: Path, arm: str) -> tuple[Path, dict]:
+    """``medtl export-onnx`` of ``model``'s ``arm``, once: ``(export folder, timing)``."""
+    folder = b.work / "medtl" / "onnx"
+    shutil.rmtree(folder, ignore_errors=True)
+    b.say("ONNX export of the inference model")
+    t = b.run(
+        [*b.medtl, "export-onnx", "--model", model, "--arm", arm, "--out", folder],
+        "medtl_export_onnx",
+    )
+    return folder, t.as_dict()
+
+
+def per_case(walls_all: list, walls_one: list, n: int) -> dict:
+    """Seconds per case after start-up from runs of all ``n`` cases and runs of one.
+
+    The cost of one more case once the tool has started, what a large data set pays:
+    (median wall of all − median wall of one) / (n − 1); the start-up is the rest of the
+    one-case run.
+    """
+    all_cases = median_timing(walls_all)
+    one = median_timing(walls_one)
+    s_per_case = (all_cases["wall_s"] - one["wall_s"]) / max(1, n - 1)
+    return {
+        **all_cases,
+        "s_per_case_with_startup": all_cases["wall_s"] / n,
+        "s_per_case": s_per_case,
+        "startup_s": one["wall_s"] - s_per_case,
+        "one_case_wall_s": one["wall_s"],
+    }
+
+
+def identical_voxels(pred_a: Path, pred_b: Path, cases: list[str]) -> dict:
+    """How far two engines' masks of the same cases agree: the fraction of identical
+    voxels over all cases together, and the lowest fraction of one case."""
+    same = total = 0
+    lowest = 1.0
+    for c in cases:
+        a = np.asanyarray(nib.load(str(pred_a / f"{c}.nii.gz")).dataobj)
+        m = np.asanyarray(nib.load(str(pred_b / f"{c}.nii.gz")).dataobj)
+        if a.shape != m.shape:
+            raise ValueError(f"{pred_b / c}: shape {m.shape} differs from {pred_a / c}: {a.shape}")
+        equal = int((a == m).sum())
+        same, total = same + equal, total + a.size
+        lowest = min(lowest, equal / a.size)
+    return {"identical_voxels": same / total, "lowest_case": lowest, "voxels": total}
+
+
+def time_tools(b: Bench, tools: dict, counts: tuple, key: str) -> dict:
+    """Run every tool on each count of cases in turn, ``--infer-repeats`` times.
+
+    ``tools`` maps a name to ``run(k) -> Timing``. Within a repeat the tools alternate
+    for each count, so that a slow spell of a shared machine hits all of them. Returns
+    ``{(name, k): [Timing, ...]}``.
+    """
+    walls: dict = {(tool, k): [] for tool in tools for k in counts}
+    for r in range(b.args.infer_repeats):
+        b.say(f"inference {key}, repeat {r + 1}/{b.args.infer_repeats}")
+        for k in counts:
+            for tool, run in tools.items():
+                walls[tool, k].append(run(k))
+    return walls
+
+
+def pred_dir(b: Bench, tool: str, key: str, k: int) -> Path:
+    """Where ``tool``'s predictions of ``k`` cases go (``key``: ``tta`` or ``no_tta``)."""
+    if tool in ("medtl", "nnunet"):
+        return b.work / tool / "infer" / f"{key}_{k}"
+    return b.work / "medtl" / "infer" / f"{key}_{tool}_{k}"
+
+
+def medtl_tools(
+    b: Bench, sheets: dict, model: Path, onnx_dir: Path, arm: str, tta: bool, device: str
+) -> dict:
+    """The timed ``medtl predict`` runs (:func:`time_tools`' ``tools``): ``medtl`` (eager
+    PyTorch on ``device``), ``onnxruntime`` (the export, CPU), and where ``device`` is not
+    the CPU ``medtl_cpu``, eager PyTorch on the CPU: ONNX Runtime's baseline on the same
+    cores."""
+    key = "tta" if tta else "no_tta"
+
+    def run(k: int, tool: str, engine: str, dev: str, folder: Path) -> Timing:
+        dst = pred_dir(b, tool, key, k)
+        shutil.rmtree(dst, ignore_errors=True)
+        cmd = medtl_predict_cmd(b, sheets[k], folder, arm, dst, tta, dev, engine)
+        return b.run(cmd, f"{tool}_predict_{key}_{k}")
+
+    tools = {"medtl": lambda k: run(k, "medtl", "torch", device, model)}
+    if device != "cpu":
+        tools["medtl_cpu"] = lambda k: run(k, "medtl_cpu", "torch", "cpu", model)
+    tools["onnxruntime"] = lambda k: run(k, "onnxruntime", "onnxruntime", "cpu", onnx_dir)
+    return tools
+
+
+def onnx_against_torch(b: Bench, times: dict, key: str, cases: list[str]) -> dict:
+    """ONNX Runtime's per-case figures beside eager PyTorch's on the CPU (``times``: tool
+    -> :func:`per_case`), and how far their masks of all ``cases`` agree."""
+    torch_cpu = "medtl_cpu" if "medtl_cpu" in times else "medtl"
+    n = len(cases)
+    return {
+        "onnxruntime": times["onnxruntime"],
+        "torch": {**times[torch_cpu], "device": "cpu"},
+        "masks": identical_voxels(
+            pred_dir(b, torch_cpu, key, n), pred_dir(b, "onnxruntime", key, n), cases
+        ),
+    }
+
+
 def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
-    """Per-case inference time and Dice from raw images, TTA off and on, one fold model."""
+    """Per-case inference time and Dice from raw images, TTA off and on, one fold model:
+    medtl (eager PyTorch) against nnU-Net, and the same model exported to ONNX and run by
+    ONNX Runtime against eager PyTorch on the CPU, with how far their masks agree."""
     from medtl.export.nnunet import nnunet_case_id
 
     classes = [int(k) for k in cfg["classes"]]
@@ -320,42 +438,33 @@ def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
     n = len(test_cases)
     best_arm = max(b.args.arms, key=lambda a: np.nan_to_num(bud[a]["dice"][-1], nan=-1))
     model, sheets, inputs = inference_inputs(b, d, test_cases, best_arm)
+    onnx_dir, export_timing = export_onnx(b, model, best_arm)
     last = f"checkpoint_mark{len(b.args.budgets) - 1}.pth"
     names = {c: nnunet_case_id(c) for c in test_cases}
-    out: dict = {"cases": n, "medtl_arm": best_arm}
+    out: dict = {
+        "cases": n,
+        "medtl_arm": best_arm,
+        "onnx": {"export_s": export_timing["wall_s"], "export": export_timing},
+    }
     for tta in (False, True):
         key = "tta" if tta else "no_tta"
-        walls: dict = {(tool, k): [] for tool in ("medtl", "nnunet") for k in (1, n)}
-        for r in range(b.args.infer_repeats):
-            b.say(f"inference {key}, repeat {r + 1}/{b.args.infer_repeats}")
-            for k in (n, 1):  # all held-out cases, then one: the difference is per case
-                pred_m = b.work / "medtl" / "infer" / f"{key}_{k}"
-                shutil.rmtree(pred_m, ignore_errors=True)
-                cmd = [*b.medtl, "predict", sheets[k], "--model", model, "--arm", best_arm]
-                cmd += ["--out", pred_m, "--device", b_device(cfg), "--threads", b.threads]
-                cmd += ["--quiet", "--tta" if tta else "--no-tta"]
-                walls["medtl", k].append(b.run(cmd, f"medtl_predict_{key}_{k}"))
-                pred_n = b.work / "nnunet" / "infer" / f"{key}_{k}"
-                shutil.rmtree(pred_n, ignore_errors=True)
-                walls["nnunet", k].append(
-                    nnunet_predict(b, inputs[k], pred_n, last, tta, f"nnunet_predict_{key}_{k}")
-                )
-        out[key] = {}
-        for tool, pred, tool_names in (
-            ("medtl", b.work / "medtl" / "infer" / f"{key}_{n}", None),
-            ("nnunet", b.work / "nnunet" / "infer" / f"{key}_{n}", names),
-        ):
-            all_cases = median_timing(walls[tool, n])
-            one = median_timing(walls[tool, 1])
-            per_case = (all_cases["wall_s"] - one["wall_s"]) / max(1, n - 1)
-            out[key][tool] = {
-                **all_cases,
-                "s_per_case_with_startup": all_cases["wall_s"] / n,
-                # the cost of one more case once the tool has started: what a large data
-                # set pays per case
-                "s_per_case": per_case,
-                "startup_s": one["wall_s"] - per_case,
-                "one_case_wall_s": one["wall_s"],
-                "dice": mean_dice(pred, refs, classes, tool_names),
-            }
+
+        def nnunet_run(k: int, tta=tta, key=key) -> Timing:
+            dst = pred_dir(b, "nnunet", key, k)
+            shutil.rmtree(dst, ignore_errors=True)
+            return nnunet_predict(b, inputs[k], dst, last, tta, f"nnunet_predict_{key}_{k}")
+
+        tools = medtl_tools(b, sheets, model, onnx_dir, best_arm, tta, b_device(cfg))
+        tools["nnunet"] = nnunet_run
+        # all held-out cases, then one: the difference is the cost per case
+        walls = time_tools(b, tools, (n, 1), key)
+        times = {tool: per_case(walls[tool, n], walls[tool, 1], n) for tool in tools}
+        dice = {
+            "medtl": mean_dice(pred_dir(b, "medtl", key, n), refs, classes),
+            "nnunet": mean_dice(pred_dir(b, "nnunet", key, n), refs, classes, names),
+        }
+        out[key] = {tool: {**times[tool], "dice": dice[tool]} for tool in ("medtl", "nnunet")}
+        out["onnx"][key] = onnx_against_torch(b, times, key, test_cases)
+        ort = out["onnx"][key]["onnxruntime"]
+        ort["dice"] = mean_dice(pred_dir(b, "onnxruntime", key, n), refs, classes)
     return out

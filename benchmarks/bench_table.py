@@ -104,6 +104,26 @@ def _inference_rows(res: dict, add: Callable[..., None]) -> None:
         )
         add(f"inference start-up (s), {label}", m["startup_s"], n["startup_s"], "lower")
         add(f"inference Dice, {label}", m["dice"], n["dice"], "higher")
+    _onnx_rows(res, add)
+
+
+def _onnx_rows(res: dict, add: Callable[..., None]) -> None:
+    """medtl's model exported to ONNX: ONNX Runtime's inference per case after start-up
+    against eager PyTorch's, both on the CPU, TTA off and on (a measure, no target).
+    Results of runs before the ONNX rows have none."""
+    onnx = res["inference"].get("onnx")
+    if not onnx:
+        return
+    for key, label in (("no_tta", "TTA off"), ("tta", "TTA on (8 mirrors)")):
+        ort, eager = onnx[key]["onnxruntime"], onnx[key]["torch"]
+        add(
+            f"inference s/case after start-up, ONNX Runtime vs eager PyTorch (CPU), {label}",
+            ort["s_per_case"],
+            eager["s_per_case"],
+            "lower",
+            name="ONNX Runtime",
+            peer_name="PyTorch",
+        )
 
 
 def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
@@ -135,11 +155,12 @@ def ratio_rows(res: dict) -> list[dict]:
     """One row per measure: medtl, the peer, medtl/peer, which way is better, the target."""
     rows = []
 
-    def add(measure, medtl, peer, better, target="", met=None, peer_name="nnU-Net"):
+    def add(measure, medtl, peer, better, target="", met=None, peer_name="nnU-Net", name="medtl"):
         ratio = medtl / peer if peer else float("nan")
         rows.append(
             {
                 "measure": measure,
+                "name": name,
                 "medtl": medtl,
                 "peer": peer,
                 "peer_name": peer_name,
@@ -171,10 +192,16 @@ def markdown(res: dict) -> str:
     for r in ratio_rows(res):
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
         digits = 3 if "Dice" in r["measure"] else 2
-        if "after start-up" in r["measure"] and r["medtl"] < NOISE_S:
+        low = [
+            (side, who)
+            for side, who in (("medtl", r["name"]), ("peer", r["peer_name"]))
+            if "after start-up" in r["measure"] and r[side] < NOISE_S
+        ]
+        if low:
             # the one-case run and the all-case run differ by less than run-to-run noise
-            r = {**r, "medtl": None, "ratio": None}
-            r["measure"] += f" (medtl: below {NOISE_S} s, the noise of the estimate)"
+            r = {**r, "ratio": None, **{side: None for side, _ in low}}
+            who = " and ".join(w for _, w in low)
+            r["measure"] += f" ({who}: below {NOISE_S} s, the noise of the estimate)"
         lines.append(
             f"| {r['measure']} | {fmt(r['medtl'], digits)} | "
             f"{r['peer_name']} {fmt(r['peer'], digits)} "
@@ -202,6 +229,8 @@ def markdown(res: dict) -> str:
             + "; ".join(parts)
             + f"; {bud['test_cases']} held-out cases."
         )
+    if res.get("inference", {}).get("onnx"):
+        extra.append(_onnx_note(res["inference"]["onnx"]))
     if res.get("pretrain", {}).get("timing"):
         extra.append(
             f"medtl's pretraining (one-off, reused by every pretrained arm and fold) took "
@@ -219,6 +248,26 @@ def markdown(res: dict) -> str:
             f"outputs {'hold the same voxels' if dcm['agreement']['agree'] else '**differ**'}."
         )
     return "\n".join(lines + [""] + extra) + "\n"
+
+
+def _onnx_note(onnx: dict) -> str:
+    """The ONNX rows' context: the export's time, start-ups, and the masks' agreement."""
+    parts = []
+    for key, label in (("no_tta", "TTA off"), ("tta", "TTA on")):
+        o = onnx[key]
+        masks = o["masks"]
+        parts.append(
+            f"{label}: start-up {o['onnxruntime']['startup_s']:.2f} s against "
+            f"{o['torch']['startup_s']:.2f} s, masks identical to PyTorch's in "
+            f"{100 * masks['identical_voxels']:.3f} % of voxels (lowest case "
+            f"{100 * masks['lowest_case']:.3f} %)"
+        )
+    return (
+        f"ONNX Runtime ran the same model exported once by `medtl export-onnx` "
+        f"({onnx['export_s']:.1f} s, not in the rows), on the CPU with the same threads; "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def write_doc(path: Path, body: str) -> None:

@@ -26,7 +26,11 @@ What it does, in order (every command's output goes to ``<work>/logs/``):
    pretraining is a one-off cost, shown apart.
 5. **Inference.** ``nnUNetv2_predict`` against ``medtl predict`` from the raw images of
    the held-out cases, one fold model each, TTA (mirroring) on and off, ``--repeats``
-   times: seconds per case and Dice.
+   times: seconds per case and Dice. The same medtl model is also exported once with
+   ``medtl export-onnx`` (timed apart) and run by ``medtl predict --engine onnxruntime``
+   on the same cases, TTA setting and threads, the engines alternating within each
+   repeat: ONNX Runtime's seconds per case after start-up against eager PyTorch's on the
+   CPU, and the fraction of voxels where the two engines' masks are identical.
 6. **DICOM → NIfTI.** ``medtl convert`` against ``dcm2niix`` on a generated series set
    (``benchmarks/dicom_convert.py``).
 7. **Report.** One table of ratios (medtl / nnU-Net or dcm2niix; medians over repeats)
