@@ -287,9 +287,9 @@ def _segment(
     ``risk`` and ``flag`` columns.
     """
     trust = ens.trust
-    if trust is not None and trust.measure is not None:
-        maps = replace(maps or MapRequest(), scores=True)
-    if maps is not None and maps.wanted:
+    if trust is not None:
+        maps = replace(maps or MapRequest(), scores=trust.measure is not None)
+    if maps is not None and (maps.wanted or trust is not None):
         labels, columns = segment_case_with_maps(
             ens.models,
             case,
@@ -302,7 +302,7 @@ def _segment(
             listed=listed,
             temperature=trust.temperature if trust is not None else 1.0,
         )
-        if trust is not None and trust.measure is not None:
+        if trust is not None:
             risk, flag = trust.risk_and_flag(columns)
             columns |= {"risk": risk, "flag": flag}
         return labels, columns

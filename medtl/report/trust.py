@@ -15,6 +15,7 @@ from medtl.layout import predictions_dir
 from medtl.report.inputs import Inputs
 from medtl.report.overlays import OverlayCase, load_overlay_case
 from medtl.report.tables import fmt, table
+from medtl.trust.calibration import TEMPERATURE_BOUNDS
 
 #: How each per-case score is named in the report.
 MEASURE_NAMES = {
@@ -65,6 +66,12 @@ def calibration_statement(arm: str, rec: dict) -> str:
     if before is None or after is None or not cal["voxels"]:
         return f"{arm}: no held-out voxels to calibrate on; its probabilities are left as they are."
     how = "" if "other folds" in rec.get("calibration_method", "") else " (in-sample: one fold)"
+    if not TEMPERATURE_BOUNDS[0] * 1.001 < t < TEMPERATURE_BOUNDS[1] * 0.999:
+        how += (
+            f"; T = {t:.2f} is at the edge of the search ({TEMPERATURE_BOUNDS[0]} to "
+            f"{TEMPERATURE_BOUNDS[1]}): near the structure the probabilities carry almost "
+            "no information (or are almost never wrong), which one temperature cannot fix"
+        )
     if after < before:
         return (
             f"{arm}: temperature {t:.2f} lowered the expected calibration error from "
@@ -118,12 +125,24 @@ def failure_statement(arm: str, rec: dict) -> str:
     """The chosen score, its AURC beside the oracle's and random's, and what it flags."""
     failure, rule = rec["failure"], rec["rule"]
     chosen = failure.get("chosen")
-    if chosen is None:
-        return f"{arm}: no per-case score to rank its held-out cases; nothing is flagged."
-    m = next(x for x in failure["measures"] if x["measure"] == chosen)
     n_bad = sum(
         1 for c in rec["cases"] if c.get("dice") is not None and c["dice"] < rule["bad_dice"]
     )
+    if chosen is None:
+        if not failure["measures"]:
+            return f"{arm}: no per-case score to rank its held-out cases; nothing is flagged."
+        verdict = (
+            "every case is flagged, as every held-out case was a failure"
+            if rule.get("rule") == "all"
+            else "nothing is flagged"
+        )
+        return (
+            f"{arm}: of {len(rec['cases'])} held-out predictions, {n_bad} have Dice below "
+            f"{rule['bad_dice']}, and no per-case score ranked them better than a random "
+            "ranking (a score that is the same for every case, as mutual information, "
+            f"agreement and volume CV are with one member, cannot): {verdict}."
+        )
+    m = next(x for x in failure["measures"] if x["measure"] == chosen)
     flagged = [c for c in rec["cases"] if c.get("flag")]
     hits = sum(1 for c in flagged if c.get("dice") is not None and c["dice"] < rule["bad_dice"])
     threshold = failure.get("threshold") or {}

@@ -144,11 +144,13 @@ def _check_pair(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     return probs, labels.astype(np.int64)
 
 
-def _nan_to_none(x: float) -> float | None:
+def finite_or_none(x: float | None) -> float | None:
+    """A number for JSON: NaN and infinities (and None) as None."""
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _none_to_nan(x: float | None) -> float:
+def nan_if_none(x: float | None) -> float:
+    """A number read from JSON: None as NaN."""
     return math.nan if x is None else float(x)
 
 
@@ -178,7 +180,7 @@ class Reliability:
             "count": list(self.count),
             "confidence": list(self.confidence),
             "accuracy": list(self.accuracy),
-            "ece": _nan_to_none(self.ece),
+            "ece": finite_or_none(self.ece),
         }
 
     @classmethod
@@ -188,7 +190,7 @@ class Reliability:
             count=[int(c) for c in d["count"]],
             confidence=[None if c is None else float(c) for c in d["confidence"]],
             accuracy=[None if a is None else float(a) for a in d["accuracy"]],
-            ece=_none_to_nan(d["ece"]),
+            ece=nan_if_none(d["ece"]),
         )
 
 
@@ -317,8 +319,8 @@ class CalibrationFit:
             "cases": int(self.cases),
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
-            "nll_before": _nan_to_none(self.nll_before),
-            "nll_after": _nan_to_none(self.nll_after),
+            "nll_before": finite_or_none(self.nll_before),
+            "nll_after": finite_or_none(self.nll_after),
         }
 
     @classmethod
@@ -329,8 +331,8 @@ class CalibrationFit:
             cases=int(d["cases"]),
             before=Reliability.from_dict(d["before"]),
             after=Reliability.from_dict(d["after"]),
-            nll_before=_none_to_nan(d["nll_before"]),
-            nll_after=_none_to_nan(d["nll_after"]),
+            nll_before=nan_if_none(d["nll_before"]),
+            nll_after=nan_if_none(d["nll_after"]),
         )
 
 

@@ -44,9 +44,13 @@ class TrustRule:
     rule: str | None = None
 
     def risk_and_flag(self, scores: dict[str, object]) -> tuple[float | None, bool | None]:
-        """A case's risk (its score, oriented so that higher is riskier) and its flag."""
+        """A case's risk (its score, oriented so that higher is riskier) and its flag.
+
+        Without a chosen score the risk is None, and the flag is True when every
+        cross-validation case failed (rule ``all``), else None (no rule to flag by).
+        """
         if self.measure is None or self.measure not in scores:
-            return None, None
+            return None, (True if self.rule == "all" else None)
         value = float(scores[self.measure])
         risk = value if self.direction > 0 else 1.0 - value
         if self.threshold is None or math.isnan(risk):

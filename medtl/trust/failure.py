@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
+from medtl.trust.calibration import finite_or_none, nan_if_none
+
 #: The per-case uncertainty measures, with their direction: +1 when a higher value is
 #: riskier, −1 when a lower value is (``agreement_dice`` is in [0, 1]).
 MEASURES: dict[str, int] = {
@@ -135,14 +137,6 @@ def spearman(risk: np.ndarray, dice: np.ndarray) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def _float_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _nan_if_none(x: float | None) -> float:
-    return math.nan if x is None else float(x)
-
-
 @dataclass(frozen=True)
 class Threshold:
     """Where a case is flagged: ``risk >= value``.
@@ -168,7 +162,7 @@ class Threshold:
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe: an infinite value (no case at all) is written as None."""
         return {
-            "value": _float_or_none(self.value),
+            "value": finite_or_none(self.value),
             "rule": self.rule,
             "sensitivity": self.sensitivity,
             "specificity": self.specificity,
@@ -254,7 +248,7 @@ class MeasureResult:
             "measure": self.measure,
             "n": int(self.n),
             **{
-                k: _float_or_none(getattr(self, k))
+                k: finite_or_none(getattr(self, k))
                 for k in ("spearman_rho", "spearman_p", "aurc", "oracle_aurc", "random_aurc")
             },
         }
@@ -265,7 +259,7 @@ class MeasureResult:
             measure=str(d["measure"]),
             n=int(d["n"]),
             **{
-                k: _nan_if_none(d[k])
+                k: nan_if_none(d[k])
                 for k in ("spearman_rho", "spearman_p", "aurc", "oracle_aurc", "random_aurc")
             },
         )
@@ -306,7 +300,7 @@ class FailureAssessment:
             "chosen": self.chosen,
             "threshold": None if self.threshold is None else self.threshold.as_dict(),
             "flagged": list(self.flagged),
-            "curves": {k: [_float_or_none(x) for x in v] for k, v in self.curves.items()},
+            "curves": {k: [finite_or_none(x) for x in v] for k, v in self.curves.items()},
         }
 
     @classmethod
@@ -317,7 +311,7 @@ class FailureAssessment:
             chosen=d["chosen"],
             threshold=None if d["threshold"] is None else Threshold.from_dict(d["threshold"]),
             flagged=[str(c) for c in d["flagged"]],
-            curves={k: [_nan_if_none(x) for x in v] for k, v in d["curves"].items()},
+            curves={k: [nan_if_none(x) for x in v] for k, v in d["curves"].items()},
         )
 
 
@@ -333,7 +327,11 @@ def assess(scores: pd.DataFrame, dice: pd.Series, bad_dice: float) -> FailureAss
 
     Returns:
         the assessment; the chosen measure has the lowest AURC (ties: :data:`MEASURES`
-        order). With no measure or no case: chosen None, threshold None, flagged [].
+        order) among those that can rank at all: not constant over the cases (one member
+        makes mutual information, agreement and volume CV constant) and better than a
+        random ranking (AURC below the mean loss). When none can: chosen None, and every
+        case flagged if every case failed (rule ``all``), else none (threshold None).
+        With no measure or no case: chosen None, threshold None, flagged [].
 
     Example:
         >>> s = pd.DataFrame({"mean_entropy": [0.1, 0.2, 0.9]}, index=["a", "b", "c"])
@@ -372,7 +370,10 @@ def assess(scores: pd.DataFrame, dice: pd.Series, bad_dice: float) -> FailureAss
         data[measure] = (risk, d, [str(k) for k in both.index])
     if not results:
         return FailureAssessment(float(bad_dice), [], None, None, [], {})
-    chosen = min(results, key=lambda m: m.aurc).measure  # min keeps the first on a tie
+    eligible = [m for m in results if _informative(data[m.measure][0], m)]
+    if not eligible:
+        return _no_score(float(bad_dice), results, data)
+    chosen = min(eligible, key=lambda m: m.aurc).measure  # min keeps the first on a tie
     risk, d, keys = data[chosen]
     loss = 1.0 - d
     threshold = choose_threshold(risk, d < bad_dice)
@@ -394,3 +395,28 @@ def assess(scores: pd.DataFrame, dice: pd.Series, bad_dice: float) -> FailureAss
             "random": [random_aurc(loss)] * len(loss),
         },
     )
+
+
+def _informative(risk: np.ndarray, result: MeasureResult) -> bool:
+    """Whether a measure can rank the cases: it varies, and beats a random ranking."""
+    return bool(np.ptp(risk) > 0) and result.aurc < result.random_aurc
+
+
+def _no_score(
+    bad_dice: float,
+    results: list[MeasureResult],
+    data: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+) -> FailureAssessment:
+    """No measure ranks the cases: flag all of them if all failed, else none."""
+    _, d, keys = data[results[0].measure]
+    loss = 1.0 - d
+    coverage, oracle_curve = risk_coverage(loss, loss)
+    curves = {
+        "coverage": coverage.tolist(),
+        "oracle": oracle_curve.tolist(),
+        "random": [random_aurc(loss)] * len(loss),
+    }
+    if bool((d < bad_dice).all()):
+        threshold = Threshold(-math.inf, "all", 1.0, None)
+        return FailureAssessment(bad_dice, results, None, threshold, list(keys), curves)
+    return FailureAssessment(bad_dice, results, None, None, [], curves)

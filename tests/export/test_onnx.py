@@ -12,6 +12,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -21,12 +22,13 @@ from medtl.config import ModelConfig, PredictConfig, to_dict
 from medtl.export.onnx import export_onnx
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_torch_save
-from medtl.layout import checkpoint_file
+from medtl.layout import checkpoint_file, trust_file
 from medtl.models.networks import build_network
 from medtl.models.onnx_model import MANIFEST, OnnxNetwork, load_onnx_export
 from medtl.predict.inference import predict_probabilities
 from medtl.preprocess.case import PreprocessedCase
 from medtl.preprocess.plan import Plan
+from medtl.trust.decision import TrustRule
 
 FEATURES = (4, 4, 8, 8, 16, 4)
 PATCH = [32, 32, 16]
@@ -216,3 +218,39 @@ def test_torch_engine_refuses_an_export(exported):
         onnx_engine("torch", exported)
     with pytest.raises(InputError, match="unknown engine"):
         onnx_engine("tensorrt", exported)
+
+
+def test_the_arms_trust_travels_with_the_export(finished_run, tmp_path):
+    """The manifest's ``calibration`` is the arm's trust rule, and both engines apply it."""
+    results, _ = finished_run
+    rule = TrustRule(1.7, "volume_cv", 1, 0.0, 0.8, "youden")  # flags every case
+    path = trust_file(results, "finetune")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rule": rule.as_dict()}))
+    try:
+        folder = export_onnx(results, "finetune", tmp_path / "onnx").parent
+    finally:
+        path.unlink()
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert TrustRule.from_dict(manifest["calibration"]) == rule
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(_image(5, (40, 44, 20)), np.diag([2.0, 2.0, 4.0, 1.0])), scan)
+    path.write_text(json.dumps({"rule": rule.as_dict()}))
+    try:
+        tables = {}
+        for engine, model in (("torch", results), ("onnxruntime", folder)):
+            out = tmp_path / f"out-{engine}"
+            args = ["predict", str(scan), "--model", str(model), "--out", str(out),
+                    "--engine", engine, "--device", "cpu", "--quiet"]  # fmt: skip
+            result = runner.invoke(app, args + (["--arm", "finetune"] if engine == "torch" else []))
+            assert result.exit_code == 0, result.output
+            tables[engine] = pd.read_csv(out / "predictions.tsv", sep="\t")
+    finally:
+        path.unlink()
+    for table in tables.values():
+        assert table["flag"].tolist() == [True] and table["risk"].iloc[0] >= 0.0
+    # The risk is the CV of the two members' volumes (thousands of voxels each): a voxel
+    # whose argmax the engines' float32 rounding flips moves it by about 1e-4.
+    assert tables["onnxruntime"]["risk"].iloc[0] == pytest.approx(
+        tables["torch"]["risk"].iloc[0], abs=1e-3
+    )

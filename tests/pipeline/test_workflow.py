@@ -105,9 +105,13 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
         assert len(fit["cases"]) == n_seeds * len(manifest)
         assert fit["calibration"]["temperature"] > 0 and fit["calibration"]["voxels"] > 0
         assert fit["rule"]["bad_dice"] == 0.8 and fit["model"]["parameters"] > 0
-        chosen = summary["trust"][arm]["chosen"]
-        assert chosen["oracle_aurc"] <= chosen["aurc"] + 1e-12
-        assert {"aurc", "random_aurc", "spearman_rho"} <= set(chosen)
+        measures = summary["trust"][arm]["measures"]
+        assert {m["measure"] for m in measures} == {
+            "mean_entropy", "mean_mutual_info", "agreement_dice", "volume_cv"
+        }  # fmt: skip
+        assert all(m["oracle_aurc"] <= m["aurc"] + 1e-12 for m in measures)
+        chosen = summary["trust"][arm]["chosen"]  # None when no score beats random
+        assert chosen is None or chosen["aurc"] < chosen["random_aurc"]
     assert "Trust in each prediction" in html and "Model size and inference cost" in html
     assert {"reliability", "risk_coverage"} <= set(summary["figures"])
     for arm in ("frozen", "finetune"):
@@ -152,7 +156,8 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     again = snakemake(work, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
-    # A changed training option reruns train -> predict -> evaluate -> report only.
+    # A changed training option reruns train -> predict -> evaluate (-> postprocess, trust)
+    # -> report only.
     cfg["train"]["steps"] = 5
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
@@ -163,6 +168,7 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
         "evaluate_fold",
         "evaluate",
         "postprocess",
+        "trust",
         "report",
         "all",
     }, rules
@@ -187,6 +193,8 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
         "paired_differences",
         "training_curves",
         "overlays",
+        "reliability",
+        "risk_coverage",
     ):
         assert any(n.endswith(f"{figure}.png") for n in names), figure
     pages = b"".join(archive.read(n) for n in names if n.endswith((".html", ".js")))
@@ -221,6 +229,11 @@ def test_whole_workflow_on_tiny_config(tmp_path: Path) -> None:
     assert pred.returncode == 0, pred.stderr
     table = pd.read_csv(out / "predictions.tsv", sep="\t")
     assert len(table) == 1 and table.loc[0, "folds"] == 2
+    rule = json.loads((res / "trust" / "finetune.json").read_text())["rule"]
+    if rule["measure"] is None:  # no score ranked the CV cases: flag all if all failed
+        assert table.loc[0, "flag"] == (rule["rule"] == "all") or pd.isna(table.loc[0, "flag"])
+    else:
+        assert table.loc[0, "flag"] == (table.loc[0, "risk"] >= rule["threshold"])
     chosen = json.loads((res / "postprocess" / "finetune.json").read_text())
     assert table.loc[0, "postprocess"].startswith(
         "none" if chosen["classes"]["tumour"]["chosen"] == "none" else "tumour"

@@ -186,6 +186,12 @@ def test_the_arms_trust_gives_risk_and_flag_and_tempers_the_probabilities(finish
     assert not list((tmp_path / "trusted").glob("*_entropy.nii.gz"))  # scores, no maps
     _write_trust(results, threshold=row["risk"] + 0.01)
     assert not _predict(results, sheet, tmp_path / "below")["flag"].iloc[0]
+    # No score ranked the CV cases and every one failed: every case flagged, no risk.
+    rule = TrustRule(1.0, None, 1, None, 0.8, "all")
+    trust_file(results, "finetune").write_text(json.dumps({"rule": rule.as_dict()}))
+    failed = _predict(results, sheet, tmp_path / "all")
+    assert failed["flag"].tolist() == [True] and failed["risk"].isna().all()
+    _write_trust(results, threshold=0.2)
 
     tempered = _predict(results, sheet, tmp_path / "tempered", maps=want)
     p0 = np.asarray(_load(plain["probabilities"][0]).dataobj)

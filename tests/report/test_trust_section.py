@@ -63,3 +63,14 @@ def test_model_table_gives_size_time_and_memory(record):
     row = model_table({"finetune": record}, summaries)["rows"][0]
     assert row[:5] == ["finetune", "1,000", "700", "0.00", "2"]
     assert row[5] == "1.000" and row[6] == "301 (process RSS)"
+
+
+def test_no_score_that_ranks_says_what_is_flagged(record):
+    none = copy.deepcopy(record)
+    none["failure"]["chosen"] = None
+    none["rule"]["rule"] = "all"
+    text = failure_statement("finetune", none)
+    assert "no per-case score ranked them better than a random ranking" in text
+    assert text.endswith("every case is flagged, as every held-out case was a failure.")
+    none["rule"]["rule"] = None
+    assert failure_statement("finetune", none).endswith("nothing is flagged.")

@@ -190,8 +190,22 @@ def test_assess_aligns_on_the_index_and_skips_missing_values():
     dice = pd.concat([DICE.drop("case0"), pd.Series({"other": 0.5})]).iloc[::-1]
     a = assess(scores, dice, bad_dice=0.5)
     assert [m.measure for m in a.measures] == ["mean_entropy"]
-    assert a.result().n == 4  # case0 lacks a Dice, case2 a score, 'other' both scores
+    assert a.result("mean_entropy").n == 4  # case0 lacks a Dice, case2 a score, 'other' both
     assert len(a.curves["coverage"]) == 4
+    # Backwards (highest on the best cases): worse than random, so not chosen; some cases
+    # are good, so nothing is flagged.
+    assert a.chosen is None and a.threshold is None and a.flagged == []
+
+
+def test_a_constant_score_is_never_chosen_and_all_failed_flags_all():
+    scores = pd.DataFrame({"mean_mutual_info": [0.0] * 6, "mean_entropy": 1 - DICE}, index=CASES)
+    a = assess(scores, DICE, bad_dice=0.5)
+    assert a.chosen == "mean_entropy"  # the constant one ties random, and is left out
+    failed = assess(scores[["mean_mutual_info"]], DICE, bad_dice=0.99)
+    assert failed.chosen is None and failed.threshold.rule == "all"
+    assert sorted(failed.flagged) == sorted(CASES)
+    some_good = assess(scores[["mean_mutual_info"]], DICE, bad_dice=0.5)
+    assert some_good.chosen is None and some_good.threshold is None and some_good.flagged == []
 
 
 def test_equal_areas_go_to_the_first_measure():
