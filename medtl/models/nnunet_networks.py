@@ -149,9 +149,7 @@ def canonical_state(model: nn.Module, keep_vars: bool = False) -> dict[str, torc
     For a network without shared modules this is ``model.state_dict()``.
     """
     aliases = alias_names(model)
-    return {
-        k: v for k, v in model.state_dict(keep_vars=keep_vars).items() if k not in aliases
-    }
+    return {k: v for k, v in model.state_dict(keep_vars=keep_vars).items() if k not in aliases}
 
 
 def fold_aliases(
@@ -197,9 +195,7 @@ def complete_state(
         if alias not in out and canonical in out:
             out[alias] = out[canonical]
     own = model.state_dict()
-    heads = sorted(
-        {k.split(".")[2] for k in own if k.startswith("decoder.seg_layers.")}, key=int
-    )
+    heads = sorted({k.split(".")[2] for k in own if k.startswith("decoder.seg_layers.")}, key=int)
     kept = []
     for key, value in own.items():
         unused_head = key.startswith("decoder.seg_layers.") and key.split(".")[2] != heads[-1]

@@ -3,10 +3,11 @@
 **Stages.** An architecture may declare its stages with an optional attribute
 ``encoder_stages``: a sequence, stem first, whose items are a parameter-name prefix or
 a sequence of prefixes (one stage), or a function of the built network that returns one
-(``resencunet``: ``encoder.stem``, ``encoder.stages.0`` ... ``encoder.stages.N``). Otherwise the stages are derived from the
-architecture's ``encoder_prefixes`` and the model's state-dict names (parameters and
-buffers, in the model's registration order, which runs from the stem to the deepest
-level; names that repeat a tensor, such as DNA's ``all_modules`` aliases, are left out):
+(``resencunet``: ``encoder.stem``, ``encoder.stages.0`` ... ``encoder.stages.N``).
+Otherwise the stages are derived from the architecture's ``encoder_prefixes`` and the
+model's state-dict names (parameters and buffers, in the model's registration order,
+which runs from the stem to the deepest level; names that repeat a tensor, such as DNA's
+``all_modules`` aliases, are left out):
 
 1. with several encoder prefixes, each prefix is one stage (``basicunet``: ``conv_0``,
    ``down_1`` ... ``down_4``);
