@@ -34,9 +34,10 @@ class ModelConfig:
     Attributes:
         name: architecture from :data:`medtl.models.networks.ARCHITECTURES`:
             ``basicunet``, ``flexibleunet`` (ResNet encoder), ``swinunetr``,
-            ``plainconvunet`` (nnU-Net's PlainConvUNet names).
+            ``plainconvunet`` (nnU-Net's PlainConvUNet), ``resencunet`` (nnU-Net's
+            ResidualEncoderUNet, ResEnc presets).
         features: channel widths (``basicunet``: six numbers; ``swinunetr``: the first is
-            its feature size; ``plainconvunet``: one per stage).
+            its feature size; ``plainconvunet``, ``resencunet``: one per stage).
         backbone: encoder backbone, for architectures that have one (``flexibleunet``).
         dropout: dropout probability.
     """

@@ -13,6 +13,7 @@ from torch import nn
 
 from medtl.config import ArmConfig, ModelConfig
 from medtl.models.networks import build_network, get_architecture
+from medtl.models.nnunet_networks import canonical_state
 from medtl.models.stages import StrategySpec, encoder_stages, stage_status
 
 FIXED_COLUMNS = ("part", "stage", "parameters", "pretrained")
@@ -76,7 +77,7 @@ def describe_model(
     model = network if network is not None else build_network(cfg, in_channels, num_classes)
     stages = encoder_stages(model, arch)
     params = dict(model.named_parameters())
-    state_keys = list(model.state_dict(keep_vars=True))
+    state_keys = list(canonical_state(model, keep_vars=True))
     starts = {name: StrategySpec.from_arm(arm).unfreeze_steps(stages) for name, arm in arms.items()}
 
     rows = []

@@ -8,7 +8,7 @@ this with parameter-name prefixes, so the same transfer code serves every networ
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,9 @@ class Architecture:
             stages), the function of the model config that gives it; else None.
         stem_keys: weights of the first layer, whose second axis is the input channels
             (adapted when a checkpoint was trained with another number of channels).
+        encoder_stages: where the generic rule of :mod:`medtl.models.stages` does not
+            split the encoder by resolution, the function of the built network that gives
+            its stages (stem first; each a prefix or a sequence of prefixes); else None.
     """
 
     build: Callable[[ModelConfig, int, int], nn.Module]
@@ -40,6 +43,7 @@ class Architecture:
     patch_multiple: int
     stem_keys: tuple[str, ...] = ()
     multiple_of: Callable[[ModelConfig], int] | None = None
+    encoder_stages: Callable[[nn.Module], Sequence[str | Sequence[str]]] | None = None
 
     def part_of(self, name: str) -> str:
         """``"encoder"``, ``"head"`` or ``"decoder"`` for a parameter or buffer name."""
@@ -112,16 +116,39 @@ def _swinunetr(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Modu
     )
 
 
-def _plainconvunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
-    from medtl.models.plainconv import NNUNET_FEATURES, PlainConvUNet
+def _nnunet_features(cfg: ModelConfig) -> tuple[int, ...]:
+    """The stage widths of an nnU-Net network: ``model.features``, or nnU-Net's default."""
+    from medtl.models.nnunet_networks import NNUNET_FEATURES
 
     features = NNUNET_FEATURES if _uses_default_features(cfg) else tuple(cfg.features)
-    if not 2 <= len(features) <= 6 or min(features) <= 0:
+    if not 2 <= len(features) <= 7 or min(features) <= 0:
         raise ConfigError(
-            f"config key 'model.features': plainconvunet needs 2 to 6 positive stage widths, "
+            f"config key 'model.features': {cfg.name} needs 2 to 7 positive stage widths, "
             f"got {list(features)}; e.g. nnU-Net's 3d_fullres {list(NNUNET_FEATURES)}"
         )
-    return PlainConvUNet(in_channels, out_channels, features=features, dropout=cfg.dropout)
+    return features
+
+
+def _plainconvunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from medtl.models.nnunet_networks import plain_conv_unet
+
+    return plain_conv_unet(in_channels, out_channels, _nnunet_features(cfg), cfg.dropout)
+
+
+def _resencunet(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+    from medtl.models.nnunet_networks import residual_encoder_unet
+
+    return residual_encoder_unet(in_channels, out_channels, _nnunet_features(cfg), cfg.dropout)
+
+
+def _nnunet_multiple(cfg: ModelConfig) -> int:
+    """Strides 1 then 2: n stages halve the patch n - 1 times (six by default: 32)."""
+    return 32 if _uses_default_features(cfg) else 2 ** (len(cfg.features) - 1)
+
+
+def _resenc_stages(model: nn.Module) -> list[str]:
+    """The stem, then one stage per resolution: ``encoder.stem``, ``encoder.stages.{i}``."""
+    return ["encoder.stem", *(f"encoder.stages.{i}" for i in range(len(model.encoder.stages)))]
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -148,14 +175,25 @@ ARCHITECTURES: dict[str, Architecture] = {
         patch_multiple=32,
         stem_keys=("swinViT.patch_embed.proj.weight",),
     ),
-    # Strides 1 then 2: n stages halve the patch n - 1 times (six by default: 32).
+    # nnU-Net's networks, built by dynamic-network-architectures (medtl.models.nnunet_networks).
+    # The head is every segmentation layer: the deep-supervision ones too, which DNA builds
+    # and the forward pass leaves unused.
     "plainconvunet": Architecture(
         build=_plainconvunet,
         encoder_prefixes=("encoder.",),
         head_prefixes=("decoder.seg_layers.",),
         patch_multiple=32,
         stem_keys=("encoder.stages.0.0.convs.0.conv.weight",),
-        multiple_of=lambda cfg: 32 if _uses_default_features(cfg) else 2 ** (len(cfg.features) - 1),
+        multiple_of=_nnunet_multiple,
+    ),
+    "resencunet": Architecture(
+        build=_resencunet,
+        encoder_prefixes=("encoder.",),
+        head_prefixes=("decoder.seg_layers.",),
+        patch_multiple=32,
+        stem_keys=("encoder.stem.convs.0.conv.weight",),
+        multiple_of=_nnunet_multiple,
+        encoder_stages=_resenc_stages,
     ),
 }
 
@@ -238,8 +276,10 @@ def count_parameters(model: nn.Module, arch: Architecture) -> dict[str, int]:
 
 
 def encoder_state_keys(model: nn.Module, arch: Architecture) -> list[str]:
-    """Names in the model's state dict that belong to the encoder."""
-    return [k for k in model.state_dict() if arch.part_of(k) == "encoder"]
+    """Names in the model's state dict that belong to the encoder (aliases left out)."""
+    from medtl.models.nnunet_networks import canonical_state
+
+    return [k for k in canonical_state(model) if arch.part_of(k) == "encoder"]
 
 
 def freeze_encoder(model: nn.Module, arch: Architecture) -> int:

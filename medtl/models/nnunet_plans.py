@@ -6,7 +6,10 @@ by name and shape into medtl's ``plainconvunet`` (stride 2 everywhere) and then 
 something else. The plans say how the network was built; nnU-Net v2 stores them in the
 checkpoint (``init_args["plans"]``) and beside it (``plans.json`` in the trainer folder
 ``<Trainer>__<Plans>__<configuration>/``, above ``fold_N/``). :func:`check_plans` reads
-them and refuses a network medtl does not rebuild.
+them and refuses a network medtl does not build; :func:`medtl_settings` gives the medtl
+model settings of one it does build (``PlainConvUNet`` → ``plainconvunet``,
+``ResidualEncoderUNet`` of the ResEnc presets → ``resencunet``), and
+:func:`build_planned` builds it.
 
 Example:
     >>> plans = {"configurations": {"3d_fullres": {"architecture": {
@@ -22,11 +25,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medtl.models.nnunet_networks import (
+    PLAIN_CONVS,
+    PLAIN_DECODER_CONVS,
+    RESENC_DECODER_CONVS,
+    resenc_blocks,
+)
 from medtl.models.safe_read import WeightsError, WeightsFileError
+
+#: nnU-Net network class → the medtl architecture that builds it.
+MEDTL_NAMES = {"PlainConvUNet": "plainconvunet", "ResidualEncoderUNet": "resencunet"}
 
 _PLANS_FIX = (
     "put the plans.json nnU-Net wrote for this model (nnUNet_results/DatasetXXX/"
@@ -46,7 +58,11 @@ class PlannedNetwork:
         conv_op: the convolution class as written in the plans (may be empty).
         kernel_sizes: per stage, the kernel size per axis.
         strides: per stage, the stride per axis.
-        convs_per_stage: per encoder stage, the number of convolutions.
+        convs_per_stage: per encoder stage, the number of convolutions
+            (``PlainConvUNet``) or residual blocks (``ResidualEncoderUNet``).
+        features: per stage, the width (empty when the plans do not say).
+        decoder_convs: per decoder stage, the number of convolutions (empty when the
+            plans do not say).
     """
 
     source: str
@@ -56,6 +72,8 @@ class PlannedNetwork:
     kernel_sizes: list[list[int]]
     strides: list[list[int]]
     convs_per_stage: list[int]
+    features: list[int] = field(default_factory=list)
+    decoder_convs: list[int] = field(default_factory=list)
 
 
 def find_plans(checkpoint: Mapping[str, Any], path: Path) -> tuple[Mapping[str, Any], str]:
@@ -130,20 +148,26 @@ def network_of(plans: Mapping[str, Any], configuration: str, source: Path | str)
         kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
         class_name = arch.get("network_class_name")
         kernels, strides = kwargs.get("kernel_sizes"), kwargs.get("strides")
-        convs, conv_op = kwargs.get("n_conv_per_stage"), kwargs.get("conv_op", "")
+        convs = kwargs.get("n_conv_per_stage") or kwargs.get("n_blocks_per_stage")
+        conv_op, features = kwargs.get("conv_op", ""), kwargs.get("features_per_stage")
+        decoder = kwargs.get("n_conv_per_stage_decoder")
     else:  # nnU-Net 2.0 to 2.3
         class_name = merged.get("UNet_class_name")
         kernels, strides = merged.get("conv_kernel_sizes"), merged.get("pool_op_kernel_sizes")
         convs, conv_op = merged.get("n_conv_per_stage_encoder"), ""
+        features, decoder = None, merged.get("n_conv_per_stage_decoder")
     if not (isinstance(class_name, str) and kernels and strides and convs):
         raise WeightsError(
             f"{source}: the nnU-Net plans do not describe the network of configuration "
             f"{configuration!r} (expected architecture.network_class_name and arch_kwargs "
-            "kernel_sizes, strides, n_conv_per_stage). How to fix: use the plans.json "
+            "kernel_sizes, strides, n_conv_per_stage or n_blocks_per_stage). How to fix: use "
+            "the plans.json "
             "nnU-Net v2 wrote with this checkpoint"
         )
     if not isinstance(convs, list | tuple):
         convs = [convs] * len(kernels)
+    if isinstance(decoder, int):
+        decoder = [decoder] * (len(kernels) - 1)
 
     def per_axis(value: Any) -> list[int]:
         return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)] * 3
@@ -156,6 +180,8 @@ def network_of(plans: Mapping[str, Any], configuration: str, source: Path | str)
         kernel_sizes=[per_axis(k) for k in kernels],
         strides=[per_axis(s) for s in strides],
         convs_per_stage=[int(c) for c in convs],
+        features=[int(f) for f in features] if isinstance(features, list | tuple) else [],
+        decoder_convs=[int(c) for c in decoder] if isinstance(decoder, list | tuple) else [],
     )
 
 
@@ -165,51 +191,103 @@ def describe_network(net: PlannedNetwork) -> str:
     strides = ", ".join(
         str(s[0]) if len(set(s)) == 1 else "×".join(map(str, s)) for s in net.strides
     )
-    convs = set(net.convs_per_stage)
+    if net.class_name == "ResidualEncoderUNet":
+        per_stage = f"{', '.join(map(str, net.convs_per_stage))} residual blocks per stage"
+    else:
+        per_stage = f"{'/'.join(map(str, sorted(set(net.convs_per_stage))))} convolutions per stage"
     return (
         f"{net.class_name}, {len(net.kernel_sizes)} stages, "
-        f"{'/'.join(sorted(kernels))} kernels, strides {strides}; "
-        f"{'/'.join(map(str, sorted(convs)))} convolutions per stage"
+        f"{'/'.join(sorted(kernels))} kernels, strides {strides}; {per_stage}"
     )
 
 
-def plainconv_differences(net: PlannedNetwork) -> list[str]:
-    """How ``net`` differs from medtl's ``plainconvunet`` (empty: medtl rebuilds it)."""
+def differences(net: PlannedNetwork) -> list[str]:
+    """How ``net`` differs from the medtl network of its class (empty: medtl builds it).
+
+    medtl builds nnU-Net's ``PlainConvUNet`` (``plainconvunet``) and the
+    ``ResidualEncoderUNet`` of the ResEnc presets (``resencunet``), 3-D, with 3×3×3
+    kernels and stride 1 in the first stage and 2 along every axis after.
+    """
+    name = MEDTL_NAMES.get(net.class_name)
+    if name is None:
+        return [
+            f"its network is a {net.class_name}; medtl builds nnU-Net's PlainConvUNet "
+            "(model.name: plainconvunet) and ResidualEncoderUNet (resencunet) only"
+        ]
     out = []
-    if net.class_name != "PlainConvUNet":
-        out.append(
-            f"its network is a {net.class_name}; medtl's plainconvunet rebuilds nnU-Net's "
-            "PlainConvUNet only"
-        )
     if "2d" in net.conv_op.lower() or any(len(k) != 3 for k in net.kernel_sizes):
         out.append("it is a 2-D network; medtl's networks are 3-D")
     elif any(k != [3, 3, 3] for k in net.kernel_sizes):
-        out.append(
-            f"its kernel sizes are {net.kernel_sizes}; plainconvunet uses 3×3×3 in every stage"
-        )
+        out.append(f"its kernel sizes are {net.kernel_sizes}; {name} uses 3×3×3 in every stage")
     expected = [[1, 1, 1]] + [[2, 2, 2]] * (len(net.strides) - 1)
     if net.strides != expected:
         out.append(
-            f"its strides are {net.strides}; plainconvunet uses 1 in the first stage and 2 "
-            "along every axis after (strides leave no trace in the weights' shapes, so these "
-            "would load and then compute something else)"
+            f"its strides are {net.strides}; {name} uses 1 in the first stage and 2 along "
+            "every axis after (strides leave no trace in the weights' shapes, so these would "
+            "load and then compute something else)"
         )
-    if any(c != 2 for c in net.convs_per_stage):
+    n = len(net.convs_per_stage)
+    if name == "plainconvunet":
+        encoder, what, decoder = [PLAIN_CONVS] * n, "convolutions", PLAIN_DECODER_CONVS
+    else:
+        encoder, what, decoder = list(resenc_blocks(n)), "residual blocks", RESENC_DECODER_CONVS
+    if net.convs_per_stage != encoder:
+        out.append(f"its encoder has {net.convs_per_stage} {what} per stage; {name} has {encoder}")
+    if net.decoder_convs and any(c != decoder for c in net.decoder_convs):
         out.append(
-            f"its encoder has {net.convs_per_stage} convolutions per stage; plainconvunet has 2"
+            f"its decoder has {net.decoder_convs} convolutions per stage; {name} has {decoder}"
         )
     return out
 
 
+def medtl_settings(net: PlannedNetwork) -> dict[str, Any]:
+    """The medtl ``model`` settings that build ``net`` (check :func:`differences` first).
+
+    Example:
+        >>> net = PlannedNetwork("plans.json", "3d_fullres", "ResidualEncoderUNet", "",
+        ...                      [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [1, 3], [32, 64])
+        >>> medtl_settings(net)
+        {'name': 'resencunet', 'features': [32, 64]}
+    """
+    settings: dict[str, Any] = {"name": MEDTL_NAMES.get(net.class_name, net.class_name)}
+    if net.features:
+        settings["features"] = list(net.features)
+    return settings
+
+
+def build_planned(net: PlannedNetwork, in_channels: int, num_classes: int) -> Any:
+    """The medtl network the plans describe, with a head for ``num_classes``.
+
+    Raises:
+        WeightsError: medtl does not build that network (:func:`differences`), or the
+            plans do not give its stage widths.
+    """
+    from medtl.config import ModelConfig
+    from medtl.models.networks import build_network
+
+    problems = differences(net)
+    if problems or not net.features:
+        why = "; ".join(problems) or "the plans give no features_per_stage"
+        raise WeightsError(
+            f"{net.source}: cannot build the network of configuration {net.configuration!r} "
+            f"({describe_network(net)}): {why}. How to fix: use plans of a 3-D PlainConvUNet "
+            "or ResidualEncoderUNet written by nnU-Net v2 ≥ 2.4"
+        )
+    settings = medtl_settings(net)
+    cfg = ModelConfig(name=settings["name"], features=tuple(settings["features"]))
+    return build_network(cfg, in_channels, num_classes)
+
+
 def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:
-    """Refuse an nnU-Net checkpoint whose network medtl's ``plainconvunet`` does not rebuild.
+    """Refuse an nnU-Net checkpoint whose network medtl does not build.
 
     Args:
         checkpoint: the loaded ``checkpoint_final.pth`` (a dict).
         path: its file, to find ``plans.json`` beside it and to name it.
 
     Returns:
-        A note for the load report: where the plans came from and what they describe.
+        A note for the load report: where the plans came from, what they describe and
+        the medtl model settings that build it.
 
     Raises:
         WeightsFileError: no plans in the file or beside it.
@@ -227,13 +305,17 @@ def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:
             "folder, or use the checkpoint_final.pth nnU-Net v2 wrote"
         )
     net = network_of(plans, name, source)
-    problems = plainconv_differences(net)
+    problems = differences(net)
     if problems:
         raise WeightsError(
-            f"{path}: the nnU-Net plans ({source}) describe a network medtl does not rebuild "
+            f"{path}: the nnU-Net plans ({source}) describe a network medtl does not build "
             f"({describe_network(net)}): " + "; ".join(problems) + ". How to fix: use an "
-            "nnU-Net checkpoint of a 3-D PlainConvUNet with 3×3×3 kernels and isotropic "
-            "stride-2 downsampling (nnU-Net's 3d_fullres on isotropic data), or train without "
-            "these weights"
+            "nnU-Net checkpoint of a 3-D PlainConvUNet (default plans) or ResidualEncoderUNet "
+            "(ResEnc M/L/XL presets) with 3×3×3 kernels and isotropic stride-2 downsampling "
+            "(3d_fullres on isotropic data), or train without these weights"
         )
-    return f"nnU-Net plans ({source}), configuration {name}: {describe_network(net)}"
+    settings = ", ".join(f"model.{k}: {v}" for k, v in medtl_settings(net).items())
+    return (
+        f"nnU-Net plans ({source}), configuration {name}: {describe_network(net)}; "
+        f"medtl builds it with {settings}"
+    )

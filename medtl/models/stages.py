@@ -2,10 +2,12 @@
 
 **Stages.** An architecture may declare its stages with an optional attribute
 ``encoder_stages``: a sequence, stem first, whose items are a parameter-name prefix or
-a sequence of prefixes (one stage). Otherwise the stages are derived from the
-architecture's ``encoder_prefixes`` and the model's state-dict names (parameters and
-buffers, in the model's registration order, which runs from the stem to the deepest
-level):
+a sequence of prefixes (one stage), or a function of the built network that returns one
+(``resencunet``: ``encoder.stem``, ``encoder.stages.0`` ... ``encoder.stages.N``).
+Otherwise the stages are derived from the architecture's ``encoder_prefixes`` and the
+model's state-dict names (parameters and buffers, in the model's registration order,
+which runs from the stem to the deepest level; names that repeat a tensor, such as DNA's
+``all_modules`` aliases, are left out):
 
 1. with several encoder prefixes, each prefix is one stage (``basicunet``: ``conv_0``,
    ``down_1`` ... ``down_4``);
@@ -31,6 +33,7 @@ from torch import nn
 from medtl.config import ARM_STRATEGIES, ArmConfig
 from medtl.kernel.errors import ConfigError
 from medtl.models.networks import Architecture
+from medtl.models.nnunet_networks import canonical_state
 
 STRATEGIES = ARM_STRATEGIES
 
@@ -123,7 +126,7 @@ def encoder_stages(model: nn.Module, arch: Architecture) -> list[Stage]:
         ConfigError: the network has no encoder parameters, or declared stages leave
             encoder names uncovered or cover one twice.
     """
-    keys = [k for k in model.state_dict(keep_vars=True) if arch.part_of(k) == "encoder"]
+    keys = [k for k in canonical_state(model, keep_vars=True) if arch.part_of(k) == "encoder"]
     if not keys:
         raise ConfigError(
             f"the network {type(model).__name__} has no parameters under the encoder "
@@ -131,6 +134,8 @@ def encoder_stages(model: nn.Module, arch: Architecture) -> list[Stage]:
             "correct the architecture's encoder_prefixes"
         )
     declared = getattr(arch, "encoder_stages", None)
+    if callable(declared):
+        declared = declared(model)
     if not declared:
         return _generic_stages(keys, arch.encoder_prefixes)
     stages = _declared_stages(declared)

@@ -65,10 +65,13 @@ def _resnet_text(keys: Mapping[str, Any] | set[str]) -> str:
     return f"{name} ({', '.join(map(str, layers[1]))} {layers[0]} blocks in layer1-4)"
 
 
-def _plainconv_widths(state: Mapping[str, torch.Tensor]) -> list[int]:
+def _nnunet_widths(state: Mapping[str, torch.Tensor]) -> list[int]:
+    """Stage widths of a PlainConvUNet or ResidualEncoderUNet state dict."""
     widths = {}
     for key, value in state.items():
-        m = re.fullmatch(r"encoder\.stages\.(\d+)\.0\.convs\.0\.conv\.weight", key)
+        m = re.fullmatch(
+            r"encoder\.stages\.(\d+)\.(?:0\.convs\.0|blocks\.0\.conv1)\.conv\.weight", key
+        )
         if m:
             widths[int(m.group(1))] = int(value.shape[0])
     return [widths[s] for s in sorted(widths)]
@@ -81,6 +84,8 @@ def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
         return "swinunetr"
     if "encoder.conv1.weight" in keys:
         return "flexibleunet"
+    if any(k.startswith("encoder.stem.") for k in keys):
+        return "resencunet"
     if any(k.startswith("encoder.stages.") and ".convs." in k for k in keys):
         return "plainconvunet"
     if "conv_0.conv_0.conv.weight" in keys:
@@ -106,18 +111,13 @@ def suggest_settings(
     if guess and name and guess != name:
         extra = f" and model.backbone: {resnet}" if guess == "flexibleunet" and resnet else ""
         out.append(f"the checkpoint holds {guess} weights: set model.name: {guess}{extra}")
-    if any(k.startswith("encoder.stem.") for k in state):
-        out.append(
-            "the checkpoint is an nnU-Net ResidualEncoderUNet (encoder.stem.*); medtl's "
-            "plainconvunet mirrors nnU-Net's PlainConvUNet only"
-        )
     if name == "flexibleunet" and resnet and resnet != resnet_name(own):
         out.append(
             f"the checkpoint's encoder looks like a {_resnet_text(state)}, the model's backbone "
             f"is {_resnet_text(own)}: set model.backbone: {resnet}"
         )
-    if name == "plainconvunet":
-        widths, mine = _plainconv_widths(state), _plainconv_widths(own)
+    if name in ("plainconvunet", "resencunet") and guess == name:
+        widths, mine = _nnunet_widths(state), _nnunet_widths(own)
         if widths and widths != mine:
             out.append(
                 f"the checkpoint's encoder has {len(widths)} stages of widths {widths}: set "
@@ -133,7 +133,7 @@ def suggest_settings(
                 f"the model's is {len(mine) - 2}-D: use weights of a 3-D network"
             )
             continue
-        if theirs[0] != mine[0] and name != "plainconvunet":
+        if theirs[0] != mine[0] and name not in ("plainconvunet", "resencunet"):
             out.append(
                 f"the checkpoint's encoder has {theirs[0]} features in its first stage: set "
                 f"model.features[0] to {theirs[0]}"

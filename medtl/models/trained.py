@@ -13,6 +13,7 @@ import torch
 from medtl.config import ModelConfig, parse_section
 from medtl.kernel.errors import InputError
 from medtl.models.networks import build_network
+from medtl.models.nnunet_networks import complete_state
 from medtl.models.safe_read import WeightsFileError, safe_load
 
 
@@ -53,7 +54,10 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
     cfg = parse_section(ModelConfig, payload["model"], "model")
     model = build_network(cfg, int(payload.get("in_channels", 1)), int(payload["num_classes"]))
     try:
-        model.load_state_dict(payload["state_dict"])
+        # Fills in DNA's alias names and unused deep-supervision heads, which checkpoints
+        # of the hand-written plainconvunet (medtl before DNA built it) do not have.
+        state, _ = complete_state(model, payload["state_dict"])
+        model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         error = WeightsFileError(

@@ -29,6 +29,7 @@ from torch import nn
 from medtl.config import ModelConfig
 from medtl.models.load_report import LoadReport, Transfer
 from medtl.models.networks import Architecture, build_network, get_architecture
+from medtl.models.nnunet_networks import alias_names, canonical_state, fold_aliases
 from medtl.models.stages import encoder_stages
 from medtl.models.suggestions import suggest_settings
 from medtl.models.weights import FORMATS, Weights, WeightsError, read_checkpoint, read_weights
@@ -104,12 +105,17 @@ def plan_transfer(
         and the tensors to copy.
     """
 
-    own = model.state_dict()
-    state = weights.state
+    own = canonical_state(model)
+    state, n_aliases = fold_aliases(weights.state, alias_names(model))
     params = {name for name, _ in model.named_parameters()}
     report = LoadReport(
         source=str(weights.source), format=weights.format, notes=list(weights.notes)
     )
+    if n_aliases:
+        report.notes.append(
+            f"read {n_aliases} alias keys (names the network gives a tensor a second time, "
+            "such as all_modules.* and decoder.encoder.*) as the tensor's first name"
+        )
     update: dict[str, torch.Tensor] = {}
     for key, value in own.items():
         if arch.part_of(key) != "encoder":

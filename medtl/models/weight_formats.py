@@ -169,13 +169,16 @@ def from_nnunet(obj: Mapping[str, Any], path: Path, notes: list[str]) -> dict:
         "use the checkpoint_final.pth or checkpoint_best.pth that nnU-Net v2 wrote",
     )
     state = {k.removeprefix("_orig_mod."): v for k, v in strip_module(state).items()}
+    # DNA registers each conv block's conv and norm again under all_modules, and the
+    # encoder again under decoder.encoder: the same tensors under second names. The state
+    # keeps the first names, which the network medtl builds with DNA has too.
     aliases = [k for k in state if ".all_modules." in k or k.startswith("decoder.encoder.")]
     for key in aliases:
         del state[key]
     if aliases:
         notes.append(
-            f"ignored {len(aliases)} alias keys (convs.*.all_modules.* and decoder.encoder.*): "
-            "nnU-Net names each tensor there a second time"
+            f"ignored {len(aliases)} alias keys (all_modules.* and decoder.encoder.*): "
+            "dynamic-network-architectures names each of these tensors a second time"
         )
     trainer = obj.get("trainer_name")
     init_args = obj.get("init_args")

@@ -14,8 +14,9 @@ and its keys are renamed to the names of the medtl network that fits it:
   → ``encoder.layer1.0.conv1.weight`` (``flexibleunet``);
 * ``monai_bundle``: a bundle folder; ``models/model.pt`` with wrappers removed (its
   configs are never parsed);
-* ``nnunet``: nnU-Net v2 ``checkpoint_final.pth``; ``network_weights`` with nnU-Net's
-  alias keys dropped (``plainconvunet``).
+* ``nnunet``: nnU-Net v2 ``checkpoint_final.pth``; ``network_weights`` with
+  dynamic-network-architectures' alias keys dropped (``plainconvunet`` for a
+  PlainConvUNet, ``resencunet`` for a ResidualEncoderUNet; its plans say which).
 
 ``auto`` detects the format from the file or folder. Files are read by
 :mod:`medtl.models.safe_read` and renamed by :mod:`medtl.models.weight_formats`; loading the
@@ -186,7 +187,7 @@ def read_weights(source: Path, fmt: str = "auto", model_keys: Collection[str] = 
         WeightsError: missing source, unknown format, a file that is not in the requested
             format (naming the detected one), a file that would run code when read, a
             truncated or corrupt file, one that holds no tensors, or an nnU-Net checkpoint
-            without plans (or with plans of a network medtl does not rebuild).
+            without plans (or with plans of a network medtl does not build).
 
     Example:
         >>> w = read_weights(Path("resnet_18_23dataset.pth"))  # doctest: +SKIP

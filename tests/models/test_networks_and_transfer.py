@@ -19,6 +19,7 @@ from medtl.models.networks import (
     get_architecture,
     param_groups,
 )
+from medtl.models.nnunet_networks import canonical_state
 from medtl.models.transfer import WeightsError, load_encoder, read_checkpoint
 
 SMALL = ModelConfig(features=(4, 4, 8, 8, 16, 4))
@@ -302,6 +303,7 @@ def test_stem_keys_exist_in_every_architecture() -> None:
         "flexibleunet": ModelConfig(name="flexibleunet", backbone="resnet10"),
         "swinunetr": ModelConfig(name="swinunetr", features=(12,)),
         "plainconvunet": ModelConfig(name="plainconvunet", features=(4, 8)),
+        "resencunet": ModelConfig(name="resencunet", features=(4, 8)),
     }
     for name, cfg in configs.items():
         arch = get_architecture(name)
@@ -340,21 +342,33 @@ def test_swinunetr_forward() -> None:
         assert net(torch.zeros(1, 1, 64, 64, 64)).shape == (1, 2, 64, 64, 64)
 
 
-def test_plainconvunet_mirrors_nnunet_names() -> None:
+def test_plainconvunet_is_nnunets_plainconvunet() -> None:
+    """Built by dynamic-network-architectures with nnU-Net's 3d_fullres settings."""
     arch = get_architecture("plainconvunet")
     net = build_network(ModelConfig(name="plainconvunet", features=(4, 8, 16)), 1, 3).eval()
-    state = net.state_dict()
+    assert type(net).__module__ == "dynamic_network_architectures.architectures.unet"
+    assert type(net).__name__ == "PlainConvUNet" and not net.decoder.deep_supervision
+    state = canonical_state(net)
     assert "encoder.stages.0.0.convs.0.conv.weight" in state
     assert "encoder.stages.2.0.convs.1.norm.bias" in state
     assert "decoder.transpconvs.0.weight" in state and "decoder.stages.1.convs.1.conv.bias" in state
+    # DNA builds a segmentation layer per decoder stage; the last one is the output
     assert [k for k in state if k.startswith("decoder.seg_layers.")] == [
-        "decoder.seg_layers.1.weight",
-        "decoder.seg_layers.1.bias",
+        f"decoder.seg_layers.{s}.{p}" for s in (0, 1) for p in ("weight", "bias")
     ]
     assert not any("all_modules" in k or k.startswith("decoder.encoder.") for k in state)
+    assert "decoder.encoder.stages.0.0.convs.0.all_modules.0.weight" in net.state_dict()
     assert state["encoder.stages.1.0.convs.0.conv.weight"].shape == (8, 4, 3, 3, 3)
-    assert net.encoder.stages[1][0].convs[0].conv.stride == (2, 2, 2)
-    assert net.encoder.stages[0][0].convs[0].conv.stride == (1, 1, 1)
+    block = net.encoder.stages[1][0].convs[0]
+    assert block.conv.stride == (2, 2, 2) and net.encoder.stages[0][0].convs[0].conv.stride == (
+        1,
+        1,
+        1,
+    )
+    assert block.conv.bias is not None and block.norm.affine and block.norm.eps == 1e-5
+    assert isinstance(block.norm, torch.nn.InstanceNorm3d) and block.nonlin.inplace
+    assert block.nonlin.negative_slope == 0.01
+    assert [len(s.convs) for s in net.decoder.stages] == [2, 2]  # nnU-Net's decoder: 2 convs
     for name, _ in net.named_parameters():
         part = arch.part_of(name)
         assert (part == "encoder") == name.startswith("encoder.")
@@ -364,7 +378,7 @@ def test_plainconvunet_mirrors_nnunet_names() -> None:
 
 
 def test_plainconvunet_features_checked() -> None:
-    with pytest.raises(ConfigError, match="2 to 6 positive stage widths"):
+    with pytest.raises(ConfigError, match="plainconvunet needs 2 to 7 positive stage widths"):
         build_network(ModelConfig(name="plainconvunet", features=(4,)), 1, 2)
-    with pytest.raises(ConfigError, match="2 to 6"):
-        build_network(ModelConfig(name="plainconvunet", features=(4,) * 7), 1, 2)
+    with pytest.raises(ConfigError, match="resencunet needs 2 to 7"):
+        build_network(ModelConfig(name="resencunet", features=(4,) * 8), 1, 2)

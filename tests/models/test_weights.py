@@ -18,6 +18,7 @@ import torch
 
 from medtl.config import ModelConfig
 from medtl.models.networks import build_network, encoder_state_keys, get_architecture
+from medtl.models.nnunet_networks import canonical_state
 from medtl.models.transfer import LoadReport, WeightsError, load_encoder, load_pretrained
 from medtl.models.weights import FORMATS, read_weights
 from tests.models.weight_layouts import (
@@ -48,7 +49,7 @@ def _assert_encoder_copied(
 ) -> None:
     """Encoder tensors equal ``expected``; decoder and head unchanged from ``before``."""
     arch = get_architecture(arch_name)
-    for key, value in target.state_dict().items():
+    for key, value in canonical_state(target).items():  # decoder.encoder.* is the encoder
         if arch.part_of(key) == "encoder":
             assert torch.equal(value, expected[key]), key
         else:
@@ -318,7 +319,7 @@ def test_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
 # --------------------------------------------------------------- nnU-Net v2
 
 
-def testnnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
+def test_nnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
     source = _net(PLAIN, out_channels=3, seed=1)
     path = nnunet_checkpoint(tmp_path / "checkpoint_final.pth", source)
     # the file really holds numpy scalars, which plain weights_only loading refuses
@@ -329,7 +330,7 @@ def testnnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
     before = _snapshot(target)
     report = load_pretrained(target, arch, path)
     assert report.format == "nnunet"
-    assert len(report.loaded) == 24
+    assert len(report.loaded) == 24 and report.fraction_loaded == 1.0
     assert sorted(report.loaded) == sorted(encoder_state_keys(target, arch))
     assert (len(report.missing), len(report.unexpected), len(report.shape_mismatch)) == (0, 0, 0)
     # decoder: 2 transposed convs + 2 stages × 2 convs × 4 tensors; heads: 2 seg layers
@@ -337,6 +338,7 @@ def testnnunet_checkpoint_loads_into_plainconvunet(tmp_path: Path) -> None:
     assert {f"decoder.seg_layers.{s}.{p}" for s in (0, 1) for p in ("weight", "bias")} <= set(
         report.dropped
     )
+    # DNA's aliases: all_modules (24 encoder + 16 decoder) and decoder.encoder (24 + 24)
     assert any("ignored 88 alias keys" in note for note in report.notes)
     assert any("nnUNetTrainer" in note and "3d_fullres" in note for note in report.notes)
     _assert_encoder_copied(target, source.state_dict(), before, "plainconvunet")
@@ -393,11 +395,11 @@ def test_nnunet_older_plans_layout_and_residual_encoder(tmp_path: Path) -> None:
     }
     path = nnunet_checkpoint(tmp_path / "old.pth", _net(PLAIN), plans=old)
     assert read_weights(path).format == "nnunet"
-    residual = nnunet_plans(3)
-    arch = residual["configurations"]["3d_fullres"]["architecture"]
-    arch["network_class_name"] = "dynamic_network_architectures.architectures.ResidualEncoderUNet"
-    path = nnunet_checkpoint(tmp_path / "res.pth", _net(PLAIN), plans=residual)
-    with pytest.raises(WeightsError, match="its network is a ResidualEncoderUNet"):
+    primus = nnunet_plans(3)
+    arch = primus["configurations"]["3d_fullres"]["architecture"]
+    arch["network_class_name"] = "dynamic_network_architectures.architectures.primus.Primus"
+    path = nnunet_checkpoint(tmp_path / "primus.pth", _net(PLAIN), plans=primus)
+    with pytest.raises(WeightsError, match="its network is a Primus; medtl builds nnU-Net's"):
         read_weights(path)
 
 
@@ -424,14 +426,15 @@ def test_medtl_checkpoint_and_safetensors(tmp_path: Path) -> None:
     medtl_path = tmp_path / "best.pt"
     torch.save({"format": "medtl", "state_dict": source.state_dict(), "step": 3}, medtl_path)
     st_path = tmp_path / "weights.safetensors"
-    st.save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(st_path))
+    # safetensors refuses tensors saved twice: the file holds each once (DNA's aliases out)
+    st.save_file({k: v.contiguous() for k, v in canonical_state(source).items()}, str(st_path))
     for path, fmt in ((medtl_path, "medtl"), (st_path, "safetensors")):
         target = _net(PLAIN, seed=2)
         before = _snapshot(target)
         report = load_pretrained(target, arch, path)
         assert report.format == fmt
         assert (len(report.loaded), len(report.missing), len(report.unexpected)) == (24, 0, 0)
-        assert len(report.dropped) == 4 + 16 + 2  # decoder and the head
+        assert len(report.dropped) == 4 + 16 + 4  # decoder and the two segmentation layers
         assert "decoder.seg_layers.1.weight" in report.dropped
         _assert_encoder_copied(target, source.state_dict(), before, "plainconvunet")
 

@@ -2,7 +2,8 @@
 
 Shared by the weight tests and the bad-input corpus (``tests/reliability/corpus_checkpoint.py``,
 ``from tests.models.weight_layouts import ...``): Swin UNETR self-supervised (``model_swinvit.pt``),
-MedicalNet (``resnet_N.pth``) and nnU-Net v2 (``checkpoint_final.pth``, with its plans).
+MedicalNet (``resnet_N.pth``) and nnU-Net v2 (``checkpoint_final.pth`` of a PlainConvUNet or
+ResidualEncoderUNet, with its plans).
 """
 
 from __future__ import annotations
@@ -36,25 +37,53 @@ def medicalnet_checkpoint(path: Path, net: torch.nn.Module) -> Path:
     return path
 
 
-def nnunet_plans(n_stages: int, strides: list | None = None) -> dict:
-    """nnU-Net v2 plans (≥ 2.4 layout) of a 3-D PlainConvUNet with ``n_stages`` stages."""
+#: nnU-Net's network classes as its plans name them.
+_DNA_CLASSES = {
+    "PlainConvUNet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+}
+
+
+def nnunet_plans(
+    n_stages: int,
+    strides: list | None = None,
+    network: str = "PlainConvUNet",
+    features: list[int] | None = None,
+) -> dict:
+    """nnU-Net v2 plans (≥ 2.4 layout) of a 3-D ``PlainConvUNet`` or ``ResidualEncoderUNet``.
+
+    The ResidualEncoderUNet's as nnU-Net's ResEnc planners write them: residual blocks
+    (1, 3, 4, 6, 6, 6, …) per stage and one convolution per decoder stage.
+    """
+    kwargs = {
+        "n_stages": n_stages,
+        "features_per_stage": features or [min(320, 32 * 2**s) for s in range(n_stages)],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[3, 3, 3]] * n_stages,
+        "strides": strides or [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
+        "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+        "dropout_op": None,
+        "dropout_op_kwargs": None,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if network == "ResidualEncoderUNet":
+        kwargs["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6, 6][:n_stages]
+        kwargs["n_conv_per_stage_decoder"] = [1] * (n_stages - 1)
+    else:
+        kwargs["n_conv_per_stage"] = [2] * n_stages
+        kwargs["n_conv_per_stage_decoder"] = [2] * (n_stages - 1)
     return {
-        "plans_name": "nnUNetPlans",
+        "plans_name": "nnUNetPlans" if network == "PlainConvUNet" else "nnUNetResEncUNetLPlans",
         "configurations": {
             "3d_fullres": {
                 "patch_size": [32, 32, 32],
                 "architecture": {
-                    "network_class_name": (
-                        "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-                    ),
-                    "arch_kwargs": {
-                        "n_stages": n_stages,
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3]] * n_stages,
-                        "strides": strides or [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
-                        "n_conv_per_stage": [2] * n_stages,
-                        "n_conv_per_stage_decoder": [2] * (n_stages - 1),
-                    },
+                    "network_class_name": _DNA_CLASSES.get(network, network),
+                    "arch_kwargs": kwargs,
+                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
                 },
             },
             "3d_cascade_fullres": {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"},
@@ -67,33 +96,23 @@ def nnunet_checkpoint(
 ) -> Path:
     """``checkpoint_final.pth`` of nnU-Net v2, with its aliases, extra heads and numpy logs.
 
-    ``plans``: True stores plans matching ``net`` in ``init_args`` (as nnU-Net does), a
-    dict stores that dict, None leaves them out.
+    ``net`` is a network medtl builds with dynamic-network-architectures (``plainconvunet``
+    or ``resencunet``): its state dict is the one nnU-Net saves, DNA's alias keys
+    (``all_modules.*``, ``decoder.encoder.*``) and one segmentation layer per decoder
+    stage included; ``seed`` re-draws the deep-supervision layers. ``plans``: True stores
+    plans matching ``net`` in ``init_args`` (as nnU-Net does), a dict stores that dict,
+    None leaves them out.
     """
     torch.manual_seed(seed)
-    canonical = {k: v.clone() for k, v in net.state_dict().items()}
+    weights = dict(net.state_dict())  # shares storage between aliases, as nnU-Net's file does
     n_stages = len(net.encoder.stages)
-    weights: dict[str, torch.Tensor] = {}
-    for key, value in canonical.items():
-        if key.startswith("decoder.seg_layers."):
-            continue
-        weights[key] = value
-        # nnU-Net's ConvDropoutNormReLU registers conv and norm again in all_modules
-        alias = key.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1.")
-        if alias != key:
-            weights[alias] = value
-    for key in list(weights):  # the decoder keeps a reference to the encoder
-        if key.startswith("encoder."):
-            weights["decoder." + key] = weights[key]
-    width0 = net.encoder.stages[0][0].convs[0].conv.out_channels
-    n_classes = canonical[f"decoder.seg_layers.{n_stages - 2}.weight"].shape[0]
+    for s in range(n_stages - 2):  # deep-supervision heads: trained by nnU-Net, unused here
+        for part in ("weight", "bias"):
+            key = f"decoder.seg_layers.{s}.{part}"
+            weights[key] = torch.randn_like(weights[key])
     if plans is True:
-        plans = nnunet_plans(n_stages)
-    for s in range(n_stages - 1):  # one segmentation layer per decoder stage (deep supervision)
-        width = net.decoder.stages[s].convs[0].conv.out_channels
-        weights[f"decoder.seg_layers.{s}.weight"] = torch.randn(n_classes, width, 1, 1, 1)
-        weights[f"decoder.seg_layers.{s}.bias"] = torch.randn(n_classes)
-    assert weights[f"decoder.seg_layers.{n_stages - 2}.weight"].shape[1] == width0
+        features = [int(f) for f in net.encoder.output_channels]
+        plans = nnunet_plans(n_stages, network=type(net).__name__, features=features)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.99, nesterov=True)
     torch.save(
         {
