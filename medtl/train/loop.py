@@ -22,6 +22,7 @@ from medtl.models.networks import (
     count_parameters,
     get_architecture,
 )
+from medtl.models.nnunet_networks import canonical_state
 from medtl.models.stages import StrategySpec
 from medtl.train import distributed
 from medtl.train.data import PatchStream, Prefetcher
@@ -91,11 +92,14 @@ class RunSpec:
 def checkpoint_payload(model: torch.nn.Module, spec: RunSpec, step: int, val: float) -> dict:
     """A checkpoint holding only tensors and plain data (loadable with weights_only=True).
 
-    The weights are a copy on the CPU, so the payload can be kept while training goes on.
+    The weights are a copy on the CPU, so the payload can be kept while training goes on;
+    a tensor a network names twice (dynamic-network-architectures' module aliases) is
+    stored once, under its first name (copies would no longer share their storage).
     """
+    state = canonical_state(model)
     return {
         "format": "medtl",
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
         "model": to_dict(spec.model),
         "num_classes": spec.num_classes,
         "in_channels": spec.in_channels,
