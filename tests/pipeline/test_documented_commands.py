@@ -321,6 +321,7 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     ),
     # docs/predict.md (run end to end against --engine torch in tests/export/test_onnx.py)
     "medtl predict SOURCE --model DIR --out OUT --engine onnxruntime": Named(),
+    "medtl predict --engine onnxruntime": Named(),
     "medtl trust --results results --arm finetune --settings '{\"bad_dice\": 0.9}' "
     "--out trust-0.9.json": Run(check=_said(r"trust finetune: temperature .*ECE")),
     # docs/configuration.md
