@@ -110,7 +110,7 @@ def family_conflict(arch: Architecture, weights: Weights, own: Mapping[str, torc
         >>> w = Weights(Path("ckpt.pth"), "nnssl", {}, family="nnssl ResEncL",
         ...             settings={"name": "resencunet", "features": [32, 64]})
         >>> family_conflict(get_architecture("basicunet"), w, {})  # doctest: +ELLIPSIS
-        'this nnssl checkpoint holds nnssl ResEncL (model.name: resencunet, ...basicunet'
+        'this nnssl checkpoint holds nnssl ResEncL, which medtl builds with model.name: ...'
     """
     wanted = weights.settings
     if not wanted:
@@ -123,8 +123,9 @@ def family_conflict(arch: Architecture, weights: Weights, own: Mapping[str, torc
     if mine:
         configured += f", model.features: {mine}"
     return (
-        f"this {weights.format} checkpoint holds {weights.family or 'another network'} "
-        f"({_settings_text(wanted)}), the configured network is {configured}"
+        f"this {weights.format} checkpoint holds {weights.family or 'another network'}, "
+        f"which medtl builds with {_settings_text(wanted)}; the configured network is "
+        f"{configured}"
     )
 
 
