@@ -37,6 +37,10 @@ class LoadReport:
         stages: per encoder stage of the model, stem first: ``{"stage", "tensors",
             "loaded"}`` (tensor counts).
         suggestions: when something did not match, model settings that would match.
+        not_transferred: per part of the network outside the encoder that the checkpoint
+            has (``decoder``, ``head``): ``{"part", "tensors", "why"}``; never loaded.
+        conflict: when the checkpoint says which network it holds (an nnssl plan) and the
+            model is another: what each is; empty otherwise. Such a checkpoint is refused.
     """
 
     source: str
@@ -54,6 +58,8 @@ class LoadReport:
     checkpoint_values_unused: int = 0
     stages: list[dict[str, Any]] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
+    not_transferred: list[dict[str, Any]] = field(default_factory=list)
+    conflict: str = ""
 
     @property
     def fraction_loaded(self) -> float:
@@ -86,6 +92,31 @@ class LoadReport:
         deepest = max((i for i, s in enumerate(self.stages) if s["loaded"]), default=0)
         return [s["stage"] for s in self.stages[:deepest] if not s["loaded"]]
 
+    @property
+    def adaptations(self) -> list[str]:
+        """What was changed or left out on the way in, one line each, for people.
+
+        Example:
+            >>> r = LoadReport("w.pth", "nnssl", adapted=[{"key": "encoder.stem.w", "from": 1,
+            ...     "to": 2, "how": "repeat/N"}], not_transferred=[{"part": "decoder",
+            ...     "tensors": 12, "why": "not a segmentation decoder"}])
+            >>> for line in r.adaptations:
+            ...     print(line)
+            encoder.stem.w: input channels 1 → 2 (kernel repeated over the 2 channels, divided by 2)
+            decoder: 12 tensors skipped (not a segmentation decoder)
+        """
+        lines = []
+        for a in self.adapted:
+            how = (
+                f"kernel repeated over the {a['to']} channels, divided by {a['to']}"
+                if a["how"] == "repeat/N"
+                else f"kernels averaged over the {a['from']} channels"
+            )
+            lines.append(f"{a['key']}: input channels {a['from']} → {a['to']} ({how})")
+        for part in self.not_transferred:
+            lines.append(f"{part['part']}: {part['tensors']} tensors skipped ({part['why']})")
+        return lines
+
     def summary(self) -> str:
         """One line for the train log: what loaded, what of the checkpoint was not used.
 
@@ -117,6 +148,7 @@ class LoadReport:
         d["checkpoint_tensors"] = self.checkpoint_tensors
         d["unused_tensors"] = self.unused_tensors
         d["skipped_stages"] = self.skipped_stages
+        d["adaptations"] = self.adaptations
         d["summary"] = self.summary()
         return d
 

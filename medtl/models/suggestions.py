@@ -93,6 +93,42 @@ def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _settings_text(settings: Mapping[str, Any]) -> str:
+    """``model.name: resencunet, model.features: [32, 64]``."""
+    return ", ".join(f"model.{k}: {v}" for k, v in settings.items())
+
+
+def family_conflict(arch: Architecture, weights: Weights, own: Mapping[str, torch.Tensor]) -> str:
+    """What the checkpoint holds and what the model is, when its file names another network.
+
+    Only checkpoints that say which network they hold (``weights.settings``, e.g. from an
+    nnssl adaptation plan) are checked; empty when the model is that network.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from medtl.models.networks import get_architecture
+        >>> w = Weights(Path("ckpt.pth"), "nnssl", {}, family="nnssl ResEncL",
+        ...             settings={"name": "resencunet", "features": [32, 64]})
+        >>> family_conflict(get_architecture("basicunet"), w, {})  # doctest: +ELLIPSIS
+        'this nnssl checkpoint holds nnssl ResEncL, which medtl builds with model.name: ...'
+    """
+    wanted = weights.settings
+    if not wanted:
+        return ""
+    name = architecture_name(arch)
+    mine = _nnunet_widths(own) if name in ("plainconvunet", "resencunet") else []
+    if name == wanted.get("name") and (not mine or mine == list(wanted.get("features", mine))):
+        return ""
+    configured = f"model.name: {name or 'unregistered'}"
+    if mine:
+        configured += f", model.features: {mine}"
+    return (
+        f"this {weights.format} checkpoint holds {weights.family or 'another network'}, "
+        f"which medtl builds with {_settings_text(wanted)}; the configured network is "
+        f"{configured}"
+    )
+
+
 def suggest_settings(
     arch: Architecture,
     weights: Weights,
@@ -101,6 +137,8 @@ def suggest_settings(
     adapt_channels: bool,
 ) -> list[str]:
     """Model settings that would match the checkpoint better (empty when all matched)."""
+    if report.conflict and weights.settings:
+        return [f"set {_settings_text(weights.settings)}"]
     if not (report.missing or report.unexpected or report.shape_mismatch):
         return []
     state = weights.state

@@ -31,7 +31,7 @@ from medtl.models.load_report import LoadReport, Transfer
 from medtl.models.networks import Architecture, build_network, get_architecture
 from medtl.models.nnunet_networks import alias_names, canonical_state, fold_aliases
 from medtl.models.stages import encoder_stages
-from medtl.models.suggestions import suggest_settings
+from medtl.models.suggestions import family_conflict, suggest_settings
 from medtl.models.weights import FORMATS, Weights, WeightsError, read_checkpoint, read_weights
 
 __all__ = [
@@ -157,8 +157,23 @@ def plan_transfer(
         report.stages.append(
             {"stage": stage.name, "tensors": len(keys), "loaded": sum(k in loaded for k in keys)}
         )
+    report.not_transferred = _not_transferred(report.dropped, arch, weights)
+    report.conflict = family_conflict(arch, weights, own)
     report.suggestions = suggest_settings(arch, weights, own, report, adapt_channels)
     return Transfer(report, update)
+
+
+def _not_transferred(dropped: list[str], arch: Architecture, weights: Weights) -> list[dict]:
+    """The checkpoint's decoder and head, counted, with why they are not loaded."""
+    out = []
+    for part in ("decoder", "head"):
+        n = sum(arch.part_of(k) == part for k in dropped)
+        if n:
+            why = weights.skip_reason or "only encoder weights are transferred"
+            if part == "head":
+                why += "; the head is always built for your classes"
+            out.append({"part": part, "tensors": n, "why": why})
+    return out
 
 
 def refuse_mismatch(
@@ -177,8 +192,15 @@ def refuse_mismatch(
 
     Raises:
         WeightsError: naming what did not fit, the mismatches, the suggested settings and
-            the config key that would allow it.
+            the config key that would allow it. A checkpoint whose file says it holds
+            another network (``report.conflict``) is refused whatever the thresholds.
     """
+    if report.conflict:
+        fix = report.suggestions[0] if report.suggestions else ""
+        raise WeightsError(
+            f"{report.source}: refused: {report.conflict}, so its weights do not fit the "
+            f"configured network. How to fix: {fix or 'set model.name to the network it holds'}"
+        )
     problems, keys = [], []
     if report.fraction_loaded < min_loaded_fraction:
         problems.append(

@@ -1,7 +1,7 @@
 """The published weight layouts, renamed to medtl's parameter names.
 
 One function per format family of :data:`medtl.models.weights.FORMATS` that needs
-renaming (Swin UNETR self-supervised, MedicalNet, nnU-Net, MONAI bundle), and the
+renaming (Swin UNETR self-supervised, MedicalNet, nnU-Net, nnssl, MONAI bundle), and the
 helpers they share: finding the state dict in a loaded file (:func:`unwrap`), removing
 wrapper prefixes (:func:`strip_module`, :func:`align_prefix`), telling the layouts apart
 (:func:`layout_of`).
@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-from medtl.models.nnunet_plans import check_plans
+from medtl.models.nnssl_plan import (
+    AdaptationPlan,
+    describe_plan,
+    find_adaptation_plan,
+    planned_network,
+    read_adaptation_plan,
+)
+from medtl.models.nnunet_plans import PlannedNetwork, check_plans
 from medtl.models.safe_read import WeightsError, safe_load
 
 #: Prefixes that wrap a whole state dict (torch.compile, bundle and Lightning wrappers).
@@ -160,6 +167,25 @@ def from_medicalnet(state: Mapping[str, torch.Tensor], notes: list[str]) -> dict
     return out
 
 
+def drop_dna_aliases(state: Mapping[str, torch.Tensor], notes: list[str]) -> dict:
+    """``state`` without wrappers and without dynamic-network-architectures' alias keys.
+
+    DNA registers each conv block's conv and norm again under ``all_modules``, and the
+    encoder again under ``decoder.encoder``: the same tensors under second names. The state
+    keeps the first names, which the network medtl builds with DNA has too.
+    """
+    out = {k.removeprefix("_orig_mod."): v for k, v in strip_module(state).items()}
+    aliases = [k for k in out if ".all_modules." in k or k.startswith("decoder.encoder.")]
+    for key in aliases:
+        del out[key]
+    if aliases:
+        notes.append(
+            f"ignored {len(aliases)} alias keys (all_modules.* and decoder.encoder.*): "
+            "dynamic-network-architectures names each of these tensors a second time"
+        )
+    return out
+
+
 def from_nnunet(obj: Mapping[str, Any], path: Path, notes: list[str]) -> dict:
     state = tensors_at(
         obj,
@@ -168,18 +194,7 @@ def from_nnunet(obj: Mapping[str, Any], path: Path, notes: list[str]) -> dict:
         "'network_weights' of this nnU-Net checkpoint",
         "use the checkpoint_final.pth or checkpoint_best.pth that nnU-Net v2 wrote",
     )
-    state = {k.removeprefix("_orig_mod."): v for k, v in strip_module(state).items()}
-    # DNA registers each conv block's conv and norm again under all_modules, and the
-    # encoder again under decoder.encoder: the same tensors under second names. The state
-    # keeps the first names, which the network medtl builds with DNA has too.
-    aliases = [k for k in state if ".all_modules." in k or k.startswith("decoder.encoder.")]
-    for key in aliases:
-        del state[key]
-    if aliases:
-        notes.append(
-            f"ignored {len(aliases)} alias keys (all_modules.* and decoder.encoder.*): "
-            "dynamic-network-architectures names each of these tensors a second time"
-        )
+    state = drop_dna_aliases(state, notes)
     trainer = obj.get("trainer_name")
     init_args = obj.get("init_args")
     config = init_args.get("configuration") if isinstance(init_args, Mapping) else None
@@ -240,3 +255,70 @@ def read_bundle(folder: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
         )
     notes = [f"MONAI bundle: weights from models/model.pt (configs seen: {', '.join(found)})"]
     return state, notes
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def from_nnssl(
+    obj: Mapping[str, Any], path: Path, notes: list[str]
+) -> tuple[dict[str, torch.Tensor], AdaptationPlan, PlannedNetwork]:
+    """An nnssl checkpoint's tensors under medtl's names, with its plan and network.
+
+    The plan (:mod:`medtl.models.nnssl_plan`) says where the stem and the encoder's stages
+    are (``key_to_stem``, ``key_to_encoder``); they are renamed to ``encoder.stem`` and
+    ``encoder.stages`` of medtl's ``resencunet`` (for nnssl's own ResEnc networks, the
+    names are already these). Everything else (the MAE decoder and its head) keeps its
+    name, outside the encoder, and is never loaded.
+
+    Raises:
+        WeightsFileError: no plan in the file or beside it.
+        WeightsError: a network medtl does not build, or a plan whose keys are not in the
+            weights.
+    """
+    raw, where = find_adaptation_plan(obj, path)
+    plan = read_adaptation_plan(raw, where)
+    net = planned_network(plan)
+    weights = strip_module(
+        tensors_at(
+            obj,
+            "network_weights",
+            path,
+            "'network_weights' of this nnssl checkpoint",
+            "use the checkpoint_final.pth nnssl wrote (with its nnssl_adaptation_plan)",
+        )
+    )
+    wanted = {
+        "keys_to_in_proj": f"{plan.keys_to_in_proj[0]}.weight",
+        "key_to_stem": plan.key_to_stem,
+        "key_to_encoder": plan.key_to_encoder,
+    }
+    absent = [
+        f"{field} ({key})"
+        for field, key in wanted.items()
+        if not any(_under(k, key) for k in weights)
+    ]
+    if absent:
+        raise WeightsError(
+            f"{path}: the nnssl adaptation plan ({where}) names {', '.join(absent)}, which "
+            "no tensor of network_weights has: the plan belongs to another checkpoint. How to "
+            "fix: use the checkpoint_final.pth and adaptation_plan.json published together"
+        )
+    state = drop_dna_aliases(weights, notes)
+    if net.class_name == "ResidualEncoderUNet":
+        targets = {plan.key_to_stem: "encoder.stem", plan.key_to_encoder: "encoder.stages"}
+        renamed = {}
+        for key, value in state.items():
+            prefix = next((p for p in targets if _under(key, p)), None)
+            renamed[targets[prefix] + key[len(prefix) :] if prefix else key] = value
+        moved = [p for p, t in targets.items() if p != t]
+        if moved:
+            notes.append(
+                "renamed "
+                + ", ".join(f"{p}.* → {targets[p]}.*" for p in moved)
+                + " (the plan's key_to_stem / key_to_encoder)"
+            )
+        state = renamed
+    notes.append(describe_plan(plan, net))
+    return state, plan, net

@@ -16,7 +16,11 @@ and its keys are renamed to the names of the medtl network that fits it:
   configs are never parsed);
 * ``nnunet``: nnU-Net v2 ``checkpoint_final.pth``; ``network_weights`` with
   dynamic-network-architectures' alias keys dropped (``plainconvunet`` for a
-  PlainConvUNet, ``resencunet`` for a ResidualEncoderUNet; its plans say which).
+  PlainConvUNet, ``resencunet`` for a ResidualEncoderUNet; its plans say which);
+* ``nnssl``: a self-supervised nnssl checkpoint (the OpenMind ResEnc-L MAE weights):
+  ``network_weights`` plus an ``nnssl_adaptation_plan`` (in the file or as
+  ``adaptation_plan.json`` beside it); its stem and encoder go to ``resencunet``'s
+  ``encoder.stem`` / ``encoder.stages``, its MAE decoder is never loaded.
 
 ``auto`` detects the format from the file or folder. Files are read by
 :mod:`medtl.models.safe_read` and renamed by :mod:`medtl.models.weight_formats`; loading the
@@ -37,11 +41,13 @@ from typing import Any
 
 import torch
 
+from medtl.models.nnssl_plan import network_settings
 from medtl.models.safe_read import WeightsError, WeightsFileError, load_safetensors, safe_load
 from medtl.models.weight_formats import (
     align_prefix,
     describe_object,
     from_medicalnet,
+    from_nnssl,
     from_nnunet,
     from_swin_ssl,
     is_medicalnet,
@@ -74,6 +80,7 @@ FORMATS: tuple[str, ...] = (
     "medicalnet",
     "monai_bundle",
     "nnunet",
+    "nnssl",
 )
 
 _DESCRIPTIONS = {
@@ -90,7 +97,17 @@ _DESCRIPTIONS = {
     ),
     "monai_bundle": "a MONAI bundle folder (configs/inference.json or train.json, models/model.pt)",
     "nnunet": "an nnU-Net v2 checkpoint (a dict with 'network_weights', 'init_args', …)",
+    "nnssl": (
+        "an nnssl checkpoint (a dict with 'network_weights' and 'nnssl_adaptation_plan', or "
+        "with an adaptation_plan.json beside it)"
+    ),
 }
+
+#: Why the decoder and head of an nnssl checkpoint are never loaded.
+NNSSL_SKIP_REASON = (
+    "nnssl's decoder and head reconstruct the masked image (MAE pretraining); they are not "
+    "a segmentation decoder"
+)
 
 
 @dataclass
@@ -102,12 +119,21 @@ class Weights:
         format: the format recognised (one of :data:`FORMATS`, never ``auto``).
         state: parameter name → tensor, in the naming of the medtl network that fits.
         notes: what was renamed, dropped or differs from the pretraining network.
+        family: the network the checkpoint says it holds (e.g. ``nnssl ResEncL``), when
+            the file says so; empty otherwise.
+        settings: the medtl ``model`` settings (``name``, ``features``) that build that
+            network, when the file says; a model built otherwise is refused.
+        skip_reason: why the checkpoint's decoder and head are not loaded, when there is
+            more to say than "only the encoder is transferred".
     """
 
     source: Path
     format: str
     state: dict[str, torch.Tensor]
     notes: list[str] = field(default_factory=list)
+    family: str = ""
+    settings: dict[str, Any] | None = None
+    skip_reason: str = ""
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -160,7 +186,8 @@ def _detect(path: Path, obj: Any) -> str:
     if isinstance(obj, Mapping) and obj.get("format") == "medtl":
         return "medtl"
     if isinstance(obj, Mapping) and isinstance(obj.get("network_weights"), Mapping):
-        return "nnunet"
+        plan_beside = (path.parent / "adaptation_plan.json").is_file()
+        return "nnssl" if "nnssl_adaptation_plan" in obj or plan_beside else "nnunet"
     state = unwrap(obj)
     if state is None:
         raise WeightsError(
@@ -248,6 +275,11 @@ def _read_weights(source: Path, fmt: str, model_keys: Collection[str]) -> Weight
 
     if fmt == "nnunet":
         return Weights(source, fmt, from_nnunet(obj, source, notes), notes)
+    if fmt == "nnssl":
+        state, plan, net = from_nnssl(obj, source, notes)
+        family = f"nnssl {plan.architecture} ({net.class_name}, {len(net.features)} stages)"
+        settings = network_settings(net)
+        return Weights(source, fmt, state, notes, family, settings, NNSSL_SKIP_REASON)
     if fmt == "medtl":
         inner = tensors_at(
             obj,
