@@ -123,7 +123,7 @@ def describe_model(
         typer.Option(
             "--format",
             help="The weights' format (auto, medtl, state_dict, safetensors, swinunetr_ssl, "
-            "medicalnet, monai_bundle, nnunet); default: the config's pretrain.format.",
+            "medicalnet, monai_bundle, nnunet, nnssl); default: the config's pretrain.format.",
         ),
     ] = None,
 ) -> None:
