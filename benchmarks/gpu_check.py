@@ -8,8 +8,10 @@ It measures, on synthetic data and randomly initialised networks (nothing is
 downloaded):
 
 1. training steps (forward, Dice+CE loss, backward, AdamW) of the demo's ``basicunet``
-   (the default config's features) and a ``plainconvunet`` with features
-   [32, 64, 128, 256], at patches [48, 48, 24] and [96, 96, 48], batch 2, with bf16
+   (the default config's features), a ``plainconvunet`` with features
+   [32, 64, 128, 256] and nnU-Net's ResEnc preset network (``resencunet`` at its default
+   six stages [32 ... 320], about 102 M parameters: the shape of nnssl's ResEnc-L, at the
+   next patch its six halvings allow), at patches [48, 48, 24] and [96, 96, 48], batch 2, with bf16
    autocast off and on (``train.amp``), and with ``channels_last_3d`` on for the larger
    patch (``train.channels_last``); after a warm-up, timed between
    ``torch.cuda.synchronize()`` calls;
@@ -58,7 +60,7 @@ from monai.utils import set_determinism
 
 from medtl.config import ModelConfig, PredictConfig, TrainConfig
 from medtl.kernel.device import autocast, channels_last
-from medtl.models.networks import build_network
+from medtl.models.networks import build_network, get_architecture, patch_problem
 from medtl.predict.inference import predict_probabilities
 from medtl.preprocess.case import PreprocessedCase
 from medtl.train.loop import RunSpec, train_run
@@ -88,6 +90,7 @@ FULL = Sizes(
     networks={
         "basicunet": ModelConfig(),  # the default config's features
         "plainconvunet": ModelConfig(name="plainconvunet", features=(32, 64, 128, 256)),
+        "resencunet": ModelConfig(name="resencunet"),  # nnU-Net's ResEnc preset widths
     },
     patches=((48, 48, 24), (96, 96, 48)),
     batch=2,
@@ -108,6 +111,7 @@ QUICK = Sizes(
     networks={
         "basicunet": ModelConfig(features=(4, 4, 8, 8, 16, 4)),
         "plainconvunet": ModelConfig(name="plainconvunet", features=(4, 8, 16, 32)),
+        "resencunet": ModelConfig(name="resencunet", features=(4, 8, 16, 32)),
     },
     patches=((32, 32, 16), (48, 48, 32)),
     batch=2,
@@ -285,6 +289,23 @@ def time_steps(
     }
 
 
+def fitting_patch(cfg: ModelConfig, patch: tuple[int, ...]) -> tuple[int, ...]:
+    """``patch``, or where it does not fit the network, each side rounded up to its multiple.
+
+    The deep networks (``resencunet``: six halvings, multiples of 32) cannot take the
+    demo-sized patches; they run at the next patch that fits, which the row names.
+
+    Example:
+        >>> fitting_patch(ModelConfig(name="resencunet"), (48, 48, 24))
+        (64, 64, 32)
+    """
+    if patch_problem(cfg, patch) is None:
+        return tuple(patch)
+    arch = get_architecture(cfg.name)
+    multiple = arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
+    return tuple(-(-side // multiple) * multiple for side in patch)
+
+
 def check_steps(sizes: Sizes, device: torch.device, budget: Budget) -> list[dict]:
     rows = []
     plan = [
@@ -294,7 +315,8 @@ def check_steps(sizes: Sizes, device: torch.device, budget: Budget) -> list[dict
         for amp in (False, True)
     ]
     plan += [(name, sizes.patches[-1], True, True) for name in sizes.networks]
-    for name, patch, amp, layout in plan:
+    for name, asked, amp, layout in plan:
+        patch = fitting_patch(sizes.networks[name], asked)
         if budget.left() < 20:
             rows.append({"network": name, "patch": list(patch), "skipped": "time budget"})
             continue
