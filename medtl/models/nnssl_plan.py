@@ -31,14 +31,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medtl.models.nnunet_plans import PlannedNetwork, describe_network, differences
-from medtl.models.safe_read import WeightsError, WeightsFileError
+from medtl.models.safe_read import WeightsError, WeightsFileError, json_beside
 
 #: The file nnssl writes beside ``checkpoint_final.pth``.
 PLAN_FILE = "adaptation_plan.json"
@@ -111,15 +110,9 @@ def find_adaptation_plan(checkpoint: Mapping[str, Any], path: Path) -> tuple[Map
     if isinstance(plan, Mapping):
         return plan, f"the checkpoint's {PLAN_KEY}"
     candidate = path.parent / PLAN_FILE
-    if candidate.is_file():
-        try:
-            found = json.loads(candidate.read_text())
-        except (ValueError, OSError) as exc:
-            raise WeightsFileError(
-                candidate, f"cannot be read as JSON ({exc})", _PLAN_FIX
-            ) from None
-        if isinstance(found, Mapping):
-            return found, str(candidate)
+    found = json_beside(candidate, _PLAN_FIX)
+    if found is not None:
+        return found, str(candidate)
     raise WeightsFileError(
         path,
         f"is an nnssl checkpoint without its adaptation plan: neither the file ({PLAN_KEY}) "

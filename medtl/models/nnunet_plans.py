@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from medtl.models.nnunet_networks import (
     RESENC_DECODER_CONVS,
     resenc_blocks,
 )
-from medtl.models.safe_read import WeightsError, WeightsFileError
+from medtl.models.safe_read import WeightsError, WeightsFileError, json_beside
 
 #: nnU-Net network class → the medtl architecture that builds it.
 MEDTL_NAMES = {"PlainConvUNet": "plainconvunet", "ResidualEncoderUNet": "resencunet"}
@@ -88,15 +87,9 @@ def find_plans(checkpoint: Mapping[str, Any], path: Path) -> tuple[Mapping[str, 
         return plans, "the checkpoint's init_args"
     for folder in (path.parent, path.parent.parent):
         candidate = folder / "plans.json"
-        if candidate.is_file():
-            try:
-                found = json.loads(candidate.read_text())
-            except (ValueError, OSError) as exc:
-                raise WeightsFileError(
-                    candidate, f"cannot be read as JSON ({exc})", _PLANS_FIX
-                ) from None
-            if isinstance(found, Mapping):
-                return found, str(candidate)
+        found = json_beside(candidate, _PLANS_FIX)
+        if found is not None:
+            return found, str(candidate)
     raise WeightsFileError(
         path,
         "is an nnU-Net checkpoint without its plans: neither the file (init_args['plans']) "

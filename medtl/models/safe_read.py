@@ -10,6 +10,7 @@ medtl's parameter names is :mod:`medtl.models.weights`'s job.
 from __future__ import annotations
 
 import io
+import json
 import pickletools
 import re
 import warnings
@@ -297,3 +298,20 @@ def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 "download or copy the file again and compare its size with the original's",
             )
     raise error
+
+
+def json_beside(candidate: Path, fix: str) -> dict | None:
+    """A JSON object read from a file beside a checkpoint (its plans), or None if absent.
+
+    None also when the file holds something other than an object (a list, a number).
+
+    Raises:
+        WeightsFileError: the file exists but cannot be read as JSON (naming ``fix``).
+    """
+    if not candidate.is_file():
+        return None
+    try:
+        found = json.loads(candidate.read_text())
+    except (ValueError, OSError) as exc:
+        raise WeightsFileError(candidate, f"cannot be read as JSON ({exc})", fix) from None
+    return found if isinstance(found, dict) else None
