@@ -105,8 +105,8 @@ def like_pretrained():
 def plan_pretrained():
     """The checkpoint `like_pretrained` reads: an input of the plan, so that new weights
     make a new plan (medtl.checks refuses like_pretrained without one)."""
-    checkpoint = config["pretrain"]["checkpoint"]
-    return [checkpoint] if like_pretrained() and checkpoint else []
+    weights = config["pretrain"]["checkpoint"]
+    return [weights] if like_pretrained() and weights else []
 
 
 def plan_pretrained_flags():
