@@ -137,6 +137,7 @@ def config_problems(
         problems += _report_problems(config, report)
     if dataset is not None:
         problems += _data_problems(config, dataset, workdir)
+    problems += _like_pretrained_problems(config, workdir)
     if read_checkpoint:
         problems += _checkpoint_problems(config, workdir)
     return problems
@@ -303,6 +304,32 @@ def _dicomweb_problems(settings: dict[str, Any]) -> list[str]:
     except ConfigError as exc:
         text = str(exc).replace("config key '", "config key 'dataset.dicomweb.", 1)
         return [text if "How to fix" in text else f"{text}. How to fix: correct it"]
+    return []
+
+
+def _like_pretrained_problems(config: dict[str, Any], workdir: Path) -> list[str]:
+    """``like_pretrained`` needs a checkpoint to take the spacing or normalisation from."""
+    pre = config["preprocess"]
+    keys = [k for k in ("target_spacing", "normalization") if pre.get(k) == "like_pretrained"]
+    if not keys:
+        return []
+    named = " and ".join(f"'preprocess.{k}'" for k in keys)
+    checkpoint = config["pretrain"]["checkpoint"]
+    if not checkpoint:
+        return [
+            f"config key {named}: like_pretrained takes the value from the pretrained "
+            "checkpoint, but 'pretrain.checkpoint' is not set (medtl's own pretrain stage "
+            "uses this plan, so it cannot supply one). How to fix: set pretrain.checkpoint "
+            "to an nnssl, nnU-Net or medtl checkpoint, or give preprocess.target_spacing as "
+            "auto or three numbers and preprocess.normalization as auto, zscore or ct"
+        ]
+    # A pretrained arm's check (_checkpoint_problems) already names a missing file.
+    if not (workdir / checkpoint).exists() and not uses_init(config, "pretrained"):
+        return [
+            f"config key {named}: like_pretrained reads 'pretrain.checkpoint' {checkpoint!r}, "
+            f"which does not exist (relative to {workdir.resolve()}). How to fix: name an "
+            "existing checkpoint file"
+        ]
     return []
 
 

@@ -96,6 +96,28 @@ def plan_settings():
     return as_json({k: v for k, v in config["preprocess"].items() if k != "workers"})
 
 
+def like_pretrained():
+    """Whether the plan takes its spacing or normalisation from pretrain.checkpoint."""
+    pre = config["preprocess"]
+    return "like_pretrained" in (pre["target_spacing"], pre["normalization"])
+
+
+def plan_pretrained():
+    """The checkpoint `like_pretrained` reads: an input of the plan, so that new weights
+    make a new plan (medtl.checks refuses like_pretrained without one)."""
+    weights = config["pretrain"]["checkpoint"]
+    return [weights] if like_pretrained() and weights else []
+
+
+def plan_pretrained_flags():
+    """`medtl plan`'s options naming that checkpoint and its format (empty without)."""
+    if not plan_pretrained():
+        return ""
+    return "--pretrained {} --pretrained-format {}".format(
+        shlex.quote(plan_pretrained()[0]), config["pretrain"]["format"]
+    )
+
+
 def attempt_mem(mb):
     """Memory request (MB) that grows with each attempt: a job killed for exceeding its
     memory is retried (see `retries:`) with twice the request."""

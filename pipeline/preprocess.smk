@@ -5,6 +5,7 @@
 rule plan:
     input:
         manifest="results/ingest/manifest.tsv",
+        pretrained=plan_pretrained(),
     output:
         "results/preprocess/plan.json",
     log:
@@ -22,10 +23,11 @@ rule plan:
         python=PYTHON,
         settings=plan_settings(),
         classes=as_json(config["classes"]),
+        pretrained=plan_pretrained_flags(),
     shell:
         "medtl_job {resources.attempt} {log:q} {params.python} -m medtl plan "
         "--manifest {input.manifest} --out {output} --settings {params.settings:q} "
-        "--classes {params.classes:q}"
+        "--classes {params.classes:q} {params.pretrained}"
 
 
 # One job for all cases: starting Python and PyTorch costs seconds, a case a fraction of

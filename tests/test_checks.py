@@ -77,6 +77,22 @@ def test_the_checkpoint_is_read_only_when_asked_and_used(tmp_path: Path) -> None
     assert config_problems(random_only, tmp_path) == []  # no arm starts from it
 
 
+def test_like_pretrained_needs_a_checkpoint(tmp_path: Path) -> None:
+    random_only = {"arms": {"scratch": {"init": "random"}}, "report": {"reference_arm": "scratch"}}
+    like = {"target_spacing": "like_pretrained", "normalization": "like_pretrained"}
+    config = validate_config({**copy.deepcopy(random_only), "preprocess": like}, SCHEMA)
+    (found,) = config_problems(config, tmp_path, read_checkpoint=False)
+    assert found.startswith(
+        "config key 'preprocess.target_spacing' and 'preprocess.normalization': like_pretrained"
+    )
+    assert "'pretrain.checkpoint' is not set" in found and "How to fix" in found
+    config["pretrain"]["checkpoint"] = "missing.pth"
+    (found,) = config_problems(config, tmp_path, read_checkpoint=False)
+    assert "'missing.pth', which does not exist" in found
+    (tmp_path / "missing.pth").write_bytes(b"")
+    assert config_problems(config, tmp_path, read_checkpoint=False) == []
+
+
 def test_relative_paths_are_relative_to_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "cases.tsv").write_text("image\tlabel\n")
     config = {"dataset": {"kind": "path", "path": "cases.tsv"}, "arms": {"s": {"init": "random"}}}

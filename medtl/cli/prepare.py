@@ -20,21 +20,43 @@ def plan(
     classes: Annotated[
         str, typer.Option(help='Label names as JSON, e.g. {"1": "tumour"}.')
     ] = '{"1": "foreground"}',
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            help="The pretrained checkpoint (pretrain.checkpoint) whose spacing and "
+            "normalisation `like_pretrained` takes."
+        ),
+    ] = None,
+    pretrained_format: Annotated[
+        str, typer.Option(help="Its format (pretrain.format); auto detects it.")
+    ] = "auto",
 ) -> None:
-    """Compute the preprocessing plan from the data set's fingerprint."""
+    """Compute the preprocessing plan from the data set's fingerprint.
+
+    With `like_pretrained` in the settings (target_spacing or normalization), the plan
+    takes that value from the --pretrained checkpoint's plans instead, and warns when the
+    data's voxels are over 2x finer than the pretraining's.
+    """
     from medtl.config import PreprocessConfig, load_json_arg, parse_section
     from medtl.io.manifest import read_manifest
     from medtl.preprocess.plan import make_plan
 
     cfg = parse_section(PreprocessConfig, load_json_arg(settings, "--settings"), "preprocess")
+    grid = None
+    if cfg.like_pretrained and pretrained is not None:
+        from medtl.models.pretraining import read_pretraining
+
+        grid = read_pretraining(pretrained, pretrained_format)
     names = parse_classes(classes)
     df = read_manifest(manifest)
-    p = make_plan(df, cfg, names)
+    p = make_plan(df, cfg, names, pretrained=grid)
     p.save(out)
     typer.echo(
-        f"plan: spacing {p.target_spacing} mm, {p.normalization} normalisation, "
-        f"median shape {p.median_shape} → {out}"
+        f"plan: spacing {p.target_spacing} mm ({p.spacing_source}), {p.normalization} "
+        f"normalisation ({p.normalization_source}), median shape {p.median_shape} → {out}"
     )
+    for warning in p.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

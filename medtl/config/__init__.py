@@ -22,6 +22,7 @@ from medtl.config.choices import (
     EMPTY_DICE,
     NORMALIZATIONS,
     POSTPROCESS_CANDIDATES,
+    SPACING_MODES,
     check_choice,
     check_device_name,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "DEVICES",
     "EMPTY_DICE",
     "NORMALIZATIONS",
+    "SPACING_MODES",
     "POSTPROCESS_CANDIDATES",
     "SCHEMA_PATH",
     "ArmConfig",

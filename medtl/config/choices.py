@@ -29,7 +29,10 @@ ARM_INITS = ("random", "pretrained", "ssl")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Intensity normalisation (``preprocess.normalization``).
-NORMALIZATIONS = ("auto", "zscore", "ct")
+NORMALIZATIONS = ("auto", "zscore", "ct", "like_pretrained")
+
+#: Target spacings given by name rather than numbers (``preprocess.target_spacing``).
+SPACING_MODES = ("auto", "like_pretrained")
 
 #: Blending of overlapping sliding windows (``predict.mode``).
 BLEND_MODES = ("gaussian", "constant")

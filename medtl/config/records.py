@@ -16,6 +16,7 @@ from medtl.config.choices import (
     EMPTY_DICE,
     NORMALIZATIONS,
     POSTPROCESS_CANDIDATES,
+    SPACING_MODES,
     check_choice,
 )
 from medtl.kernel.errors import ConfigError
@@ -146,8 +147,10 @@ class PreprocessConfig:
     """How cases are brought to one grid and intensity scale.
 
     Attributes:
-        target_spacing: ``auto`` (median spacing of the data set) or three numbers in mm.
-        normalization: ``auto`` (by modality), ``zscore`` or ``ct``.
+        target_spacing: ``auto`` (median spacing of the data set), ``like_pretrained``
+            (the spacing ``pretrain.checkpoint`` was pretrained at) or three numbers in mm.
+        normalization: ``auto`` (by modality), ``zscore``, ``ct`` or ``like_pretrained``
+            (the checkpoint's scheme, as medtl names it).
         crop_foreground: crop each case to its non-zero bounding box.
         workers: cases preprocessed at once (processes); changes the speed, not the plan
             or the cases, so the workflow keeps it out of the plan's settings.
@@ -160,6 +163,13 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.normalization, NORMALIZATIONS, "preprocess.normalization")
+        if isinstance(self.target_spacing, str):
+            check_choice(self.target_spacing, SPACING_MODES, "preprocess.target_spacing")
+
+    @property
+    def like_pretrained(self) -> bool:
+        """Whether the plan takes its spacing or normalisation from the checkpoint."""
+        return "like_pretrained" in (self.target_spacing, self.normalization)
 
 
 @dataclass(frozen=True)

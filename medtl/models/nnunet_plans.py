@@ -113,6 +113,19 @@ def _configuration_name(checkpoint: Mapping[str, Any], path: Path, plans: Mappin
     return None
 
 
+def _merged(configs: Mapping[str, Any], configuration: str) -> dict[str, Any]:
+    """A configuration with what it ``inherits_from`` filled in, as nnU-Net reads it."""
+    chain: list[Mapping[str, Any]] = []
+    name: Any = configuration
+    while isinstance(name, str) and isinstance(configs.get(name), Mapping) and len(chain) < 10:
+        chain.append(configs[name])
+        name = configs[name].get("inherits_from")
+    merged: dict[str, Any] = {}
+    for part in reversed(chain):
+        merged.update(part)
+    return merged
+
+
 def network_of(plans: Mapping[str, Any], configuration: str, source: Path | str) -> PlannedNetwork:
     """The network of ``configuration`` in ``plans`` (nnU-Net v2 ≥ 2.4 and older layouts).
 
@@ -128,14 +141,7 @@ def network_of(plans: Mapping[str, Any], configuration: str, source: Path | str)
             f"{source}: the nnU-Net plans have no configuration {configuration!r} (found: "
             f"{have}). How to fix: use the plans.json written with this checkpoint"
         )
-    chain: list[Mapping[str, Any]] = []
-    name: Any = configuration
-    while isinstance(name, str) and isinstance(configs.get(name), Mapping) and len(chain) < 10:
-        chain.append(configs[name])
-        name = configs[name].get("inherits_from")
-    merged: dict[str, Any] = {}
-    for part in reversed(chain):
-        merged.update(part)
+    merged = _merged(configs, configuration)
     arch = merged.get("architecture")
     if isinstance(arch, Mapping):  # nnU-Net ≥ 2.4
         kwargs = arch.get("arch_kwargs") if isinstance(arch.get("arch_kwargs"), Mapping) else {}
@@ -269,6 +275,36 @@ def build_planned(net: PlannedNetwork, in_channels: int, num_classes: int) -> An
     settings = medtl_settings(net)
     cfg = ModelConfig(name=settings["name"], features=tuple(settings["features"]))
     return build_network(cfg, in_channels, num_classes)
+
+
+def plans_preprocessing(
+    checkpoint: Mapping[str, Any], path: Path
+) -> tuple[str, str, Any, list[str]]:
+    """How the checkpoint's configuration preprocessed its data, from its plans.
+
+    Returns:
+        Where the plans were read, the configuration's name, its ``spacing`` as written
+        (None when absent) and its ``normalization_schemes`` (one per channel).
+
+    Raises:
+        WeightsFileError: no plans in the file or beside it.
+        WeightsError: the configuration cannot be told, or the plans lack it.
+    """
+    plans, source = find_plans(checkpoint, path)
+    name = _configuration_name(checkpoint, path, plans)
+    configs = plans.get("configurations")
+    if name is None or not isinstance(configs, Mapping) or name not in configs:
+        have = ", ".join(map(str, configs)) if isinstance(configs, Mapping) else "none"
+        raise WeightsError(
+            f"{path}: cannot tell which nnU-Net configuration this checkpoint is (found "
+            f"{name!r}; the plans hold {have}). How to fix: keep the checkpoint in nnU-Net's "
+            "<Trainer>__<Plans>__<configuration>/fold_N/ folder, or use the "
+            "checkpoint_final.pth nnU-Net v2 wrote"
+        )
+    merged = _merged(configs, name)
+    schemes = merged.get("normalization_schemes")
+    schemes = [str(x) for x in schemes] if isinstance(schemes, list | tuple) else []
+    return source, name, merged.get("spacing"), schemes
 
 
 def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:

@@ -179,7 +179,7 @@ def _require_exists(path: Path) -> None:
         )
 
 
-def _detect(path: Path, obj: Any) -> str:
+def detect_format(path: Path, obj: Any) -> str:
     """The format of a file's content (not for folders)."""
     if path.suffix == ".safetensors":
         return "safetensors"
@@ -263,7 +263,7 @@ def _read_weights(source: Path, fmt: str, model_keys: Collection[str]) -> Weight
         obj: Any = load_safetensors(source)
     else:
         obj = safe_load(source)
-    detected = _detect(source, obj)
+    detected = detect_format(source, obj)
     if fmt == "auto":
         fmt = detected
     elif fmt != detected and not _compatible(fmt, obj):
@@ -290,7 +290,7 @@ def _read_weights(source: Path, fmt: str, model_keys: Collection[str]) -> Weight
         )
         return Weights(source, fmt, strip_module(inner), notes)
     state = unwrap(obj)
-    assert state is not None  # _detect refused anything else
+    assert state is not None  # detect_format refused anything else
     if fmt == "swinunetr_ssl":
         return Weights(source, fmt, from_swin_ssl(state, notes), notes)
     if fmt == "medicalnet":

@@ -347,9 +347,14 @@ def _context(
         "other_statements": [c.statement for c in ev.versus_reference if c.metric != "dice"],
         "convention": _convention(config, metrics),
         "dataset": dataset_section(inputs),
-        "plan": table(["key", "value"], flatten(inputs.plan), numeric_from=2)
+        "plan": table(
+            ["key", "value"],
+            flatten({k: v for k, v in inputs.plan.items() if k != "warnings"}),
+            numeric_from=2,
+        )
         if inputs.plan
         else None,
+        "plan_warnings": list((inputs.plan or {}).get("warnings") or []),
         "folds": folds_section(inputs),
         "arm_table": comparisons.arm_table(ev, arms, a.class_names),
         "secondary_table": comparisons.secondary_table(metrics, arms, a.class_names),

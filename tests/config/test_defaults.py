@@ -22,6 +22,7 @@ from medtl.config import (
     EMPTY_DICE,
     NORMALIZATIONS,
     POSTPROCESS_CANDIDATES,
+    SPACING_MODES,
     ArmConfig,
     DatasetConfig,
     EvaluateConfig,
@@ -115,6 +116,11 @@ def test_choices_are_the_schemas_enums(choices: tuple[str, ...], key: str) -> No
         node = _node(key.removesuffix("[]"))
         node = node["items"] if key.endswith("[]") else node
     assert tuple(node["enum"]) == choices
+
+
+def test_spacing_modes_are_the_schemas_string_choices() -> None:
+    strings = [o for o in _node("preprocess.target_spacing")["oneOf"] if o["type"] == "string"]
+    assert [tuple(o["enum"]) for o in strings] == [SPACING_MODES]
 
 
 #: Command-line options that set a config key: (command, option) → the key.

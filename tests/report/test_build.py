@@ -248,6 +248,22 @@ def test_optional_inputs_are_omitted(results, tmp_path):
     assert not (out / "figures" / "training_curves.png").exists()
 
 
+def test_plan_section_shows_the_spacing_source_and_warnings(results, tmp_path):
+    plan_path = results / "preprocess/plan.json"
+    plan = json.loads(plan_path.read_text())
+    warning = "the data's median spacing is more than 2x finer than the pretraining's along z"
+    source = "like_pretrained: checkpoint_final.pth, nnssl plan"
+    plan_path.write_text(json.dumps({**plan, "spacing_source": source, "warnings": [warning]}))
+    out = tmp_path / "out"
+    _build(results, out, n_overlays=0)
+    html = (out / "report.html").read_text()
+    section = html[html.index('<section id="plan">') :]
+    section = section[: section.index("</section>")]
+    assert source in section
+    assert '<p class="warn">Plan warning — the data&#39;s median spacing' in section
+    assert "[&#34;the data" not in section  # the list is not repeated as a table row
+
+
 def test_missing_metrics_names_the_file(results, tmp_path):
     (results / "evaluation/metrics.csv").unlink()
     with pytest.raises(ReportError, match=r"evaluation/metrics\.csv"):
