@@ -291,20 +291,31 @@ def plans_preprocessing(
         WeightsError: the configuration cannot be told, or the plans lack it.
     """
     plans, source = find_plans(checkpoint, path)
+    name = configuration_of(checkpoint, path, plans)
+    merged = _merged(plans["configurations"], name)
+    schemes = merged.get("normalization_schemes")
+    schemes = [str(x) for x in schemes] if isinstance(schemes, list | tuple) else []
+    return source, name, merged.get("spacing"), schemes
+
+
+def configuration_of(checkpoint: Mapping[str, Any], path: Path, plans: Mapping) -> str:
+    """The nnU-Net configuration a checkpoint was trained with, one its plans hold.
+
+    Raises:
+        WeightsError: neither the file nor its folder names one the plans hold.
+    """
     name = _configuration_name(checkpoint, path, plans)
     configs = plans.get("configurations")
     if name is None or not isinstance(configs, Mapping) or name not in configs:
         have = ", ".join(map(str, configs)) if isinstance(configs, Mapping) else "none"
         raise WeightsError(
             f"{path}: cannot tell which nnU-Net configuration this checkpoint is (found "
-            f"{name!r}; the plans hold {have}). How to fix: keep the checkpoint in nnU-Net's "
+            f"{name!r}: the file has no init_args['configuration'] its plans hold, which "
+            f"are {have}). How to fix: keep the checkpoint in nnU-Net's "
             "<Trainer>__<Plans>__<configuration>/fold_N/ folder, or use the "
             "checkpoint_final.pth nnU-Net v2 wrote"
         )
-    merged = _merged(configs, name)
-    schemes = merged.get("normalization_schemes")
-    schemes = [str(x) for x in schemes] if isinstance(schemes, list | tuple) else []
-    return source, name, merged.get("spacing"), schemes
+    return name
 
 
 def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:
@@ -323,16 +334,7 @@ def check_plans(checkpoint: Mapping[str, Any], path: Path) -> str:
         WeightsError: the plans describe another network (listing how it differs).
     """
     plans, source = find_plans(checkpoint, path)
-    name = _configuration_name(checkpoint, path, plans)
-    if name is None:
-        configs = plans.get("configurations")
-        have = ", ".join(map(str, configs)) if isinstance(configs, Mapping) else "none"
-        raise WeightsError(
-            f"{path}: cannot tell which nnU-Net configuration this checkpoint is (the file "
-            f"has no init_args['configuration'], and the plans hold {have}). How to fix: "
-            "keep the checkpoint in nnU-Net's <Trainer>__<Plans>__<configuration>/fold_N/ "
-            "folder, or use the checkpoint_final.pth nnU-Net v2 wrote"
-        )
+    name = configuration_of(checkpoint, path, plans)
     net = network_of(plans, name, source)
     problems = differences(net)
     if problems:

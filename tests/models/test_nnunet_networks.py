@@ -23,7 +23,7 @@ from medtl.models.networks import (
     get_architecture,
 )
 from medtl.models.nnunet_networks import alias_names, canonical_state, resenc_blocks
-from medtl.models.nnunet_plans import build_planned, network_of
+from medtl.models.nnunet_plans import build_planned, check_plans, network_of
 from medtl.models.stages import StrategySpec, encoder_stages
 from medtl.models.trained import load_model
 from medtl.models.transfer import WeightsError, load_pretrained
@@ -211,3 +211,16 @@ def test_describe_model_command_shows_resenc_stages(tmp_path: Path) -> None:
     assert all(r[3] == "yes" for r in rows)
     assert [r[4] for r in rows] == ["frozen", "frozen", "frozen", "trainable"]
     assert "training would accept these weights" in result.output
+
+
+def test_a_checkpoint_of_no_configuration_its_plans_hold_is_refused(tmp_path: Path) -> None:
+    plans = nnunet_plans(3)
+    plans["configurations"]["2d"] = dict(plans["configurations"]["3d_fullres"])
+    checkpoint = {"init_args": {"plans": plans}}  # no configuration, in no trainer folder
+    with pytest.raises(WeightsError, match=r"cannot tell which nnU-Net configuration.*2d"):
+        check_plans(checkpoint, tmp_path / "fold_0" / "checkpoint_final.pth")
+    checkpoint["init_args"]["configuration"] = "3d_lowres"  # not in the plans
+    with pytest.raises(WeightsError, match=r"found '3d_lowres'"):
+        check_plans(checkpoint, tmp_path / "fold_0" / "checkpoint_final.pth")
+    checkpoint["init_args"]["configuration"] = "3d_fullres"
+    assert "PlainConvUNet" in check_plans(checkpoint, tmp_path / "fold_0" / "checkpoint_final.pth")
