@@ -74,7 +74,8 @@ def reliability_diagram(fits: dict[str, CalibrationFit]) -> Figure:
     """
     arms = list(fits)
     colours = arm_colours(arms)
-    fig, axes = _panels(len(arms))
+    # Square panels: taller than wide, so the title keeps its room above the square.
+    fig, axes = _panels(len(arms), height=3.9)
     if not arms:
         _say(axes[0], "no calibration fitted")
         return fig
@@ -95,7 +96,7 @@ def reliability_diagram(fits: dict[str, CalibrationFit]) -> Figure:
             ax.text(0.5, 0.75, "no voxel", ha="center", color="#888888", transform=ax.transAxes)
         ax.set_xlim(0, 1.01)
         ax.set_ylim(0, 1.01)
-        ax.set_aspect("equal")
+        ax.set_box_aspect(1)
         ax.set_xlabel("confidence (max class probability)")
         ax.set_ylabel("accuracy")
         ax.set_title(arm, fontsize=10)

@@ -87,3 +87,17 @@ def test_an_arm_without_a_score_says_so():
 def test_no_arm_still_draws_a_figure():
     assert len(reliability_diagram({}).axes) == 1
     assert len(risk_coverage_figure({}).axes) == 1
+
+
+@pytest.mark.parametrize("n_arms", [1, 4, 5])
+def test_every_title_lies_inside_the_figure(n_arms):
+    """Square panels once pushed their titles above the figure's top edge (clipped)."""
+    arms = [f"arm{i}" for i in range(n_arms)]
+    for fig in (
+        reliability_diagram({arm: _fit(i) for i, arm in enumerate(arms)}),
+        risk_coverage_figure({arm: _assessment(i) for i, arm in enumerate(arms)}),
+    ):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            box = ax.title.get_window_extent()
+            assert box.y0 >= 0 and box.y1 <= fig.bbox.height, ax.get_title()
