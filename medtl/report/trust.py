@@ -166,14 +166,20 @@ def failure_statement(arm: str, rec: dict) -> str:
     )
 
 
+def flagged_cases(rec: dict) -> list[dict]:
+    """An arm's flagged cross-validation predictions, riskiest first (no risk: last)."""
+    flagged = (c for c in rec["cases"] if c.get("flag"))
+    return sorted(flagged, key=lambda c: -(c.get("risk") or 0))
+
+
 def flagged_table(trust: dict[str, dict]) -> dict | None:
     """Every cross-validation prediction the flag rule marks, riskiest first per arm."""
     rows = []
     for arm, rec in trust.items():
-        flagged = sorted(
-            (c for c in rec["cases"] if c.get("flag")), key=lambda c: -(c.get("risk") or 0)
-        )
-        rows += [[arm, c["key"], c["fold"], fmt(c["dice"]), fmt(c["risk"], 4)] for c in flagged]
+        rows += [
+            [arm, c["key"], c["fold"], fmt(c["dice"]), fmt(c["risk"], 4)]
+            for c in flagged_cases(rec)
+        ]
     if not rows:
         return None
     return table(["arm", "case", "fold", "Dice", "risk"], rows, numeric_from=2)
@@ -183,11 +189,8 @@ def flagged_overlays(
     results: Path, inputs: Inputs, arm: str, rec: dict, n: int = 4
 ) -> tuple[list[OverlayCase], list[str]]:
     """The arm's riskiest flagged CV cases, with the mask of the seed that was flagged."""
-    flagged = sorted(
-        (c for c in rec["cases"] if c.get("flag")), key=lambda c: -(c.get("risk") or 0)
-    )
     cases, problems = [], []
-    for c in flagged[:n]:
+    for c in flagged_cases(rec)[:n]:
         mask = predictions_dir(results, arm, c.get("seed"), c["fold"]) / f"{c['case']}.nii.gz"
         title = f"flagged: {c['key']}\n(Dice {fmt(c['dice'])}, risk {fmt(c['risk'], 3)})"
         found = load_overlay_case(inputs, c["case"], title, {arm: mask})

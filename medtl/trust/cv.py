@@ -45,6 +45,7 @@ from medtl.layout import (
 )
 from medtl.trust.calibration import (
     CalibrationFit,
+    finite_or_none,
     fit_temperature,
     nll,
     reliability,
@@ -95,7 +96,7 @@ def fit_trust(
         temperature=fit.temperature,
         measure=assessment.chosen,
         direction=MEASURES.get(assessment.chosen, 1) if assessment.chosen else 1,
-        threshold=_finite(assessment.threshold.value) if assessment.threshold else None,
+        threshold=finite_or_none(assessment.threshold.value) if assessment.threshold else None,
         bad_dice=cfg.bad_dice,
         rule=assessment.threshold.rule if assessment.threshold else None,
     )
@@ -113,10 +114,6 @@ def fit_trust(
     }
     atomic_write_text(Path(out), json.dumps(record, indent=2, allow_nan=False) + "\n")
     return record
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def _runs(results: Path, arm: str, seeds: Sequence[int] | None) -> list[TrainedRun]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from medtl.kernel.errors import InputError
 from medtl.layout import trust_file
+from medtl.trust.failure import oriented
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,7 @@ class TrustRule:
         """
         if self.measure is None or self.measure not in scores:
             return None, (True if self.rule == "all" else None)
-        value = float(scores[self.measure])
-        risk = value if self.direction > 0 else 1.0 - value
+        risk = oriented(float(scores[self.measure]), self.direction)
         if self.threshold is None or math.isnan(risk):
             return risk, False
         return risk, bool(risk >= self.threshold)

@@ -46,8 +46,20 @@ def risk_of(measure: str, values: np.ndarray) -> np.ndarray:
     """
     if measure not in MEASURES:
         raise ValueError(f"measure {measure!r}: unknown. Allowed: {', '.join(MEASURES)}")
-    values = np.asarray(values, dtype=np.float64)
-    return values if MEASURES[measure] > 0 else 1.0 - values
+    return oriented(np.asarray(values, dtype=np.float64), MEASURES[measure])
+
+
+def oriented(values, direction: int):
+    """Values (an array or a number) of a measure of ``direction`` as a risk.
+
+    As they are when a higher value is riskier (``direction`` 1), ``1 − values`` when a
+    lower one is (−1, the agreement in [0, 1]).
+
+    Example:
+        >>> oriented(0.25, -1), oriented(0.25, 1)
+        (0.75, 0.25)
+    """
+    return values if direction > 0 else 1.0 - values
 
 
 def _pair(risk: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
