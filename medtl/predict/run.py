@@ -287,29 +287,29 @@ def _segment(
     ``risk`` and ``flag`` columns.
     """
     trust = ens.trust
+    if trust is None and (maps is None or not maps.wanted):
+        labels = segment_case(
+            ens.models, case, ens.patch_size, cfg, ens.device, path, postprocess=ens.decision
+        )
+        return labels, {}
     if trust is not None:
         maps = replace(maps or MapRequest(), scores=trust.measure is not None)
-    if maps is not None and (maps.wanted or trust is not None):
-        labels, columns = segment_case_with_maps(
-            ens.models,
-            case,
-            ens.patch_size,
-            cfg,
-            ens.device,
-            path,
-            maps,
-            postprocess=ens.decision,
-            listed=listed,
-            temperature=trust.temperature if trust is not None else 1.0,
-        )
-        if trust is not None:
-            risk, flag = trust.risk_and_flag(columns)
-            columns |= {"risk": risk, "flag": flag}
-        return labels, columns
-    labels = segment_case(
-        ens.models, case, ens.patch_size, cfg, ens.device, path, postprocess=ens.decision
+    labels, columns = segment_case_with_maps(
+        ens.models,
+        case,
+        ens.patch_size,
+        cfg,
+        ens.device,
+        path,
+        maps,
+        postprocess=ens.decision,
+        listed=listed,
+        temperature=trust.temperature if trust is not None else 1.0,
     )
-    return labels, {}
+    if trust is not None:
+        risk, flag = trust.risk_and_flag(columns)
+        columns |= {"risk": risk, "flag": flag}
+    return labels, columns
 
 
 def _check_formats(formats: tuple[str, ...]) -> None:
