@@ -338,11 +338,14 @@ class DicomwebConfig:
 
 @dataclass(frozen=True)
 class DemoDataConfig:
-    """The generated demo data (``dataset.demo``): its seed and sizes."""
+    """The generated demo data (``dataset.demo``): its seed, sizes and the target's shift
+    strength (0: drawn from the source domain, 1: the demo's target domain; see
+    :func:`medtl.demo.phantoms.shifted_domain`)."""
 
     seed: int = 7
     n_source: int = 24
     n_patients: int = 14
+    shift: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,7 @@ OPTIONS = {
     ("demo-data", "seed"): "dataset.demo.seed",
     ("demo-data", "n_source"): "dataset.demo.n_source",
     ("demo-data", "n_patients"): "dataset.demo.n_patients",
+    ("demo-data", "shift"): "dataset.demo.shift",
     ("ingest", "salt"): "salt",
     ("ingest", "workers"): "dataset.workers",
     ("preprocess", "workers"): "preprocess.workers",
