@@ -32,6 +32,7 @@ from medtl.config import (
     PreprocessConfig,
     PretrainConfig,
     ReportConfig,
+    ShiftConfig,
     SplitsConfig,
     TrainConfig,
     TrustConfig,
@@ -52,6 +53,7 @@ RECORDS = {
     SplitsConfig: "splits",
     ReportConfig: "report",
     TrustConfig: "trust",
+    ShiftConfig: "shift",
     DatasetConfig: "dataset",
 }
 
