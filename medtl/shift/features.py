@@ -6,7 +6,7 @@ labels would compare different structures whenever the two sets label different 
 go through the network in eval mode under :func:`torch.inference_mode`. A forward hook
 on each encoder stage (:func:`medtl.models.stages.encoder_stages`: BasicUNet's ``conv_0``,
 ``down_1`` … ``down_4``, nnU-Net's ``encoder.stem`` and ``encoder.stages.<i>``, …) keeps the
-global average of its output per channel, and the forward pass stops once the deepest
+global average and standard deviation of its output per channel, and the forward pass stops once the deepest
 stage has run, so the decoder never runs. A case's feature vector is its patches'
 vectors averaged: one vector per case, each stage's channels side by side.
 """
@@ -47,7 +47,11 @@ def stage_modules(model: nn.Module, arch: Architecture) -> list[tuple[str, nn.Mo
 
 
 def _pooled(output: object) -> torch.Tensor:
-    """The per-channel global average of a stage's output ``(batch, channels, ...)``."""
+    """Per channel, the average and sd of a stage's output ``(batch, channels, ...)``.
+
+    The sd matters: instance-normalised networks (BasicUNet, nnU-Net's) rescale every
+    patch, so averages alone barely change with noise or contrast, while the spread does.
+    """
     tensor = output[0] if isinstance(output, tuple | list) else output
     flat = tensor.float().flatten(2)
     return torch.cat([flat.mean(dim=2), flat.std(dim=2)], dim=1)
@@ -94,7 +98,7 @@ def case_features(
         >>> net = build_network(cfg, 1, 2)
         >>> x = [np.zeros((1, 40, 20, 20), np.float32)]
         >>> case_features(net, get_architecture("basicunet"), x, (32, 16, 16), 2, 0).shape
-        (1, 10)
+        (1, 20)
     """
     stages = stage_modules(model, arch)
     pooled: dict[int, torch.Tensor] = {}
