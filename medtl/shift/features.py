@@ -6,8 +6,8 @@ labels would compare different structures whenever the two sets label different 
 go through the network in eval mode under :func:`torch.inference_mode`. A forward hook
 on each encoder stage (:func:`medtl.models.stages.encoder_stages`: BasicUNet's ``conv_0``,
 ``down_1`` … ``down_4``, nnU-Net's ``encoder.stem`` and ``encoder.stages.<i>``, …) keeps the
-global average and standard deviation of its output per channel, and the forward pass stops once the deepest
-stage has run, so the decoder never runs. A case's feature vector is its patches'
+average and standard deviation of its output per channel, and the forward pass stops
+once the deepest stage has run, so the decoder never runs. A case's feature vector is its patches'
 vectors averaged: one vector per case, each stage's channels side by side.
 """
 
