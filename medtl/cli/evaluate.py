@@ -229,9 +229,8 @@ def shift(
     set_threads(threads)
     cfg = parse_section(ShiftConfig, load_json_arg(settings, "--settings"), "shift")
     model_cfg = parse_section(ModelConfig, load_json_arg(model, "--model"), "model")
-    size = cfg.patch_size or TrainConfig().patch_size
-    if patch:
-        size = tuple(int(p) for p in patch.split(","))
+    size = tuple(int(p) for p in patch.split(",")) if patch else None
+    size = size or cfg.patch_size or TrainConfig().patch_size
     record = run_shift(
         target,
         plan,
