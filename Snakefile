@@ -38,6 +38,7 @@ include: "pipeline/ingest.smk"
 include: "pipeline/preprocess.smk"
 include: "pipeline/split.smk"
 include: "pipeline/pretrain.smk"
+include: "pipeline/shift.smk"
 include: "pipeline/train.smk"
 include: "pipeline/predict.smk"
 include: "pipeline/evaluate.smk"
@@ -49,3 +50,4 @@ rule all:
     input:
         "results/report/report.html",
         fraction_targets(),
+        shift_targets(),

@@ -278,3 +278,18 @@ def fraction_dir(fractions_root: Path | str, pct: int | str) -> Path:
 def subset_folds_file(fractions_root: Path | str, pct: int | str, fold: int | str) -> Path:
     """The folds file whose fold ``fold`` trains on the ``pct`` % subset of its patients."""
     return fraction_dir(fractions_root, pct) / f"fold{fold}" / "folds.json"
+
+
+#: The domain-shift record and its per-case table, in :func:`shift_dir`.
+SHIFT_RECORD = "shift.json"
+SHIFT_CASES = "per_case.tsv"
+
+
+def shift_dir(results: Path | str) -> Path:
+    """Where ``medtl shift`` writes the workflow's domain-shift measures: ``shift/``.
+
+    Example:
+        >>> (shift_dir("results") / SHIFT_RECORD).as_posix()
+        'results/shift/shift.json'
+    """
+    return Path(results) / "shift"

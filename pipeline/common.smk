@@ -268,3 +268,47 @@ def pretrained_flag(wildcards):
 def parent(path):
     """The folder of a file path (outputs name their folder through this, not by hand)."""
     return os.path.dirname(path)
+
+
+# The domain-shift stage (pipeline/shift.smk): which weights, source and options.
+def shift_encoder():
+    """The weights the first arm with a pretrained start uses, and that arm's init; None."""
+    for arm in ARMS:
+        weights = arm_weights(arm)
+        if weights:
+            return weights, config["arms"][arm]["init"]
+    return None
+
+
+def shift_source():
+    """The source manifest the encoder was pretrained on, and what it is; None without one.
+
+    Supervised pretraining (no pretrain.checkpoint): its source set. Self-supervised with
+    use_source: the source part of its pool (the target part is the target itself). An
+    external checkpoint: its images are not here, so only the metadata is compared."""
+    weights, init = shift_encoder()
+    own = "results/pretrain/source/manifest.tsv"
+    if init == "pretrained" and not config["pretrain"]["checkpoint"]:
+        return own, "supervised pretraining source"
+    if init == "ssl" and own in ssl_manifests():
+        return own, "source part of the self-supervised pool"
+    return None
+
+
+def shift_targets():
+    """What the target `all` asks of this stage: the record, when an arm is pretrained."""
+    return ["results/shift/shift.json"] if shift_encoder() else []
+
+
+def shift_flags():
+    """The command's options naming the source, the weights' format and their plan."""
+    weights, init = shift_encoder()
+    source = shift_source()
+    flags = []
+    if source:
+        flags += ["--source", source[0], "--source-name", shlex.quote(source[1])]
+    if init == "pretrained" and config["pretrain"]["checkpoint"]:
+        flags += ["--format", config["pretrain"]["format"]]
+    else:  # medtl's own pretraining (supervised or SSL) runs on the target's plan
+        flags += ["--format", "medtl", "--pretrained-with-plan"]
+    return " ".join(flags)

@@ -20,6 +20,8 @@ rule demo_data:
         seed=config["dataset"]["demo"]["seed"],
         n_source=config["dataset"]["demo"]["n_source"],
         n_patients=config["dataset"]["demo"]["n_patients"],
+        shift=config["dataset"]["demo"]["shift"],
     shell:
         "{params.python} -m medtl demo-data --out {params.out} --seed {params.seed} "
-        "--n-source {params.n_source} --n-patients {params.n_patients} --quiet > {log} 2>&1"
+        "--n-source {params.n_source} --n-patients {params.n_patients} --shift {params.shift} "
+        "--quiet > {log} 2>&1"

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("medtl.config", "medtl.layout"),
     ("medtl.io",),
     ("medtl.preprocess", "medtl.models", "medtl.split", "medtl.demo"),
+    ("medtl.shift",),
     ("medtl.provenance",),
     ("medtl.train", "medtl.evaluate"),
     ("medtl.postprocess", "medtl.trust"),

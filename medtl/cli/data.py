@@ -17,6 +17,16 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same files.")] = 7,
     n_source: Annotated[int, typer.Option(help="Labelled source volumes (pretraining).")] = 24,
     n_patients: Annotated[int, typer.Option(help="Target patients (DICOM).")] = 14,
+    shift: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=2.0,
+            help="Shift strength of the target domain: 0 draws the target from the source "
+            "domain, 1 is the demo's target domain, between interpolates intensities, "
+            "contrast, noise, bias and spacing, above 1 (up to 2) extrapolates.",
+        ),
+    ] = 1.0,
     quiet: Quiet = False,
 ) -> None:
     """Generate the built-in demo: a NIfTI source set and a DICOM target set.
@@ -26,7 +36,14 @@ def demo_data(
     """
     from medtl.demo.generate import generate_demo
 
-    s = generate_demo(out, seed=seed, n_source=n_source, n_patients=n_patients, progress=not quiet)
+    s = generate_demo(
+        out,
+        seed=seed,
+        n_source=n_source,
+        n_patients=n_patients,
+        progress=not quiet,
+        shift=shift,
+    )
     typer.echo(
         f"demo: {s.source_cases} source volumes, {s.target_cases} target cases "
         f"from {s.target_patients} patients; case sheet {s.sheet}"

@@ -174,6 +174,90 @@ def trust(
 
 @app.command()
 @guard
+def shift(
+    target: Annotated[Path, typer.Option(help="The target's ingest manifest.tsv.")],
+    plan: Annotated[
+        Path, typer.Option(help="The target's plan.json: both sets are preprocessed with it.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write shift.json and per_case.tsv into.")],
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            help="The source's ingest manifest.tsv (the pretraining source); leave out when "
+            "there are no source images: only the metadata is compared."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="The pretrained weights whose encoder looks at both sets."),
+    ] = None,
+    weights_format: Annotated[
+        str, typer.Option("--format", help="The checkpoint's format (pretrain.format).")
+    ] = "auto",
+    pretrained_with_plan: Annotated[
+        bool,
+        typer.Option(
+            help="The checkpoint was pretrained with this plan (medtl's own pretraining)."
+        ),
+    ] = False,
+    source_name: Annotated[
+        str, typer.Option(help="What the source set is, for the record.")
+    ] = "supervised pretraining source",
+    model: Annotated[str, typer.Option(help="The config's model section as JSON.")] = "{}",
+    patch: Annotated[
+        str, typer.Option(help="Patch in voxels, e.g. 32,32,16 (default: train.patch_size).")
+    ] = "",
+    settings: Settings = "{}",
+    threads: Threads = 1,
+) -> None:
+    """Measure the domain shift between the pretraining source and the target, before training.
+
+    Compares acquisition (spacing, orientation, modality), intensities after the
+    normalisation each set gets, the labelled structures' volume and position, and the
+    pretrained encoder's own view: pooled features on patches of each case, their MMD with
+    a permutation p-value, and each target case's distance to the source. Warnings name
+    the fix. Settings: the config's `shift` section as JSON. See docs/domain-shift.md.
+
+    Example: `medtl shift --target results/ingest/manifest.tsv --source
+    results/pretrain/source/manifest.tsv --plan results/preprocess/plan.json --checkpoint
+    results/pretrain/checkpoint.pt --pretrained-with-plan --out results/shift`
+    """
+    from medtl.cli.common import set_threads
+    from medtl.config import ModelConfig, ShiftConfig, TrainConfig, load_json_arg, parse_section
+    from medtl.shift.measure import run_shift
+
+    set_threads(threads)
+    cfg = parse_section(ShiftConfig, load_json_arg(settings, "--settings"), "shift")
+    model_cfg = parse_section(ModelConfig, load_json_arg(model, "--model"), "model")
+    size = tuple(int(p) for p in patch.split(",")) if patch else None
+    size = size or cfg.patch_size or TrainConfig().patch_size
+    record = run_shift(
+        target,
+        plan,
+        out,
+        cfg,
+        model_cfg,
+        size,
+        source,
+        checkpoint,
+        weights_format,
+        pretrained_with_plan,
+        source_name,
+    )
+    view = record.encoder
+    said = (
+        f"feature MMD² {view['mmd2']:.4f}, p {view['p_value']:.3g}, "
+        f"{view['flagged_cases']} case(s) flagged"
+        if view
+        else "; ".join(record.notes[-1:])
+    )
+    typer.echo(f"shift: {said}; {len(record.warnings)} warning(s) → {out}")
+    for warning in record.warnings:
+        typer.echo(f"  warning: {warning}")
+
+
+@app.command()
+@guard
 def power(
     results: Annotated[
         Path | None,

@@ -284,6 +284,39 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
+class ShiftConfig:
+    """How the domain shift between source and target is measured (``shift``).
+
+    Attributes:
+        patches_per_case: patches of each case the encoder sees (their pooled features
+            are averaged into one vector per case).
+        patch_size: patch in voxels; None: the training patch (``train.patch_size``).
+        permutations: relabellings of the permutation test of the feature MMD.
+        seed: seed of the patch positions, voxel samples and permutations.
+        alpha: the sets differ to the encoder when the permutation p-value is below this.
+        case_z: a target case farther than this many source spreads is flagged.
+        outside_fraction: warn when more than this share of target voxels lies outside
+            the source's 0.5-99.5 percentile range.
+        spacing_factor: warn when the network's spacing is this many times finer or
+            coarser than the pretraining's along an axis.
+        voxels_per_case: voxels sampled per case for the intensity distributions.
+        label_pairs: target label value → the source label value of the same structure
+            (values left out are compared with the same value).
+    """
+
+    patches_per_case: int = 4
+    patch_size: tuple[int, int, int] | None = None
+    permutations: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+    case_z: float = 3.0
+    outside_fraction: float = 0.01
+    spacing_factor: float = 2.0
+    voxels_per_case: int = 20000
+    label_pairs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SplitsConfig:
     """The cross-validation folds (``splits``).
 
@@ -338,11 +371,14 @@ class DicomwebConfig:
 
 @dataclass(frozen=True)
 class DemoDataConfig:
-    """The generated demo data (``dataset.demo``): its seed and sizes."""
+    """The generated demo data (``dataset.demo``): its seed, sizes and the target's shift
+    strength (0: drawn from the source domain, 1: the demo's target domain; see
+    :func:`medtl.demo.phantoms.shifted_domain`)."""
 
     seed: int = 7
     n_source: int = 24
     n_patients: int = 14
+    shift: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import pandas as pd
 from pydicom.uid import generate_uid
 from tqdm.auto import tqdm
 
-from medtl.demo.phantoms import SOURCE, TARGET, make_phantom
+from medtl.demo.phantoms import SOURCE, make_phantom, shifted_domain
 from medtl.io.dicom_write import write_series
 from medtl.io.volume import Volume
 from medtl.kernel.files import atomic_write, atomic_write_text
@@ -58,6 +58,7 @@ def generate_demo(
     n_patients: int = 14,
     second_study_fraction: float = 0.3,
     progress: bool = True,
+    shift: float = 1.0,
 ) -> DemoSummary:
     """Generate the demo data set, deterministically from ``seed``.
 
@@ -68,6 +69,10 @@ def generate_demo(
         n_patients: number of target patients.
         second_study_fraction: share of target patients with a second (follow-up) study.
         progress: show a progress bar.
+        shift: the target's shift strength (:func:`~medtl.demo.phantoms.shifted_domain`):
+            0 draws the target from the source domain, 1 (default) is the demo's target
+            domain, between interpolates, above 1 extrapolates. Shift 1 draws exactly
+            the numbers the demo drew before the knob existed: the same files.
 
     Example:
         >>> import tempfile
@@ -79,7 +84,7 @@ def generate_demo(
     rng = np.random.default_rng(seed)
     dataset = _write_source(out / "source", rng, n_source, progress)
     sheet, n_cases = _write_target(
-        out / "target", rng, seed, n_patients, second_study_fraction, progress
+        out / "target", rng, seed, n_patients, second_study_fraction, progress, shift
     )
     return DemoSummary(
         source_cases=n_source,
@@ -123,13 +128,15 @@ def _write_target(
     n_patients: int,
     second_study_fraction: float,
     progress: bool,
+    shift: float = 1.0,
 ) -> tuple[Path, int]:
     """The DICOM target set, its labels and its case sheet: the sheet and its rows."""
+    domain = shifted_domain(shift)
     rows = []
     for pat in tqdm(range(n_patients), desc="demo target", disable=not progress):
         n_studies = 2 if rng.random() < second_study_fraction else 1
         for study in range(n_studies):
-            p = make_phantom(rng, TARGET)
+            p = make_phantom(rng, domain)
             tumour = (p.label == 2).astype(np.uint8)
             # DICOM axial slices: array axes point Left, Posterior, Superior (LPS).
             affine = np.diag([-p.spacing[0], -p.spacing[1], p.spacing[2], 1.0])

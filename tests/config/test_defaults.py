@@ -32,6 +32,7 @@ from medtl.config import (
     PreprocessConfig,
     PretrainConfig,
     ReportConfig,
+    ShiftConfig,
     SplitsConfig,
     TrainConfig,
     TrustConfig,
@@ -52,6 +53,7 @@ RECORDS = {
     SplitsConfig: "splits",
     ReportConfig: "report",
     TrustConfig: "trust",
+    ShiftConfig: "shift",
     DatasetConfig: "dataset",
 }
 
@@ -128,6 +130,7 @@ OPTIONS = {
     ("demo-data", "seed"): "dataset.demo.seed",
     ("demo-data", "n_source"): "dataset.demo.n_source",
     ("demo-data", "n_patients"): "dataset.demo.n_patients",
+    ("demo-data", "shift"): "dataset.demo.shift",
     ("ingest", "salt"): "salt",
     ("ingest", "workers"): "dataset.workers",
     ("preprocess", "workers"): "preprocess.workers",
