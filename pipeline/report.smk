@@ -1,6 +1,19 @@
 # Stage 9: the self-contained HTML report; its figures also go to `snakemake --report`.
 
 
+def shift_figures():
+    """The domain-shift figure, drawn when the shift stage measured per-case distances."""
+    if not shift_source():
+        return {}
+    return {
+        "shift_gain": report(
+            "results/report/figures/shift_gain.png",
+            caption="report/shift_gain.rst",
+            category="Domain shift",
+        )
+    }
+
+
 rule report:
     input:
         metrics="results/evaluation/metrics.csv",
@@ -11,6 +24,7 @@ rule report:
         postprocess=expand("results/postprocess/{arm}.json", arm=ARMS),
         trust=expand("results/trust/{arm}.json", arm=ARMS),
         fractions=fraction_targets(),
+        shift=shift_targets(),
     output:
         html="results/report/report.html",
         summary="results/report/summary.json",
@@ -81,6 +95,7 @@ rule report:
             caption="report/risk_coverage.rst",
             category="Trust",
         ),
+        **shift_figures(),
     log:
         "logs/report.log",
     benchmark:

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader
 
-from medtl.evaluate.cases import per_case
+from medtl.evaluate.cases import per_case, per_case_runs
 from medtl.kernel.files import atomic_write_bytes, atomic_write_text
 from medtl.report import comparisons, figures, run_variation
 from medtl.report.fractions import (
@@ -44,6 +44,7 @@ from medtl.report.sections import (
     runtime_table,
     trainable_table,
 )
+from medtl.report.shift import gain_figure, shift_records, shift_section
 from medtl.report.spec import load_spec, render_spec
 from medtl.report.tables import fmt, json_safe, parse_triplet, table
 from medtl.report.trust import (
@@ -134,6 +135,8 @@ class _Analysis:
     case_dice: dict[str, pd.Series]
     mean_dice: dict[str, float]
     best_arm: str
+    shift: dict | None = None
+    shift_gain: list = field(default_factory=list)
 
 
 @dataclass
@@ -239,6 +242,10 @@ def _analyse(
     case_dice = {a: per_case(metrics, a, "dice") for a in arms}
     mean_dice = {a: float(case_dice[a].mean()) for a in arms}
     best_arm = max(arms, key=lambda a: np.nan_to_num(mean_dice[a], nan=-1.0))
+    seeds = {a: per_case_runs(metrics, a).shape[1] for a in arms}
+    shift, shift_gain = shift_section(
+        inputs.shift, inputs.shift_cases, case_dice, arms, reference_arm, config, seeds
+    )
     return _Analysis(
         inputs,
         arms,
@@ -251,6 +258,8 @@ def _analyse(
         case_dice,
         mean_dice,
         best_arm,
+        shift,
+        shift_gain,
     )
 
 
@@ -296,6 +305,8 @@ def _draw_figures(figs: _Figures, results: Path, a: _Analysis, n_overlays: int) 
             "points": points.to_dict(orient="records"),
         }
     flagged_problems = _draw_trust(figs, results, a)
+    if a.shift is not None and a.shift["per_case_distance"]:
+        figs.add("shift_gain", gain_figure(a.shift_gain, arms))
     return _Drawn(volumes, cases, basis, problems, label_fraction, flagged_problems)
 
 
@@ -377,6 +388,7 @@ def _context(
         "label_fraction": drawn.label_fraction,
         "trust": _trust_context(inputs, drawn),
         "model_size": model_table(inputs.trust, inputs.run_summaries),
+        "shift": a.shift,
         "provenance": provenance,
     }
 
@@ -408,6 +420,7 @@ def _render(context: dict, drawn: _Drawn, figs: _Figures) -> str:
         "runtime": context["runtime"] is not None,
         "trust": context["trust"] is not None,
         "model-size": context["model_size"] is not None,
+        "shift": context["shift"] is not None,
     }
     values = {
         "reference_arm": context["reference_arm"],
@@ -455,6 +468,7 @@ def _summary(
         "n_evaluated_cases": int(inputs.metrics["case"].nunique()),
         "runtime": runtime_records(inputs.benchmarks),
         "trust": trust_records(inputs.trust),
+        "shift": shift_records(inputs.shift, a.shift_gain),
         "provenance": provenance["record"],
         "figures": sorted(figs.uris),
     }

@@ -14,7 +14,15 @@ import pandas as pd
 
 from medtl.io.manifest import read_manifest
 from medtl.kernel.errors import MedtlError
-from medtl.layout import BEST_CHECKPOINT, plan_file, run_dir, trust_file
+from medtl.layout import (
+    BEST_CHECKPOINT,
+    SHIFT_CASES,
+    SHIFT_RECORD,
+    plan_file,
+    run_dir,
+    shift_dir,
+    trust_file,
+)
 from medtl.report.fractions import read_label_fraction
 from medtl.split.folds import load_folds
 
@@ -52,6 +60,8 @@ class Inputs:
     postprocess: dict[str, dict] = field(default_factory=dict)
     run_records: list[dict] = field(default_factory=list)
     trust: dict[str, dict] = field(default_factory=dict)
+    shift: dict | None = None
+    shift_cases: pd.DataFrame | None = None
 
 
 def _read_metrics(path: Path, arms: list[str]) -> pd.DataFrame:
@@ -186,4 +196,9 @@ def load_inputs(results: Path, arms: list[str]) -> Inputs:
         path = trust_file(results, arm)
         if path.is_file():
             inputs.trust[arm] = json.loads(path.read_text())
+    shift = shift_dir(results)
+    if (shift / SHIFT_RECORD).is_file():
+        inputs.shift = json.loads((shift / SHIFT_RECORD).read_text())
+    if (shift / SHIFT_CASES).is_file():
+        inputs.shift_cases = pd.read_csv(shift / SHIFT_CASES, sep="\t", dtype={"case_id": str})
     return inputs

@@ -67,7 +67,17 @@ def _outside(f: Facts, cfg: ShiftConfig) -> str | None:
         f"{100 * f.outside_fraction:.1f} % of the target's voxels (normalised) lie outside the "
         f"source's 0.5-99.5 percentile range (warning above {100 * cfg.outside_fraction:g} %): "
         "values the encoder never saw. Check the target's intensity scaling (units, rescale "
-        "slope and intercept), or normalise per image: preprocess.normalization: zscore"
+        f"slope and intercept), {_outside_fix(f)}"
+    )
+
+
+def _outside_fix(f: Facts) -> str:
+    """What to change for out-of-range intensities, given the target's normalisation."""
+    if f.target_normalization != "zscore":
+        return "or normalise per image: preprocess.normalization: zscore"
+    return (
+        "and since each image is already z-scored, the difference is contrast, not scale: "
+        "let the encoder adapt (an arm with strategy: finetune or gradual)"
     )
 
 

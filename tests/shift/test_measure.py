@@ -39,8 +39,8 @@ def test_outside_range_fraction_on_a_constructed_example() -> None:
 
 def test_each_warning_fires_and_names_its_fix() -> None:
     facts = Facts(
-        pretrained_normalization="ct",
-        target_normalization="zscore",
+        pretrained_normalization="zscore",
+        target_normalization="ct",
         network_to_pretraining=[1.0, 1.0, 2.5],
         outside_fraction=0.2,
         target_modalities=("MR",),
@@ -60,6 +60,13 @@ def test_each_warning_fires_and_names_its_fix() -> None:
     assert all(fix in text for fix, text in zip(fixes, said, strict=True))
     quiet = Facts("zscore", "zscore", [1.0, 1.0, 1.5], 0.0, ("MR",), ("MR",), 0.5, 0)
     assert warn(quiet, ShiftConfig()) == []
+
+
+def test_out_of_range_intensities_under_zscore_ask_for_adaptation_not_zscore() -> None:
+    facts = Facts(target_normalization="zscore", outside_fraction=0.2)
+    (said,) = warn(facts, ShiftConfig())
+    assert "preprocess.normalization: zscore" not in said
+    assert "strategy: finetune" in said
 
 
 def test_without_source_images_only_metadata_is_compared() -> None:
