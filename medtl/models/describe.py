@@ -35,6 +35,7 @@ def describe_model(
     arms: dict[str, ArmConfig],
     pretrained_keys: set[str] | None = None,
     network: nn.Module | None = None,
+    patch_size: tuple[int, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per encoder stage (stem first), then the decoder and the head.
 
@@ -46,6 +47,7 @@ def describe_model(
         pretrained_keys: state-dict names that pretrained weights initialise (e.g. the
             ``loaded`` list of a load report); None leaves out the ``pretrained`` column.
         network: the network built from ``cfg`` (built here when None).
+        patch_size: the training patch, for networks built for one input shape (``primus``).
 
     Returns:
         Columns ``part`` (encoder, decoder, head), ``stage``, ``parameters``,
@@ -74,7 +76,9 @@ def describe_model(
             "expected other names. How to fix: rename these arms"
         )
     arch = get_architecture(cfg.name)
-    model = network if network is not None else build_network(cfg, in_channels, num_classes)
+    model = (
+        network if network is not None else build_network(cfg, in_channels, num_classes, patch_size)
+    )
     stages = encoder_stages(model, arch)
     params = dict(model.named_parameters())
     state_keys = list(canonical_state(model, keep_vars=True))

@@ -42,6 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medtl.models.primus_sizes import PRIMUS_PRESETS
+from medtl.models.primus_sizes import primus_size_problem as size_problem
+
 
 @dataclass(frozen=True)
 class PrimusSize:
@@ -53,37 +56,13 @@ class PrimusSize:
 
 
 #: DNA's presets, as nnssl pretrains them (PrimusS, PrimusB, PrimusM, PrimusL).
-PRIMUS_SIZES: dict[str, PrimusSize] = {
-    "S": PrimusSize(396, 12, 6),
-    "B": PrimusSize(792, 12, 12),
-    "M": PrimusSize(864, 16, 12),
-    "L": PrimusSize(1056, 24, 16),
-}
+PRIMUS_SIZES: dict[str, PrimusSize] = {k: PrimusSize(*v) for k, v in PRIMUS_PRESETS.items()}
 #: The patch embedding nnssl and nnU-Net use for every preset.
 PATCH_EMBED = 8
 #: DNA's MLP ratio: SwiGLU's hidden width is ``int(embed_dim * MLP_RATIO)``.
 MLP_RATIO = 4 * 2 / 3
 #: DNA's presets' layer scale (``init_values``).
 LAYER_SCALE = 0.1
-
-
-def size_problem(embed_dim: int, heads: int) -> str | None:
-    """Why a width and head count cannot carry 3-D rotary embedding, or None.
-
-    Each head's dimension splits into three axes of sine-cosine pairs: ``embed_dim /
-    heads`` must be 1.5 × a multiple of 4 (DNA's rule).
-
-    Example:
-        >>> size_problem(864, 12) is None, size_problem(100, 3)
-        (True, 'embed_dim / heads = 100 / 3 must be 1.5 × a multiple of 4 (e.g. 48 / 2 = 24)')
-    """
-    head = embed_dim / heads if heads > 0 else 0
-    if embed_dim <= 0 or heads <= 0 or head != int(head) or (head / 1.5) % 4:
-        return (
-            f"embed_dim / heads = {embed_dim} / {heads} must be 1.5 × a multiple of 4 "
-            "(e.g. 48 / 2 = 24)"
-        )
-    return None
 
 
 def rotary_embedding(grid: Sequence[int], dim: int) -> torch.Tensor:
