@@ -186,6 +186,8 @@ def describe_model(
         typer.echo(f"pretrained: {report.summary()}")
         for note in report.notes:
             typer.echo(f"  note: {note}")
+        for line in report.adaptations:
+            typer.echo(f"  adapted: {line}")
         transfer.refuse_mismatch(report, pre.min_loaded_fraction, pre.max_unused_fraction)
         typer.echo("pretrained: training would accept these weights")
 
