@@ -177,14 +177,9 @@ def test_stages_freeze_and_one_training_step_trains_only_the_deepest() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(name="primus", features=(48, 4, 2))
     net = build_network(cfg, 1, 2, (32, 32, 16))
-    stages = encoder_stages(net, ARCH)
-    assert [s.name for s in stages] == [
-        "down_projection+eva.pos_embed",
-        "eva.blocks.0",
-        "eva.blocks.1",
-        "eva.blocks.2",
-        "eva.blocks.3+eva.norm",
-    ]
+    names = [s.name for s in encoder_stages(net, ARCH)]
+    blocks = [f"eva.blocks.{i}" for i in range(3)]
+    assert names == ["down_projection+eva.pos_embed", *blocks, "eva.blocks.3+eva.norm"]
     schedule = StageSchedule(net, ARCH, StrategySpec("partial", unfreeze_stages=1))
     schedule.apply(0)
     schedule.train_mode()
