@@ -11,7 +11,9 @@ downloaded):
    (the default config's features), a ``plainconvunet`` with features
    [32, 64, 128, 256] and nnU-Net's ResEnc preset network (``resencunet`` at its default
    six stages [32 ... 320], about 102 M parameters: the shape of nnssl's ResEnc-L, at the
-   next patch its six halvings allow), at patches [48, 48, 24] and [96, 96, 48], batch 2, with bf16
+   next patch its six halvings allow) and nnssl's transformer (``primus`` at preset M,
+   about 152 M parameters with an 8³ patch embedding, built for each patch), at patches
+   [48, 48, 24] and [96, 96, 48], batch 2, with bf16
    autocast off and on (``train.amp``), and with ``channels_last_3d`` on for the larger
    patch (``train.channels_last``); after a warm-up, timed between
    ``torch.cuda.synchronize()`` calls;
@@ -91,6 +93,7 @@ FULL = Sizes(
         "basicunet": ModelConfig(),  # the default config's features
         "plainconvunet": ModelConfig(name="plainconvunet", features=(32, 64, 128, 256)),
         "resencunet": ModelConfig(name="resencunet"),  # nnU-Net's ResEnc preset widths
+        "primus": ModelConfig(name="primus", preset="M"),  # nnssl's PrimusM
     },
     patches=((48, 48, 24), (96, 96, 48)),
     batch=2,
@@ -112,6 +115,7 @@ QUICK = Sizes(
         "basicunet": ModelConfig(features=(4, 4, 8, 8, 16, 4)),
         "plainconvunet": ModelConfig(name="plainconvunet", features=(4, 8, 16, 32)),
         "resencunet": ModelConfig(name="resencunet", features=(4, 8, 16, 32)),
+        "primus": ModelConfig(name="primus", features=(48, 2, 2)),
     },
     patches=((32, 32, 16), (48, 48, 32)),
     batch=2,
@@ -250,7 +254,7 @@ def time_steps(
 ) -> dict[str, Any]:
     """Milliseconds per training step, as medtl's loop runs one (after a warm-up)."""
     torch.manual_seed(0)
-    net = build_network(cfg, 1, 3).to(device).train()
+    net = build_network(cfg, 1, 3, patch).to(device).train()  # primus is built for the patch
     channels_last(net, device, layout)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -404,7 +408,8 @@ def check_training(sizes: Sizes, device: torch.device, budget: Budget) -> list[d
 
 def check_inference(sizes: Sizes, device: torch.device, budget: Budget) -> list[dict]:
     torch.manual_seed(0)
-    model = build_network(sizes.networks[sizes.infer_net], 1, 3).to(device).eval()
+    model = build_network(sizes.networks[sizes.infer_net], 1, 3, sizes.infer_patch)
+    model = model.to(device).eval()
     rng = np.random.default_rng(0)
     case = PreprocessedCase(rng.normal(size=(1, *sizes.infer_shape)).astype(np.float32), None, {})
     # warm-up (cuDNN's kernels, the caching allocator), with and without autocast and

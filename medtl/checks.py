@@ -360,6 +360,7 @@ def _checkpoint_problems(config: dict[str, Any], workdir: Path) -> list[str]:
             ClassMap.parse(config["classes"], "classes").num_classes,
             pretrain["min_loaded_fraction"],
             pretrain["max_unused_fraction"],
+            tuple(config["train"]["patch_size"]),
         )
     except MedtlError as exc:
         return [f"config key 'pretrain.checkpoint': {exc}"]

@@ -144,6 +144,7 @@ def describe_model(
         ArmConfig,
         ModelConfig,
         PretrainConfig,
+        TrainConfig,
         parse_section,
         validate_config,
     )
@@ -155,6 +156,7 @@ def describe_model(
     if SCHEMA_PATH.is_file():  # a source checkout: the defaults of the workflow
         validate_config(cfg, SCHEMA_PATH)
     model = parse_section(ModelConfig, cfg.get("model"), "model")
+    patch = parse_section(TrainConfig, cfg.get("train"), "train").patch_size
     arms = {n: parse_section(ArmConfig, a, f"arms.{n}") for n, a in cfg.get("arms", {}).items()}
     num_classes = ClassMap.parse(cfg.get("classes", DEFAULT_CLASSES), "classes").num_classes
     report, keys, network = None, None, None
@@ -164,11 +166,19 @@ def describe_model(
         from medtl.models.transfer import plan_checkpoint
 
         fmt = format or pre.format
-        network = build_network(model, in_channels, num_classes)
+        network = build_network(model, in_channels, num_classes, patch)
         # the same reading and matching as training: only encoder tensors are transferred
         report = plan_checkpoint(pretrained, fmt, model, in_channels, num_classes, network=network)
         keys = set(report.loaded)
-    table = describe(model, in_channels, num_classes, arms, pretrained_keys=keys, network=network)
+    table = describe(
+        model,
+        in_channels,
+        num_classes,
+        arms,
+        pretrained_keys=keys,
+        network=network,
+        patch_size=patch,
+    )
     typer.echo(format_table(table))
     if report is not None:
         from medtl.models import transfer
@@ -176,6 +186,8 @@ def describe_model(
         typer.echo(f"pretrained: {report.summary()}")
         for note in report.notes:
             typer.echo(f"  note: {note}")
+        for line in report.adaptations:
+            typer.echo(f"  adapted: {line}")
         transfer.refuse_mismatch(report, pre.min_loaded_fraction, pre.max_unused_fraction)
         typer.echo("pretrained: training would accept these weights")
 

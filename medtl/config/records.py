@@ -36,17 +36,24 @@ class ModelConfig:
         name: architecture from :data:`medtl.models.networks.ARCHITECTURES`:
             ``basicunet``, ``flexibleunet`` (ResNet encoder), ``swinunetr``,
             ``plainconvunet`` (nnU-Net's PlainConvUNet), ``resencunet`` (nnU-Net's
-            ResidualEncoderUNet, ResEnc presets).
+            ResidualEncoderUNet, ResEnc presets), ``primus`` (the nnU-Net group's 3-D
+            transformer, :mod:`medtl.models.primus`).
         features: channel widths (``basicunet``: six numbers; ``swinunetr``: the first is
-            its feature size; ``plainconvunet``, ``resencunet``: one per stage).
+            its feature size; ``plainconvunet``, ``resencunet``: one per stage;
+            ``primus``: ``[embed_dim, depth, heads]``, overriding ``preset``).
         backbone: encoder backbone, for architectures that have one (``flexibleunet``).
-        dropout: dropout probability.
+        dropout: dropout probability (not used by ``primus``).
+        preset: ``primus`` only: its size, ``S``, ``B``, ``M`` or ``L`` (DNA's PrimusS …
+            PrimusL; nnssl pretrains M).
+        patch_embed: ``primus`` only: voxels per token along each axis, a power of two.
     """
 
     name: str = "basicunet"
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
     backbone: str = "resnet10"
     dropout: float = 0.0
+    preset: str = "M"
+    patch_embed: int = 8
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,17 @@ def describe_model(
     arms: dict[str, ArmConfig],
     pretrained_keys: set[str] | None = None,
     network: nn.Module | None = None,
+    patch_size: tuple[int, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per encoder stage (stem first), then the decoder and the head.
 
     Args:
         cfg: the network settings.
-        in_channels: input channels.
-        num_classes: output channels including background.
+        in_channels, num_classes: input channels; output channels including background.
         arms: arm name → its parsed settings.
         pretrained_keys: state-dict names that pretrained weights initialise (e.g. the
             ``loaded`` list of a load report); None leaves out the ``pretrained`` column.
-        network: the network built from ``cfg`` (built here when None).
+        network: the network built from ``cfg`` (built here, for ``patch_size``, when None).
 
     Returns:
         Columns ``part`` (encoder, decoder, head), ``stage``, ``parameters``,
@@ -73,8 +73,8 @@ def describe_model(
             f"arm names {clash} clash with the table's columns {list(FIXED_COLUMNS)}; "
             "expected other names. How to fix: rename these arms"
         )
-    arch = get_architecture(cfg.name)
-    model = network if network is not None else build_network(cfg, in_channels, num_classes)
+    arch, settings = get_architecture(cfg.name), (cfg, in_channels, num_classes, patch_size)
+    model = network if network is not None else build_network(*settings)
     stages = encoder_stages(model, arch)
     params = dict(model.named_parameters())
     state_keys = list(canonical_state(model, keep_vars=True))

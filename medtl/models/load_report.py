@@ -27,7 +27,9 @@ class LoadReport:
             (``{"key", "checkpoint", "model"}``), left at random init.
         dropped: checkpoint keys outside the encoder (old decoder and head), not used.
         adapted: first-layer weights changed to another number of input channels
-            (``{"key", "from", "to", "how"}``, ``how`` being ``"repeat/N"`` or ``"mean"``).
+            (``{"key", "from", "to", "how"}``, ``how`` being ``"repeat/N"`` or ``"mean"``),
+            and learned positional embeddings resized to another token grid (``from`` and
+            ``to`` the grids, ``how`` ``"trilinear"``).
         notes: renames, ignored aliases, known differences from the pretraining network.
         encoder_params_total / encoder_params_loaded: parameter counts of the model's
             encoder, all and initialised.
@@ -107,6 +109,13 @@ class LoadReport:
         """
         lines = []
         for a in self.adapted:
+            if a["how"] == "trilinear":
+                grids = [" × ".join(map(str, a[end])) for end in ("from", "to")]
+                lines.append(
+                    f"{a['key']}: positional embedding interpolated from {grids[0]} to "
+                    f"{grids[1]} tokens (trilinear, as nnU-Net fine-tunes Primus)"
+                )
+                continue
             how = (
                 f"kernel repeated over the {a['to']} channels, divided by {a['to']}"
                 if a["how"] == "repeat/N"

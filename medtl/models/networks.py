@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from medtl.config import ModelConfig
 from medtl.kernel.errors import ConfigError
+from medtl.models.primus_sizes import PRIMUS_PRESETS, primus_size_problem
 
 if TYPE_CHECKING:  # torch is imported where it is used: the workflow checks patch sizes
     from torch import nn
@@ -35,15 +36,22 @@ class Architecture:
         encoder_stages: where the generic rule of :mod:`medtl.models.stages` does not
             split the encoder by resolution, the function of the built network that gives
             its stages (stem first; each a prefix or a sequence of prefixes); else None.
+        input_sized: the network is built for one input shape (``primus``): ``build``
+            takes the patch size as a fourth argument.
+        pos_embed_key: a learned positional embedding ``(1, tokens, C)`` over the token
+            grid (the built network's ``grid``), resized when a checkpoint was trained on
+            another grid; empty when there is none.
     """
 
-    build: Callable[[ModelConfig, int, int], nn.Module]
+    build: Callable[..., nn.Module]
     encoder_prefixes: tuple[str, ...]
     head_prefixes: tuple[str, ...]
     patch_multiple: int
     stem_keys: tuple[str, ...] = ()
     multiple_of: Callable[[ModelConfig], int] | None = None
     encoder_stages: Callable[[nn.Module], Sequence[str | Sequence[str]]] | None = None
+    input_sized: bool = False
+    pos_embed_key: str = ""
 
     def part_of(self, name: str) -> str:
         """``"encoder"``, ``"head"`` or ``"decoder"`` for a parameter or buffer name."""
@@ -151,6 +159,69 @@ def _resenc_stages(model: nn.Module) -> list[str]:
     return ["encoder.stem", *(f"encoder.stages.{i}" for i in range(len(model.encoder.stages)))]
 
 
+def primus_size(cfg: ModelConfig) -> tuple[int, int, int]:
+    """``(embed_dim, depth, heads)``: ``model.preset``'s, or ``model.features`` when given.
+
+    Example:
+        >>> primus_size(ModelConfig(name="primus", preset="M"))
+        (864, 16, 12)
+        >>> primus_size(ModelConfig(name="primus", features=(48, 2, 2)))
+        (48, 2, 2)
+    """
+    if _uses_default_features(cfg):
+        return PRIMUS_PRESETS[cfg.preset]
+    features = tuple(int(f) for f in cfg.features)
+    problem = "" if len(features) == 3 else f"{len(features)} values"
+    if not problem and features[1] <= 0:
+        problem = f"depth {features[1]}"
+    problem = problem or primus_size_problem(features[0], features[2]) or ""
+    if problem:
+        raise ConfigError(
+            f"config key 'model.features': primus takes [embed_dim, depth, heads], got "
+            f"{list(cfg.features)}: {problem}. How to fix: use e.g. [48, 2, 2] for a small "
+            f"network, or leave features out and set model.preset ({', '.join(PRIMUS_PRESETS)})"
+        )
+    return features[0], features[1], features[2]
+
+
+def _primus_embed(cfg: ModelConfig) -> int:
+    """The patch embedding, a power of two (the patch decoder halves it step by step)."""
+    p = cfg.patch_embed
+    if p < 2 or p & (p - 1):
+        raise ConfigError(
+            f"config key 'model.patch_embed': got {p}; Primus's patch decoder needs a power "
+            "of two (2, 4, 8, 16). How to fix: use 8, as nnssl's and nnU-Net's Primus do"
+        )
+    return p
+
+
+def _primus(
+    cfg: ModelConfig, in_channels: int, out_channels: int, patch_size: Sequence[int]
+) -> nn.Module:
+    from medtl.models.primus import Primus
+
+    embed_dim, depth, heads = primus_size(cfg)
+    embed = _primus_embed(cfg)
+    return Primus(in_channels, out_channels, patch_size, (embed,) * 3, embed_dim, depth, heads)
+
+
+#: How many groups of transformer blocks Primus's encoder stages are.
+PRIMUS_BLOCK_GROUPS = 4
+
+
+def _primus_stages(model: nn.Module) -> list[tuple[str, ...]]:
+    """The patch embedding with the positional embedding first, then the transformer's
+    blocks in up to four equal groups, the last with the final norm."""
+    depth = len(model.eva.blocks)
+    groups = min(PRIMUS_BLOCK_GROUPS, depth)
+    bounds = [round(g * depth / groups) for g in range(groups + 1)]
+    stages = [("down_projection", "eva.pos_embed")]
+    for g in range(groups):
+        stages.append(tuple(f"eva.blocks.{i}" for i in range(bounds[g], bounds[g + 1])))
+    stages[-1] = (*stages[-1], "eva.norm")
+    return stages
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "basicunet": Architecture(
         build=_basicunet,
@@ -195,6 +266,19 @@ ARCHITECTURES: dict[str, Architecture] = {
         multiple_of=_nnunet_multiple,
         encoder_stages=_resenc_stages,
     ),
+    # Primus (medtl.models.primus): the patch embedding and the transformer are the
+    # encoder; the patch decoder's widths follow the classes, so all of it is the head.
+    "primus": Architecture(
+        build=_primus,
+        encoder_prefixes=("down_projection.", "eva."),
+        head_prefixes=("up_projection.",),
+        patch_multiple=8,
+        stem_keys=("down_projection.proj.weight",),
+        multiple_of=_primus_embed,
+        encoder_stages=_primus_stages,
+        input_sized=True,
+        pos_embed_key="eva.pos_embed",
+    ),
 }
 
 
@@ -213,8 +297,16 @@ def get_architecture(name: str) -> Architecture:
         ) from None
 
 
-def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:
+def build_network(
+    cfg: ModelConfig,
+    in_channels: int,
+    out_channels: int,
+    patch_size: Sequence[int] | None = None,
+) -> nn.Module:
     """Build the configured network with a fresh head for ``out_channels`` classes.
+
+    ``patch_size`` is the patch the network will see; ``primus`` is built for it (its
+    positional embedding has one vector per token) and refuses to be built without it.
 
     Example:
         >>> import torch
@@ -222,7 +314,16 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
         >>> net(torch.zeros(1, 1, 32, 32, 16)).shape
         torch.Size([1, 2, 32, 32, 16])
     """
-    return get_architecture(cfg.name).build(cfg, in_channels, out_channels)
+    arch = get_architecture(cfg.name)
+    if not arch.input_sized:
+        return arch.build(cfg, in_channels, out_channels)
+    if patch_size is None:
+        raise ConfigError(
+            f"model.name: {cfg.name} is built for one input shape, the training patch, and "
+            "none was given. How to fix: pass the patch size (train.patch_size)"
+        )
+    check_patch_size(cfg, tuple(patch_size))
+    return arch.build(cfg, in_channels, out_channels, tuple(int(p) for p in patch_size))
 
 
 def patch_problem(cfg: ModelConfig, patch_size: tuple[int, ...] | list[int]) -> str | None:

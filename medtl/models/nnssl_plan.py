@@ -18,8 +18,11 @@ nnssl's ResEnc-L: nnU-Net's ``ResidualEncoderUNet`` with 6 stages of widths 32, 
 256, 320, 320 and 1, 3, 4, 6, 6, 6 residual blocks (nnssl's
 ``architectures/architecture_registry.py``), medtl's ``resencunet``.
 
-Primus checkpoints are refused: Primus lives in dynamic-network-architectures ≥ 0.4 and
-needs ``timm``, whose ``torchvision`` replaces the CPU torch medtl installs.
+``PrimusS``, ``PrimusB``, ``PrimusM`` and ``PrimusL`` are the nnU-Net group's transformer
+(nnssl's ``get_network_by_name``: DNA's presets with an 8 × 8 × 8 patch embedding, built
+for the pretraining patch), medtl's ``primus`` (:class:`PlannedPrimus`); its learned
+positional embedding is sized to the pretraining patch's token grid, which
+:attr:`PlannedPrimus.grid` gives, and is interpolated to the training patch's.
 
 Example:
     >>> plan = read_adaptation_plan(RESENC_L_EXAMPLE, "adaptation_plan.json")
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from medtl.models.nnunet_plans import PlannedNetwork, describe_network, differences
+from medtl.models.primus_sizes import PRIMUS_PRESETS
 from medtl.models.safe_read import WeightsError, WeightsFileError, json_beside
 
 #: The file nnssl writes beside ``checkpoint_final.pth``.
@@ -50,7 +54,10 @@ RESENC_L_BLOCKS = (1, 3, 4, 6, 6, 6)
 #: Registry presets whose encoder is ResEnc-L. NoSkipResEncL drops the decoder's skip
 #: connections; its encoder (what medtl loads) is ResEnc-L's, key for key.
 RESENC_PRESETS = ("ResEncL", "NoSkipResEncL")
-PRIMUS_PRESETS = ("PrimusS", "PrimusB", "PrimusM", "PrimusL")
+#: nnssl's Primus presets (architecture_registry.SUPPORTED_ARCHITECTURES) → DNA's size.
+PRIMUS_NAMES = {f"Primus{size}": size for size in PRIMUS_PRESETS}
+#: The patch embedding nnssl builds every Primus with (get_network_by_name).
+NNSSL_PATCH_EMBED = 8
 #: Dynamic classes whose ``arch_kwargs`` the plan spells out.
 DYNAMIC_CLASSES = ("ResidualEncoderUNet", "PlainConvUNet")
 
@@ -98,6 +105,40 @@ class AdaptationPlan:
     keys_to_in_proj: tuple[str, ...]
     key_to_lpe: str | None = None
     trainer: str = ""
+
+
+@dataclass(frozen=True)
+class PlannedPrimus:
+    """The Primus an nnssl plan names, as medtl builds it.
+
+    Attributes:
+        source: where the plan was read.
+        class_name: nnssl's name, e.g. ``PrimusM``.
+        preset: DNA's size (``S``, ``B``, ``M``, ``L``).
+        patch_embed: voxels per token along each axis.
+        pretrain_patch_size: the patch it was pretrained on (None: the plan does not say).
+    """
+
+    source: str
+    class_name: str
+    preset: str
+    patch_embed: int = NNSSL_PATCH_EMBED
+    pretrain_patch_size: tuple[int, ...] | None = None
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        """The pretraining patch's token grid (the positional embedding's shape)."""
+        if not self.pretrain_patch_size:
+            return None
+        return tuple(p // self.patch_embed for p in self.pretrain_patch_size)
+
+    def describe(self) -> str:
+        """e.g. ``PrimusM (embed_dim 864, 16 blocks, 12 heads, patch embedding 8)``."""
+        embed_dim, depth, heads = PRIMUS_PRESETS[self.preset]
+        return (
+            f"{self.class_name} (embed_dim {embed_dim}, {depth} blocks, {heads} heads, "
+            f"patch embedding {self.patch_embed})"
+        )
 
 
 def find_adaptation_plan(checkpoint: Mapping[str, Any], path: Path) -> tuple[Mapping, str]:
@@ -231,26 +272,23 @@ def _dynamic_network(plan: AdaptationPlan) -> PlannedNetwork:
     )
 
 
-def planned_network(plan: AdaptationPlan) -> PlannedNetwork:
+def planned_network(plan: AdaptationPlan) -> PlannedNetwork | PlannedPrimus:
     """The encoder network the plan describes, as medtl builds it.
 
     Only the encoder is checked: nnssl's decoder reconstructs images and is never loaded,
     so its layout does not matter.
 
     Raises:
-        WeightsError: a Primus, another preset, or a dynamic network medtl does not build
-            (naming how it differs), each with the fix.
+        WeightsError: another preset, or a dynamic network medtl does not build (naming
+            how it differs), each with the fix.
     """
     name = plan.architecture
-    if name in PRIMUS_PRESETS:
-        raise WeightsError(
-            f"{plan.source}: this nnssl checkpoint holds a {name} (the Primus transformer); "
-            "medtl builds nnssl's ResEnc networks (ResEncL, ResidualEncoderUNet, "
-            "PlainConvUNet) only. Primus lives in dynamic-network-architectures >= 0.4 and "
-            "needs timm, whose torchvision pulls a CUDA build of torch that replaces the one "
-            "medtl installs. How to fix: use an nnssl ResEnc-L checkpoint (e.g. "
-            "ResEncL-OpenMind-MAE) with model.name: resencunet, or fine-tune this one with "
-            "nnU-Net's PretrainedTrainer_Primusx"
+    if name in PRIMUS_NAMES:
+        return PlannedPrimus(
+            source=plan.source,
+            class_name=name,
+            preset=PRIMUS_NAMES[name],
+            pretrain_patch_size=plan.pretrain_patch_size,
         )
     if name in RESENC_PRESETS:
         n = len(RESENC_L_FEATURES)
@@ -278,26 +316,35 @@ def planned_network(plan: AdaptationPlan) -> PlannedNetwork:
         return net
     raise WeightsError(
         f"{plan.source}: the nnssl plan's architecture {name!r} is not one medtl builds "
-        f"(known: {', '.join(RESENC_PRESETS + DYNAMIC_CLASSES)}; refused: "
-        f"{', '.join(PRIMUS_PRESETS)}). How to fix: use an nnssl ResEnc-L checkpoint with "
-        "model.name: resencunet"
+        f"(known: {', '.join(RESENC_PRESETS + DYNAMIC_CLASSES + tuple(PRIMUS_NAMES))}). How to "
+        "fix: use an nnssl ResEnc-L checkpoint with model.name: resencunet, or a Primus one "
+        "with model.name: primus"
     )
 
 
-def network_settings(net: PlannedNetwork) -> dict[str, Any]:
+def network_settings(net: PlannedNetwork | PlannedPrimus) -> dict[str, Any]:
     """The medtl ``model`` settings that build ``net``'s encoder."""
+    if isinstance(net, PlannedPrimus):
+        return {"name": "primus", "preset": net.preset, "patch_embed": net.patch_embed}
     name = "resencunet" if net.class_name == "ResidualEncoderUNet" else "plainconvunet"
     return {"name": name, "features": list(net.features)}
 
 
-def describe_plan(plan: AdaptationPlan, net: PlannedNetwork) -> str:
+def network_family(plan: AdaptationPlan, net: PlannedNetwork | PlannedPrimus) -> str:
+    """What the checkpoint holds, for the messages: ``nnssl PrimusM (Primus, preset M)``."""
+    if isinstance(net, PlannedPrimus):
+        return f"nnssl {plan.architecture} (Primus, preset {net.preset})"
+    return f"nnssl {plan.architecture} ({net.class_name}, {len(net.features)} stages)"
+
+
+def describe_plan(plan: AdaptationPlan, net: PlannedNetwork | PlannedPrimus) -> str:
     """One note for the load report: what was pretrained how, and what medtl builds."""
     spacing = list(plan.pretrain_spacing) if plan.pretrain_spacing else "not resampled"
     settings = network_settings(net)
     parts = [
         f"nnssl adaptation plan ({plan.source}): {plan.architecture}"
         + (f" from trainer {plan.trainer}" if plan.trainer else ""),
-        describe_network(net),
+        net.describe() if isinstance(net, PlannedPrimus) else describe_network(net),
         f"pretrained on {plan.input_channels} input channel(s)",
         f"patch {list(plan.pretrain_patch_size or ())}, spacing {spacing}"
         + (f" ({plan.spacing_style})" if plan.spacing_style else ""),
@@ -306,11 +353,8 @@ def describe_plan(plan: AdaptationPlan, net: PlannedNetwork) -> str:
         parts.append(f"normalisation {', '.join(plan.normalization)}")
     if plan.recommended_patch_size:
         parts.append(f"recommended downstream patch {list(plan.recommended_patch_size)}")
-    return (
-        "; ".join(parts)
-        + f"; medtl builds its encoder with model.name: {settings['name']}, "
-        + f"model.features: {settings['features']}"
-    )
+    built = ", ".join(f"model.{k}: {v}" for k, v in settings.items())
+    return "; ".join(parts) + f"; medtl builds its encoder with {built}"
 
 
 #: A plan as nnssl's BaseMAETrainer serialises it for ResEnc-L (for the examples).

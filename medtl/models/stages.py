@@ -51,8 +51,11 @@ class Stage:
     prefixes: tuple[str, ...]
 
     def contains(self, key: str) -> bool:
-        """Whether a parameter, buffer or module name (with a trailing ``.``) is in it."""
-        return key.startswith(self.prefixes)
+        """Whether a parameter, buffer or module name (with a trailing ``.``) is in it.
+
+        A prefix may also name one tensor (Primus's ``eva.pos_embed``): its name is in.
+        """
+        return key.startswith(self.prefixes) or f"{key}.".startswith(self.prefixes)
 
 
 def _with_dot(prefix: str) -> str:

@@ -21,6 +21,7 @@ import torch
 
 from medtl.models.load_report import LoadReport
 from medtl.models.networks import Architecture, architecture_name
+from medtl.models.primus_sizes import PRIMUS_PRESETS
 from medtl.models.weights import Weights
 
 _RESNETS = {
@@ -93,6 +94,13 @@ def _guess_architecture(state: Mapping[str, torch.Tensor]) -> str | None:
     return None
 
 
+def _primus_size(state: Mapping[str, torch.Tensor]) -> list[int]:
+    """``[embed_dim, depth]`` of a Primus state dict (empty when it is none)."""
+    pos = state.get("eva.pos_embed")
+    blocks = {k.split(".")[2] for k in state if k.startswith("eva.blocks.")}
+    return [int(pos.shape[-1]), len(blocks)] if pos is not None else []
+
+
 def _settings_text(settings: Mapping[str, Any]) -> str:
     """``model.name: resencunet, model.features: [32, 64]``."""
     return ", ".join(f"model.{k}: {v}" for k, v in settings.items())
@@ -116,12 +124,17 @@ def family_conflict(arch: Architecture, weights: Weights, own: Mapping[str, torc
     if not wanted:
         return ""
     name = architecture_name(arch)
-    mine = _nnunet_widths(own) if name in ("plainconvunet", "resencunet") else []
-    if name == wanted.get("name") and (not mine or mine == list(wanted.get("features", mine))):
+    if name == "primus":
+        mine, key = _primus_size(own), "embed_dim, depth"
+        theirs = list(PRIMUS_PRESETS.get(wanted.get("preset", ""), (0, 0))[:2])
+    else:
+        mine = _nnunet_widths(own) if name in ("plainconvunet", "resencunet") else []
+        key, theirs = "model.features", list(wanted.get("features", mine))
+    if name == wanted.get("name") and (not mine or mine == theirs):
         return ""
     configured = f"model.name: {name or 'unregistered'}"
     if mine:
-        configured += f", model.features: {mine}"
+        configured += f", {key}: {mine}"
     return (
         f"this {weights.format} checkpoint holds {weights.family or 'another network'}, "
         f"which medtl builds with {_settings_text(wanted)}; the configured network is "

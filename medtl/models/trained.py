@@ -52,7 +52,8 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
             checkpoint, f"is a medtl checkpoint without {', '.join(lacking)}", rerun
         )
     cfg = parse_section(ModelConfig, payload["model"], "model")
-    model = build_network(cfg, int(payload.get("in_channels", 1)), int(payload["num_classes"]))
+    channels, classes = int(payload.get("in_channels", 1)), int(payload["num_classes"])
+    model = build_network(cfg, channels, classes, payload.get("patch_size"))
     try:
         # Fills in DNA's alias names and unused deep-supervision heads, which checkpoints
         # of the hand-written plainconvunet (medtl before DNA built it) do not have.

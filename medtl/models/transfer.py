@@ -21,6 +21,7 @@ A checkpoint is refused (:func:`refuse_mismatch`) when
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -128,17 +129,15 @@ def plan_transfer(
             continue
         tensor = state[key]
         if tuple(tensor.shape) != tuple(value.shape):
-            adapted = _adapt(key, tensor, value, arch) if adapt_channels else None
+            adapted = _adapt(key, tensor, value, arch, adapt_channels, weights.token_grid, model)
             if adapted is None:
                 report.shape_mismatch.append(
                     {"key": key, "checkpoint": list(tensor.shape), "model": list(value.shape)}
                 )
                 report.checkpoint_values_unused += tensor.numel()
                 continue
-            tensor, how = adapted
-            report.adapted.append(
-                {"key": key, "from": state[key].shape[1], "to": value.shape[1], "how": how}
-            )
+            tensor, adaptation = adapted
+            report.adapted.append({"key": key, **adaptation})
         update[key] = tensor.to(value.dtype)
         report.loaded.append(key)
         if is_param:
@@ -300,11 +299,13 @@ def plan_checkpoint(
     num_classes: int,
     adapt_channels: bool = True,
     network: nn.Module | None = None,
+    patch_size: tuple[int, ...] | None = None,
 ) -> LoadReport:
     """What training would load from ``path`` into the configured network; no thresholds.
 
-    Builds the network as training does (or takes ``network``, built from the same
-    settings) and runs :func:`plan_transfer` on it; nothing is trained or copied.
+    Builds the network as training does, for ``patch_size`` (or takes ``network``, built
+    from the same settings) and runs :func:`plan_transfer` on it; nothing is trained or
+    copied.
     ``medtl describe-model --pretrained`` shows this report.
 
     Raises:
@@ -312,7 +313,9 @@ def plan_checkpoint(
             another format, empty).
         medtl.config.ConfigError: the model settings cannot be built.
     """
-    model = network if network is not None else build_network(model_cfg, in_channels, num_classes)
+    model = network
+    if model is None:
+        model = build_network(model_cfg, in_channels, num_classes, patch_size)
     weights = read_weights(Path(path), fmt, model_keys=model.state_dict().keys())
     return plan_transfer(model, get_architecture(model_cfg.name), weights, adapt_channels).report
 
@@ -325,6 +328,7 @@ def check_checkpoint(
     num_classes: int,
     min_loaded_fraction: float = MIN_LOADED_FRACTION,
     max_unused_fraction: float = MAX_UNUSED_FRACTION,
+    patch_size: tuple[int, ...] | None = None,
 ) -> LoadReport:
     """Check, without training, that a checkpoint is readable and fits the network.
 
@@ -340,6 +344,7 @@ def check_checkpoint(
         num_classes: output channels including background.
         min_loaded_fraction: ``pretrain.min_loaded_fraction``.
         max_unused_fraction: ``pretrain.max_unused_fraction``.
+        patch_size: ``train.patch_size`` (``primus`` is built for it).
 
     Returns:
         The load report training would write.
@@ -349,20 +354,52 @@ def check_checkpoint(
             read or does not fit, with the file and the fix.
         medtl.config.ConfigError: the model settings cannot be built.
     """
-    report = plan_checkpoint(path, fmt, model_cfg, in_channels, num_classes)
+    report = plan_checkpoint(path, fmt, model_cfg, in_channels, num_classes, patch_size=patch_size)
     refuse_mismatch(report, min_loaded_fraction, max_unused_fraction)
     return report
 
 
 def _adapt(
-    key: str, tensor: torch.Tensor, value: torch.Tensor, arch: Architecture
-) -> tuple[torch.Tensor, str] | None:
-    """The stem weight adapted to the model's input channels, if only those differ."""
-    if key not in arch.stem_keys or tensor.dim() != value.dim() or tensor.dim() < 2:
+    key: str,
+    tensor: torch.Tensor,
+    value: torch.Tensor,
+    arch: Architecture,
+    adapt_channels: bool,
+    token_grid: tuple[int, ...] | None,
+    model: nn.Module,
+) -> tuple[torch.Tensor, dict] | None:
+    """A checkpoint tensor made to fit where only what can be adapted differs: the stem's
+    input channels (when ``adapt_channels``), or a learned positional embedding's token
+    grid (when the checkpoint says its grid); with the report's ``from``, ``to``, ``how``."""
+    if key == arch.pos_embed_key and key:
+        return _resize_pos_embed(tensor, value, token_grid, getattr(model, "grid", None))
+    if not adapt_channels or key not in arch.stem_keys:
+        return None
+    if tensor.dim() != value.dim() or tensor.dim() < 2:
         return None
     if tensor.shape[0] != value.shape[0] or tensor.shape[2:] != value.shape[2:]:
         return None
-    return adapt_input_channels(tensor, value.shape[1])
+    adapted = adapt_input_channels(tensor, value.shape[1])
+    if adapted is None:
+        return None
+    return adapted[0], {"from": tensor.shape[1], "to": value.shape[1], "how": adapted[1]}
+
+
+def _resize_pos_embed(
+    tensor: torch.Tensor,
+    value: torch.Tensor,
+    source: tuple[int, ...] | None,
+    target: tuple[int, ...] | None,
+) -> tuple[torch.Tensor, dict] | None:
+    """The positional embedding interpolated from the checkpoint's grid to the model's."""
+    from medtl.models.primus import interpolate_pos_embed
+
+    if source is None or target is None or tensor.dim() != 3 or tensor.shape[2] != value.shape[2]:
+        return None
+    if tensor.shape[1] != math.prod(source) or value.shape[1] != math.prod(target):
+        return None
+    resized = interpolate_pos_embed(tensor, source, target)
+    return resized, {"from": list(source), "to": list(target), "how": "trilinear"}
 
 
 def _refusal(report: LoadReport, problems: list[str], keys: list[str]) -> str:

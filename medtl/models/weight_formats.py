@@ -23,6 +23,7 @@ import torch
 
 from medtl.models.nnssl_plan import (
     AdaptationPlan,
+    PlannedPrimus,
     describe_plan,
     find_adaptation_plan,
     planned_network,
@@ -261,16 +262,37 @@ def _under(key: str, prefix: str) -> bool:
     return key == prefix or key.startswith(prefix + ".")
 
 
+def _check_pos_embed(
+    state: Mapping[str, torch.Tensor], plan: AdaptationPlan, net: PlannedPrimus, path: Path
+) -> None:
+    """Refuse a Primus whose positional embedding does not match its pretraining patch."""
+    key = plan.key_to_lpe or "eva.pos_embed"
+    pos = state.get(key)
+    grid = net.grid
+    tokens = None if grid is None else int(torch.Size(grid).numel())
+    if pos is None or pos.dim() != 3 or tokens is None or pos.shape[1] != tokens:
+        found = "no such tensor" if pos is None else f"shape {list(pos.shape)}"
+        raise WeightsError(
+            f"{path}: the nnssl plan's {plan.architecture} was pretrained on patches "
+            f"{list(plan.pretrain_patch_size or [])} (a token grid {list(grid or [])} with "
+            f"patch embedding {net.patch_embed}), so its positional embedding {key} should "
+            f"have {tokens} tokens; found {found}. How to fix: use the checkpoint_final.pth "
+            "and adaptation_plan.json published together"
+        )
+
+
 def from_nnssl(
     obj: Mapping[str, Any], path: Path, notes: list[str]
-) -> tuple[dict[str, torch.Tensor], AdaptationPlan, PlannedNetwork]:
+) -> tuple[dict[str, torch.Tensor], AdaptationPlan, PlannedNetwork | PlannedPrimus]:
     """An nnssl checkpoint's tensors under medtl's names, with its plan and network.
 
     The plan (:mod:`medtl.models.nnssl_plan`) says where the stem and the encoder's stages
     are (``key_to_stem``, ``key_to_encoder``); they are renamed to ``encoder.stem`` and
     ``encoder.stages`` of medtl's ``resencunet`` (for nnssl's own ResEnc networks, the
-    names are already these). Everything else (the MAE decoder and its head) keeps its
-    name, outside the encoder, and is never loaded.
+    names are already these). A Primus's names (``down_projection``, ``eva``) are medtl's
+    ``primus``'s as they are; its learned positional embedding (``key_to_lpe``) must
+    have one vector per token of the pretraining patch. Everything else (the MAE decoder
+    and its head) keeps its name, outside the encoder, and is never loaded.
 
     Raises:
         WeightsFileError: no plan in the file or beside it.
@@ -306,7 +328,9 @@ def from_nnssl(
             "fix: use the checkpoint_final.pth and adaptation_plan.json published together"
         )
     state = drop_dna_aliases(weights, notes)
-    if net.class_name == "ResidualEncoderUNet":
+    if isinstance(net, PlannedPrimus):
+        _check_pos_embed(state, plan, net, path)
+    elif net.class_name == "ResidualEncoderUNet":
         targets = {plan.key_to_stem: "encoder.stem", plan.key_to_encoder: "encoder.stages"}
         renamed = {}
         for key, value in state.items():

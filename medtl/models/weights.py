@@ -17,10 +17,11 @@ and its keys are renamed to the names of the medtl network that fits it:
 * ``nnunet``: nnU-Net v2 ``checkpoint_final.pth``; ``network_weights`` with
   dynamic-network-architectures' alias keys dropped (``plainconvunet`` for a
   PlainConvUNet, ``resencunet`` for a ResidualEncoderUNet; its plans say which);
-* ``nnssl``: a self-supervised nnssl checkpoint (the OpenMind ResEnc-L MAE weights):
-  ``network_weights`` plus an ``nnssl_adaptation_plan`` (in the file or as
-  ``adaptation_plan.json`` beside it); its stem and encoder go to ``resencunet``'s
-  ``encoder.stem`` / ``encoder.stages``, its MAE decoder is never loaded.
+* ``nnssl``: a self-supervised nnssl checkpoint (the OpenMind ResEnc-L or PrimusM MAE
+  weights): ``network_weights`` plus an ``nnssl_adaptation_plan`` (in the file or as
+  ``adaptation_plan.json`` beside it); a ResEnc's stem and encoder go to
+  ``resencunet``'s ``encoder.stem`` / ``encoder.stages``, a Primus's ``down_projection``
+  and ``eva`` to ``primus``'s; the MAE decoder is never loaded.
 
 ``auto`` detects the format from the file or folder. Files are read by
 :mod:`medtl.models.safe_read` and renamed by :mod:`medtl.models.weight_formats`; loading the
@@ -41,7 +42,7 @@ from typing import Any
 
 import torch
 
-from medtl.models.nnssl_plan import network_settings
+from medtl.models.nnssl_plan import PlannedPrimus, network_family, network_settings
 from medtl.models.safe_read import WeightsError, WeightsFileError, load_safetensors, safe_load
 from medtl.models.weight_formats import (
     align_prefix,
@@ -125,6 +126,8 @@ class Weights:
             network, when the file says; a model built otherwise is refused.
         skip_reason: why the checkpoint's decoder and head are not loaded, when there is
             more to say than "only the encoder is transferred".
+        token_grid: for a transformer with a learned positional embedding (Primus), the
+            token grid of the patch it was pretrained on; None when not known.
     """
 
     source: Path
@@ -134,6 +137,7 @@ class Weights:
     family: str = ""
     settings: dict[str, Any] | None = None
     skip_reason: str = ""
+    token_grid: tuple[int, ...] | None = None
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -277,9 +281,9 @@ def _read_weights(source: Path, fmt: str, model_keys: Collection[str]) -> Weight
         return Weights(source, fmt, from_nnunet(obj, source, notes), notes)
     if fmt == "nnssl":
         state, plan, net = from_nnssl(obj, source, notes)
-        family = f"nnssl {plan.architecture} ({net.class_name}, {len(net.features)} stages)"
-        settings = network_settings(net)
-        return Weights(source, fmt, state, notes, family, settings, NNSSL_SKIP_REASON)
+        family, settings = network_family(plan, net), network_settings(net)
+        grid = net.grid if isinstance(net, PlannedPrimus) else None
+        return Weights(source, fmt, state, notes, family, settings, NNSSL_SKIP_REASON, grid)
     if fmt == "medtl":
         inner = tensors_at(
             obj,

@@ -244,7 +244,9 @@ def _train(
     arch: Architecture = get_architecture(spec.model.name)
     check_patch_size(spec.model, spec.train.patch_size, f"{spec.section}.patch_size")
     model = (
-        init if init is not None else build_network(spec.model, spec.in_channels, spec.num_classes)
+        init
+        if init is not None
+        else build_network(spec.model, spec.in_channels, spec.num_classes, spec.train.patch_size)
     )
     model = distributed.sync_batchnorm(model, device)
     schedule = StageSchedule(model, arch, strategy)

@@ -104,7 +104,9 @@ def pretext_network(
 ) -> PretextNet:
     """The segmentation network with one output per channel, and the rotation head."""
     arch = get_architecture(model_cfg.name)
-    model = distributed.sync_batchnorm(build_network(model_cfg, channels, channels), device)
+    model = distributed.sync_batchnorm(
+        build_network(model_cfg, channels, channels, patch_size), device
+    )
     model = model.to(device)
     hook = DeepestFeatures()
     _deepest_module(model, arch.encoder_prefixes).register_forward_hook(hook)

@@ -122,7 +122,7 @@ def train_arm(
     seed = job.seed * 1000 + fold
     torch.manual_seed(seed)
     in_channels = int(train_items[0]["image"].shape[0])
-    model = build_network(job.model, in_channels, num_classes)
+    model = build_network(job.model, in_channels, num_classes, job.train.patch_size)
     if job.arm.init in ("pretrained", "ssl"):
         _load_arm_weights(model, job, arm_name, pretrained, out)
     spec = RunSpec(

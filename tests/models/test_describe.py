@@ -98,11 +98,12 @@ def test_arm_named_like_a_column_is_refused() -> None:
 ARMS_YAML = {"init": "pretrained", "freeze_encoder": True}
 
 
-def _describe_cli(tmp_path: Path, model: dict, weights: Path, *extra: str):
+def _describe_cli(
+    tmp_path: Path, model: dict, weights: Path, *extra: str, train: dict | None = None
+):
     config = tmp_path / "config.yaml"
-    config.write_text(
-        yaml.safe_dump({"model": model, "classes": {"1": "organ"}, "arms": {"frozen": ARMS_YAML}})
-    )
+    settings = {"model": model, "classes": {"1": "organ"}, "arms": {"frozen": ARMS_YAML}}
+    config.write_text(yaml.safe_dump({**settings, **({"train": train} if train else {})}))
     args = ["describe-model", "--config", str(config), "--pretrained", str(weights), *extra]
     return CliRunner().invoke(app, args)
 
@@ -166,3 +167,27 @@ def test_describe_model_format_option(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "format 'nnunet' expects" in result.output and "set format: medicalnet" in result.output
     assert _describe_cli(tmp_path, cfg, path, "--format", "medicalnet").exit_code == 0
+
+
+def test_describe_model_shows_a_primus_and_its_nnssl_adaptations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nnssl's PrimusM (shrunk to embed_dim 48, depth 2: the plan names only the preset):
+    every stage pretrained, the positional embedding resized to the training patch."""
+    from medtl.models import primus_sizes
+    from tests.models.weight_layouts import EvaMAELayout, nnssl_checkpoint, nnssl_primus_plan
+
+    monkeypatch.setitem(primus_sizes.PRIMUS_PRESETS, "M", (48, 2, 2))
+    torch.manual_seed(1)
+    path = nnssl_checkpoint(tmp_path / "ckpt", EvaMAELayout(48, 2, 2), nnssl_primus_plan())
+    model = {"name": "primus", "preset": "M"}
+    result = _describe_cli(tmp_path, model, path, train={"patch_size": [96, 96, 64]})
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    stages = ["down_projection+eva.pos_embed", "eva.blocks.0", "eva.blocks.1+eva.norm"]
+    assert [s for s, r in rows.items() if r[0] == "encoder"] == stages
+    assert all(rows[s][3] == "yes" for s in stages) and rows["head"][3] == "no"
+    assert rows[stages[0]][4] == "frozen" and rows["head"][4] == "trainable"
+    assert "adapted: eva.pos_embed: positional embedding interpolated from 20 × 20 × 20 to " \
+        "12 × 12 × 8 tokens" in result.output  # fmt: skip
+    assert "training would accept these weights" in result.output

@@ -170,18 +170,6 @@ def test_nnunet_file_where_nnssl_is_expected_is_refused(tmp_path: Path) -> None:
         read_weights(nnssl_path, "nnunet")
 
 
-def test_primus_is_refused_naming_why_and_what_to_use(tmp_path: Path) -> None:
-    plan = nnssl_adaptation_plan("PrimusM")
-    plan.update(key_to_encoder="eva", key_to_stem="down_projection", key_to_lpe="eva.pos_embed")
-    plan["keys_to_in_proj"] = ("down_projection.proj",)
-    path = nnssl_checkpoint(tmp_path, _pretraining_net(), plan)
-    with pytest.raises(WeightsError) as info:
-        read_weights(path)
-    msg = str(info.value)
-    assert "holds a PrimusM" in msg and "timm" in msg and "torchvision" in msg
-    assert "How to fix: use an nnssl ResEnc-L checkpoint" in msg
-
-
 def test_encoder_medtl_does_not_build_is_refused_naming_both(tmp_path: Path) -> None:
     plan = _tiny_plan(blocks=[1, 3, 6])
     path = nnssl_checkpoint(tmp_path, _pretraining_net(), plan)

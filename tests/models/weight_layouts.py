@@ -233,7 +233,40 @@ def nnssl_adaptation_plan(arch: str = "ResEncL", arch_kwargs: dict | None = None
     }
 
 
-def nnssl_checkpoint_dict(net: torch.nn.Module, plan: dict | None) -> dict:
+def nnssl_primus_plan(arch: str = "PrimusM", patch: tuple[int, ...] = (160, 160, 160)) -> dict:
+    """``AdaptationPlan.serialize()`` as nnssl's BaseEvaMAETrainer writes it: a preset with
+    no ``arch_kwargs``, the Primus's keys, and the pretraining patch it fixes (160³)."""
+    plan = nnssl_adaptation_plan(arch)
+    plan["pretrain_plan"]["configurations"]["onemmiso"]["patch_size"] = patch
+    plan.update(
+        key_to_encoder="eva",
+        key_to_stem="down_projection",
+        keys_to_in_proj=("down_projection.proj",),
+        key_to_lpe="eva.pos_embed",
+    )
+    return plan
+
+
+class EvaMAELayout(torch.nn.Module):
+    """The names nnssl's ``EvaMAE`` (the Primus MAE pretraining network) saves: the
+    Primus encoder (``down_projection``, ``eva``), its 1-channel ``up_projection``, a
+    2-block ``decoder`` transformer and the ``mask_token`` parameter."""
+
+    def __init__(self, embed_dim: int, depth: int, heads: int, patch=(160, 160, 160)) -> None:
+        from medtl.models.primus import Eva, PatchDecode, PatchEmbed, PrimusSize
+
+        super().__init__()
+        grid = tuple(p // 8 for p in patch)
+        self.down_projection = PatchEmbed((8, 8, 8), 1, embed_dim)
+        self.eva = Eva(PrimusSize(embed_dim, depth, heads), grid)
+        self.up_projection = PatchDecode((8, 8, 8), embed_dim, 1)
+        self.decoder = Eva(PrimusSize(embed_dim, 2, heads), grid)
+        self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, embed_dim))
+
+
+def nnssl_checkpoint_dict(
+    net: torch.nn.Module, plan: dict | None, trainer: str = "BaseMAETrainer_BS8_1000ep"
+) -> dict:
     """The published ``checkpoint_final.pth`` as a dict: exactly ``network_weights``,
     ``init_args``, ``trainer_name`` and (unless ``plan`` is None) ``nnssl_adaptation_plan``.
 
@@ -249,7 +282,7 @@ def nnssl_checkpoint_dict(net: torch.nn.Module, plan: dict | None) -> dict:
             "pretrain_json": {"collection_name": "OpenMind", "collection_index": 1},
             "device": torch.device("cuda"),
         },
-        "trainer_name": "BaseMAETrainer_BS8_1000ep",
+        "trainer_name": trainer,
     }
     if plan is not None:
         out["nnssl_adaptation_plan"] = plan
@@ -257,7 +290,12 @@ def nnssl_checkpoint_dict(net: torch.nn.Module, plan: dict | None) -> dict:
 
 
 def nnssl_checkpoint(
-    folder: Path, net: torch.nn.Module, plan: dict, inside: bool = True, beside: bool = True
+    folder: Path,
+    net: torch.nn.Module,
+    plan: dict,
+    inside: bool = True,
+    beside: bool = True,
+    trainer: str = "BaseMAETrainer_BS8_1000ep",
 ) -> Path:
     """``folder/checkpoint_final.pth`` and ``folder/adaptation_plan.json`` as nnssl
     publishes them: the plan in the file (``inside``) and beside it (``beside``, with
@@ -265,7 +303,7 @@ def nnssl_checkpoint(
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = nnssl_checkpoint_dict(net, plan if inside else None)
+    checkpoint = nnssl_checkpoint_dict(net, plan if inside else None, trainer)
     path = folder / "checkpoint_final.pth"
     torch.save(checkpoint, path)
     if beside:
