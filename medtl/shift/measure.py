@@ -149,6 +149,7 @@ def load_pretrained_encoder(
     model_cfg: ModelConfig,
     in_channels: int,
     plan: Plan | None = None,
+    patch: tuple[int, int, int] | None = None,
 ) -> tuple[Encoder, list[str]]:
     """The configured network with the checkpoint's encoder, and notes on what is unknown.
 
@@ -159,11 +160,12 @@ def load_pretrained_encoder(
         in_channels: the cases' channels.
         plan: the plan the checkpoint was pretrained with, when known (medtl's own
             pretraining uses the target's plan); else read from the checkpoint.
+        patch: the patch the encoder looks at (a Primus is built for its input size).
     """
     import torch
 
     torch.manual_seed(0)  # the head and decoder are random and never run; fixed all the same
-    model = build_network(model_cfg, in_channels, 2)
+    model = build_network(model_cfg, in_channels, 2, patch)
     arch = get_architecture(model_cfg.name)
     # No thresholds: training refuses a poor fit; here the record says how much loaded.
     report = load_encoder(model, arch, checkpoint, 0.0, fmt=fmt, max_unused_fraction=1.0)
@@ -217,7 +219,7 @@ def run_shift(
     if checkpoint is not None:
         channels = target.cases[0].image.shape[0]
         encoder, notes = load_pretrained_encoder(
-            checkpoint, fmt, model_cfg, channels, plan if pretrained_with_plan else None
+            checkpoint, fmt, model_cfg, channels, plan if pretrained_with_plan else None, patch
         )
     record, cases = measure_shift(
         target, source, encoder, plan.normalization, patch, cfg, source_name
