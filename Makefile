@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all lint dry-run clean bench
+.PHONY: install run test test-all lint dry-run clean bench study-shift
 
 install: $(VENV)/.installed
 
@@ -34,8 +34,8 @@ test-all: install  ## every test, the whole-workflow runs included (what CI runs
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff's checks and its format check, on the package, the tests and the benchmarks
-	$(BIN)/ruff check medtl tests benchmarks
-	$(BIN)/ruff format --check medtl tests benchmarks
+	$(BIN)/ruff check medtl tests benchmarks studies
+	$(BIN)/ruff format --check medtl tests benchmarks studies
 
 # nnU-Net v2 for the benchmark lives in its own environment: its dependencies pin another
 # torch (2.14.1 with torchvision 0.29.1) than medtl's.
@@ -50,6 +50,11 @@ $(NNUNET_VENV)/.installed:
 
 bench: install $(NNUNET_VENV)/.installed  ## medtl against nnU-Net v2 on the demo → docs/benchmarks.md
 	$(BIN)/python benchmarks/compare_nnunet.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
+
+STUDY_ARGS ?=
+
+study-shift: install  ## the demo at several shift strengths: transfer gain against measured shift → docs/domain-shift.md
+	$(BIN)/python studies/shift_study.py $(STUDY_ARGS)
 
 clean:  ## remove results, logs and the demo data (not the venv)
 	rm -rf results logs data/demo .snakemake

@@ -248,6 +248,11 @@ CI_BENCH = (
     "tests/benchmarks/ tests the harness's timing, ratios and docs update"
 )
 
+CI_STUDY = (
+    "four whole demo runs, about 40 min on 2 cores; tests/studies/ runs the study's code "
+    "on the micro config at two strengths (slow) and tests its table and docs update"
+)
+
 #: Every command the docs print → how this test handles it.
 HANDLING: dict[str, Run | Named | NotHere] = {
     # README.md
@@ -291,6 +296,8 @@ HANDLING: dict[str, Run | Named | NotHere] = {
         setup=_scans_folder, fails=r"--out is the input itself .*never writes over or inside"
     ),
     "make bench": NotHere(CI_BENCH),
+    "make study-shift": NotHere(CI_STUDY),
+    'make study-shift STUDY_ARGS="--strengths 0,1,2"': NotHere(CI_STUDY),
     # docs/benchmarks.md
     'make bench BENCH_ARGS="--budgets 5,10,20"': NotHere(CI_BENCH),
     'make bench BENCH_ARGS="--data my_cases.tsv --modality CT"': NotHere(CI_BENCH),
