@@ -30,6 +30,9 @@ from medtl.shift.sets import CaseSet, load_set
 from medtl.shift.two_sample import case_distances, mmd_test
 from medtl.shift.warnings import Facts, warn
 
+#: Source cases needed for per-case distances (each left out in turn leaves a spread).
+MIN_SOURCE_FOR_CASES = 3
+
 
 @dataclass(frozen=True)
 class Encoder:
@@ -65,7 +68,10 @@ def _encoder_view(
         encoder.model, encoder.arch, target.images, patch, cfg.patches_per_case, cfg.seed + 1
     )
     result = mmd_test(src, tgt, cfg.permutations, cfg.seed)
-    distance, _ = case_distances(src, tgt)
+    if len(src) >= MIN_SOURCE_FOR_CASES:
+        distance = case_distances(src, tgt)[0]
+    else:  # no spread to measure a case against: the two-sample test only
+        distance = np.full(len(tgt), np.nan)
     view = {
         **asdict(result),
         "differs": result.p_value < cfg.alpha,
@@ -113,6 +119,12 @@ def measure_shift(
             notes.append("no pretrained encoder: the encoder-feature distance is not measured")
         else:
             view, distance = _encoder_view(encoder, source, target, patch, cfg)
+            if len(source) < MIN_SOURCE_FOR_CASES:
+                notes.append(
+                    f"the source has {len(source)} case(s): per-case distances need "
+                    f"{MIN_SOURCE_FOR_CASES} or more (a spread to measure against), so "
+                    "per_case.tsv leaves feature_distance empty"
+                )
             columns = {"feature_distance": distance, **columns, "flagged": distance > cfg.case_z}
     facts = Facts(
         pretrained_normalization=encoder.normalization if encoder else None,

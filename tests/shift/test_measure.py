@@ -94,6 +94,15 @@ def test_record_of_a_shifted_target() -> None:
     ]
 
 
+def test_a_two_case_source_gets_the_test_but_no_per_case_distances() -> None:
+    source = phantom_set("source", 0.0, seed=1, n=2)
+    target = phantom_set("target", 1.0, seed=2, n=3)
+    record, cases = measure_shift(target, source, random_encoder(), "zscore", PATCH, FAST)
+    assert record.encoder["n_source"] == 2 and record.encoder["flagged_cases"] == 0
+    assert cases["feature_distance"].isna().all() and not cases["flagged"].any()
+    assert any("per-case distances need 3 or more" in note for note in record.notes)
+
+
 def _write_set(folder: Path, shift: float, seed: int, n: int) -> Path:
     rows = []
     for i, p in enumerate(draw_set(np.random.default_rng(seed), shifted_domain(shift, COARSEN), n)):
