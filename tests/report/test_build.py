@@ -160,7 +160,7 @@ def results(tmp_path, monkeypatch) -> Path:
     return res
 
 
-def _build(res: Path, out: Path, **kw) -> None:
+def _build(res: Path, out: Path, config: dict | None = None, **kw) -> None:
     build_report(
         res,
         out / "report.html",
@@ -169,7 +169,7 @@ def _build(res: Path, out: Path, **kw) -> None:
         arms=ARMS,
         reference_arm="scratch",
         classes=CLASSES,
-        config={"arms": {"scratch": {"init": "random"}}, "seed": 1},
+        config=config or {"arms": {"scratch": {"init": "random"}}, "seed": 1},
         **kw,
     )
 

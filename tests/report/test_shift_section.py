@@ -10,14 +10,13 @@ import pytest
 from scipy import stats
 
 from medtl.evaluate.multiplicity import holm
-from medtl.report.build import build_report
 from medtl.report.shift import (
     GainVersusShift,
     gain_statement,
     gain_versus_shift,
     shift_section,
 )
-from tests.report.test_build import ARMS, CASES, CLASSES, _build, results  # noqa: F401
+from tests.report.test_build import CASES, _build, results  # noqa: F401
 
 CONFIG = {
     "arms": {
@@ -109,17 +108,7 @@ def test_report_has_the_section_and_summary_its_numbers(results, tmp_path):  # n
         folder / "per_case.tsv", sep="\t", index=False
     )
     out = tmp_path / "out"
-    build_report(
-        results,
-        out / "report.html",
-        out / "figures",
-        out / "summary.json",
-        arms=ARMS,
-        reference_arm="scratch",
-        classes=CLASSES,
-        config={**CONFIG, "seed": 1},
-        n_overlays=0,
-    )
+    _build(results, out, config={**CONFIG, "seed": 1}, n_overlays=0)
     html = (out / "report.html").read_text()
     section = html[html.index('<section id="shift">') :]
     section = section[: section.index("</section>")]
