@@ -270,15 +270,17 @@ def _onnx_note(onnx: dict) -> str:
     )
 
 
-def write_doc(path: Path, body: str) -> None:
-    """Replace the text between the bench markers of ``path`` (or create the file)."""
-    block = f"{START}\n{body}{END}"
+def write_doc(path: Path, body: str, start: str = START, end: str = END, heading: str = "") -> None:
+    """Replace the text between the markers ``start`` and ``end`` of ``path`` (by default
+    ``make bench``'s); without them, append ``heading`` and the markers (or create the
+    file)."""
+    block = f"{start}\n{body}{end}"
     if path.is_file():
         text = path.read_text()
-        if START in text and END in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+        if start in text and end in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
         else:
-            text = text.rstrip() + "\n\n" + block + "\n"
+            text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     else:
         text = f"# Benchmarks\n\n{block}\n"
     tmp = path.with_suffix(".tmp")
