@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench_table import fmt
+from bench_table import fmt, measured_on, throughput_rows
 
 START = "<!-- bench-transfer:start -->"
 END = "<!-- bench-transfer:end -->"
@@ -33,29 +33,16 @@ def _dice_rows(res: dict, add: Callable[..., None]) -> None:
 
 
 def _speed_rows(res: dict, add: Callable[..., None]) -> None:
-    """Training iterations/s at nnU-Net's patch and batch, and inference per case."""
-    t = res["throughput"]
-    same = t["medtl_same_patch"]
-    add(
-        f"training iterations/s (patch {t['nnunet']['patch']}, batch {t['nnunet']['batch']})",
-        same["it_per_s"],
-        t["nnunet"]["it_per_s"],
-        "higher",
-    )
+    """Training iterations/s and samples/s at nnU-Net's patch and batch (as ``make bench``
+    gives them), and inference per case."""
+    throughput_rows(res, add)
     if "inference" in res:
         inf = res["inference"]["no_tta"]
-        add(
-            "inference s/case after start-up, TTA off",
-            inf["medtl"]["s_per_case"],
-            inf["nnunet"]["s_per_case"],
-            "lower",
-        )
-        add(
-            "inference start-up (s), TTA off",
-            inf["medtl"]["startup_s"],
-            inf["nnunet"]["startup_s"],
-            "lower",
-        )
+        for measure, key in (
+            ("s/case after start-up", "s_per_case"),
+            ("start-up (s)", "startup_s"),
+        ):
+            add(f"inference {measure}, TTA off", inf["medtl"][key], inf["nnunet"][key], "lower")
 
 
 def _param_rows(res: dict, add: Callable[..., None]) -> None:
@@ -164,11 +151,8 @@ def _workflow_notes(wf: dict) -> list[str]:
 
 def transfer_markdown(res: dict) -> str:
     """The table and its notes, as written between the markers."""
-    v = res["versions"]
     lines = [
-        f"Measured on {v['date']} — {v['machine']}; GPU: {v['gpu']}; {v['threads']} threads for "
-        f"each tool. medtl {v['medtl']} (torch {v['torch (medtl)']}), nnU-Net {v['nnunetv2']} "
-        f"(torch {v['torch (nnU-Net)']}), Python {v['python']}.",
+        measured_on(res["versions"]),
         f"Data: {res['data']}; fold {res['fold']} for the budget, speed and inference rows; "
         f"the whole run took {res['total_min']:.1f} min.",
         "",

@@ -21,6 +21,7 @@ from medtl.config import ModelConfig
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.nnunet_networks import canonical_state, residual_encoder_unet
 from medtl.models.transfer import load_pretrained
+from tests.benchmarks.canned import VERSIONS
 
 FEATURES = [4, 8, 16]
 
@@ -101,17 +102,7 @@ def test_options_and_their_defaults() -> None:
 def _results(load: float = 0.3) -> dict:
     infer = {"s_per_case": 0.5, "startup_s": 10.0}
     return {
-        "versions": {
-            "date": "2026-01-01",
-            "machine": "cpu, 2 cores",
-            "gpu": "none",
-            "threads": 2,
-            "medtl": "abc",
-            "torch (medtl)": "2",
-            "nnunetv2": "2.8.1",
-            "torch (nnU-Net)": "2",
-            "python": "3.11",
-        },
+        "versions": VERSIONS,
         "data": "demo",
         "fold": 0,
         "total_min": 40.0,
@@ -130,8 +121,8 @@ def _results(load: float = 0.3) -> dict:
         "pretrain": {"timing": {"wall_s": 120.0}},
         "load_report": {"fraction_loaded": 1.0},
         "throughput": {
-            "medtl_same_patch": {"it_per_s": 0.025},
-            "nnunet": {"it_per_s": 0.02, "patch": [48, 48, 24], "batch": 20},
+            "medtl_same_patch": {"it_per_s": 0.025, "samples_per_s": 0.5},
+            "nnunet": {"it_per_s": 0.02, "samples_per_s": 0.4, "patch": [48, 48, 24], "batch": 20},
         },
         "budgets": {
             "budgets_min": [2, 4],
