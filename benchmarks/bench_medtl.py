@@ -86,8 +86,13 @@ def medtl_train_cmd(b: Bench, d: dict, arm: str, out: Path, settings: dict, weig
 
 def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
     """Training iterations/s: nnU-Net, medtl at nnU-Net's patch and batch (with nnU-Net's
-    network: ``resencunet`` for a ResEnc plan, else ``plainconvunet``), medtl's own."""
+    network: ``resencunet`` for a ResEnc plan, else ``plainconvunet``), medtl's own.
+
+    ``--probe-steps`` steps each, or for medtl's own configuration (which sizes the budget
+    runs' schedules) ``--default-probe-steps`` where the harness has that option: a few
+    steps at a large planned batch are enough for a rate, not for a schedule."""
     steps = b.args.probe_steps
+    own_steps = getattr(b.args, "default_probe_steps", steps)
     same = "resencunet" if pre.get("nnunet_network") == "ResidualEncoderUNet" else "plainconvunet"
     patch_xyz = list(reversed(pre["nnunet_patch_zyx"]))  # nnU-Net's arrays are z, y, x
     probes = {
@@ -101,17 +106,16 @@ def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
                 },
             },
             {"patch_size": patch_xyz, "batch_size": pre["nnunet_batch"]},
+            steps,
         ),
-        "medtl_default": (cfg, {}),
+        "medtl_default": (cfg, {}, own_steps),
     }
     out = {}
-    for name, (c, over) in probes.items():
+    for name, (c, over, n) in probes.items():
         b.say(f"throughput probe: {name}")
         run = b.work / "medtl" / "probe" / name
         shutil.rmtree(run, ignore_errors=True)
-        settings = train_settings(
-            c, "scratch", steps=steps, val_every=steps, checkpoint_every=steps, **over
-        )
+        settings = train_settings(c, "scratch", steps=n, val_every=n, checkpoint_every=n, **over)
         t = b.run(medtl_train_cmd(b, d, "scratch", run, settings, None), f"probe_{name}")
         sec, startup = steady_step_seconds(run / "curves.csv")
         batch = settings["train"]["batch_size"]

@@ -94,6 +94,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument(
         "--probe-epochs", type=int, default=2, help="epochs of nnU-Net's throughput probe"
     )
+    ap.add_argument(
+        "--default-probe-steps",
+        type=int,
+        default=30,
+        help="steps of the probe of medtl's own configuration, which sizes the schedules of "
+        "its budget runs (--probe-steps: the probes at nnU-Net's batch of 20)",
+    )
     ap.set_defaults(data=None, modality=None)  # the demo: its own data and modality
     return finish_args(ap.parse_args(argv))
 

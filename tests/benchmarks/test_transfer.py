@@ -95,6 +95,8 @@ def test_options_and_their_defaults() -> None:
     assert a.budgets == [2.0, 4.0] and a.only == {"throughput", "budgets", "inference", "workflow"}
     assert (a.planner, a.plans) == ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans")
     assert Path(a.config).name == "config_transfer.yaml" and a.data is None
+    # a few steps at nnU-Net's batch of 20 give a rate; medtl's own schedule needs more
+    assert (a.probe_steps, a.default_probe_steps) == (4, 30)
     a = compare_transfer.parse_args(["--budgets", "10,5", "--nnunet-iters", "5"])
     assert a.budgets == [5.0, 10.0] and a.nnunet_iters == 5
 
