@@ -115,13 +115,23 @@ def _notes(res: dict) -> list[str]:
         )
     bud = res.get("budgets")
     if bud:
-        parts = [f"nnU-Net ran {bud['nnunet']['epochs_run']} epochs"]
+        nn = bud["nnunet"]
+        saved = ", ".join(f"{s:.0f}" for s in nn.get("marks_at_s", []))
+        parts = [
+            f"nnU-Net ran {nn['epochs_run']} of {nn.get('epochs_planned', '?')} planned epochs "
+            f"of {res['nnunet_iters']} iterations, its model for each budget saved at {saved} s "
+            "after launch (the end of the last epoch before the budget, or of its first epoch "
+            "if that ended later)"
+        ]
         parts += [
-            f"medtl {a} {bud[a]['steps_run']} of {bud[a]['steps_planned']} steps"
+            f"medtl {a} {bud[a]['steps_run']} of {bud[a]['steps_planned']} planned steps"
             for a in res["arms"]
             if a in bud
         ]
-        notes.append(f"To the largest budget: {'; '.join(parts)}; {bud['test_cases']} cases.")
+        notes.append(
+            f"To the largest budget: {'; '.join(parts)}; scored on {bud['test_cases']} "
+            "held-out cases."
+        )
     wf = res.get("workflow")
     if wf:
         notes += _workflow_notes(wf)

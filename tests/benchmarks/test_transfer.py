@@ -129,7 +129,12 @@ def _results(load: float = 0.3) -> dict:
         "budgets": {
             "budgets_min": [2, 4],
             "test_cases": 7,
-            "nnunet": {"dice": [float("nan"), 0.1], "epochs_run": 2},
+            "nnunet": {
+                "dice": [float("nan"), 0.1],
+                "epochs_run": 2,
+                "epochs_planned": 2,
+                "marks_at_s": [163.1, 230.5],
+            },
             "scratch": {"dice": [0.5, 0.7], "steps_run": 300, "steps_planned": 320},
             "finetune": {"dice": [0.6, 0.8], "steps_run": 290, "steps_planned": 320},
         },
@@ -172,6 +177,8 @@ def test_markdown_says_scratch_peer_paired_comparison_and_load() -> None:
     assert "finetune − scratch: mean Dice difference +0.050 (95 % CI -0.010 to 0.110" in text
     assert "n = 20 cases" in text and "no run-variation verdict" in text
     assert "loaded 100 % of its encoder" in text
+    assert "nnU-Net ran 2 of 2 planned epochs of 2 iterations" in text
+    assert "saved at 163, 230 s after launch" in text
     assert "undisturbed" in text
     busy = transfer_markdown(_results(load=1.9))
     assert "**disturbed (load average 1.90)**" in busy
