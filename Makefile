@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-all lint dry-run clean bench study-shift
+.PHONY: install run test test-all lint dry-run clean bench bench-transfer study-shift
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ $(NNUNET_VENV)/.installed:
 
 bench: install $(NNUNET_VENV)/.installed  ## medtl against nnU-Net v2 on the demo → docs/benchmarks.md
 	$(BIN)/python benchmarks/compare_nnunet.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
+
+bench-transfer: install $(NNUNET_VENV)/.installed  ## medtl fine-tuning an nnssl-layout ResEnc against nnU-Net's ResEnc M → docs/benchmarks.md
+	$(BIN)/python benchmarks/compare_transfer.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
 
 STUDY_ARGS ?=
 

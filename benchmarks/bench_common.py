@@ -56,6 +56,12 @@ class Bench:
         self.nn_raw = self.work / "nnunet" / "raw"
         self.nn_pre = self.work / "nnunet" / "preprocessed"
         self.nn_res = self.work / "nnunet" / "results"
+        # nnU-Net's planner (None: its default) and the plans identifier it writes
+        self.planner = getattr(args, "planner", None)
+        self.plans = getattr(args, "plans", "nnUNetPlans")
+        # nnU-Net's training iterations per epoch, and the epochs of its throughput probe
+        self.nnunet_iters = getattr(args, "nnunet_iters", NNUNET_ITERS)
+        self.probe_epochs = getattr(args, "probe_epochs", 3)
 
     def say(self, text: str) -> None:
         stamp = dt.datetime.now().strftime("%H:%M:%S")
@@ -80,6 +86,76 @@ class Bench:
 
     def run(self, cmd: list, log: str, **kw) -> Timing:
         return run_timed(cmd, log=self.logs / f"{log}.log", **kw)
+
+
+def bench_parser(
+    doc: str,
+    *,
+    config: Path,
+    work: Path,
+    budgets: str,
+    probe_steps: int,
+    only: str,
+    repeats: int,
+    infer_repeats: int,
+) -> argparse.ArgumentParser:
+    """The options every benchmark harness takes, with that harness's defaults."""
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--config",
+        default=str(config),
+        help=f"medtl workflow config (model, schedule, arms, folds); default: {config.name}",
+    )
+    ap.add_argument("--work", default=str(work), help=f"working folder (default: {work.name})")
+    ap.add_argument(
+        "--nnunet-venv", default=str(HERE / ".venv-nnunet"), help="nnU-Net's virtual environment"
+    )
+    ap.add_argument(
+        "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown file to update"
+    )
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="cores each tool gets")
+    ap.add_argument(
+        "--repeats", type=int, default=repeats, help="repeats of each timed command (median)"
+    )
+    ap.add_argument(
+        "--budgets",
+        default=budgets,
+        help=f"training budgets in minutes from launch, comma-separated (default {budgets})",
+    )
+    ap.add_argument(
+        "--fold", type=int, default=0, help="the fold both tools train and are scored on"
+    )
+    ap.add_argument(
+        "--infer-repeats",
+        type=int,
+        default=infer_repeats,
+        help="repeats of each inference run (each repeat runs all held-out cases, then one)",
+    )
+    ap.add_argument(
+        "--from-json",
+        help="only write the table again from a results.json of an earlier run",
+    )
+    ap.add_argument(
+        "--probe-steps", type=int, default=probe_steps, help="steps of medtl's throughput probes"
+    )
+    ap.add_argument("--nnunet-device", default="cpu", help="cpu or cuda for nnU-Net")
+    ap.add_argument(
+        "--only",
+        default=only,
+        help=f"parts to run, comma-separated (later parts need earlier ones; default {only})",
+    )
+    return ap
+
+
+def finish_args(a: argparse.Namespace) -> argparse.Namespace:
+    """Budgets as sorted minutes, arms and parts as lists and sets."""
+    a.budgets = sorted(float(x) for x in a.budgets.split(","))
+    if isinstance(getattr(a, "arms", None), str):
+        a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    a.only = {x.strip() for x in a.only.split(",")}
+    return a
 
 
 def load_config(path: Path) -> dict:

@@ -213,34 +213,27 @@ def preprocess(b: Bench, cfg: dict, d: dict) -> dict:
         )
         b.say(f"preprocessing, repeat {r + 1}/{b.args.repeats}: nnU-Net")
         shutil.rmtree(b.nn_pre, ignore_errors=True)
-        nn_t.append(
-            b.run(
-                [
-                    b.nn("nnUNetv2_plan_and_preprocess"),
-                    "-d",
-                    DATASET_ID,
-                    "-c",
-                    "3d_fullres",
-                    "-np",
-                    b.threads,
-                ],
-                "nnunet_plan_and_preprocess",
-                env=b.nnunet_env(),
-            )
-        )
+        planner = ["-pl", b.planner] if b.planner else []
+        cmd = [b.nn("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres"]
+        cmd += [*planner, "-np", b.threads]
+        nn_t.append(b.run(cmd, "nnunet_plan_and_preprocess", env=b.nnunet_env()))
     pre = b.nn_pre / d["raw"].name
     shutil.copy(d["raw"] / "splits_final.json", pre / "splits_final.json")
     from medtl.export.nnunet import check_same_folds
 
     check_same_folds(d["folds_data"], json.loads((pre / "splits_final.json").read_text()))
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / f"{b.plans}.json").read_text())
     fullres = plans["configurations"]["3d_fullres"]
+    arch = fullres["architecture"]
     return {
         "medtl": median_timing(medtl_t),
         "nnunet": median_timing(nn_t),
         "nnunet_patch_zyx": list(map(int, fullres["patch_size"])),
         "nnunet_batch": int(fullres["batch_size"]),
-        "nnunet_features": list(fullres["architecture"]["arch_kwargs"]["features_per_stage"]),
+        "nnunet_features": list(arch["arch_kwargs"]["features_per_stage"]),
+        "nnunet_strides_zyx": arch["arch_kwargs"]["strides"],
+        "nnunet_network": arch["network_class_name"].rsplit(".", 1)[-1],
+        "nnunet_architecture": arch,
         "medtl_plan": json.loads((med / "plan.json").read_text()),
     }
 

@@ -11,7 +11,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from bench_common import (
-    NNUNET_ITERS,
     ROOT,
     Bench,
     b_device,
@@ -86,8 +85,15 @@ def medtl_train_cmd(b: Bench, d: dict, arm: str, out: Path, settings: dict, weig
 
 
 def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
-    """Training iterations/s: nnU-Net, medtl at nnU-Net's patch and batch, medtl's own."""
+    """Training iterations/s: nnU-Net, medtl at nnU-Net's patch and batch (with nnU-Net's
+    network: ``resencunet`` for a ResEnc plan, else ``plainconvunet``), medtl's own.
+
+    ``--probe-steps`` steps each, or for medtl's own configuration (which sizes the budget
+    runs' schedules) ``--default-probe-steps`` where the harness has that option: a few
+    steps at a large planned batch are enough for a rate, not for a schedule."""
     steps = b.args.probe_steps
+    own_steps = getattr(b.args, "default_probe_steps", steps)
+    same = "resencunet" if pre.get("nnunet_network") == "ResidualEncoderUNet" else "plainconvunet"
     patch_xyz = list(reversed(pre["nnunet_patch_zyx"]))  # nnU-Net's arrays are z, y, x
     probes = {
         "medtl_same_patch": (
@@ -95,22 +101,21 @@ def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
                 **cfg,
                 "model": {
                     **cfg["model"],
-                    "name": "plainconvunet",
+                    "name": same,
                     "features": pre["nnunet_features"],
                 },
             },
             {"patch_size": patch_xyz, "batch_size": pre["nnunet_batch"]},
+            steps,
         ),
-        "medtl_default": (cfg, {}),
+        "medtl_default": (cfg, {}, own_steps),
     }
     out = {}
-    for name, (c, over) in probes.items():
+    for name, (c, over, n) in probes.items():
         b.say(f"throughput probe: {name}")
         run = b.work / "medtl" / "probe" / name
         shutil.rmtree(run, ignore_errors=True)
-        settings = train_settings(
-            c, "scratch", steps=steps, val_every=steps, checkpoint_every=steps, **over
-        )
+        settings = train_settings(c, "scratch", steps=n, val_every=n, checkpoint_every=n, **over)
         t = b.run(medtl_train_cmd(b, d, "scratch", run, settings, None), f"probe_{name}")
         sec, startup = steady_step_seconds(run / "curves.csv")
         batch = settings["train"]["batch_size"]
@@ -124,7 +129,7 @@ def throughput(b: Bench, cfg: dict, d: dict, pre: dict) -> dict:
             "batch": batch,
         }
     b.say("throughput probe: nnU-Net")
-    nn = nnunet_train(b, d, epochs=3, marks=[], tag="probe")
+    nn = nnunet_train(b, d, epochs=b.probe_epochs, marks=[], tag="probe")
     out["nnunet"] = {
         "s_per_step": nn["s_per_iter"],
         "it_per_s": 1 / nn["s_per_iter"],
@@ -145,9 +150,9 @@ def nnunet_budgets(b: Bench, cfg: dict, d: dict, thr: dict, marks: list[float]) 
     classes = [int(k) for k in cfg["classes"]]
     test_cases, refs = held_out(b, d)
     total = marks[-1]
-    nn_epoch_s = NNUNET_ITERS * thr["nnunet"]["s_per_step"] * 1.25  # + its validation
+    nn_epoch_s = b.nnunet_iters * thr["nnunet"]["s_per_step"] * 1.25  # + its validation
     epochs = max(1, int((total - thr["nnunet"]["startup_s"]) / nn_epoch_s))
-    b.say(f"nnU-Net to {total / 60:.1f} min: {epochs} epochs of {NNUNET_ITERS} iterations")
+    b.say(f"nnU-Net to {total / 60:.1f} min: {epochs} epochs of {b.nnunet_iters} iterations")
     nn = nnunet_train(b, d, epochs=epochs, marks=marks, tag="budget")
     test_in = b.work / "nnunet" / "test_input"
     shutil.rmtree(test_in, ignore_errors=True)
@@ -392,12 +397,12 @@ def pred_dir(b: Bench, tool: str, key: str, k: int) -> Path:
 
 
 def medtl_tools(
-    b: Bench, sheets: dict, model: Path, onnx_dir: Path, arm: str, tta: bool, device: str
+    b: Bench, sheets: dict, model: Path, onnx_dir: Path | None, arm: str, tta: bool, device: str
 ) -> dict:
     """The timed ``medtl predict`` runs (:func:`time_tools`' ``tools``): ``medtl`` (eager
     PyTorch on ``device``), ``onnxruntime`` (the export, CPU), and where ``device`` is not
     the CPU ``medtl_cpu``, eager PyTorch on the CPU: ONNX Runtime's baseline on the same
-    cores."""
+    cores. No ``onnx_dir``: ``medtl`` alone."""
     key = "tta" if tta else "no_tta"
 
     def run(k: int, tool: str, engine: str, dev: str, folder: Path) -> Timing:
@@ -407,6 +412,8 @@ def medtl_tools(
         return b.run(cmd, f"{tool}_predict_{key}_{k}")
 
     tools = {"medtl": lambda k: run(k, "medtl", "torch", device, model)}
+    if onnx_dir is None:
+        return tools
     if device != "cpu":
         tools["medtl_cpu"] = lambda k: run(k, "medtl_cpu", "torch", "cpu", model)
     tools["onnxruntime"] = lambda k: run(k, "onnxruntime", "onnxruntime", "cpu", onnx_dir)
@@ -427,10 +434,13 @@ def onnx_against_torch(b: Bench, times: dict, key: str, cases: list[str]) -> dic
     }
 
 
-def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
-    """Per-case inference time and Dice from raw images, TTA off and on, one fold model:
-    medtl (eager PyTorch) against nnU-Net, and the same model exported to ONNX and run by
-    ONNX Runtime against eager PyTorch on the CPU, with how far their masks agree."""
+def inference(
+    b: Bench, cfg: dict, d: dict, bud: dict, ttas: tuple = (False, True), onnx: bool = True
+) -> dict:
+    """Per-case inference time and Dice from raw images, TTA off and on (``ttas``), one
+    fold model: medtl (eager PyTorch) against nnU-Net, and (``onnx``) the same model
+    exported to ONNX and run by ONNX Runtime against eager PyTorch on the CPU, with how
+    far their masks agree."""
     from medtl.export.nnunet import nnunet_case_id
 
     classes = [int(k) for k in cfg["classes"]]
@@ -438,15 +448,14 @@ def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
     n = len(test_cases)
     best_arm = max(b.args.arms, key=lambda a: np.nan_to_num(bud[a]["dice"][-1], nan=-1))
     model, sheets, inputs = inference_inputs(b, d, test_cases, best_arm)
-    onnx_dir, export_timing = export_onnx(b, model, best_arm)
     last = f"checkpoint_mark{len(b.args.budgets) - 1}.pth"
     names = {c: nnunet_case_id(c) for c in test_cases}
-    out: dict = {
-        "cases": n,
-        "medtl_arm": best_arm,
-        "onnx": {"export_s": export_timing["wall_s"], "export": export_timing},
-    }
-    for tta in (False, True):
+    out: dict = {"cases": n, "medtl_arm": best_arm}
+    onnx_dir = None
+    if onnx:
+        onnx_dir, export_timing = export_onnx(b, model, best_arm)
+        out["onnx"] = {"export_s": export_timing["wall_s"], "export": export_timing}
+    for tta in ttas:
         key = "tta" if tta else "no_tta"
 
         def nnunet_run(k: int, tta=tta, key=key) -> Timing:
@@ -464,6 +473,8 @@ def inference(b: Bench, cfg: dict, d: dict, bud: dict) -> dict:
             "nnunet": mean_dice(pred_dir(b, "nnunet", key, n), refs, classes, names),
         }
         out[key] = {tool: {**times[tool], "dice": dice[tool]} for tool in ("medtl", "nnunet")}
+        if not onnx:
+            continue
         out["onnx"][key] = onnx_against_torch(b, times, key, test_cases)
         ort = out["onnx"][key]["onnxruntime"]
         ort["dice"] = mean_dice(pred_dir(b, "onnxruntime", key, n), refs, classes)

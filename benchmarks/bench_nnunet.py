@@ -11,22 +11,20 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench_common import DATASET_ID, HERE, NNUNET_ITERS, TRAINER, Bench
+from bench_common import DATASET_ID, HERE, TRAINER, Bench
 from measure import Timing
 
 
 def nnunet_train(b: Bench, d: dict, epochs: int, marks: list[float], tag: str) -> dict:
     """Train nnU-Net fold ``--fold`` with the budget trainer; parse its log."""
-    folder = (
-        b.nn_res / d["raw"].name / f"{TRAINER}__nnUNetPlans__3d_fullres" / f"fold_{b.args.fold}"
-    )
+    folder = b.nn_res / d["raw"].name / f"{TRAINER}__{b.plans}__3d_fullres" / f"fold_{b.args.fold}"
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.time()
     env = b.nnunet_env(
         MEDTL_BENCH_T0=repr(t0),
         MEDTL_BENCH_MARKS=",".join(f"{m:.1f}" for m in marks),
         MEDTL_BENCH_EPOCHS=str(epochs),
-        MEDTL_BENCH_ITERS=str(NNUNET_ITERS),
+        MEDTL_BENCH_ITERS=str(b.nnunet_iters),
     )
     t = b.run(
         [
@@ -36,6 +34,8 @@ def nnunet_train(b: Bench, d: dict, epochs: int, marks: list[float], tag: str) -
             b.args.fold,
             "-tr",
             TRAINER,
+            "-p",
+            b.plans,
             "-device",
             b.args.nnunet_device,
         ],
@@ -50,7 +50,7 @@ def nnunet_train(b: Bench, d: dict, epochs: int, marks: list[float], tag: str) -
     return {
         "timing": t.as_dict(),
         "folder": folder,
-        "s_per_iter": statistics.median(steady) / NNUNET_ITERS if steady else float("nan"),
+        "s_per_iter": statistics.median(steady) / b.nnunet_iters if steady else float("nan"),
         "startup_s": float(first.group(1)) if first else float("nan"),
         "epochs_run": len(train_s),
         "marks_at_s": [float(x) for x in re.findall(r"budget mark \d+: ([0-9.]+) s", text)],
@@ -72,6 +72,8 @@ def nnunet_predict(b: Bench, src: Path, dst: Path, chk: str, tta: bool, log: str
         b.args.fold,
         "-tr",
         TRAINER,
+        "-p",
+        b.plans,
         "-chk",
         chk,
         "-device",

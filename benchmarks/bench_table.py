@@ -44,7 +44,7 @@ def _preprocess_rows(res: dict, add: Callable[..., None]) -> None:
     )
 
 
-def _throughput_rows(res: dict, add: Callable[..., None]) -> None:
+def throughput_rows(res: dict, add: Callable[..., None]) -> None:
     """Training throughput at nnU-Net's patch and batch."""
     t = res["throughput"]
     add(
@@ -144,7 +144,7 @@ def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
 # The table's parts in their order: each adds its rows when results.json has it.
 RATIO_PARTS = {
     "preprocess": _preprocess_rows,
-    "throughput": _throughput_rows,
+    "throughput": throughput_rows,
     "budgets": _budgets_rows,
     "inference": _inference_rows,
     "dicom": _dicom_rows,
@@ -177,12 +177,18 @@ def ratio_rows(res: dict) -> list[dict]:
     return rows
 
 
-def markdown(res: dict) -> str:
-    v = res["versions"]
-    lines = [
+def measured_on(v: dict) -> str:
+    """The table's first line: date, machine, threads and versions (``results["versions"]``)."""
+    return (
         f"Measured on {v['date']} — {v['machine']}; GPU: {v['gpu']}; {v['threads']} threads for "
         f"each tool. medtl {v['medtl']} (torch {v['torch (medtl)']}, MONAI {v['monai']}), "
-        f"nnU-Net {v['nnunetv2']} (torch {v['torch (nnU-Net)']}), Python {v['python']}.",
+        f"nnU-Net {v['nnunetv2']} (torch {v['torch (nnU-Net)']}), Python {v['python']}."
+    )
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        measured_on(res["versions"]),
         f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
         f"the whole run took {res['total_min']:.1f} min.",
         "",
@@ -270,15 +276,17 @@ def _onnx_note(onnx: dict) -> str:
     )
 
 
-def write_doc(path: Path, body: str) -> None:
-    """Replace the text between the bench markers of ``path`` (or create the file)."""
-    block = f"{START}\n{body}{END}"
+def write_doc(path: Path, body: str, start: str = START, end: str = END, heading: str = "") -> None:
+    """Replace the text between the markers ``start`` and ``end`` of ``path`` (by default
+    ``make bench``'s); without them, append ``heading`` and the markers (or create the
+    file)."""
+    block = f"{start}\n{body}{end}"
     if path.is_file():
         text = path.read_text()
-        if START in text and END in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
+        if start in text and end in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
         else:
-            text = text.rstrip() + "\n\n" + block + "\n"
+            text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     else:
         text = f"# Benchmarks\n\n{block}\n"
     tmp = path.with_suffix(".tmp")

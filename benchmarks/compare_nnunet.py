@@ -46,12 +46,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from bench_common import HERE, ROOT, Bench, load_config, versions
+from bench_common import HERE, ROOT, Bench, bench_parser, finish_args, load_config, versions
 from bench_data import dicom, prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
 from bench_nnunet import install_trainer
@@ -62,62 +61,22 @@ __all__ = ["main", "markdown", "parse_args", "ratio_rows", "write_doc"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--config",
-        default=str(ROOT / "config" / "config.yaml"),
-        help="medtl workflow config (model, schedule, arms, folds); default: the demo's",
+    ap = bench_parser(
+        __doc__,
+        config=ROOT / "config" / "config.yaml",
+        work=HERE / "work",
+        budgets="1,2.5,5",
+        probe_steps=30,
+        only="preprocess,throughput,budgets,inference,dicom",
+        repeats=3,
+        infer_repeats=2,
     )
     ap.add_argument(
         "--data", help="your data set instead of the demo: anything `medtl ingest` reads"
     )
     ap.add_argument("--modality", help="CT or MR for NIfTI data (default: the config's)")
-    ap.add_argument(
-        "--work", default=str(HERE / "work"), help="working folder (default: benchmarks/work)"
-    )
-    ap.add_argument(
-        "--nnunet-venv", default=str(HERE / ".venv-nnunet"), help="nnU-Net's virtual environment"
-    )
-    ap.add_argument(
-        "--out", default=str(ROOT / "docs" / "benchmarks.md"), help="Markdown file to update"
-    )
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="cores each tool gets")
-    ap.add_argument("--repeats", type=int, default=3, help="repeats of each timed command (median)")
-    ap.add_argument(
-        "--budgets",
-        default="1,2.5,5",
-        help="training budgets in minutes from launch, comma-separated (default 1,2.5,5)",
-    )
     ap.add_argument("--arms", default="scratch,finetune", help="medtl arms to train to the budgets")
-    ap.add_argument(
-        "--fold", type=int, default=0, help="the fold both tools train and are scored on"
-    )
-    ap.add_argument(
-        "--infer-repeats",
-        type=int,
-        default=2,
-        help="repeats of each inference run (each repeat runs all held-out cases, then one)",
-    )
-    ap.add_argument(
-        "--from-json",
-        help="only write the table again from a results.json of an earlier run",
-    )
-    ap.add_argument(
-        "--probe-steps", type=int, default=30, help="steps of medtl's throughput probes"
-    )
-    ap.add_argument("--nnunet-device", default="cpu", help="cpu or cuda for nnU-Net")
-    ap.add_argument(
-        "--only",
-        default="preprocess,throughput,budgets,inference,dicom",
-        help="parts to run, comma-separated (later parts need earlier ones)",
-    )
-    a = ap.parse_args(argv)
-    a.budgets = sorted(float(x) for x in a.budgets.split(","))
-    a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
-    a.only = {x.strip() for x in a.only.split(",")}
-    return a
+    return finish_args(ap.parse_args(argv))
 
 
 def main(argv=None) -> int:

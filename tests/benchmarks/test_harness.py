@@ -13,6 +13,8 @@ import compare_nnunet  # benchmarks/, on the path by pyproject.toml's pytest set
 import pytest
 from measure import CommandFailed, Timing, median_timing, run_timed
 
+from tests.benchmarks.canned import VERSIONS
+
 
 def test_run_timed_measures_cpu_and_memory_of_children(tmp_path: Path) -> None:
     # a child process that burns CPU and holds ~50 MB: both must show in the parent's figures
@@ -57,18 +59,7 @@ def _results() -> dict:
         "nnunet": {"s_per_case": 0.3, "s_per_case_with_startup": 3.0, "startup_s": 18, "dice": 0.7},
     }
     return {
-        "versions": {
-            "date": "2026-01-01",
-            "machine": "cpu, 2 cores",
-            "gpu": "none",
-            "threads": 2,
-            "medtl": "abc",
-            "torch (medtl)": "2",
-            "monai": "1",
-            "nnunetv2": "2.8",
-            "torch (nnU-Net)": "2",
-            "python": "3.11",
-        },
+        "versions": VERSIONS,
         "data": "demo",
         "fold": 0,
         "repeats": 3,

@@ -14,6 +14,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# nnssl (OpenMind) checkpoints: one writer, in benchmarks/ (make bench-transfer writes one
+# from medtl's pretraining); the tests use it with random weights.
+from nnssl_checkpoint import (  # noqa: F401  (re-exported for the tests)
+    nnssl_adaptation_plan,
+    nnssl_checkpoint,
+    nnssl_checkpoint_dict,
+    nnssl_configuration,
+    nnssl_pretrain_plan,
+    nnssl_resenc_kwargs,
+)
+
 
 def swin_ssl_checkpoint(path: Path, net: torch.nn.Module) -> Path:
     """``model_swinvit.pt``: the Swin transformer as ``module.…`` with timm MLP names."""
@@ -144,100 +155,11 @@ def nnunet_checkpoint(
     return path
 
 
-# nnssl (OpenMind) checkpoints: what nnssl's BaseMAETrainer.save_checkpoint writes, after
-# utilities/add_adaptation_plan.py popped the optimiser, grad scaler, logging, _best_ema
-# and current_epoch, and converted numpy values (AbstractBaseTrainer._convert_numpy).
-
-#: The keys of nnssl's serialised ConfigurationPlan, as the OpenMind MAE pretraining set them.
-_NNSSL_CONFIGURATION = {
-    "data_identifier": "nnsslPlans_onemmiso",
-    "preprocessor_name": "DefaultPreprocessor",
-    "spacing_style": "onemmiso",
-    "normalization_schemes": ["ZScoreNormalization"],
-    "use_mask_for_norm": [False],
-    "resampling_fn_data": "resample_data_or_seg_to_shape",
-    "resampling_fn_data_kwargs": {
-        "is_seg": False,
-        "order": 3,
-        "order_z": 0,
-        "force_separate_z": None,
-    },
-    "resampling_fn_mask": "resample_data_or_seg_to_shape",
-    "resampling_fn_mask_kwargs": {
-        "is_seg": False,
-        "order": 1,
-        "order_z": 0,
-        "force_separate_z": None,
-    },
-    "spacing": [1, 1, 1],
-    "patch_size": (160, 160, 160),
-}
-
-
-def nnssl_pretrain_plan() -> dict:
-    """nnssl's serialised ``Plan`` with its one configuration (``onemmiso``)."""
-    return {
-        "dataset_name": "Dataset001_OpenMind",
-        "plans_name": "nnsslPlans",
-        "original_median_spacing_after_transp": [1, 1, 1],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"onemmiso": dict(_NNSSL_CONFIGURATION)},
-        "experiment_planner_used": "FixedResEncUNetPlanner",
-    }
-
-
-def nnssl_resenc_kwargs(features: list[int], blocks: list[int] | None = None) -> dict:
-    """``DynamicArchitecturePlans.serialize()`` of a 3-D ResidualEncoderUNet."""
-    n = len(features)
-    return {
-        "n_stages": n,
-        "features_per_stage": list(features),
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * n,
-        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-        "n_blocks_per_stage": blocks or [1, 3, 4, 6, 6, 6, 6][:n],
-        "n_conv_per_stage_decoder": [1] * (n - 1),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.modules.activation.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    }
-
-
-def nnssl_adaptation_plan(arch: str = "ResEncL", arch_kwargs: dict | None = None) -> dict:
-    """``AdaptationPlan.serialize()`` as nnssl's MAE trainers write it.
-
-    ``ResEncL`` is a preset (``arch_kwargs`` None); a ``ResidualEncoderUNet`` carries its
-    keyword arguments and the names of those that need an import.
-    """
-    return {
-        "architecture_plans": {
-            "arch_class_name": arch,
-            "arch_kwargs": arch_kwargs,
-            "arch_kwargs_requiring_import": ["conv_op", "norm_op", "nonlin"]
-            if arch_kwargs
-            else None,
-        },
-        "pretrain_plan": nnssl_pretrain_plan(),
-        "pretrain_num_input_channels": 1,
-        "recommended_downstream_patchsize": (160, 160, 160),
-        "key_to_encoder": "encoder.stages",
-        "key_to_stem": "encoder.stem",
-        "keys_to_in_proj": ("encoder.stem.convs.0.conv", "encoder.stem.convs.0.all_modules.0"),
-        "key_to_lpe": None,
-    }
-
-
 def nnssl_primus_plan(arch: str = "PrimusM", patch: tuple[int, ...] = (160, 160, 160)) -> dict:
     """``AdaptationPlan.serialize()`` as nnssl's BaseEvaMAETrainer writes it: a preset with
     no ``arch_kwargs``, the Primus's keys, and the pretraining patch it fixes (160³)."""
     plan = nnssl_adaptation_plan(arch)
-    plan["pretrain_plan"]["configurations"]["onemmiso"]["patch_size"] = patch
+    plan["pretrain_plan"] = nnssl_pretrain_plan(nnssl_configuration(patch_size=patch))
     plan.update(
         key_to_encoder="eva",
         key_to_stem="down_projection",
@@ -262,51 +184,3 @@ class EvaMAELayout(torch.nn.Module):
         self.up_projection = PatchDecode((8, 8, 8), embed_dim, 1)
         self.decoder = Eva(PrimusSize(embed_dim, 2, heads), grid)
         self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, embed_dim))
-
-
-def nnssl_checkpoint_dict(
-    net: torch.nn.Module, plan: dict | None, trainer: str = "BaseMAETrainer_BS8_1000ep"
-) -> dict:
-    """The published ``checkpoint_final.pth`` as a dict: exactly ``network_weights``,
-    ``init_args``, ``trainer_name`` and (unless ``plan`` is None) ``nnssl_adaptation_plan``.
-
-    ``net`` is the pretraining network (a ResEnc with a 1-channel reconstruction head):
-    its state dict with DNA's aliases, as nnssl saves it.
-    """
-    out = {
-        "network_weights": dict(net.state_dict()),
-        "init_args": {
-            "plan": nnssl_pretrain_plan(),
-            "configuration_name": "onemmiso",
-            "fold": 0,
-            "pretrain_json": {"collection_name": "OpenMind", "collection_index": 1},
-            "device": torch.device("cuda"),
-        },
-        "trainer_name": trainer,
-    }
-    if plan is not None:
-        out["nnssl_adaptation_plan"] = plan
-    return out
-
-
-def nnssl_checkpoint(
-    folder: Path,
-    net: torch.nn.Module,
-    plan: dict,
-    inside: bool = True,
-    beside: bool = True,
-    trainer: str = "BaseMAETrainer_BS8_1000ep",
-) -> Path:
-    """``folder/checkpoint_final.pth`` and ``folder/adaptation_plan.json`` as nnssl
-    publishes them: the plan in the file (``inside``) and beside it (``beside``, with
-    ``trainer_name`` added, as add_adaptation_plan.py writes it)."""
-    import json
-
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint = nnssl_checkpoint_dict(net, plan if inside else None, trainer)
-    path = folder / "checkpoint_final.pth"
-    torch.save(checkpoint, path)
-    if beside:
-        text = json.dumps({**plan, "trainer_name": checkpoint["trainer_name"]}, indent=4)
-        (folder / "adaptation_plan.json").write_text(text)
-    return path

@@ -303,6 +303,9 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     'make bench BENCH_ARGS="--data my_cases.tsv --modality CT"': NotHere(CI_BENCH),
     'make bench BENCH_ARGS="--nnunet-device cuda"': NotHere(CI_BENCH + "; and a CUDA device"),
     ".venv/bin/python benchmarks/compare_nnunet.py --help": Run(),
+    "make bench-transfer": NotHere(CI_BENCH),
+    'make bench-transfer BENCH_ARGS="--budgets 5,10"': NotHere(CI_BENCH),
+    ".venv/bin/python benchmarks/compare_transfer.py --help": Run(),
     "python -X importtime": Named(),
     ".venv/bin/python benchmarks/onnx_inference.py --threads 2 --repeats 5": NotHere(
         "a benchmark (two engines timed on two case sizes, minutes); tests/export/test_onnx.py "
