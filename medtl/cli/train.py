@@ -181,15 +181,20 @@ def describe_model(
     )
     typer.echo(format_table(table))
     if report is not None:
-        from medtl.models import transfer
+        _print_load(report, pre)
 
-        typer.echo(f"pretrained: {report.summary()}")
-        for note in report.notes:
-            typer.echo(f"  note: {note}")
-        for line in report.adaptations:
-            typer.echo(f"  adapted: {line}")
-        transfer.refuse_mismatch(report, pre.min_loaded_fraction, pre.max_unused_fraction)
-        typer.echo("pretrained: training would accept these weights")
+
+def _print_load(report, pre) -> None:
+    """The load summary, its notes and adaptations, then training's verdict on the weights."""
+    from medtl.models import transfer
+
+    typer.echo(f"pretrained: {report.summary()}")
+    for note in report.notes:
+        typer.echo(f"  note: {note}")
+    for line in report.adaptations:
+        typer.echo(f"  adapted: {line}")
+    transfer.refuse_mismatch(report, pre.min_loaded_fraction, pre.max_unused_fraction)
+    typer.echo("pretrained: training would accept these weights")
 
 
 @app.command()
