@@ -8,7 +8,7 @@ sets the measured shift of each run (the pretrained encoder's feature MMD², fro
 paired comparison, with its 95 % CI and the A/A noise floor, from
 ``results/report/summary.json``)::
 
-    make study-shift                                      # 0, 0.5, 1, 2; about 40 min on 2 cores
+    make study-shift                                      # 0, 0.5, 1, 2; over an hour on 2 cores
     .venv/bin/python studies/shift_study.py --help        # every option
 
 Each strength runs in its own folder under ``--work`` (default ``studies/work/shift``), so
@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cores", default="all", help="Snakemake's --cores (default: all)")
     ap.add_argument(
         "--no-doc", action="store_true", help="do not write docs/domain-shift.md and its figure"
+    )
+    ap.add_argument(
+        "--no-run",
+        action="store_true",
+        help="do not run the workflow: read the finished runs in --work again (e.g. after "
+        "changing the table or figure)",
     )
     args = ap.parse_args(argv)
     try:
@@ -126,6 +132,11 @@ def collect(folder: Path, strength: float) -> dict:
         if c["arm"] == ARM and c["reference"] == REFERENCE and c["metric"] == "dice"
     )
     pooled = (summary.get("runs") or {}).get("pooled_noise_floor") or {}
+    seed_dice = {
+        (r["arm"], r["seed"]): r["mean_dice"]
+        for r in (summary.get("runs") or {}).get("per_seed", [])
+    }
+    seeds = sorted({seed for arm, seed in seed_dice if arm == ARM})
     encoder = shift.get("encoder") or {}
     return {
         "strength": strength,
@@ -141,6 +152,11 @@ def collect(folder: Path, strength: float) -> dict:
         "n": versus["n"],
         "seeds": versus.get("seeds"),
         "aa_difference": pooled.get("aa_difference"),
+        "seed_gains": {
+            str(seed): seed_dice[(ARM, seed)] - seed_dice[(REFERENCE, seed)]
+            for seed in seeds
+            if (REFERENCE, seed) in seed_dice
+        },
         "warnings": len(shift.get("warnings") or []),
     }
 
@@ -162,19 +178,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
     """The study's table, with the lines that say how it was made."""
     head = (
         "| shift | encoder MMD² (p) | Wasserstein | scratch Dice | finetune Dice "
-        "| gain (95 % CI) | A/A floor | transfer |\n|---|---|---|---|---|---|---|---|\n"
+        "| gain (95 % CI) | per seed | A/A floor | transfer |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     body = "".join(
         f"| {r['strength']:g} | {_f(r['mmd2'])} ({_f(r['mmd_p'], 3)}) | {_f(r['wasserstein'])} "
         f"| {_f(r['dice'][REFERENCE])} | {_f(r['dice'][ARM])} "
         f"| {r['gain']:+.3f} ({r['ci_low']:+.3f} to {r['ci_high']:+.3f}) "
+        f"| {' / '.join(f'{g:+.3f}' for g in r.get('seed_gains', {}).values())} "
         f"| {_f(r['aa_difference'])} | {verdict(r)} |\n"
         for r in rows
     )
     return (
         f"Measured on {meta['date']}, medtl {meta['commit']}, {meta['machine']}; "
         f"{meta['minutes']:.0f} min in all. Each row is one whole workflow run of the demo "
-        f"(seeds {meta['seeds']}, {meta['cases']} held-out cases).\n\n{head}{body}"
+        f"(seeds {meta['seeds']}; {meta['cases']} held-out cases).\n\n{head}{body}"
     )
 
 
@@ -189,7 +207,13 @@ def figure(rows: list[dict], path: Path) -> None:
     x = [r["mmd2"] for r in rows]
     y = [r["gain"] for r in rows]
     err = [[r["gain"] - r["ci_low"] for r in rows], [r["ci_high"] - r["gain"] for r in rows]]
-    ax.errorbar(x, y, yerr=err, fmt="o", color="#2a7ab9", capsize=4)
+    ax.errorbar(x, y, yerr=err, fmt="o", color="#2a7ab9", capsize=4, label="gain, 95 % CI")
+    for r in rows:
+        gains = list(r.get("seed_gains", {}).values())
+        ax.scatter([r["mmd2"]] * len(gains), gains, marker="x", color="#d62728", s=22, zorder=3)
+    ax.scatter([], [], marker="x", color="#d62728", s=22, label="gain within one seed")
+    low = min(-0.5, min(min(r.get("seed_gains", {}).values(), default=0) for r in rows) - 0.1)
+    ax.set_ylim(max(-1.0, low), 1.0)  # a Dice difference lies within ±1; longer CIs are cut
     for r in rows:
         ax.annotate(
             f"shift {r['strength']:g}",
@@ -198,10 +222,12 @@ def figure(rows: list[dict], path: Path) -> None:
             textcoords="offset points",
             fontsize=8,
         )
-    floor = next((r["aa_difference"] for r in rows if r["aa_difference"]), None)
-    if floor:
-        ax.axhspan(-floor, floor, color="0.85", zorder=0, label="A/A noise floor")
-        ax.legend(loc="best", fontsize=8)
+    floors = [r["aa_difference"] for r in rows if r["aa_difference"]]
+    if floors:
+        ax.axhspan(
+            -max(floors), max(floors), color="0.88", zorder=0, label="A/A noise floor (widest)"
+        )
+    ax.legend(loc="lower left", fontsize=7)
     ax.axhline(0, color="0.4", lw=0.8, ls="--")
     ax.set_xlabel("encoder-feature MMD² between source and target")
     ax.set_ylabel(f"Dice gain, {ARM} − {REFERENCE}")
@@ -242,14 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     changes = yaml.safe_load(Path(args.config).read_text()) or {}
     work = Path(args.work).resolve()
-    rows, total = [], 0.0
+    rows, total, before = [], 0.0, {}
+    previous = work / "results.json"
+    if args.no_run and previous.is_file():  # the runs' own date, machine and time
+        before = json.loads(previous.read_text())["meta"]
+        total = before["minutes"] * 60
     for strength in args.strengths:
         folder = run_folder(work, strength)
-        print(f"shift {strength:g}: running the workflow in {folder}", flush=True)
-        total += run_workflow(folder, run_config(changes, strength), args.cores)
+        if not args.no_run:
+            print(f"shift {strength:g}: running the workflow in {folder}", flush=True)
+            total += run_workflow(folder, run_config(changes, strength), args.cores)
         rows.append(collect(folder, strength))
         print(f"  gain {rows[-1]['gain']:+.3f}, MMD² {_f(rows[-1]['mmd2'])}", flush=True)
-    meta = _meta(rows, total, changes)
+    meta = _meta(rows, total, changes) | {
+        k: before[k] for k in ("date", "commit", "machine") if k in before
+    }
     (work / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = markdown(rows, meta)
     print(table)

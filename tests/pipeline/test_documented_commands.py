@@ -249,8 +249,8 @@ CI_BENCH = (
 )
 
 CI_STUDY = (
-    "four whole demo runs, about 40 min on 2 cores; tests/studies/ runs the study's code "
-    "on the micro config at two strengths (slow) and tests its table and docs update"
+    "three or four whole demo runs, an hour or more on 2 cores; tests/studies/ runs the "
+    "study's code on the micro config at two strengths (slow) and tests its table and docs"
 )
 
 #: Every command the docs print → how this test handles it.

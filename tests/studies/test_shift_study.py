@@ -33,7 +33,14 @@ def _write_run(folder: Path, gain: float, ci: tuple[float, float], mmd2: float) 
     summary = {
         "versus_reference": [{**versus, "metric": "nsd"}, versus],
         "mean_dice": {"scratch": 0.7, "finetune": 0.7 + gain},
-        "runs": {"pooled_noise_floor": {"aa_difference": 0.05}},
+        "runs": {
+            "pooled_noise_floor": {"aa_difference": 0.05},
+            "per_seed": [
+                {"arm": arm, "seed": seed, "mean_dice": 0.7 + (arm == "finetune") * (gain + d)}
+                for arm in ("scratch", "finetune")
+                for seed, d in ((1, -0.01), (2, 0.01))
+            ],
+        },
     }
     (folder / "results" / "report" / "summary.json").write_text(json.dumps(summary))
     record = {
@@ -72,10 +79,13 @@ def test_numbers_table_and_docs_come_from_the_runs(tmp_path):
         _write_run(folder, gain, ci, mmd2)
         rows.append(shift_study.collect(folder, strength))
     assert rows[0]["gain"] == 0.12 and rows[1]["mmd2"] == 0.4  # the Dice row, not NSD's
+    assert rows[0]["seed_gains"] == pytest.approx({"1": 0.11, "2": 0.13})
     assert [shift_study.verdict(r) for r in rows] == ["helps", "cannot tell"]
     meta = {"date": "d", "commit": "c", "machine": "m", "minutes": 1, "seeds": "1, 2", "cases": 20}
     table = shift_study.markdown(rows, meta)
-    assert "| 0 | 0.010 (0.001) |" in table and "+0.120 (+0.050 to +0.200)" in table
+    assert (
+        "| 0 | 0.010 (0.001) |" in table and "+0.120 (+0.050 to +0.200) | +0.110 / +0.130" in table
+    )
     doc = tmp_path / "doc.md"
     doc.write_text(f"intro\n{shift_study.START}\nold\n{shift_study.END}\nafter\n")
     shift_study.write_doc(doc, table)
