@@ -231,6 +231,7 @@ def _manifest_row(
         label_source=loaded.label_source,
         series_uid=loaded.series_uid,
         note="; ".join(loaded.notes),
+        scanner=volume.scanner,
     )
 
 

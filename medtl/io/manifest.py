@@ -25,6 +25,7 @@ MANIFEST_COLUMNS = [
     "label_source",
     "series_uid",
     "note",
+    "scanner",
 ]
 REJECTED_COLUMNS = ["path", "reason", "fix"]
 
@@ -43,6 +44,7 @@ class ManifestRow:
     label_source: str = ""
     series_uid: str = ""
     note: str = ""
+    scanner: str = ""
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

@@ -32,6 +32,8 @@ class Volume:
             ``SeriesInstanceUID``, ``FrameOfReferenceUID``); empty for NIfTI input.
         patient_key: the raw patient identifier, kept in memory only so that it can be
             hashed; never write it anywhere.
+        scanner: the scanner as the DICOM headers name it (Manufacturer and
+            ManufacturerModelName), ``""`` when they do not (NIfTI input).
 
     Example:
         >>> v = Volume(np.zeros((4, 4, 4), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
@@ -44,6 +46,7 @@ class Volume:
     modality: str = "unknown"
     source_uids: dict[str, str] = field(default_factory=dict)
     patient_key: str | None = None
+    scanner: str = ""
 
     @property
     def spacing(self) -> tuple[float, float, float]:

@@ -191,6 +191,14 @@ def measures_table(record: dict) -> dict:
     ):
         if acq.get(key):
             rows.append([what, " × ".join(f"{v:.2f}" for v in acq[key]), ""])
+    scanners = [
+        ", ".join(
+            f"{name} ({n})" for name, n in ((acq.get(side) or {}).get("scanner") or {}).items()
+        )
+        for side in ("target", "source")
+    ]
+    if any(scanners):
+        rows.append(["scanners, target vs source", " vs ".join(s or "–" for s in scanners), ""])
     for lab in record.get("labels") or []:
         vol = lab.get("volume_ml") or {}
         if vol:

@@ -1,8 +1,8 @@
 """What the headers say: spacing, orientation and modality of each set, and how they differ.
 
-Only what ingest read from the headers (``manifest.tsv``: modality, orientation; the
-spacing from each image's affine, in RAS order): a scanner model or protocol the headers
-do not carry is invisible here.
+Only what ingest read from the headers (``manifest.tsv``: modality, orientation, scanner
+manufacturer and model; the spacing from each image's affine, in RAS order): a protocol,
+sequence or reconstruction kernel ingest does not record is invisible here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ def _median_spacing(spacings: Sequence[Sequence[float]]) -> list[float]:
 
 
 def acquisition_summary(cases: CaseSet) -> dict:
-    """One set's median spacing (mm, RAS), its range, and its modality and orientation counts."""
+    """One set's median spacing (mm, RAS), its range, and its modality, orientation and
+    scanner counts (scanners the headers named; NIfTI cases have none)."""
     spacing = np.asarray(cases.spacing, float)
     return {
         "cases": len(cases),
@@ -29,6 +30,7 @@ def acquisition_summary(cases: CaseSet) -> dict:
         "max_spacing": [float(v) for v in spacing.max(axis=0)],
         "modality": dict(Counter(cases.modality)),
         "orientation": dict(Counter(cases.orientation)),
+        "scanner": dict(Counter(s for s in cases.scanner if s)),
     }
 
 
@@ -57,7 +59,8 @@ def compare_acquisition(
         ``target`` and ``source`` summaries (``source`` None without source images),
         ``spacing_ratio_to_source`` (target / source medians), ``network_spacing`` (the
         plan's, what the encoder sees), ``network_to_pretraining`` (plan / pretraining
-        spacing; None when the checkpoint does not say) and ``modalities_differ``.
+        spacing; None when the checkpoint does not say), ``modalities_differ`` and
+        ``scanners_shared`` (scanners named in both sets; None unless both name some).
     """
     tgt = acquisition_summary(target)
     src = acquisition_summary(source) if source is not None else None
@@ -71,4 +74,9 @@ def compare_acquisition(
         "pretraining_spacing": list(pretraining_spacing) if pretraining_spacing else None,
         "network_to_pretraining": spacing_ratio(target.plan_spacing, pretraining_spacing),
         "modalities_differ": bool(src and set(tgt["modality"]) != set(src["modality"])),
+        "scanners_shared": (
+            sorted(set(tgt["scanner"]) & set(src["scanner"]))
+            if src and tgt["scanner"] and src["scanner"]
+            else None
+        ),
     }

@@ -29,6 +29,8 @@ class CaseSet:
         spacing: each case's original voxel size in mm, RAS axis order.
         modality: each case's modality as its manifest says.
         orientation: each case's axis codes (e.g. ``LPS``) as its manifest says.
+        scanner: each case's scanner (manufacturer and model) as its manifest says, ``""``
+            where the headers did not say (NIfTI input, or a manifest from before the column).
         plan_spacing: the grid's voxel size (mm) after preprocessing.
     """
 
@@ -39,6 +41,7 @@ class CaseSet:
     modality: tuple[str, ...]
     orientation: tuple[str, ...]
     plan_spacing: tuple[float, float, float]
+    scanner: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -74,4 +77,5 @@ def load_set(name: str, manifest: Path, plan: Plan) -> CaseSet:
         modality=tuple(df.get("modality", [""] * len(df))),
         orientation=tuple(df.get("orientation", [""] * len(df))),
         plan_spacing=tuple(float(s) for s in plan.target_spacing),  # type: ignore[arg-type]
+        scanner=tuple(df.get("scanner", [""] * len(df))),
     )

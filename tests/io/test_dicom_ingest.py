@@ -89,3 +89,17 @@ def test_rtstruct_of_a_series_rejected_at_discovery_says_why(tmp_path: Path) -> 
     (row,) = rejected[rejected["path"] == "bad_rs.dcm"].itertuples()
     assert "its image series was set aside" in row.reason
     assert "ImagePositionPatient" in row.reason
+
+
+def test_the_scanner_the_headers_name_goes_into_the_manifest(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    named = dicom_builders.write_series_at(root / "named", 3.0 * np.arange(4), tag="named")
+    for path in named.files:
+        dicom_builders.edit(path, Manufacturer="SIEMENS", ManufacturerModelName="Skyra")
+    dicom_builders.write_series_at(root / "plain", 3.0 * np.arange(4), tag="plain", patient_id="P2")
+
+    manifest, _ = ingest_path(root, tmp_path / "out", "salt", progress=False)
+
+    scanner = dict(zip(manifest["series_uid"], manifest["scanner"], strict=True))
+    assert scanner.pop(named.series_uid) == "SIEMENS Skyra"
+    assert list(scanner.values()) == [""]  # headers without Manufacturer: left empty

@@ -40,7 +40,11 @@ RECORD = {
         "features": 64,
     },
     "intensity": {"wasserstein": 0.12, "outside_fraction": 0.04},
-    "acquisition": {"spacing_ratio_to_source": [1.0, 1.0, 2.0]},
+    "acquisition": {
+        "spacing_ratio_to_source": [1.0, 1.0, 2.0],
+        "target": {"scanner": {"SIEMENS Skyra": 8}},
+        "source": {"scanner": {}},
+    },
     "labels": [],
     "warnings": ["the encoder tells the target from its source: prefer strategy: finetune"],
     "notes": [],
@@ -113,6 +117,7 @@ def test_report_has_the_section_and_summary_its_numbers(results, tmp_path):  # n
     section = html[html.index('<section id="shift">') :]
     section = section[: section.index("</section>")]
     assert "Domain shift" in section and "prefer strategy: finetune" in section
+    assert "SIEMENS Skyra (8) vs –" in section
     assert "Does the gain track the shift?" in section
     assert (out / "figures" / "shift_gain.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())["shift"]

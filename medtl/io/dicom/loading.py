@@ -162,6 +162,9 @@ def load_series_with_notes(series: SeriesInfo, *, keep_integers: bool = False) -
             for kw in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
         },
         patient_key=_text(first, "PatientID") or None,
+        scanner=" ".join(
+            t for t in (_text(first, "Manufacturer"), _text(first, "ManufacturerModelName")) if t
+        ),
     )
     return LoadedSeries(volume, set_aside, (axis.note,) if axis.note else ())
 
