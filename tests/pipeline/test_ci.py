@@ -20,9 +20,9 @@ def test_ci_runs_lint_before_every_test() -> None:
     assert ci.index("make lint") < ci.index("make test-all")
 
 
-def test_lint_covers_package_tests_and_benchmarks() -> None:
+def test_lint_covers_package_tests_benchmarks_and_studies() -> None:
     makefile = (REPO / "Makefile").read_text()
     recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.M)
     assert recipe, "Makefile: no lint target"
     for tool in ("ruff check", "ruff format --check"):
-        assert re.search(rf"{tool} medtl tests benchmarks$", recipe[1], re.M), recipe[1]
+        assert re.search(rf"{tool} medtl tests benchmarks studies$", recipe[1], re.M), recipe[1]
