@@ -31,8 +31,9 @@ What it does, in order (every command's output goes to ``<work>/logs/``):
    pretrained arms loading the nnssl file; the report's paired comparison
    finetune − scratch goes into the table's notes.
 9. **Report.** The table, written into ``docs/benchmarks.md`` between its
-   ``bench-transfer:start`` / ``bench-transfer:end`` markers, with the load average
-   before and after; ``<work>/results.json`` holds every number.
+   ``bench-transfer:start`` / ``bench-transfer:end`` markers, with the CPU other
+   processes used (not written from a busy machine: see ``bench_quiet``);
+   ``<work>/results.json`` holds every number.
 """
 
 from __future__ import annotations
