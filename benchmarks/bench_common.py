@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import yaml
+from bench_quiet import BUSY_SHARE
 from measure import Timing, run_timed
 
 HERE = Path(__file__).resolve().parent
@@ -141,6 +142,20 @@ def bench_parser(
         "--probe-steps", type=int, default=probe_steps, help="steps of medtl's throughput probes"
     )
     ap.add_argument("--nnunet-device", default="cpu", help="cpu or cuda for nnU-Net")
+    ap.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=BUSY_SHARE,
+        help="share of the machine's CPU that other processes may use during the run "
+        f"(default {BUSY_SHARE}: {100 * BUSY_SHARE:g} %%); above it, or with a load average "
+        "above half the cores before the start, the run is disturbed",
+    )
+    ap.add_argument(
+        "--allow-disturbed",
+        action="store_true",
+        help="write the docs table even when the run was disturbed (marked so); without it "
+        "a disturbed run only prints its table and saves results.json",
+    )
     ap.add_argument(
         "--only",
         default=only,

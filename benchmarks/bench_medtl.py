@@ -348,12 +348,18 @@ def per_case(walls_all: list, walls_one: list, n: int) -> dict:
     all_cases = median_timing(walls_all)
     one = median_timing(walls_one)
     s_per_case = (all_cases["wall_s"] - one["wall_s"]) / max(1, n - 1)
+    # each repeat's own estimate (its all-case and one-case runs), for the min–max column;
+    # repeats pair up as far as both lists go
+    pairs = list(zip(walls_all, walls_one, strict=False))
+    per_repeat = [(a.wall_s - o.wall_s) / max(1, n - 1) for a, o in pairs]
     return {
         **all_cases,
         "s_per_case_with_startup": all_cases["wall_s"] / n,
         "s_per_case": s_per_case,
         "startup_s": one["wall_s"] - s_per_case,
         "one_case_wall_s": one["wall_s"],
+        "s_per_case_runs": per_repeat,
+        "startup_runs": [o.wall_s - s for (_, o), s in zip(pairs, per_repeat, strict=True)],
     }
 
 

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from bench_common import END, NNUNET_ITERS, START, TARGETS
+from bench_quiet import quiet_line, refusal
 
 #: Per-case inference costs below this are within the run-to-run noise of the
 #: difference between an all-case and a one-case run (start-up varies by ~0.3 s).
 NOISE_S = 0.05
+#: The column of each timed row's lowest and highest repeat (ratios stay median / median).
+SPREAD = "min–max over repeats (medtl; peer)"
 
 
 def fmt(x: float, digits: int = 2) -> str:
@@ -34,14 +38,44 @@ def _preprocess_rows(res: dict, add: Callable[..., None]) -> None:
         "lower",
         TARGETS["preprocess"][2],
         r <= TARGETS["preprocess"][1],
+        spread=runs(p, "walls"),
     )
-    add("preprocessing CPU (s)", p["medtl"]["cpu_s"], p["nnunet"]["cpu_s"], "lower")
-    add(
-        "preprocessing peak memory (MiB)",
-        p["medtl"]["peak_rss_mb"],
-        p["nnunet"]["peak_rss_mb"],
-        "lower",
-    )
+    # CPU is a timing with repeats (min–max); peak memory is not a timing
+    for measure, key, spread in (
+        ("CPU (s)", "cpu_s", runs(p, "cpus")),
+        ("peak memory (MiB)", "peak_rss_mb", None),
+    ):
+        add(f"preprocessing {measure}", p["medtl"][key], p["nnunet"][key], "lower", spread=spread)
+
+
+def runs(part: dict, key: str, sides=("medtl", "nnunet"), scale: float = 1.0) -> tuple:
+    """The per-repeat values ``part[side][key]`` of both sides (× ``scale``), for the
+    min–max column; an empty list where results.json has none (runs before it was kept).
+
+    Example:
+        >>> runs({"medtl": {"walls": [1, 3]}, "nnunet": {}}, "walls", scale=0.5)
+        ([0.5, 1.5], [])
+    """
+    return tuple([v * scale for v in part[side].get(key, [])] for side in sides)
+
+
+def spread_cell(row: dict, digits: int = 2) -> str:
+    """The min–max column of a row: each side's lowest and highest repeat, or "1 run".
+
+    Example:
+        >>> spread_cell({"spread": ([2.0, 1.5, 1.75], [4.0])})
+        '1.50–2.00; 1 run'
+    """
+
+    def one(values: list) -> str:
+        if not values:
+            return "–"
+        if len(values) == 1:
+            return "1 run"
+        return f"{min(values):.{digits}f}–{max(values):.{digits}f}"
+
+    spread = row.get("spread")
+    return "; ".join(one(v) for v in spread) if spread else ""
 
 
 def throughput_rows(res: dict, add: Callable[..., None]) -> None:
@@ -87,6 +121,7 @@ def _inference_rows(res: dict, add: Callable[..., None]) -> None:
     for key, label in (("no_tta", "TTA off"), ("tta", "TTA on (8 mirrors)")):
         m, n = inf[key]["medtl"], inf[key]["nnunet"]
         r = m["s_per_case"] / n["s_per_case"]
+        cases = inf["cases"]
         ok = r <= TARGETS["inference"][1] and m["dice"] >= n["dice"]
         add(
             f"inference s/case after start-up, {label}",
@@ -95,14 +130,22 @@ def _inference_rows(res: dict, add: Callable[..., None]) -> None:
             "lower",
             TARGETS["inference"][2] + ", Dice ≥",
             ok,
+            spread=runs(inf[key], "s_per_case_runs"),
         )
         add(
             f"inference s/case with start-up ({inf['cases']} cases), {label}",
             m["s_per_case_with_startup"],
             n["s_per_case_with_startup"],
             "lower",
+            spread=runs(inf[key], "walls", scale=1 / cases),
         )
-        add(f"inference start-up (s), {label}", m["startup_s"], n["startup_s"], "lower")
+        add(
+            f"inference start-up (s), {label}",
+            m["startup_s"],
+            n["startup_s"],
+            "lower",
+            spread=runs(inf[key], "startup_runs"),
+        )
         add(f"inference Dice, {label}", m["dice"], n["dice"], "higher")
     _onnx_rows(res, add)
 
@@ -123,6 +166,7 @@ def _onnx_rows(res: dict, add: Callable[..., None]) -> None:
             "lower",
             name="ONNX Runtime",
             peer_name="PyTorch",
+            spread=runs(onnx[key], "s_per_case_runs", ("onnxruntime", "torch")),
         )
 
 
@@ -130,6 +174,7 @@ def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
     """DICOM → NIfTI conversion against dcm2niix."""
     dcm = res["dicom"]
     med, peer = dcm["medtl"]["median"]["wall_s"], dcm["dcm2niix"]["median"]["wall_s"]
+    dcm_sides = ("medtl", "dcm2niix")
     add(
         f"DICOM → NIfTI wall (s), {dcm['n_series']} series / {dcm['n_files']} files",
         med,
@@ -138,6 +183,7 @@ def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
         TARGETS["dicom"][2],
         med / peer <= TARGETS["dicom"][1],
         peer_name="dcm2niix",
+        spread=tuple([r["wall_s"] for r in dcm[side].get("runs", [])] for side in dcm_sides),
     )
 
 
@@ -155,7 +201,17 @@ def ratio_rows(res: dict) -> list[dict]:
     """One row per measure: medtl, the peer, medtl/peer, which way is better, the target."""
     rows = []
 
-    def add(measure, medtl, peer, better, target="", met=None, peer_name="nnU-Net", name="medtl"):
+    def add(
+        measure,
+        medtl,
+        peer,
+        better,
+        target="",
+        met=None,
+        peer_name="nnU-Net",
+        name="medtl",
+        spread=None,
+    ):
         ratio = medtl / peer if peer else float("nan")
         rows.append(
             {
@@ -168,6 +224,7 @@ def ratio_rows(res: dict) -> list[dict]:
                 "better": better,
                 "target": target,
                 "met": met,
+                "spread": spread,
             }
         )
 
@@ -191,9 +248,10 @@ def markdown(res: dict) -> str:
         measured_on(res["versions"]),
         f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
         f"the whole run took {res['total_min']:.1f} min.",
+        quiet_line(res),
         "",
-        "| measure | medtl | peer | medtl / peer | better | target | met |",
-        "|---|---|---|---|---|---|---|",
+        f"| measure | medtl | peer | medtl / peer | better | target | met | {SPREAD} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ratio_rows(res):
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
@@ -211,7 +269,8 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {r['measure']} | {fmt(r['medtl'], digits)} | "
             f"{r['peer_name']} {fmt(r['peer'], digits)} "
-            f"| {fmt(r['ratio'])} | {r['better']} | {r['target']} | {met} |"
+            f"| {fmt(r['ratio'])} | {r['better']} | {r['target']} | {met} "
+            f"| {spread_cell(r, digits)} |"
         )
     extra = []
     if "throughput" in res:
@@ -294,4 +353,19 @@ def write_doc(path: Path, body: str, start: str = START, end: str = END, heading
     os.replace(tmp, path)
 
 
-# ----------------------------------------------------------------------------- main
+def publish(res: dict, render: Callable[[dict], str], args, **markers: str) -> int:
+    """Print the table of ``res`` and write it into ``args.out`` unless :func:`refusal`
+    objects and ``args.allow_disturbed`` is not set; the exit status (3: refused).
+
+    ``markers``: ``write_doc``'s ``start``, ``end`` and ``heading`` (default: ``make
+    bench``'s). Call it after ``results.json`` is saved: a refused run keeps its numbers.
+    """
+    res["busy_threshold"] = args.busy_threshold
+    body = render(res)
+    print("\n" + body)
+    why = refusal(res, args.busy_threshold)
+    if why and not args.allow_disturbed:
+        print(f"{args.out} not written: {why}.", file=sys.stderr)
+        return 3
+    write_doc(Path(args.out), body, **markers)
+    return 0

@@ -54,7 +54,8 @@ from bench_common import HERE, ROOT, Bench, bench_parser, finish_args, load_conf
 from bench_data import dicom, prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
 from bench_nnunet import install_trainer
-from bench_table import markdown, ratio_rows, write_doc
+from bench_quiet import QuietSampler
+from bench_table import markdown, publish, ratio_rows, write_doc
 
 # The table's parts, here too for those who import the harness (tests/benchmarks).
 __all__ = ["main", "markdown", "parse_args", "ratio_rows", "write_doc"]
@@ -82,10 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     if a.from_json:
-        body = markdown(json.loads(Path(a.from_json).read_text()))
-        print(body)
-        write_doc(Path(a.out), body)
-        return 0
+        return publish(json.loads(Path(a.from_json).read_text()), markdown, a)
     b = Bench(a)
     if not (b.nnunet_bin / "nnUNetv2_train").is_file():
         sys.exit(
@@ -98,6 +96,18 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"--arms: {unknown} not in the config's arms {list(cfg['arms'])}")
     start = time.perf_counter()
+    with QuietSampler() as quiet:
+        measure(a, b, cfg)
+    res = b.results
+    res["quiet"] = quiet.result.as_dict()
+    res["total_min"] = (time.perf_counter() - start) / 60
+    (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    b.say(f"every number in {b.work / 'results.json'}")
+    return publish(res, markdown, a)
+
+
+def measure(a: argparse.Namespace, b: Bench, cfg: dict) -> None:
+    """Every part of the run, its numbers into ``b.results``."""
     install_trainer(b)
     res = b.results
     res.update(
@@ -122,13 +132,6 @@ def main(argv=None) -> int:
             res["inference"] = inference(b, cfg, d, res["budgets"])
     if "dicom" in a.only:
         res["dicom"] = dicom(b)
-    res["total_min"] = (time.perf_counter() - start) / 60
-    (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    body = markdown(res)
-    print("\n" + body)
-    write_doc(Path(a.out), body)
-    b.say(f"table written to {a.out}; every number in {b.work / 'results.json'}")
-    return 0
 
 
 if __name__ == "__main__":

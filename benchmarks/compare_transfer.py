@@ -31,15 +31,15 @@ What it does, in order (every command's output goes to ``<work>/logs/``):
    pretrained arms loading the nnssl file; the report's paired comparison
    finetune − scratch goes into the table's notes.
 9. **Report.** The table, written into ``docs/benchmarks.md`` between its
-   ``bench-transfer:start`` / ``bench-transfer:end`` markers, with the load average
-   before and after; ``<work>/results.json`` holds every number.
+   ``bench-transfer:start`` / ``bench-transfer:end`` markers, with the CPU other
+   processes used (not written from a busy machine: see ``bench_quiet``);
+   ``<work>/results.json`` holds every number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -49,7 +49,8 @@ from bench_common import HERE, Bench, bench_parser, finish_args, load_config, ve
 from bench_data import prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
 from bench_nnunet import install_trainer
-from bench_table import write_doc
+from bench_quiet import QuietSampler
+from bench_table import publish
 from bench_workflow import run_workflow
 from nnssl_checkpoint import write_from_medtl
 from transfer_table import END, HEADING, START, transfer_markdown
@@ -167,12 +168,9 @@ def measure(b: Bench, cfg: dict, res: dict) -> None:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    out = Path(a.out)
+    markers = {"start": START, "end": END, "heading": HEADING}
     if a.from_json:
-        body = transfer_markdown(json.loads(Path(a.from_json).read_text()))
-        print(body)
-        write_doc(out, body, START, END, HEADING)
-        return 0
+        return publish(json.loads(Path(a.from_json).read_text()), transfer_markdown, a, **markers)
     b = Bench(a)
     if not (b.nnunet_bin / "nnUNetv2_train").is_file():
         sys.exit(f"nnU-Net not found in {a.nnunet_venv}. How to fix: `make bench-transfer`")
@@ -190,17 +188,14 @@ def main(argv=None) -> int:
         model=cfg["model"],
         train=cfg["train"],
         versions=versions(b),
-        load_before=os.getloadavg()[0],
     )
-    measure(b, cfg, res)
-    res["load_after"] = os.getloadavg()[0]
+    with QuietSampler() as quiet:
+        measure(b, cfg, res)
+    res["quiet"] = quiet.result.as_dict()
     res["total_min"] = (time.perf_counter() - start) / 60
     (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    body = transfer_markdown(res)
-    print("\n" + body)
-    write_doc(out, body, START, END, HEADING)
-    b.say(f"table written to {out}; every number in {b.work / 'results.json'}")
-    return 0
+    b.say(f"every number in {b.work / 'results.json'}")
+    return publish(res, transfer_markdown, a, **markers)
 
 
 if __name__ == "__main__":

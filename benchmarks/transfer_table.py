@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench_table import fmt, measured_on, throughput_rows
+from bench_quiet import quiet_line
+from bench_table import SPREAD, fmt, measured_on, runs, spread_cell, throughput_rows
 
 START = "<!-- bench-transfer:start -->"
 END = "<!-- bench-transfer:end -->"
 HEADING = "## Transfer: fine-tuning an nnssl-layout ResEnc"
-#: A load average above this (per core) marks the run as disturbed.
-BUSY_PER_CORE = 0.25
 PEER = "nnU-Net ResEnc M"
 
 
@@ -38,11 +37,17 @@ def _speed_rows(res: dict, add: Callable[..., None]) -> None:
     throughput_rows(res, add)
     if "inference" in res:
         inf = res["inference"]["no_tta"]
-        for measure, key in (
-            ("s/case after start-up", "s_per_case"),
-            ("start-up (s)", "startup_s"),
+        for measure, key, repeats in (
+            ("s/case after start-up", "s_per_case", "s_per_case_runs"),
+            ("start-up (s)", "startup_s", "startup_runs"),
         ):
-            add(f"inference {measure}, TTA off", inf["medtl"][key], inf["nnunet"][key], "lower")
+            add(
+                f"inference {measure}, TTA off",
+                inf["medtl"][key],
+                inf["nnunet"][key],
+                "lower",
+                spread=runs(inf, repeats),
+            )
 
 
 def _param_rows(res: dict, add: Callable[..., None]) -> None:
@@ -63,31 +68,25 @@ def transfer_rows(res: dict) -> list[dict]:
     """
     rows: list[dict] = []
 
-    def add(measure: str, medtl: float, peer: float, better: str) -> None:
+    def add(
+        measure: str, medtl: float, peer: float, better: str, spread: tuple | None = None
+    ) -> None:
         ratio = medtl / peer if peer else float("nan")
         rows.append(
-            {"measure": measure, "medtl": medtl, "peer": peer, "ratio": ratio, "better": better}
+            {
+                "measure": measure,
+                "medtl": medtl,
+                "peer": peer,
+                "ratio": ratio,
+                "better": better,
+                "spread": spread,
+            }
         )
 
     for part, part_rows in PARTS.items():
         if part in res:
             part_rows(res, add)
     return rows
-
-
-def load_line(res: dict) -> str:
-    """The machine's load before and after, and whether the run counts as disturbed."""
-    before, after = res["load_before"], res["load_after"]
-    cores = res["versions"]["threads"]
-    busy = max(before, after) > BUSY_PER_CORE * cores
-    verdict = (
-        f"**disturbed (load average {max(before, after):.2f})**: the machine was shared "
-        "with other jobs during the run, so every time (and the Dice at each budget, which "
-        "depends on how many steps fitted) is provisional"
-        if busy
-        else "undisturbed"
-    )
-    return f"Load average (1 min) {before:.2f} before and {after:.2f} after the run: {verdict}."
 
 
 def _notes(res: dict) -> list[str]:
@@ -135,7 +134,6 @@ def _notes(res: dict) -> list[str]:
     wf = res.get("workflow")
     if wf:
         notes += _workflow_notes(wf)
-    notes.append(load_line(res))
     return notes
 
 
@@ -165,14 +163,15 @@ def transfer_markdown(res: dict) -> str:
         measured_on(res["versions"]),
         f"Data: {res['data']}; fold {res['fold']} for the budget, speed and inference rows; "
         f"the whole run took {res['total_min']:.1f} min.",
+        quiet_line(res),
         "",
-        f"| measure | medtl | {PEER} (from scratch) | medtl / nnU-Net | better |",
-        "|---|---|---|---|---|",
+        f"| measure | medtl | {PEER} (from scratch) | medtl / nnU-Net | better | {SPREAD} |",
+        "|---|---|---|---|---|---|",
     ]
     for r in transfer_rows(res):
         digits = 3 if "Dice" in r["measure"] else 2
         lines.append(
             f"| {r['measure']} | {fmt(r['medtl'], digits)} | {fmt(r['peer'], digits)} "
-            f"| {fmt(r['ratio'])} | {r['better']} |"
+            f"| {fmt(r['ratio'])} | {r['better']} | {spread_cell(r, digits)} |"
         )
     return "\n".join(lines + [""] + [f"- {n}" for n in _notes(res)]) + "\n"

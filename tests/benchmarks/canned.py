@@ -15,3 +15,15 @@ VERSIONS = {
     "torch (nnU-Net)": "2",
     "python": "3.11",
 }
+
+#: ``results["quiet"]`` of a quiet 40-minute run on 2 cores (:class:`bench_quiet.Quietness`).
+QUIET = {
+    "wall_s": 2400.0,
+    "cores": 2,
+    "machine_cpu_s": 4000.0,
+    "own_cpu_s": 3904.0,
+    "others_cpu_s": 96.0,
+    "others_share": 0.02,
+    "load_before": 0.3,
+    "load_after": 2.1,
+}

@@ -49,11 +49,12 @@ def test_run_timed_stops_a_command_when_asked() -> None:
 def test_median_timing() -> None:
     m = median_timing([Timing(1, 4, 10, 0), Timing(5, 2, 30, 0), Timing(2, 3, 20, 0)])
     assert (m["wall_s"], m["cpu_s"], m["peak_rss_mb"], m["repeats"]) == (2, 3, 20, 3)
+    assert m["walls"] == [1, 5, 2] and m["cpus"] == [4, 2, 3]  # the min–max column's values
 
 
 def _results() -> dict:
-    timing = {"wall_s": 4.0, "cpu_s": 3.0, "peak_rss_mb": 100.0}
-    peer = {"wall_s": 40.0, "cpu_s": 60.0, "peak_rss_mb": 1000.0}
+    timing = {"wall_s": 4.0, "cpu_s": 3.0, "peak_rss_mb": 100.0, "walls": [4.2, 3.9, 4.0]}
+    peer = {"wall_s": 40.0, "cpu_s": 60.0, "peak_rss_mb": 1000.0, "walls": [40.0, 45.0, 38.0]}
     infer = {
         "medtl": {"s_per_case": 0.2, "s_per_case_with_startup": 1.5, "startup_s": 9, "dice": 0.8},
         "nnunet": {"s_per_case": 0.3, "s_per_case_with_startup": 3.0, "startup_s": 18, "dice": 0.7},
@@ -166,6 +167,9 @@ def test_per_case_separates_the_start_up() -> None:
     assert t["s_per_case"] == pytest.approx((13.5 - 10) / 6)
     assert t["startup_s"] == pytest.approx(10 - (13.5 - 10) / 6)
     assert t["s_per_case_with_startup"] == pytest.approx(13.5 / 7)
+    # the min–max column: each repeat's own estimate, as far as both kinds of run go
+    assert t["s_per_case_runs"] == pytest.approx([(13 - 10) / 6])
+    assert t["startup_runs"] == pytest.approx([10 - 3 / 6])
 
 
 def test_identical_voxels_over_the_cases(tmp_path: Path) -> None:
@@ -202,3 +206,16 @@ def test_onnx_runtime_is_compared_with_pytorch_on_the_cpu(tmp_path: Path) -> Non
         "medtl_cpu",
         "onnxruntime",
     ]
+
+
+def test_timed_rows_give_min_and_max_over_repeats() -> None:
+    text = compare_nnunet.markdown(_results())
+    spread = "min–max over repeats (medtl; peer)"
+    assert f"| measure | medtl | peer | medtl / peer | better | target | met | {spread} |" in text
+    wall = "| preprocessing wall (s) | 4.00 | nnU-Net 40.00 | 0.10 | lower |"
+    assert f"{wall} ≤ 0.33 (≥ 3× faster) | yes | 3.90–4.20; 38.00–45.00 |" in text
+    # the canned CPU times have no per-repeat values (a run before they were kept)
+    assert "| preprocessing CPU (s) | 3.00 | nnU-Net 60.00 | 0.05 | lower |  |  | –; – |" in text
+    # a Dice is not a timing: no spread
+    assert "| Dice after 5 min of training: medtl finetune | 0.800 | nnU-Net 0.750 " in text
+    assert "| ≥ 1 (best arm, largest budget) | yes |  |" in text

@@ -21,7 +21,7 @@ from medtl.config import ModelConfig
 from medtl.models.networks import build_network, get_architecture
 from medtl.models.nnunet_networks import canonical_state, residual_encoder_unet
 from medtl.models.transfer import load_pretrained
-from tests.benchmarks.canned import VERSIONS
+from tests.benchmarks.canned import QUIET, VERSIONS
 
 FEATURES = [4, 8, 16]
 
@@ -101,8 +101,8 @@ def test_options_and_their_defaults() -> None:
     assert a.budgets == [5.0, 10.0] and a.nnunet_iters == 5
 
 
-def _results(load: float = 0.3) -> dict:
-    infer = {"s_per_case": 0.5, "startup_s": 10.0}
+def _results(others: float = 0.02) -> dict:
+    infer = {"s_per_case": 0.5, "startup_s": 10.0, "s_per_case_runs": [0.4, 0.5, 0.7]}
     return {
         "versions": VERSIONS,
         "data": "demo",
@@ -138,7 +138,7 @@ def _results(load: float = 0.3) -> dict:
             "scratch": {"dice": [0.5, 0.7], "steps_run": 300, "steps_planned": 320},
             "finetune": {"dice": [0.6, 0.8], "steps_run": 290, "steps_planned": 320},
         },
-        "inference": {"no_tta": {"medtl": infer, "nnunet": {**infer, "s_per_case": 1.0}}},
+        "inference": {"no_tta": {"medtl": infer, "nnunet": {"s_per_case": 1.0, "startup_s": 10.0}}},
         "workflow": {
             "wall_s": 600.0,
             "comparisons": [
@@ -155,8 +155,7 @@ def _results(load: float = 0.3) -> dict:
             ],
             "noise_floor": [],
         },
-        "load_before": load,
-        "load_after": load,
+        "quiet": {**QUIET, "others_share": others, "others_cpu_s": others * 2 * 2400},
     }
 
 
@@ -179,9 +178,22 @@ def test_markdown_says_scratch_peer_paired_comparison_and_load() -> None:
     assert "loaded 100 % of its encoder" in text
     assert "nnU-Net ran 2 of 2 planned epochs of 2 iterations" in text
     assert "saved at 163, 230 s after launch" in text
-    assert "undisturbed" in text
-    busy = transfer_markdown(_results(load=1.9))
-    assert "**disturbed (load average 1.90)**" in busy
+    assert (
+        "(2.0 % of 2 cores over 40.0 min); load average (1 min) 0.30 before the start: quiet."
+        in text
+    )
+    busy = transfer_markdown(_results(others=0.3))
+    assert "**disturbed (others used 30.0 % of the CPU)**" in busy
+
+
+def test_timed_rows_give_min_and_max_over_repeats() -> None:
+    text = transfer_markdown(_results())
+    # medtl's three repeats; nnU-Net's results hold no per-repeat values (an older run)
+    assert (
+        "| inference s/case after start-up, TTA off | 0.50 | 1.00 | 0.50 | lower | 0.40–0.70; – |"
+        in text
+    )
+    assert "| parameters (millions) | 25.90 | 25.80 | 1.00 |  |  |" in text  # not a timing
 
 
 def test_docs_markers_are_replaced_and_added(tmp_path: Path) -> None:
@@ -195,3 +207,14 @@ def test_docs_markers_are_replaced_and_added(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "first" not in text and "second" in text and text.count(HEADING) == 1
     assert "nnU-Net table" in text and text.split(END)[1].strip() == "more prose"
+
+
+def test_a_disturbed_run_is_not_written_into_the_docs(tmp_path: Path, capsys) -> None:
+    doc, res = tmp_path / "benchmarks.md", tmp_path / "results.json"
+    doc.write_text(f"# Benchmarks\n\n{START}\nold\n{END}\n")
+    res.write_text(json.dumps(_results(others=0.3)))
+    assert compare_transfer.main(["--from-json", str(res), "--out", str(doc)]) == 3
+    assert "\nold\n" in doc.read_text() and "--allow-disturbed" in capsys.readouterr().err
+    assert compare_transfer.main(["--from-json", str(res), "--out", str(doc),
+                                  "--allow-disturbed"]) == 0  # fmt: skip
+    assert "**disturbed (others used 30.0 % of the CPU)**" in doc.read_text()
