@@ -285,7 +285,10 @@ def shift_source():
 
     Supervised pretraining (no pretrain.checkpoint): its source set. Self-supervised with
     use_source: the source part of its pool (the target part is the target itself). An
-    external checkpoint: its images are not here, so only the metadata is compared."""
+    external checkpoint: its images are not here, so only the metadata is compared. None
+    without a pretrained arm too (no shift stage)."""
+    if not shift_encoder():
+        return None
     weights, init = shift_encoder()
     own = "results/pretrain/source/manifest.tsv"
     if init == "pretrained" and not config["pretrain"]["checkpoint"]:
