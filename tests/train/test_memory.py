@@ -69,8 +69,8 @@ def test_validation_out_of_memory_names_sw_batch_size(tmp_path: Path) -> None:
 
 
 def test_ssl_pretraining_out_of_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def build(cfg, cin, cout):
-        net = build_network(cfg, cin, cout)
+    def build(cfg, cin, cout, patch_size=None):
+        net = build_network(cfg, cin, cout, patch_size)
         return _failing(net, "train", torch.cuda.OutOfMemoryError(OOM))
 
     monkeypatch.setattr(pretext_module, "build_network", build)
