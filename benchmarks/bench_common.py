@@ -143,6 +143,12 @@ def bench_parser(
     )
     ap.add_argument("--nnunet-device", default="cpu", help="cpu or cuda for nnU-Net")
     ap.add_argument(
+        "--medtl-window",
+        default="image",
+        help="medtl predict --window in the inference rows: patch (the training patch, as "
+        "nnU-Net predicts), image (one window over a small case; default) or x,y,z",
+    )
+    ap.add_argument(
         "--busy-threshold",
         type=float,
         default=BUSY_SHARE,
@@ -159,8 +165,10 @@ def bench_parser(
     ap.add_argument(
         "--only",
         default=only,
-        help=f"parts to run, comma-separated (later parts need earlier ones; default {only})",
+        help=f"parts to run, comma-separated (later parts need earlier ones; default {only}); "
+        "a partial run prints its table and leaves the docs as they are",
     )
+    ap.set_defaults(all_parts=only)
     return ap
 
 

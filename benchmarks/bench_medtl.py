@@ -323,6 +323,7 @@ def medtl_predict_cmd(
     """``medtl predict`` of a case sheet with one engine (``torch`` or ``onnxruntime``)."""
     cmd = [*b.medtl, "predict", sheet, "--model", model, "--arm", arm, "--out", out]
     cmd += ["--engine", engine, "--device", device, "--threads", b.threads]
+    cmd += ["--window", getattr(b.args, "medtl_window", "patch")]
     return cmd + ["--quiet", "--tta" if tta else "--no-tta"]
 
 
@@ -456,7 +457,7 @@ def inference(
     model, sheets, inputs = inference_inputs(b, d, test_cases, best_arm)
     last = f"checkpoint_mark{len(b.args.budgets) - 1}.pth"
     names = {c: nnunet_case_id(c) for c in test_cases}
-    out: dict = {"cases": n, "medtl_arm": best_arm}
+    out: dict = {"cases": n, "medtl_arm": best_arm, "window": b.args.medtl_window}
     onnx_dir = None
     if onnx:
         onnx_dir, export_timing = export_onnx(b, model, best_arm)

@@ -294,6 +294,11 @@ def markdown(res: dict) -> str:
             + "; ".join(parts)
             + f"; {bud['test_cases']} held-out cases."
         )
+    if res.get("inference", {}).get("window"):
+        extra.append(
+            f"medtl predicted with `--window {res['inference']['window']}` "
+            "(docs/configuration.md); nnU-Net with its planned patch."
+        )
     if res.get("inference", {}).get("onnx"):
         extra.append(_onnx_note(res["inference"]["onnx"]))
     if res.get("pretrain", {}).get("timing"):
@@ -353,16 +358,34 @@ def write_doc(path: Path, body: str, start: str = START, end: str = END, heading
     os.replace(tmp, path)
 
 
+def partial_run(args) -> str:
+    """The parts a ``--only`` run left out, comma-separated; empty for a full run.
+
+    The docs table is only ever the output of one full run: a partial one prints its
+    table and leaves the docs alone. ``--from-json`` rewrites from a saved run as it was.
+    """
+    every = getattr(args, "all_parts", None)
+    if not every or getattr(args, "from_json", None):
+        return ""
+    wanted = {p.strip() for p in every.split(",")}
+    return ", ".join(sorted(wanted - set(args.only)))
+
+
 def publish(res: dict, render: Callable[[dict], str], args, **markers: str) -> int:
     """Print the table of ``res`` and write it into ``args.out`` unless :func:`refusal`
     objects and ``args.allow_disturbed`` is not set; the exit status (3: refused).
 
-    ``markers``: ``write_doc``'s ``start``, ``end`` and ``heading`` (default: ``make
-    bench``'s). Call it after ``results.json`` is saved: a refused run keeps its numbers.
+    A partial run (:func:`partial_run`) only prints. ``markers``: ``write_doc``'s
+    ``start``, ``end`` and ``heading`` (default: ``make bench``'s). Call it after
+    ``results.json`` is saved: a refused run keeps its numbers.
     """
     res["busy_threshold"] = args.busy_threshold
     body = render(res)
     print("\n" + body)
+    skipped = partial_run(args)
+    if skipped:
+        print(f"{args.out} not written: a partial run (--only leaves out {skipped}).")
+        return 0
     why = refusal(res, args.busy_threshold)
     if why and not args.allow_disturbed:
         print(f"{args.out} not written: {why}.", file=sys.stderr)

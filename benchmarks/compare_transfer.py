@@ -76,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         budgets="2,4",
         probe_steps=4,
         only=PARTS,
-        repeats=1,
-        infer_repeats=1,
+        repeats=3,
+        infer_repeats=3,
     )
     ap.add_argument(
         "--planner", default="nnUNetPlannerResEncM", help="nnU-Net's planner (its ResEnc M)"

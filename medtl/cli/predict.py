@@ -117,6 +117,14 @@ def predict(
         bool,
         typer.Option(help="Test-time augmentation: average the 8 mirrored predictions."),
     ] = False,
+    window: Annotated[
+        str,
+        typer.Option(
+            help="Sliding-window size: patch (the training patch), image (one window over "
+            "a small case, up to 8x the patch's voxels; larger cases use the patch) or "
+            "x,y,z. Fewer windows, less time: docs/benchmarks.md."
+        ),
+    ] = "patch",
     format: Annotated[
         str,
         typer.Option(
@@ -147,7 +155,7 @@ def predict(
 
     Example: `medtl predict scans/ --model results --out masks/ --format nifti,seg`
     """
-    from medtl.config import PredictConfig, check_device_name
+    from medtl.config import PredictConfig, check_device_name, window_setting
     from medtl.predict.maps import MapRequest
     from medtl.predict.run import predict_new
 
@@ -157,7 +165,7 @@ def predict(
         model,
         out,
         arm,
-        PredictConfig(overlap=overlap, tta=tta),
+        PredictConfig(overlap=overlap, tta=tta, window=window_setting(window)),
         check_device_name(device, "--device"),
         progress=not quiet,
         formats=tuple(f.strip() for f in format.split(",") if f.strip()),

@@ -25,6 +25,7 @@ from medtl.config.choices import (
     SPACING_MODES,
     check_choice,
     check_device_name,
+    window_setting,
 )
 from medtl.config.parse import load_json_arg, parse_section, to_dict
 from medtl.config.records import (
@@ -84,6 +85,7 @@ __all__ = [
     "TrainConfig",
     "check_choice",
     "check_device_name",
+    "window_setting",
     "load_json_arg",
     "load_schema",
     "parse_section",

@@ -36,6 +36,8 @@ SPACING_MODES = ("auto", "like_pretrained")
 
 #: Blending of overlapping sliding windows (``predict.mode``).
 BLEND_MODES = ("gaussian", "constant")
+#: predict.window as a word: the training patch, or one window over the whole case.
+WINDOW_MODES = ("patch", "image")
 
 #: Conventions for the Dice of an empty reference and an empty prediction.
 EMPTY_DICE = ("one", "nan")
@@ -69,3 +71,22 @@ def check_device_name(name: str, where: str = "device") -> str:
     if index is not None and index.isdigit():
         return name
     return check_choice(name, DEVICES, where)
+
+
+def window_setting(text: str, where: str = "--window") -> str | tuple[int, int, int]:
+    """``--window`` as ``predict.window``: ``patch``, ``image`` or ``x,y,z`` (three sides).
+
+    Example:
+        >>> window_setting("image"), window_setting("64,64,32")
+        ('image', (64, 64, 32))
+    """
+    text = text.strip()
+    if text in WINDOW_MODES:
+        return text
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) == 3 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    raise ConfigError(
+        f"{where}: got {text!r}; expected patch, image or three positive sides x,y,z. "
+        "How to fix: e.g. --window image or --window 64,64,32"
+    )

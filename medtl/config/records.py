@@ -17,6 +17,7 @@ from medtl.config.choices import (
     NORMALIZATIONS,
     POSTPROCESS_CANDIDATES,
     SPACING_MODES,
+    WINDOW_MODES,
     check_choice,
 )
 from medtl.kernel.errors import ConfigError
@@ -193,6 +194,11 @@ class PredictConfig:
             summed in float32); ignored on the CPU.
         channels_last: on a CUDA device, run the network in the ``channels_last_3d``
             memory format; ignored on the CPU.
+        window: the sliding window's size: ``patch`` (the training patch), ``image`` (one
+            window over the whole case, each side rounded up to a size the network takes,
+            where that is at most 8 times the patch's voxels; larger cases use the patch)
+            or three sides ``[x, y, z]``. Convolutional networks take any such size;
+            ``primus`` is built for its training patch and always uses it.
     """
 
     overlap: float = 0.5
@@ -201,9 +207,17 @@ class PredictConfig:
     tta: bool = False
     amp: bool = True
     channels_last: bool = False
+    window: str | tuple[int, int, int] = "patch"
 
     def __post_init__(self) -> None:
         check_choice(self.mode, BLEND_MODES, "predict.mode")
+        if isinstance(self.window, str):
+            check_choice(self.window, WINDOW_MODES, "predict.window")
+        elif len(self.window) != 3 or any(int(side) < 1 for side in self.window):
+            raise ConfigError(
+                f"config key 'predict.window': got {list(self.window)}; expected patch, "
+                "image or three positive sides [x, y, z]. How to fix: e.g. window: image"
+            )
 
 
 @dataclass(frozen=True)

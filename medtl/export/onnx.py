@@ -29,7 +29,7 @@ from medtl.io.outputs import check_separate, fresh_folder
 from medtl.kernel.errors import InputError
 from medtl.kernel.files import atomic_write_text, sha256_file
 from medtl.layout import TrainedRun, plan_file, runs_of_arm
-from medtl.models.networks import get_architecture
+from medtl.models.networks import input_multiple
 from medtl.models.onnx_model import (
     FORMAT,
     FORMAT_VERSION,
@@ -132,10 +132,8 @@ def write_onnx(model: torch.nn.Module, channels: int, patch: list[int], path: Pa
 
 
 def _divisor(model_cfg: dict) -> int:
-    """The factor every spatial side of an input must be a multiple of."""
-    cfg = parse_section(ModelConfig, model_cfg, "model")
-    arch = get_architecture(cfg.name)
-    return arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
+    """The factor every spatial side of an input must be a multiple of (0: the patch only)."""
+    return input_multiple(parse_section(ModelConfig, model_cfg, "model"))
 
 
 def _manifest(
@@ -169,10 +167,14 @@ def _manifest(
             "name": INPUT_NAME,
             "dtype": "float32",
             "shape": ["batch", "channels", "x", "y", "z"],
-            "rule": f"x, y and z multiples of {divisor}; medtl feeds windows of {patch}",
+            "rule": (
+                f"x, y and z multiples of {divisor}; medtl feeds windows of {patch}"
+                if divisor
+                else f"x, y and z exactly {patch}, the training patch the network is built for"
+            ),
         },
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "softmax_axis": 1},
-        "predict": {k: settings[k] for k in ("overlap", "mode", "tta", "sw_batch_size")},
+        "predict": {k: settings[k] for k in ("overlap", "mode", "tta", "sw_batch_size", "window")},
         "postprocess": decision,
         "calibration": calibration,
         "members": members,

@@ -326,6 +326,23 @@ def build_network(
     return arch.build(cfg, in_channels, out_channels, tuple(int(p) for p in patch_size))
 
 
+def input_multiple(cfg: ModelConfig) -> int:
+    """What every side of the network's input must be a multiple of; 0: only the patch.
+
+    Convolutional networks take any input whose sides are multiples of their
+    downsampling factor; a network built for one input shape (``primus``) takes only the
+    training patch, which 0 says.
+
+    Example:
+        >>> input_multiple(ModelConfig()), input_multiple(ModelConfig(name="primus"))
+        (16, 0)
+    """
+    arch = get_architecture(cfg.name)
+    if arch.input_sized:
+        return 0
+    return arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
+
+
 def patch_problem(cfg: ModelConfig, patch_size: tuple[int, ...] | list[int]) -> str | None:
     """What is wrong with a patch for the configured network, or None if it fits.
 

@@ -63,6 +63,7 @@ class OnnxExport:
     postprocess: dict | None
     predict: dict[str, Any] = field(default_factory=dict)
     calibration: dict | None = None
+    divisor: int = 0
 
 
 def is_onnx_export(folder: Path) -> bool:
@@ -115,6 +116,7 @@ def load_onnx_export(folder: Path, seeds: list[int] | None = None) -> OnnxExport
         postprocess=data.get("postprocess"),
         predict=data.get("predict") or {},
         calibration=data.get("calibration"),
+        divisor=int(data.get("divisor") or 0),
     )
 
 

@@ -12,7 +12,7 @@ import torch
 
 from medtl.config import ModelConfig, parse_section
 from medtl.kernel.errors import InputError
-from medtl.models.networks import build_network
+from medtl.models.networks import build_network, input_multiple
 from medtl.models.nnunet_networks import complete_state
 from medtl.models.safe_read import WeightsFileError, safe_load
 
@@ -69,3 +69,14 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
         raise error from None
     model.to(device).eval()
     return model, payload
+
+
+def checkpoint_multiple(payload: dict) -> int:
+    """What every input side of a loaded checkpoint's network must be a multiple of.
+
+    0 when the network takes only its training patch (``primus``) or the payload names
+    no network; see :func:`medtl.models.networks.input_multiple`.
+    """
+    if not isinstance(payload.get("model"), dict):
+        return 0
+    return input_multiple(parse_section(ModelConfig, payload["model"], "model"))

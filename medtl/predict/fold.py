@@ -35,7 +35,7 @@ from medtl.layout import (
     CV_CASE_SCORES,
     CV_PREDICTION_RECORD,
 )
-from medtl.models.trained import load_model
+from medtl.models.trained import checkpoint_multiple, load_model
 from medtl.predict.inference import predict_probabilities, write_mask
 from medtl.predict.uncertainty import UncertaintyAccumulator
 from medtl.preprocess.case import PreprocessedCase, load_case
@@ -65,6 +65,7 @@ def predict_fold(
     device = torch_device(device_name)
     checkpoint = Path(run_dir) / BEST_CHECKPOINT
     model, payload = load_model(checkpoint, device)
+    patch, multiple = payload["patch_size"], checkpoint_multiple(payload)
     out = Path(out)
     written, rows, sample = [], [], _Sample()
     cases = fold_cases(load_folds(folds_path), fold, "test")
@@ -76,7 +77,7 @@ def predict_fold(
         start = time.perf_counter()
         accumulator = UncertaintyAccumulator()
         probs = predict_probabilities(
-            [model], case, payload["patch_size"], cfg, device, observer=accumulator
+            [model], case, patch, cfg, device, observer=accumulator, multiple=multiple
         )
         write_mask(probs, case, path, None)
         row = {"case": case_id, "seconds": time.perf_counter() - start}

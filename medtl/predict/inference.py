@@ -18,6 +18,7 @@ from medtl.io.volume import Volume, spacing_of
 from medtl.kernel.device import gpu_predictor, out_of_memory_hint
 from medtl.kernel.files import atomic_write
 from medtl.postprocess.components import apply_postprocessing
+from medtl.predict.window import prediction_window
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 from medtl.preprocess.plan import Plan
 from medtl.trust.decision import TrustRule
@@ -36,6 +37,8 @@ class Ensemble:
         decision: the post-processing to apply, or None.
         device: where the networks run.
         trust: the arm's temperature and flag rule (``results/trust/<arm>.json``), or None.
+        multiple: what every side of the networks' input must be a multiple of (0: they
+            take only ``patch_size``); ``predict.window`` needs it.
     """
 
     arm: str
@@ -46,6 +49,7 @@ class Ensemble:
     decision: dict | None
     device: torch.device
     trust: TrustRule | None = None
+    multiple: int = 0
 
     @property
     def classes(self) -> dict[int, str]:
@@ -146,6 +150,7 @@ def predict_probabilities(
     cfg: PredictConfig,
     device: torch.device,
     observer: Callable[[torch.Tensor], None] | None = None,
+    multiple: int = 0,
 ) -> torch.Tensor:
     """Mean softmax probabilities of ``models`` over a whole case (sliding window).
 
@@ -159,6 +164,11 @@ def predict_probabilities(
     On a CUDA device ``cfg.amp`` runs the network in bfloat16 autocast (windows are
     stitched and probabilities summed in float32) and ``cfg.channels_last`` in the
     ``channels_last_3d`` memory format; on the CPU both are ignored.
+
+    The window is ``cfg.window`` resolved for the case by
+    :func:`medtl.predict.window.prediction_window`: the patch, or with ``image`` one
+    window over a small case (``multiple`` > 0: the networks take inputs whose sides are
+    multiples of it).
 
     Args:
         observer: called with each member's float32 ``(classes, x, y, z)`` probabilities
@@ -174,18 +184,20 @@ def predict_probabilities(
     """
     image = torch.from_numpy(case.image)[None].to(device)
     flips = mirror_axes(cfg.tta)
-    windows = window_count(image.shape[2:], patch_size, cfg.overlap)
+    roi = prediction_window(image.shape[2:], patch_size, cfg.window, multiple)
+    windows = window_count(image.shape[2:], roi, cfg.overlap)
     stack = mirror_batch(len(flips), windows, cfg.sw_batch_size)
     groups = [flips[i : i + stack] for i in range(0, len(flips), stack)]
     total = None
-    with torch.no_grad(), out_of_memory_hint("prediction", *inference_hint(cfg, patch_size)):
+    hint = inference_hint(cfg, patch_size, roi)
+    with torch.no_grad(), out_of_memory_hint("prediction", *hint):
         for model in models:
             predictor = gpu_predictor(model, device, amp=cfg.amp, layout=cfg.channels_last)
             for group in groups:
                 copies = [image.flip(dims) if dims else image for dims in group]
                 logits = sliding_window_inference(
                     torch.cat(copies) if len(copies) > 1 else copies[0],
-                    roi_size=list(patch_size),
+                    roi_size=roi,
                     sw_batch_size=cfg.sw_batch_size,
                     predictor=predictor,
                     overlap=cfg.overlap,
@@ -207,7 +219,9 @@ def predict_probabilities(
     return (total / (len(models) * len(flips))).cpu()
 
 
-def inference_hint(cfg: PredictConfig, patch_size: Sequence[int]) -> tuple[dict, str]:
+def inference_hint(
+    cfg: PredictConfig, patch_size: Sequence[int], window: Sequence[int] | None = None
+) -> tuple[dict, str]:
     """Settings and advice for a sliding-window prediction that ran out of memory.
 
     The peak memory is set by ``sw_batch_size`` windows of the model's patch (fixed when
@@ -225,6 +239,8 @@ def inference_hint(cfg: PredictConfig, patch_size: Sequence[int]) -> tuple[dict,
         "predict.tta": cfg.tta,
         "patch (from training)": list(patch_size),
     }
+    if window is not None and list(window) != list(patch_size):
+        settings["predict.window"] = list(window)
     example = f", e.g. to {max(1, cfg.sw_batch_size // 2)}" if cfg.sw_batch_size > 1 else ""
     fix = (
         f"lower predict.sw_batch_size (windows run at once{example}); predict.overlap and "
@@ -256,10 +272,12 @@ def segment_case(
     out: Path,
     *,
     postprocess: dict | None = None,
+    multiple: int = 0,
 ) -> np.ndarray:
     """Segment one preprocessed case and write the mask in the original image space.
 
     Args:
+        multiple: as :func:`predict_probabilities` (for ``cfg.window``).
         postprocess: a post-processing decision (``results/postprocess/{arm}.json``, see
             :mod:`medtl.postprocess.choose`) applied to the labels on the original grid
             before they are saved; None applies nothing (cross-validation predictions,
@@ -268,7 +286,7 @@ def segment_case(
     Returns:
         The labels written (uint8, original grid).
     """
-    probs = predict_probabilities(models, case, patch_size, cfg, device)
+    probs = predict_probabilities(models, case, patch_size, cfg, device, multiple=multiple)
     return write_mask(probs, case, out, postprocess)
 
 

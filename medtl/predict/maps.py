@@ -73,6 +73,7 @@ def segment_case_with_maps(
     postprocess: dict | None = None,
     listed: Path | None = None,
     temperature: float = 1.0,
+    multiple: int = 0,
 ) -> tuple[np.ndarray, dict[str, object]]:
     """As :func:`medtl.predict.inference.segment_case`, plus the maps ``request`` asks for.
 
@@ -85,6 +86,7 @@ def segment_case_with_maps(
         listed: the folder the table names the maps in (the final output folder when
             ``mask`` is written into a staging folder); default ``mask``'s folder.
         temperature: the arm's calibration, applied to the probabilities written.
+        multiple: as :func:`medtl.predict.inference.predict_probabilities`.
 
     Returns:
         The labels written (uint8, original grid) and the table columns: each map's
@@ -92,7 +94,9 @@ def segment_case_with_maps(
         ``mean_mutual_info``, ``agreement_dice``, ``volume_cv``).
     """
     accumulator = UncertaintyAccumulator() if request.uncertainty or request.scores else None
-    probs = predict_probabilities(models, case, patch_size, cfg, device, observer=accumulator)
+    probs = predict_probabilities(
+        models, case, patch_size, cfg, device, observer=accumulator, multiple=multiple
+    )
     labels = write_mask(probs, case, mask, postprocess)
     stem = mask.name.removesuffix(".nii.gz")
     listed = Path(listed) if listed is not None else mask.parent

@@ -83,4 +83,5 @@ def onnx_ensemble(
         decision=export.postprocess if postprocess else None,
         device=torch.device("cpu"),
         trust=TrustRule.from_dict(export.calibration) if export.calibration else None,
+        multiple=export.divisor,
     )

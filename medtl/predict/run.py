@@ -26,7 +26,7 @@ from medtl.layout import (
     runs_of_arm,
     trained_runs,
 )
-from medtl.models.trained import load_model
+from medtl.models.trained import checkpoint_multiple, load_model
 from medtl.postprocess.choose import decision_path, describe_decision, load_decision
 from medtl.predict.inference import Ensemble, segment_case
 from medtl.predict.maps import MapRequest, segment_case_with_maps
@@ -270,7 +270,8 @@ def _load_ensemble(
     models = [m for m, _ in loaded]
     patch = loaded[0][1]["patch_size"]
     trust = load_trust(results, arm)
-    return Ensemble(arm, plan, members, models, patch, decision, device, trust)
+    multiple = checkpoint_multiple(loaded[0][1])
+    return Ensemble(arm, plan, members, models, patch, decision, device, trust, multiple)
 
 
 def _segment(
@@ -289,7 +290,14 @@ def _segment(
     trust = ens.trust
     if trust is None and (maps is None or not maps.wanted):
         labels = segment_case(
-            ens.models, case, ens.patch_size, cfg, ens.device, path, postprocess=ens.decision
+            ens.models,
+            case,
+            ens.patch_size,
+            cfg,
+            ens.device,
+            path,
+            postprocess=ens.decision,
+            multiple=ens.multiple,
         )
         return labels, {}
     if trust is not None:
@@ -305,6 +313,7 @@ def _segment(
         postprocess=ens.decision,
         listed=listed,
         temperature=trust.temperature if trust is not None else 1.0,
+        multiple=ens.multiple,
     )
     if trust is not None:
         risk, flag = trust.risk_and_flag(columns)

@@ -12,6 +12,7 @@ from pathlib import Path
 import compare_nnunet  # benchmarks/, on the path by pyproject.toml's pytest settings
 import pytest
 from bench_quiet import LOAD_PER_CORE, QuietSampler, is_quiet
+from bench_table import markdown, partial_run, publish
 
 from tests.benchmarks.canned import QUIET, VERSIONS
 
@@ -122,3 +123,18 @@ def test_results_without_a_quietness_record_need_allow_disturbed(tmp_path: Path,
     assert "Quietness not measured: a run before the harness sampled it (load average 2.20 " in (
         doc.read_text()
     )
+
+
+def test_a_partial_run_prints_its_table_and_leaves_the_docs(tmp_path: Path, capsys) -> None:
+    """The docs table is only ever the output of one full run: ``--only`` prints only."""
+    doc = _doc(tmp_path)
+    before = doc.read_text()
+    args = compare_nnunet.parse_args(["--only", "dicom", "--out", str(doc)])
+    assert publish(_nnunet_results(0.02), markdown, args) == 0
+    assert doc.read_text() == before
+    out = capsys.readouterr().out
+    assert "| DICOM → NIfTI wall (s)" in out
+    assert "not written: a partial run (--only leaves out budgets, inference, preprocess, " in out
+    full = compare_nnunet.parse_args(["--out", str(doc)])
+    assert partial_run(full) == "" and publish(_nnunet_results(0.02), markdown, full) == 0
+    assert doc.read_text() != before

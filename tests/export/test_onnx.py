@@ -128,7 +128,7 @@ def test_manifest_describes_the_ensemble(exported):
     assert manifest["patch_size"] == PATCH and manifest["divisor"] == 16
     assert manifest["classes"] == {"1": "blob"} and manifest["plan"]["normalization"] == "zscore"
     assert manifest["predict"] == {"overlap": 0.5, "mode": "gaussian", "tta": False,
-                                   "sw_batch_size": 4}  # fmt: skip
+                                   "sw_batch_size": 4, "window": "patch"}  # fmt: skip
     assert manifest["calibration"] is None and manifest["postprocess"] is None
     assert set(manifest["versions"]) == {"medtl", "torch", "onnx", "onnx_opset"}
 

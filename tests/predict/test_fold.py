@@ -64,7 +64,9 @@ def fold_run(tmp_path, monkeypatch) -> dict[str, Path]:
     run.mkdir()
     (run / "best.pt").write_bytes(b"x" * 1234)
     monkeypatch.setattr(
-        fold_module, "load_model", lambda path, device: (_model(), {"patch_size": [8, 8, 8]})
+        fold_module,
+        "load_model",
+        lambda path, device: (_model(), {"patch_size": [8, 8, 8], "model": {}}),
     )
     return {"cases": cases, "folds": folds, "run": run, "out": tmp_path / "out"}
 

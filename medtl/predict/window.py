@@ -1,0 +1,76 @@
+"""The sliding window's size for one case: the training patch, the whole case, or given.
+
+A convolutional network trained on patches takes any input whose sides are multiples of
+its downsampling factor, so a small case can run as one window instead of several
+overlapping ones (``predict.window: image``): the demo's 48 × 48 × 24 cases take 8
+windows of the 32 × 32 × 16 patch, each voxel computed up to 8 times, or one window of
+48 × 48 × 32. :func:`prediction_window` decides; it needs no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from medtl.kernel.errors import ConfigError
+
+#: ``image`` uses one window over the case while it has at most this many times the
+#: patch's voxels; a larger case (a CT volume) would need gigabytes for its activations
+#: and runs with the patch.
+IMAGE_WINDOW_CAP = 8
+
+
+def prediction_window(
+    image_shape: Sequence[int],
+    patch: Sequence[int],
+    window: str | Sequence[int],
+    multiple: int,
+) -> list[int]:
+    """The window to slide over a case of ``image_shape`` (spatial sides).
+
+    Args:
+        image_shape: the case's spatial shape on the preprocessed grid.
+        patch: the training patch.
+        window: ``predict.window``: ``patch``, ``image`` or three sides.
+        multiple: what every side of the network's input must be a multiple of; 0 when
+            the network takes only its patch (``primus``).
+
+    Raises:
+        ConfigError: three sides that the network cannot take.
+
+    Example:
+        >>> prediction_window((48, 48, 24), (32, 32, 16), "image", 16)
+        [48, 48, 32]
+        >>> prediction_window((48, 48, 24), (32, 32, 16), "patch", 16)
+        [32, 32, 16]
+        >>> prediction_window((512, 512, 120), (32, 32, 16), "image", 16)  # too large
+        [32, 32, 16]
+        >>> prediction_window((48, 48, 24), (32, 32, 16), "image", 0)  # primus
+        [32, 32, 16]
+    """
+    patch = [int(p) for p in patch]
+    if window == "patch":
+        return patch
+    if window == "image":
+        if multiple <= 0:
+            return patch
+        sides = [
+            max(p, math.ceil(s / multiple) * multiple)
+            for s, p in zip(image_shape, patch, strict=True)
+        ]
+        return sides if math.prod(sides) <= IMAGE_WINDOW_CAP * math.prod(patch) else patch
+    sides = [int(w) for w in window]
+    if sides == patch:
+        return sides
+    if multiple <= 0:
+        raise ConfigError(
+            f"predict.window: got {sides}; this network is built for its training patch "
+            f"{patch} and takes no other window. How to fix: window: patch"
+        )
+    if any(s % multiple for s in sides):
+        fixed = [max(multiple, round(s / multiple) * multiple) for s in sides]
+        raise ConfigError(
+            f"predict.window: got {sides}; the network needs every side to be a multiple "
+            f"of {multiple}. How to fix: use e.g. {fixed}, or window: image"
+        )
+    return sides

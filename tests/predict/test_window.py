@@ -1,0 +1,99 @@
+"""The sliding window's size (predict.window): the patch, one window over a small case, or given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medtl.config import ModelConfig, PredictConfig, parse_section, window_setting
+from medtl.kernel.errors import ConfigError
+from medtl.models.networks import build_network, input_multiple
+from medtl.predict.inference import predict_probabilities
+from medtl.predict.window import IMAGE_WINDOW_CAP, prediction_window
+from medtl.preprocess.case import PreprocessedCase
+
+PATCH = (32, 32, 16)
+CPU = torch.device("cpu")
+
+
+class Recorder(torch.nn.Module):
+    """A network that records the shape of every batch of windows it is given."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.shapes = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape))
+        return self.net(x)
+
+
+def _case(shape=(48, 48, 24)) -> PreprocessedCase:
+    rng = np.random.default_rng(0)
+    return PreprocessedCase(rng.normal(size=(1, *shape)).astype(np.float32), None, {})
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2).eval()
+
+
+def test_image_covers_a_small_case_with_sides_the_network_takes() -> None:
+    assert prediction_window((48, 48, 24), PATCH, "image", 16) == [48, 48, 32]
+    assert prediction_window((20, 40, 8), PATCH, "image", 16) == [32, 48, 16]  # never < patch
+    assert prediction_window((48, 48, 24), PATCH, "patch", 16) == list(PATCH)
+
+
+def test_image_keeps_the_patch_for_a_large_case_or_a_patch_only_network() -> None:
+    sides = 64 * 64 * 32  # 8x the patch's voxels: the largest one window
+    assert sides == IMAGE_WINDOW_CAP * 32 * 32 * 16
+    assert prediction_window((64, 64, 32), PATCH, "image", 16) == [64, 64, 32]
+    assert prediction_window((64, 64, 33), PATCH, "image", 16) == list(PATCH)
+    assert prediction_window((48, 48, 24), PATCH, "image", 0) == list(PATCH)
+    assert input_multiple(ModelConfig(name="primus")) == 0
+
+
+def test_given_sides_must_fit_the_network() -> None:
+    assert prediction_window((99, 99, 99), PATCH, (64, 64, 32), 16) == [64, 64, 32]
+    with pytest.raises(ConfigError, match=r"multiple of 16. How to fix: use e.g. \[48, 48, 32\]"):
+        prediction_window((99, 99, 99), PATCH, (50, 50, 30), 16)
+    with pytest.raises(ConfigError, match="built for its training patch"):
+        prediction_window((99, 99, 99), PATCH, (64, 64, 32), 0)
+    assert prediction_window((99, 99, 99), PATCH, PATCH, 0) == list(PATCH)
+
+
+def test_one_window_per_mirrored_copy_instead_of_eight_patches() -> None:
+    case, net = _case(), _net()
+    by_patch, whole = Recorder(net), Recorder(net)
+    cfg = PredictConfig(tta=True, sw_batch_size=4)
+    a = predict_probabilities([by_patch], case, PATCH, cfg, CPU, multiple=16)
+    b = predict_probabilities(
+        [whole], case, PATCH, PredictConfig(tta=True, sw_batch_size=4, window="image"), CPU,
+        multiple=16,
+    )  # fmt: skip
+    # 8 windows of the patch for each of the 8 mirrored copies, 4 windows a batch ...
+    assert by_patch.shapes == [(4, 1, *PATCH)] * 16
+    # ... against the 8 copies stacked 4 at a time, each one window padded to 48 x 48 x 32.
+    assert whole.shapes == [(4, 1, 48, 48, 32)] * 2
+    assert a.shape == b.shape == (2, 48, 48, 24)
+    for probs in (a, b):
+        assert torch.allclose(probs.sum(0), torch.ones(48, 48, 24), atol=1e-5)
+
+
+def test_without_a_multiple_the_patch_is_used() -> None:
+    rec = Recorder(_net())
+    predict_probabilities([rec], _case(), PATCH, PredictConfig(window="image"), CPU)
+    assert {s[2:] for s in rec.shapes} == {PATCH}
+
+
+def test_the_setting_in_config_and_on_the_command_line() -> None:
+    assert parse_section(PredictConfig, {"window": "image"}, "predict").window == "image"
+    assert parse_section(PredictConfig, {"window": [64, 64, 32]}, "predict").window == (64, 64, 32)
+    with pytest.raises(ConfigError, match="predict.window"):
+        parse_section(PredictConfig, {"window": "whole"}, "predict")
+    with pytest.raises(ConfigError, match="predict.window"):
+        PredictConfig(window=(64, 0, 32))
+    assert window_setting("64, 64, 32") == (64, 64, 32) and window_setting("patch") == "patch"
+    with pytest.raises(ConfigError, match="--window: got '64,64'"):
+        window_setting("64,64")
