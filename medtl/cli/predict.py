@@ -120,9 +120,10 @@ def predict(
     window: Annotated[
         str,
         typer.Option(
-            help="Sliding-window size: patch (the training patch), image (one window over "
-            "a small case, up to 8x the patch's voxels; larger cases use the patch) or "
-            "x,y,z. Fewer windows, less time: docs/benchmarks.md."
+            help="Sliding-window size: patch (the training patch), image (per axis the "
+            "largest size the network takes that fits in the case, never below the patch, "
+            "up to 8x its voxels: fewer windows for small cases) or x,y,z. See "
+            "docs/configuration.md."
         ),
     ] = "patch",
     format: Annotated[

@@ -167,7 +167,7 @@ def predict_probabilities(
 
     The window is ``cfg.window`` resolved for the case by
     :func:`medtl.predict.window.prediction_window`: the patch, or with ``image`` one
-    window over a small case (``multiple`` > 0: the networks take inputs whose sides are
+    larger window that fits a small case (``multiple`` > 0: the networks take inputs whose sides are
     multiples of it).
 
     Args:

@@ -1,10 +1,12 @@
 """The sliding window's size for one case: the training patch, the whole case, or given.
 
 A convolutional network trained on patches takes any input whose sides are multiples of
-its downsampling factor, so a small case can run as one window instead of several
-overlapping ones (``predict.window: image``): the demo's 48 × 48 × 24 cases take 8
-windows of the 32 × 32 × 16 patch, each voxel computed up to 8 times, or one window of
-48 × 48 × 32. :func:`prediction_window` decides; it needs no torch.
+its downsampling factor, so a small case can run in fewer, larger windows
+(``predict.window: image``): the demo's 48 × 48 × 24 cases take 8 windows of the
+32 × 32 × 16 patch, each voxel computed up to 8 times, or 2 windows of 48 × 48 × 16.
+The window never exceeds the case: padding a case out to a window (48 × 48 × 32, a
+quarter of it zeros) lowered the demo's Dice from 0.93 to 0.78, where 48 × 48 × 16 kept
+it (docs/benchmarks.md). :func:`prediction_window` decides; it needs no torch.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def prediction_window(
     Args:
         image_shape: the case's spatial shape on the preprocessed grid.
         patch: the training patch.
-        window: ``predict.window``: ``patch``, ``image`` or three sides.
+        window: ``predict.window``: ``patch``; ``image``, per axis the largest multiple
+            of ``multiple`` that fits in the case, never smaller than the patch (the
+            patch's voxels times at most :data:`IMAGE_WINDOW_CAP`, else the patch); or
+            three sides.
         multiple: what every side of the network's input must be a multiple of; 0 when
             the network takes only its patch (``primus``).
 
@@ -40,7 +45,7 @@ def prediction_window(
 
     Example:
         >>> prediction_window((48, 48, 24), (32, 32, 16), "image", 16)
-        [48, 48, 32]
+        [48, 48, 16]
         >>> prediction_window((48, 48, 24), (32, 32, 16), "patch", 16)
         [32, 32, 16]
         >>> prediction_window((512, 512, 120), (32, 32, 16), "image", 16)  # too large
@@ -55,8 +60,7 @@ def prediction_window(
         if multiple <= 0:
             return patch
         sides = [
-            max(p, math.ceil(s / multiple) * multiple)
-            for s, p in zip(image_shape, patch, strict=True)
+            max(p, int(s) // multiple * multiple) for s, p in zip(image_shape, patch, strict=True)
         ]
         return sides if math.prod(sides) <= IMAGE_WINDOW_CAP * math.prod(patch) else patch
     sides = [int(w) for w in window]

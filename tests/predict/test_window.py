@@ -39,9 +39,9 @@ def _net() -> torch.nn.Module:
     return build_network(ModelConfig(features=(4, 4, 8, 8, 16, 4)), 1, 2).eval()
 
 
-def test_image_covers_a_small_case_with_sides_the_network_takes() -> None:
-    assert prediction_window((48, 48, 24), PATCH, "image", 16) == [48, 48, 32]
-    assert prediction_window((20, 40, 8), PATCH, "image", 16) == [32, 48, 16]  # never < patch
+def test_image_fits_the_largest_window_the_network_takes_inside_the_case() -> None:
+    assert prediction_window((48, 48, 24), PATCH, "image", 16) == [48, 48, 16]  # no padding
+    assert prediction_window((20, 47, 8), PATCH, "image", 16) == [32, 32, 16]  # never < patch
     assert prediction_window((48, 48, 24), PATCH, "patch", 16) == list(PATCH)
 
 
@@ -49,7 +49,7 @@ def test_image_keeps_the_patch_for_a_large_case_or_a_patch_only_network() -> Non
     sides = 64 * 64 * 32  # 8x the patch's voxels: the largest one window
     assert sides == IMAGE_WINDOW_CAP * 32 * 32 * 16
     assert prediction_window((64, 64, 32), PATCH, "image", 16) == [64, 64, 32]
-    assert prediction_window((64, 64, 33), PATCH, "image", 16) == list(PATCH)
+    assert prediction_window((64, 64, 48), PATCH, "image", 16) == list(PATCH)
     assert prediction_window((48, 48, 24), PATCH, "image", 0) == list(PATCH)
     assert input_multiple(ModelConfig(name="primus")) == 0
 
@@ -63,7 +63,7 @@ def test_given_sides_must_fit_the_network() -> None:
     assert prediction_window((99, 99, 99), PATCH, PATCH, 0) == list(PATCH)
 
 
-def test_one_window_per_mirrored_copy_instead_of_eight_patches() -> None:
+def test_two_windows_per_mirrored_copy_instead_of_eight_patches() -> None:
     case, net = _case(), _net()
     by_patch, whole = Recorder(net), Recorder(net)
     cfg = PredictConfig(tta=True, sw_batch_size=4)
@@ -74,8 +74,8 @@ def test_one_window_per_mirrored_copy_instead_of_eight_patches() -> None:
     )  # fmt: skip
     # 8 windows of the patch for each of the 8 mirrored copies, 4 windows a batch ...
     assert by_patch.shapes == [(4, 1, *PATCH)] * 16
-    # ... against the 8 copies stacked 4 at a time, each one window padded to 48 x 48 x 32.
-    assert whole.shapes == [(4, 1, 48, 48, 32)] * 2
+    # ... against 2 windows of 48 x 48 x 16 for each copy, 2 copies stacked per pass.
+    assert whole.shapes == [(4, 1, 48, 48, 16)] * 4
     assert a.shape == b.shape == (2, 48, 48, 24)
     for probs in (a, b):
         assert torch.allclose(probs.sum(0), torch.ones(48, 48, 24), atol=1e-5)
