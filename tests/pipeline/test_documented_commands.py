@@ -73,6 +73,19 @@ class NotHere:
 # --------------------------------------------------------------------- setups and checks
 
 
+def _dev_installed(root: Path) -> None:
+    """`make lint` needs the dev extra's stamp in the venv the copy links to: without it,
+    make would `pip install -e ".[dev]"` from the copy into the venv these tests run in."""
+    stamps = [root / ".venv" / name for name in (".installed", ".installed-dev")]
+    if not all(stamp.is_file() for stamp in stamps):
+        pytest.fail(
+            f"expected {stamps[1].name} beside {stamps[0].name} in the test venv ({VENV}), "
+            "got none: make lint would reinstall medtl from a temporary copy into it. How to "
+            "fix: run `make test` (or `make lint`) in the project once; it installs the dev "
+            "extra and writes the stamp."
+        )
+
+
 def _new_scans(folder: str) -> Callable[[Path], None]:
     """Put one DICOM series of the run's demo target under ``folder`` (new scans)."""
 
@@ -263,7 +276,7 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     "make test": NotHere("it runs this test suite's fast part (CI runs make test-all)"),
     "make test-all": NotHere("it runs this test suite (CI runs it through .ci/run)"),
     "make dry-run": Run(check=_nothing_to_do),
-    "make lint": Run(),
+    "make lint": Run(setup=_dev_installed),
     "make run VENV_FLAGS=--system-site-packages": Run(check=_nothing_to_do),
     ".venv/bin/medtl predict path/to/new_scans --model results --out masks/": Run(
         setup=_new_scans("path/to/new_scans"), check=_masks("masks")
