@@ -118,9 +118,11 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-def measure(work: Path, repeats: int = 3, cores: int = 2, say=print, reuse=False) -> dict:
+def measure(
+    work: Path, repeats: int = 3, cores: int = 2, say=print, reuse=False, only=None
+) -> dict:
     """Run the micro workflow in ``work`` (with ``reuse``, take the finished one there),
-    then time each command ``repeats`` times."""
+    then time each command (those in ``only``, if given) ``repeats`` times."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "snakemake.log"
     if reuse and log.is_file():
@@ -130,6 +132,10 @@ def measure(work: Path, repeats: int = 3, cores: int = 2, say=print, reuse=False
         say(f"startup: the micro workflow in {work}")
         out = run_micro(work, cores)
     commands = job_commands(out)
+    unknown = set(only or ()) - set(commands)
+    if unknown:
+        sys.exit(f"--only: expected commands of the micro run {sorted(commands)}, got {unknown}")
+    commands = {k: v for k, v in commands.items() if not only or k in only}
     results = {}
     for name, args in commands.items():
         say(f"startup: medtl {name} × {repeats}")
@@ -176,8 +182,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="time the commands of the finished micro run in --work (its snakemake.log) "
         "instead of running it again",
     )
+    ap.add_argument("--only", help="commands to time, comma-separated (default: every one)")
     ap.add_argument("--json", help="also write the results to this JSON file")
     a = ap.parse_args(argv)
+    a.only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only else None
     if a.reuse and not a.work:
         ap.error("--reuse: expected --work, the folder of a finished micro run; got none")
     if a.repeats < 1:
@@ -188,7 +196,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="medtl-startup-") as tmp:
-        results = measure(Path(a.work or tmp), a.repeats, a.cores, reuse=a.reuse)
+        results = measure(Path(a.work or tmp), a.repeats, a.cores, reuse=a.reuse, only=a.only)
     print(table(results))
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -320,6 +320,12 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     'make bench-transfer BENCH_ARGS="--budgets 5,10"': NotHere(CI_BENCH),
     ".venv/bin/python benchmarks/compare_transfer.py --help": Run(),
     "python -X importtime": Named(),
+    ".venv/bin/python benchmarks/startup.py --help": Run(),
+    ".venv/bin/python benchmarks/startup.py --repeats 3": NotHere(
+        "a benchmark (the micro workflow once, then each command three times: minutes); "
+        "tests/benchmarks/test_startup.py tests its parsing and table, "
+        "tests/cli/test_imports.py what the light commands import"
+    ),
     ".venv/bin/python benchmarks/onnx_inference.py --threads 2 --repeats 5": NotHere(
         "a benchmark (two engines timed on two case sizes, minutes); tests/export/test_onnx.py "
         "tests the ONNX export and ONNX Runtime inference it times"
