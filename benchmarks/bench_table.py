@@ -188,12 +188,28 @@ def _dicom_rows(res: dict, add: Callable[..., None]) -> None:
 
 
 # The table's parts in their order: each adds its rows when results.json has it.
+def _startup_rows(res: dict, add: Callable[..., None]) -> None:
+    """Start-up per command (benchmarks/startup.py): no peer; the import time of each
+    command a workflow job runs, and whether it imported torch / MONAI."""
+    for name, r in res["startup"].items():
+        heavy = [lib for lib, key in (("torch", "torch"), ("MONAI", "monai")) if r[key]]
+        add(
+            f"start-up `medtl {name}`: imports (s; {', '.join(heavy) or 'no torch'})",
+            r["import_s"]["median"],
+            None,
+            "lower",
+            peer_name="–",
+            spread=(r["import_s"]["runs"], []),
+        )
+
+
 RATIO_PARTS = {
     "preprocess": _preprocess_rows,
     "throughput": throughput_rows,
     "budgets": _budgets_rows,
     "inference": _inference_rows,
     "dicom": _dicom_rows,
+    "startup": _startup_rows,
 }
 
 

@@ -33,7 +33,10 @@ What it does, in order (every command's output goes to ``<work>/logs/``):
    CPU, and the fraction of voxels where the two engines' masks are identical.
 6. **DICOM → NIfTI.** ``medtl convert`` against ``dcm2niix`` on a generated series set
    (``benchmarks/dicom_convert.py``).
-7. **Report.** One table of ratios (medtl / nnU-Net or dcm2niix; medians over repeats)
+7. **Start-up per command.** Each ``medtl`` command a workflow job runs, again in a
+   fresh interpreter under ``python -X importtime`` on a finished micro run: its import
+   time and whether it imported torch / MONAI (``benchmarks/startup.py``).
+8. **Report.** One table of ratios (medtl / nnU-Net or dcm2niix; medians over repeats)
    with the targets, printed and written into ``docs/benchmarks.md`` between its
    ``bench:start`` / ``bench:end`` markers, with machine, versions and date;
    ``<work>/results.json`` holds every number.
@@ -50,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 
+import startup
 from bench_common import HERE, ROOT, Bench, bench_parser, finish_args, load_config, versions
 from bench_data import dicom, prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
@@ -68,7 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         work=HERE / "work",
         budgets="1,2.5,5",
         probe_steps=30,
-        only="preprocess,throughput,budgets,inference,dicom",
+        only="preprocess,throughput,budgets,inference,dicom,startup",
         repeats=3,
         infer_repeats=2,
     )
@@ -132,6 +136,8 @@ def measure(a: argparse.Namespace, b: Bench, cfg: dict) -> None:
             res["inference"] = inference(b, cfg, d, res["budgets"])
     if "dicom" in a.only:
         res["dicom"] = dicom(b)
+    if "startup" in a.only:
+        res["startup"] = startup.measure(b.work / "startup", a.repeats, a.threads, b.say)
 
 
 if __name__ == "__main__":

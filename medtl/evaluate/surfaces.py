@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a surface is computed: it takes seconds to load
+    import torch
 
 
 def _quiet_monai() -> None:
@@ -77,6 +80,8 @@ def _surface_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[torch.Tensor, torc
     if not p.any() or not r.any():
         return None
     p, r = crop_to_union(p, r)
+    import torch
+
     return (
         torch.from_numpy(p[None, None].astype(np.float32)),
         torch.from_numpy(r[None, None].astype(np.float32)),

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 from scipy.optimize import minimize_scalar
 
-#: Probabilities are clamped here before the log, so that a 0 stays (almost) 0.
-TINY = float(torch.finfo(torch.float32).tiny)
+if TYPE_CHECKING:  # torch is imported where probabilities are tempered: it loads slowly
+    import torch
+
+#: Probabilities are clamped here before the log, so that a 0 stays (almost) 0: the
+#: smallest positive normal float32 (``torch.finfo(torch.float32).tiny``, the same value).
+TINY = float(np.finfo(np.float32).tiny)
 
 #: Probabilities are clamped here in the negative log-likelihood.
 NLL_FLOOR = 1e-12
@@ -56,12 +59,15 @@ def temper(probs: torch.Tensor, temperature: float) -> torch.Tensor:
         about 0 (it becomes ``tiny^(1/T)`` relative to the others).
 
     Example:
+        >>> import torch
         >>> p = torch.tensor([[0.9, 0.5], [0.1, 0.5]])
         >>> [round(x, 4) for x in temper(p, 2.0)[:, 0].tolist()]
         [0.75, 0.25]
         >>> torch.equal(temper(p, 1.0), p)
         True
     """
+    import torch
+
     t = _check_temperature(temperature)
     p = torch.as_tensor(probs).to(torch.float32)
     if t == 1.0:
@@ -76,6 +82,8 @@ def temper_array(probs: np.ndarray, temperature: float) -> np.ndarray:
         >>> temper_array(np.array([[0.9], [0.1]]), 2.0).ravel().round(4).tolist()
         [0.75, 0.25]
     """
+    import torch
+
     return temper(torch.from_numpy(np.asarray(probs, dtype=np.float32)), temperature).numpy()
 
 

@@ -73,6 +73,19 @@ class NotHere:
 # --------------------------------------------------------------------- setups and checks
 
 
+def _dev_installed(root: Path) -> None:
+    """`make lint` needs the dev extra's stamp in the venv the copy links to: without it,
+    make would `pip install -e ".[dev]"` from the copy into the venv these tests run in."""
+    stamps = [root / ".venv" / name for name in (".installed", ".installed-dev")]
+    if not all(stamp.is_file() for stamp in stamps):
+        pytest.fail(
+            f"expected {stamps[1].name} beside {stamps[0].name} in the test venv ({VENV}), "
+            "got none: make lint would reinstall medtl from a temporary copy into it. How to "
+            "fix: run `make test` (or `make lint`) in the project once; it installs the dev "
+            "extra and writes the stamp."
+        )
+
+
 def _new_scans(folder: str) -> Callable[[Path], None]:
     """Put one DICOM series of the run's demo target under ``folder`` (new scans)."""
 
@@ -263,7 +276,7 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     "make test": NotHere("it runs this test suite's fast part (CI runs make test-all)"),
     "make test-all": NotHere("it runs this test suite (CI runs it through .ci/run)"),
     "make dry-run": Run(check=_nothing_to_do),
-    "make lint": Run(),
+    "make lint": Run(setup=_dev_installed),
     "make run VENV_FLAGS=--system-site-packages": Run(check=_nothing_to_do),
     ".venv/bin/medtl predict path/to/new_scans --model results --out masks/": Run(
         setup=_new_scans("path/to/new_scans"), check=_masks("masks")
@@ -307,6 +320,12 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     'make bench-transfer BENCH_ARGS="--budgets 5,10"': NotHere(CI_BENCH),
     ".venv/bin/python benchmarks/compare_transfer.py --help": Run(),
     "python -X importtime": Named(),
+    ".venv/bin/python benchmarks/startup.py --help": Run(),
+    ".venv/bin/python benchmarks/startup.py --repeats 3": NotHere(
+        "a benchmark (the micro workflow once, then each command three times: minutes); "
+        "tests/benchmarks/test_startup.py tests its parsing and table, "
+        "tests/cli/test_imports.py what the light commands import"
+    ),
     ".venv/bin/python benchmarks/onnx_inference.py --threads 2 --repeats 5": NotHere(
         "a benchmark (two engines timed on two case sizes, minutes); tests/export/test_onnx.py "
         "tests the ONNX export and ONNX Runtime inference it times"
