@@ -79,15 +79,17 @@ def _xyz(values: list) -> str:
 
 
 def _notes(res: dict) -> list[str]:
-    sp = res["spacing"]
-    notes = [
-        f"Grids: the cases are {_xyz(res['shape'])} voxels at {_xyz(res['native_spacing'])} "
-        f"mm; medtl ran at {_xyz(sp['medtl'])} mm, nnU-Net at {_xyz(sp['nnunet'])} mm "
-        f"(`-overwrite_target_spacing`), its planned patch {_xyz(sp['nnunet_patch_xyz'])} "
-        f"(x, y, z), batch {sp['nnunet_batch']}; medtl's `{res['model']['name']}` slides a "
-        f"{_xyz(res['patch'])} window. Both predict from the raw images and write masks on "
-        "the original grid.",
-    ]
+    notes = []
+    sp = res.get("spacing")
+    if sp:
+        notes.append(
+            f"Grids: the cases are {_xyz(res['shape'])} voxels at {_xyz(res['native_spacing'])} "
+            f"mm; medtl ran at {_xyz(sp['medtl'])} mm, nnU-Net at {_xyz(sp['nnunet'])} mm "
+            f"(`-overwrite_target_spacing`), its planned patch {_xyz(sp['nnunet_patch_xyz'])} "
+            f"(x, y, z), batch {sp['nnunet_batch']}; medtl's `{res['model']['name']}` slides a "
+            f"{_xyz(res['patch'])} window. Both predict from the raw images and write masks on "
+            "the original grid."
+        )
     tr = res.get("training")
     if tr:
         notes.append(

@@ -48,6 +48,7 @@ from bench_common import (
     Bench,
     bench_parser,
     finish_args,
+    held_out,
     load_config,
     train_settings,
     versions,
@@ -150,6 +151,19 @@ def train(b: Bench, cfg: dict, d: dict) -> dict:
     }
 
 
+def nnunet_inputs(b: Bench, d: dict) -> None:
+    """nnU-Net's input folder of the fold's held-out raw images, where :func:`inference`
+    looks (``make bench`` makes it when it scores the budget models)."""
+    from medtl.export.nnunet import nnunet_case_id
+
+    test_cases, _ = held_out(b, d)
+    folder = b.work / "nnunet" / "test_input"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for c in test_cases:
+        shutil.copy(d["raw"] / "imagesTr" / f"{nnunet_case_id(c)}_0000.nii.gz", folder)
+
+
 def spacings(b: Bench, d: dict, pre: dict) -> dict:
     """The grid each tool ran at: medtl's plan and nnU-Net's 3d_fullres plans, x, y, z."""
     plans = b.nn_pre / d["raw"].name / f"{b.plans}.json"
@@ -165,20 +179,22 @@ def spacings(b: Bench, d: dict, pre: dict) -> dict:
 def measure(b: Bench, cfg: dict, res: dict) -> None:
     """Every part of the run, its numbers into ``res``."""
     a = b.args
-    spec = ClinicalSpec(a.cases, a.shape, a.spacing, a.seed)
-    a.data = str(generate(b, spec))
-    cfg["preprocess"] = {**cfg["preprocess"], "target_spacing": list(a.target_spacing)}
-    d = prepare(b, cfg)
-    repeats = a.repeats
-    if "preprocess" not in a.only:
-        a.repeats = 1  # the other parts need it done once
-    pre = preprocess(b, cfg, d)
-    a.repeats = repeats
-    res["spacing"] = spacings(b, d, pre)
-    if "preprocess" in a.only:
-        res["preprocess"] = {k: pre[k] for k in ("medtl", "nnunet")}
+    if a.only & {"preprocess", "inference"}:
+        spec = ClinicalSpec(a.cases, a.shape, a.spacing, a.seed)
+        a.data = str(generate(b, spec))
+        cfg["preprocess"] = {**cfg["preprocess"], "target_spacing": list(a.target_spacing)}
+        d = prepare(b, cfg)
+        repeats = a.repeats
+        if "preprocess" not in a.only:
+            a.repeats = 1  # inference needs it done once
+        pre = preprocess(b, cfg, d)
+        a.repeats = repeats
+        res["spacing"] = spacings(b, d, pre)
+        if "preprocess" in a.only:
+            res["preprocess"] = {k: pre[k] for k in ("medtl", "nnunet")}
     if "inference" in a.only:
         res["training"] = train(b, cfg, d)
+        nnunet_inputs(b, d)
         bud = {ARM: {"dice": [float("nan")]}}
         res["inference"] = inference(b, cfg, d, bud, ttas=(False, True), onnx=False)
     if "dicom" in a.only:
