@@ -96,7 +96,7 @@ def _notes(res: dict) -> list[str]:
             f"Training, briefly, one fold model each: medtl {tr['medtl']['steps']} steps "
             f"({tr['medtl']['wall_s'] / 60:.1f} min), nnU-Net {tr['nnunet']['epochs']} epochs "
             f"of {tr['nnunet']['iters']} iterations ({tr['nnunet']['wall_s'] / 60:.1f} min). "
-            "The Dice rows are what a few minutes of training on one case give, not either "
+            "The Dice rows are what a few minutes of training on a few cases give, not either "
             "tool's accuracy; they only say whether the faster tool segments as well."
         )
     if "inference" in res:

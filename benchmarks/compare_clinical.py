@@ -78,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         repeats=3,
         infer_repeats=3,
     )
+    for action in ap._actions:  # the shared options this harness does not use
+        if action.dest in ("budgets", "infer_repeats", "probe_steps"):
+            action.help = argparse.SUPPRESS
     ap.add_argument("--cases", type=int, default=4, help="generated cases (default 4)")
     ap.add_argument(
         "--shape",
