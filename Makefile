@@ -13,7 +13,7 @@ TORCH_PIN ?= torch==2.13.0
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install install-dev run test test-all lint dry-run clean bench bench-transfer study-shift
+.PHONY: install install-dev run test test-all lint dry-run clean bench bench-transfer bench-clinical study-shift
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,9 @@ bench: $(VENV)/.installed-bench $(NNUNET_VENV)/.installed  ## medtl against nnU-
 
 bench-transfer: $(VENV)/.installed-bench $(NNUNET_VENV)/.installed  ## medtl fine-tuning an nnssl-layout ResEnc against nnU-Net's ResEnc M → docs/benchmarks.md
 	$(BIN)/python benchmarks/compare_transfer.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
+
+bench-clinical: $(VENV)/.installed-bench $(NNUNET_VENV)/.installed  ## medtl against nnU-Net v2 on CT-like cases of 512 × 512 × 120 → docs/benchmarks.md
+	$(BIN)/python benchmarks/compare_clinical.py --nnunet-venv $(NNUNET_VENV) $(BENCH_ARGS)
 
 STUDY_ARGS ?=
 

@@ -215,7 +215,7 @@ def preprocess(b: Bench, cfg: dict, d: dict) -> dict:
         shutil.rmtree(b.nn_pre, ignore_errors=True)
         planner = ["-pl", b.planner] if b.planner else []
         cmd = [b.nn("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres"]
-        cmd += [*planner, "-np", b.threads]
+        cmd += [*planner, "-np", b.threads, *getattr(b.args, "nnunet_plan_args", [])]
         nn_t.append(b.run(cmd, "nnunet_plan_and_preprocess", env=b.nnunet_env()))
     pre = b.nn_pre / d["raw"].name
     shutil.copy(d["raw"] / "splits_final.json", pre / "splits_final.json")
@@ -238,7 +238,9 @@ def preprocess(b: Bench, cfg: dict, d: dict) -> dict:
     }
 
 
-def dicom(b: Bench) -> dict:
+def dicom(b: Bench, spec=None) -> dict:
+    """``medtl convert`` against ``dcm2niix`` on ``spec`` (a ``dicom_convert.SeriesSet``;
+    None: its default set)."""
     import dicom_convert
 
     dcm2niix = shutil.which("dcm2niix", path=str(Path(sys.executable).parent)) or shutil.which(
@@ -256,6 +258,7 @@ def dicom(b: Bench) -> dict:
         workers=b.threads,
         medtl_cmd=b.medtl,
         dcm2niix=dcm2niix,
+        spec=spec,
     )
 
 

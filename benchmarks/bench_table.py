@@ -259,17 +259,11 @@ def measured_on(v: dict) -> str:
     )
 
 
-def markdown(res: dict) -> str:
-    lines = [
-        measured_on(res["versions"]),
-        f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
-        f"the whole run took {res['total_min']:.1f} min.",
-        quiet_line(res),
-        "",
-        f"| measure | medtl | peer | medtl / peer | better | target | met | {SPREAD} |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in ratio_rows(res):
+def row_lines(rows: list[dict]) -> list[str]:
+    """The Markdown lines of :func:`ratio_rows`' rows (per-case figures below the noise of
+    their estimate shown as such)."""
+    lines = []
+    for r in rows:
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
         digits = 3 if "Dice" in r["measure"] else 2
         low = [
@@ -288,6 +282,20 @@ def markdown(res: dict) -> str:
             f"| {fmt(r['ratio'])} | {r['better']} | {r['target']} | {met} "
             f"| {spread_cell(r, digits)} |"
         )
+    return lines
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        measured_on(res["versions"]),
+        f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
+        f"the whole run took {res['total_min']:.1f} min.",
+        quiet_line(res),
+        "",
+        f"| measure | medtl | peer | medtl / peer | better | target | met | {SPREAD} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += row_lines(ratio_rows(res))
     extra = []
     if "throughput" in res:
         t = res["throughput"]["medtl_default"]

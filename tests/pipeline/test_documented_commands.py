@@ -319,6 +319,9 @@ HANDLING: dict[str, Run | Named | NotHere] = {
     "make bench-transfer": NotHere(CI_BENCH),
     'make bench-transfer BENCH_ARGS="--budgets 5,10"': NotHere(CI_BENCH),
     ".venv/bin/python benchmarks/compare_transfer.py --help": Run(),
+    "make bench-clinical": NotHere(CI_BENCH),
+    'make bench-clinical BENCH_ARGS="--shape 256,256,60 --cases 3"': NotHere(CI_BENCH),
+    ".venv/bin/python benchmarks/compare_clinical.py --help": Run(),
     "python -X importtime": Named(),
     ".venv/bin/python benchmarks/startup.py --help": Run(),
     ".venv/bin/python benchmarks/startup.py --repeats 3": NotHere(
