@@ -198,8 +198,8 @@ def _startup_rows(res: dict, add: Callable[..., None]) -> None:
             r["import_s"]["median"],
             None,
             "lower",
-            peer_name="–",
-            spread=(r["import_s"]["runs"], []),
+            peer_name="",
+            spread=(r["import_s"]["runs"],),
         )
 
 
@@ -276,9 +276,9 @@ def row_lines(rows: list[dict]) -> list[str]:
             r = {**r, "ratio": None, **{side: None for side, _ in low}}
             who = " and ".join(w for _, w in low)
             r["measure"] += f" ({who}: below {NOISE_S} s, the noise of the estimate)"
+        peer = f"{r['peer_name']} {fmt(r['peer'], digits)}".strip()
         lines.append(
-            f"| {r['measure']} | {fmt(r['medtl'], digits)} | "
-            f"{r['peer_name']} {fmt(r['peer'], digits)} "
+            f"| {r['measure']} | {fmt(r['medtl'], digits)} | {peer} "
             f"| {fmt(r['ratio'])} | {r['better']} | {r['target']} | {met} "
             f"| {spread_cell(r, digits)} |"
         )

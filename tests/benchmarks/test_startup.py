@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import startup
-from bench_table import ratio_rows
+from bench_table import ratio_rows, row_lines
 from compare_nnunet import parse_args
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +59,10 @@ def test_startup_rows_in_the_bench_table_and_part_of_make_bench() -> None:
     (row,) = ratio_rows(res)
     assert row["measure"] == "start-up `medtl train`: imports (s; torch)"
     assert row["medtl"] == 1.5 and row["peer"] is None
+    # no peer: one dash in its column, and the spread of medtl's runs alone
+    assert row_lines([row]) == [
+        "| start-up `medtl train`: imports (s; torch) | 1.50 | – | – | lower |  |  | 1.50–1.50 |"
+    ]
     assert "startup" in parse_args([]).only
 
 
