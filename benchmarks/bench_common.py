@@ -12,13 +12,15 @@ import platform
 import re
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import yaml
-from bench_quiet import BUSY_SHARE
+from bench_quiet import BUSY_SHARE, QuietSampler
 from measure import Timing, run_timed
 
 HERE = Path(__file__).resolve().parent
@@ -87,6 +89,20 @@ class Bench:
 
     def run(self, cmd: list, log: str, **kw) -> Timing:
         return run_timed(cmd, log=self.logs / f"{log}.log", **kw)
+
+
+def measured_run(b: Bench, start: float, measure: Callable[[], None]) -> dict:
+    """Run ``measure`` under the quiet sampler and save every number: ``b.results`` with
+    the machine's quietness and the run's minutes since ``start`` (``perf_counter``), in
+    ``<work>/results.json`` (a refused run keeps its numbers there)."""
+    with QuietSampler() as quiet:
+        measure()
+    res = b.results
+    res["quiet"] = quiet.result.as_dict()
+    res["total_min"] = (time.perf_counter() - start) / 60
+    (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    b.say(f"every number in {b.work / 'results.json'}")
+    return res
 
 
 def bench_parser(

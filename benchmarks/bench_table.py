@@ -285,8 +285,10 @@ def row_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def markdown(res: dict) -> str:
-    lines = [
+def table_head(res: dict) -> list[str]:
+    """The lines above a ratio table: machine and versions, data and repeats, quietness,
+    and the column heads."""
+    return [
         measured_on(res["versions"]),
         f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
         f"the whole run took {res['total_min']:.1f} min.",
@@ -295,7 +297,10 @@ def markdown(res: dict) -> str:
         f"| measure | medtl | peer | medtl / peer | better | target | met | {SPREAD} |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    lines += row_lines(ratio_rows(res))
+
+
+def markdown(res: dict) -> str:
+    lines = table_head(res) + row_lines(ratio_rows(res))
     extra = []
     if "throughput" in res:
         t = res["throughput"]["medtl_default"]

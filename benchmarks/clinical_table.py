@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench_quiet import quiet_line
-from bench_table import SPREAD, measured_on, ratio_rows, row_lines
+from bench_table import ratio_rows, row_lines, table_head
 
 START = "<!-- bench-clinical:start -->"
 END = "<!-- bench-clinical:end -->"
@@ -121,14 +120,5 @@ def _notes(res: dict) -> list[str]:
 
 def clinical_markdown(res: dict) -> str:
     """The table and its notes, as written between the markers."""
-    lines = [
-        measured_on(res["versions"]),
-        f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
-        f"the whole run took {res['total_min']:.1f} min.",
-        quiet_line(res),
-        "",
-        f"| measure | medtl | peer | medtl / peer | better | target | met | {SPREAD} |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    lines += row_lines(clinical_rows(res))
+    lines = table_head(res) + row_lines(clinical_rows(res))
     return "\n".join(lines + [""] + [f"- {n}" for n in _notes(res)]) + "\n"

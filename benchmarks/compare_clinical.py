@@ -50,13 +50,13 @@ from bench_common import (
     finish_args,
     held_out,
     load_config,
+    measured_run,
     train_settings,
     versions,
 )
 from bench_data import dicom, prepare, preprocess
 from bench_medtl import inference, medtl_train_cmd
 from bench_nnunet import install_trainer, nnunet_train
-from bench_quiet import QuietSampler
 from bench_table import publish
 from clinical_data import ClinicalSpec, triple, write_cases
 from clinical_table import END, HEADING, START, clinical_markdown, partial_run
@@ -239,12 +239,7 @@ def main(argv=None) -> int:
             patch=cfg["train"]["patch_size"],
             versions=versions(b),
         )
-        with QuietSampler() as quiet:
-            measure(b, cfg, res)
-        res["quiet"] = quiet.result.as_dict()
-        res["total_min"] = (time.perf_counter() - start) / 60
-        (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-        b.say(f"every number in {b.work / 'results.json'}")
+        measured_run(b, start, lambda: measure(b, cfg, res))
     why = partial_run(res)
     if why:
         print("\n" + clinical_markdown(res))

@@ -54,11 +54,19 @@ import time
 from pathlib import Path
 
 import startup
-from bench_common import HERE, ROOT, Bench, bench_parser, finish_args, load_config, versions
+from bench_common import (
+    HERE,
+    ROOT,
+    Bench,
+    bench_parser,
+    finish_args,
+    load_config,
+    measured_run,
+    versions,
+)
 from bench_data import dicom, prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
 from bench_nnunet import install_trainer
-from bench_quiet import QuietSampler
 from bench_table import markdown, publish, ratio_rows, write_doc
 
 # The table's parts, here too for those who import the harness (tests/benchmarks).
@@ -100,13 +108,7 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"--arms: {unknown} not in the config's arms {list(cfg['arms'])}")
     start = time.perf_counter()
-    with QuietSampler() as quiet:
-        measure(a, b, cfg)
-    res = b.results
-    res["quiet"] = quiet.result.as_dict()
-    res["total_min"] = (time.perf_counter() - start) / 60
-    (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    b.say(f"every number in {b.work / 'results.json'}")
+    res = measured_run(b, start, lambda: measure(a, b, cfg))
     return publish(res, markdown, a)
 
 

@@ -45,11 +45,18 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import HERE, Bench, bench_parser, finish_args, load_config, versions
+from bench_common import (
+    HERE,
+    Bench,
+    bench_parser,
+    finish_args,
+    load_config,
+    measured_run,
+    versions,
+)
 from bench_data import prepare, preprocess
 from bench_medtl import budgets, inference, pretrain, throughput
 from bench_nnunet import install_trainer
-from bench_quiet import QuietSampler
 from bench_table import publish
 from bench_workflow import run_workflow
 from nnssl_checkpoint import write_from_medtl
@@ -189,12 +196,7 @@ def main(argv=None) -> int:
         train=cfg["train"],
         versions=versions(b),
     )
-    with QuietSampler() as quiet:
-        measure(b, cfg, res)
-    res["quiet"] = quiet.result.as_dict()
-    res["total_min"] = (time.perf_counter() - start) / 60
-    (b.work / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
-    b.say(f"every number in {b.work / 'results.json'}")
+    measured_run(b, start, lambda: measure(b, cfg, res))
     return publish(res, transfer_markdown, a, **markers)
 
 
