@@ -121,8 +121,8 @@ def predict(
         str,
         typer.Option(
             help="Sliding-window size: patch (the training patch), image (per axis the "
-            "largest size the network takes that fits in the case, never below the patch, "
-            "up to 8x its voxels: fewer windows for small cases) or x,y,z. See "
+            "size from the patch up to the case's side that computes the fewest voxels, "
+            "up to 8x the patch's voxels: fewer windows for small cases) or x,y,z. See "
             "docs/configuration.md."
         ),
     ] = "patch",

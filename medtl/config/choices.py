@@ -36,7 +36,7 @@ SPACING_MODES = ("auto", "like_pretrained")
 
 #: Blending of overlapping sliding windows (``predict.mode``).
 BLEND_MODES = ("gaussian", "constant")
-#: predict.window as a word: the training patch, or the largest window that fits the case.
+#: predict.window as a word: the training patch, or the window that computes the fewest voxels.
 WINDOW_MODES = ("patch", "image")
 
 #: Conventions for the Dice of an empty reference and an empty prediction.

@@ -18,7 +18,7 @@ from medtl.io.volume import Volume, spacing_of
 from medtl.kernel.device import gpu_predictor, out_of_memory_hint
 from medtl.kernel.files import atomic_write
 from medtl.postprocess.components import apply_postprocessing
-from medtl.predict.window import prediction_window
+from medtl.predict.window import prediction_window, windows_along
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 from medtl.preprocess.plan import Plan
 from medtl.trust.decision import TrustRule
@@ -95,12 +95,10 @@ def window_count(image_size: Sequence[int], roi_size: Sequence[int], overlap: fl
         >>> window_count((64, 64, 20), (32, 32, 16), 0.5)  # 3 x 3 x 2
         18
     """
-    n = 1
-    for size, roi in zip(image_size, roi_size, strict=True):
-        if size > roi:
-            step = max(int(roi * (1 - overlap)), 1)
-            n *= math.ceil((size - roi) / step) + 1
-    return n
+    return math.prod(
+        windows_along(int(size), int(roi), overlap)
+        for size, roi in zip(image_size, roi_size, strict=True)
+    )
 
 
 def mirror_batch(n_mirrors: int, windows: int, sw_batch_size: int) -> int:
@@ -184,7 +182,7 @@ def predict_probabilities(
     """
     image = torch.from_numpy(case.image)[None].to(device)
     flips = mirror_axes(cfg.tta)
-    roi = prediction_window(image.shape[2:], patch_size, cfg.window, multiple)
+    roi = prediction_window(image.shape[2:], patch_size, cfg.window, multiple, cfg.overlap)
     windows = window_count(image.shape[2:], roi, cfg.overlap)
     stack = mirror_batch(len(flips), windows, cfg.sw_batch_size)
     groups = [flips[i : i + stack] for i in range(0, len(flips), stack)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from medtl.config import ModelConfig, PredictConfig, parse_section, window_setting
 from medtl.kernel.errors import ConfigError
 from medtl.models.networks import build_network, input_multiple
-from medtl.predict.inference import predict_probabilities
+from medtl.predict.inference import predict_probabilities, window_count
 from medtl.predict.window import IMAGE_WINDOW_CAP, prediction_window
 from medtl.preprocess.case import PreprocessedCase
 
@@ -43,6 +45,21 @@ def test_image_fits_the_largest_window_the_network_takes_inside_the_case() -> No
     assert prediction_window((48, 48, 24), PATCH, "image", 16) == [48, 48, 16]  # no padding
     assert prediction_window((20, 47, 8), PATCH, "image", 16) == [32, 32, 16]  # never < patch
     assert prediction_window((48, 48, 24), PATCH, "patch", 16) == list(PATCH)
+
+
+def test_image_computes_the_fewest_voxels_not_the_largest_window() -> None:
+    """A CT case at 3 x 3 x 6 mm (137 x 137 x 50) and a 64 x 64 x 32 patch: the largest
+    window that fits (128 x 128 x 48) takes 8 windows, as many voxels as 48 patches."""
+    shape, patch = (137, 137, 50), (64, 64, 32)
+    chosen = prediction_window(shape, patch, "image", 16)
+    assert chosen == [96, 96, 48]
+
+    def computed(window) -> int:
+        return window_count(shape, window, 0.5) * math.prod(window)
+
+    assert computed(chosen) == 8 * 96 * 96 * 48 < computed([128, 128, 48]) == computed(patch)
+    # the overlap sets the count: at 0.25, 2 windows of 80 (160 voxels) beat 3 of 64 (192)
+    assert prediction_window(shape, patch, "image", 16, overlap=0.25)[0] == 80
 
 
 def test_image_keeps_the_patch_for_a_large_case_or_a_patch_only_network() -> None:
