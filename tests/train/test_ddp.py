@@ -174,14 +174,18 @@ def test_ddp_follows_stages_unfrozen_during_training(runs: Path) -> None:
     set_determinism(seed=3)
     start = build_network(tiny_run.MODEL, 1, 2).state_dict()
     a, b = _load(one / "last.pt")["model"], _load(two / "last.pt")["model"]
-    for stage in ("down_4.", "down_3."):
+    # down_3 trains 2 steps only: each weight has moved about 2 lr, and those whose gradient
+    # is rounding noise move ±lr in either run, so the two runs' updates differ by a larger
+    # share than after 4 steps (0.12 seen on a loaded machine); a DDP that did not average
+    # gradients is ~0.9 apart.
+    for stage, bound in (("down_4.", 0.1), ("down_3.", 0.25)):
         keys = [k for k in a if k.startswith(stage) and k.endswith("conv.weight")]
         assert keys and all(not torch.equal(a[k], start[k]) for k in keys)
         assert (
             _relative_distance(
                 {k: a[k] for k in keys}, {k: b[k] for k in keys}, {k: start[k] for k in keys}
             )
-            < 0.1
+            < bound
         )
     assert all(torch.equal(a[k], start[k]) for k in a if k.startswith("conv_0."))
 

@@ -70,7 +70,8 @@ def test_state_is_the_consumers_position_not_the_threads() -> None:
         deadline = time.monotonic() + 30
         while batches.stream.index < 5 and time.monotonic() < deadline:
             time.sleep(0.01)  # the thread fills its queue: 3 batches ahead
-        assert batches.stream.index == 5
+        # 3 batches queued, and the thread may have drawn a 4th it waits to put
+        assert batches.stream.index in (5, 6)
         state = batches.state_dict()
     assert state == {"seed": 3, "index": 2}
     plain = _stream()
