@@ -323,7 +323,7 @@ def medtl_predict_cmd(
     """``medtl predict`` of a case sheet with one engine (``torch`` or ``onnxruntime``)."""
     cmd = [*b.medtl, "predict", sheet, "--model", model, "--arm", arm, "--out", out]
     cmd += ["--engine", engine, "--device", device, "--threads", b.threads]
-    cmd += ["--window", getattr(b.args, "medtl_window", "patch")]
+    cmd += ["--window", b.args.medtl_window]
     return cmd + ["--quiet", "--tta" if tta else "--no-tta"]
 
 
