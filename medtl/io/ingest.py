@@ -104,15 +104,15 @@ class _Seen:
 
 
 def _write_case(
-    staging: Path, case_id: str, volume: Volume, label: np.ndarray | None
+    staging: Path, case_id: str, volume: Volume, label: np.ndarray | None, suffix: str
 ) -> tuple[str, str]:
     """Write a case's image (and label) under ``staging``; return their names under out."""
-    image_name = Path("images") / f"{case_id}.nii.gz"
+    image_name = Path("images") / f"{case_id}{suffix}"
     vol = Volume(volume.array.astype(np.float32), volume.affine)
     atomic_write(staging / image_name, lambda tmp: nib.save(vol.to_nifti(), str(tmp)))
     if label is None:
         return str(image_name), ""
-    label_name = Path("labels") / f"{case_id}.nii.gz"
+    label_name = Path("labels") / f"{case_id}{suffix}"
     lv = Volume(label, volume.affine)
     atomic_write(staging / label_name, lambda tmp: nib.save(lv.to_nifti(), str(tmp)))
     return str(image_name), str(label_name)
@@ -177,7 +177,9 @@ def ingest(
             if duplicate is not None:
                 rejections.append(duplicate)
                 continue
-            image_name, label_name = _write_case(staging, case_id, volume, loaded.label)
+            image_name, label_name = _write_case(
+                staging, case_id, volume, loaded.label, ".nii.gz" if options.compress else ".nii"
+            )
             rows.append(
                 _manifest_row(out, case_id, patient, loaded, image_name, label_name, options)
             )
@@ -314,6 +316,7 @@ def ingest_path(
     synonyms: dict[str, list[str]] | None = None,
     workers: int = 4,
     labels: bool = True,
+    compress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingest a case sheet, a DICOM tree, an image folder, or an nnU-Net / MSD folder.
 
@@ -334,6 +337,7 @@ def ingest_path(
         synonyms: class name → other ROI / segment names.
         workers: parallel DICOM header reads.
         labels: read labels (off when the cases are only to be segmented).
+        compress: gzip the NIfTI files (off for a temporary copy read once).
 
     Raises:
         InputError: when the source does not exist, ``out`` would touch an input, or the
@@ -350,6 +354,7 @@ def ingest_path(
         workers=workers,
         progress=progress,
         labels=labels,
+        compress=compress,
     )
     options.name_map  # noqa: B018  (checks --classes / --synonyms before any reading)
     sources, found = find_sources(source, options)

@@ -334,9 +334,12 @@ def _check_formats(formats: tuple[str, ...]) -> None:
 def _ingest_new(
     source: Path, folder: Path, salt: str, workers: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The new cases' manifest and the inputs set aside (images only, no labels)."""
+    """The new cases' manifest and the inputs set aside (images only, no labels; written
+    uncompressed into the temporary ``folder``, which is read once)."""
     try:
-        return ingest_path(source, folder, salt, progress=False, workers=workers, labels=False)
+        return ingest_path(
+            source, folder, salt, progress=False, workers=workers, labels=False, compress=False
+        )
     except InputError as exc:
         raise _no_usable_case(exc, folder / "rejected.tsv") from exc
 

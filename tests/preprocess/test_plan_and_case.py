@@ -16,6 +16,7 @@ from medtl.config import PreprocessConfig
 from medtl.kernel.errors import ConfigError, InputError
 from medtl.preprocess.case import (
     PreprocessedCase,
+    argmax_classes,
     load_case,
     nonzero_bbox,
     normalise,
@@ -302,6 +303,28 @@ def test_restore_map_round_trip_and_fill(name: str) -> None:
     scalar = restore_map(torch.full((1, *case.label.shape), 0.5), case.meta, fill=[0.0])
     assert set(np.unique(scalar)) <= {0.0, 0.5} and scalar.shape == (*SHAPE, 1)
     assert np.count_nonzero(scalar) == int(np.prod(case.meta["cropped_shape"]))
+
+
+def test_argmax_classes_is_torch_argmax_ties_included() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for classes in (1, 2, 3, 5):
+        probs = torch.randint(0, 4, (classes, 7, 6, 5), generator=gen).float()  # many ties
+        labels = argmax_classes(probs)
+        assert labels.dtype == torch.uint8
+        assert torch.equal(labels.long(), probs.argmax(0))
+
+
+def test_restored_labels_are_the_argmax_of_the_restored_probabilities() -> None:
+    """At another spacing (trilinear in between) and with a crop, voxel for voxel."""
+    image, label = _case()
+    img, lab = nib.Nifti1Image(image, RAS), nib.Nifti1Image(label, RAS)
+    spacing = [s * 1.7 for s in canonical_spacing(img)]
+    case = preprocess_arrays(img, lab, _plan(spacing, crop=True))
+    probs = torch.softmax(
+        torch.randn((3, *case.label.shape), generator=torch.Generator().manual_seed(1)), 0
+    )
+    mapped = restore_map(probs, case.meta, fill=[1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(restore_labels(probs, case.meta), mapped.argmax(-1))
 
 
 def test_restore_map_other_spacing_keeps_bounds() -> None:
