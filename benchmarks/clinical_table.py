@@ -77,6 +77,19 @@ def _xyz(values: list) -> str:
     return " × ".join(f"{v:g}" for v in values)
 
 
+def _windows(res: dict) -> str:
+    """How medtl's sliding window covered the held-out cases, from the run's record."""
+    inf = res.get("inference", {})
+    if not inf.get("windows"):
+        return ""
+    each = "; ".join(
+        f"{_xyz(w['shape'])} in {w['count']} window{'s' if w['count'] > 1 else ''} of "
+        f"{_xyz(w['window'])}"
+        for w in inf["windows"]
+    )
+    return f" and predicts with `--window {inf.get('window', 'patch')}` (held-out cases: {each})"
+
+
 def _notes(res: dict) -> list[str]:
     notes = []
     sp = res.get("spacing")
@@ -85,9 +98,9 @@ def _notes(res: dict) -> list[str]:
             f"Grids: the cases are {_xyz(res['shape'])} voxels at {_xyz(res['native_spacing'])} "
             f"mm; medtl ran at {_xyz(sp['medtl'])} mm, nnU-Net at {_xyz(sp['nnunet'])} mm "
             f"(`-overwrite_target_spacing`), its planned patch {_xyz(sp['nnunet_patch_xyz'])} "
-            f"(x, y, z), batch {sp['nnunet_batch']}; medtl's `{res['model']['name']}` slides a "
-            f"{_xyz(res['patch'])} window. Both predict from the raw images and write masks on "
-            "the original grid."
+            f"(x, y, z), batch {sp['nnunet_batch']}; medtl's `{res['model']['name']}` was "
+            f"trained on a {_xyz(res['patch'])} patch{_windows(res)}. Both predict from the raw "
+            "images and write masks on the original grid."
         )
     tr = res.get("training")
     if tr:

@@ -184,6 +184,28 @@ def spacings(b: Bench, d: dict, pre: dict) -> dict:
     }
 
 
+def medtl_windows(b: Bench, cfg: dict, d: dict) -> list[dict]:
+    """The window medtl's ``--window`` gives each held-out case on its preprocessed grid,
+    and how many of them cover it (as :mod:`medtl.predict.window` decides)."""
+    import numpy as np
+
+    from medtl.config import ModelConfig, PredictConfig, parse_section, window_setting
+    from medtl.models.networks import window_multiple
+    from medtl.predict.inference import window_count
+    from medtl.predict.window import prediction_window
+
+    multiple = window_multiple(parse_section(ModelConfig, cfg["model"], "model"))
+    overlap = parse_section(PredictConfig, cfg.get("predict", {}), "predict").overlap
+    window, patch = window_setting(b.args.medtl_window), cfg["train"]["patch_size"]
+    out = []
+    for case in held_out(b, d)[0]:
+        with np.load(b.work / "medtl" / "cases" / f"{case}.npz") as z:
+            shape = list(z["image"].shape[1:])
+        sides = prediction_window(shape, patch, window, multiple, overlap)
+        out.append({"shape": shape, "window": sides, "count": window_count(shape, sides, overlap)})
+    return out
+
+
 def measure(b: Bench, cfg: dict, res: dict) -> None:
     """Every part of the run, its numbers into ``res``."""
     a = b.args
@@ -205,6 +227,7 @@ def measure(b: Bench, cfg: dict, res: dict) -> None:
         nnunet_inputs(b, d)
         bud = {ARM: {"dice": [float("nan")]}}
         res["inference"] = inference(b, cfg, d, bud, ttas=(False, True), onnx=False)
+        res["inference"]["windows"] = medtl_windows(b, cfg, d)
     if "dicom" in a.only:
         import dicom_convert
 

@@ -38,6 +38,10 @@ class Architecture:
             its stages (stem first; each a prefix or a sequence of prefixes); else None.
         input_sized: the network is built for one input shape (``primus``): ``build``
             takes the patch size as a fourth argument.
+        any_side: eager PyTorch takes inputs of any side (MONAI's BasicUNet pads where a
+            pooled side is odd), so prediction may run on a case's own sides; an ONNX
+            export still needs multiples of ``patch_multiple`` (the trace fixes the
+            padding).
         pos_embed_key: a learned positional embedding ``(1, tokens, C)`` over the token
             grid (the built network's ``grid``), resized when a checkpoint was trained on
             another grid; empty when there is none.
@@ -51,6 +55,7 @@ class Architecture:
     multiple_of: Callable[[ModelConfig], int] | None = None
     encoder_stages: Callable[[nn.Module], Sequence[str | Sequence[str]]] | None = None
     input_sized: bool = False
+    any_side: bool = False
     pos_embed_key: str = ""
 
     def part_of(self, name: str) -> str:
@@ -229,6 +234,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         head_prefixes=("final_conv.",),
         patch_multiple=16,
         stem_keys=("conv_0.conv_0.conv.weight",),
+        any_side=True,
     ),
     "flexibleunet": Architecture(
         build=_flexibleunet,
@@ -341,6 +347,17 @@ def input_multiple(cfg: ModelConfig) -> int:
     if arch.input_sized:
         return 0
     return arch.multiple_of(cfg) if arch.multiple_of else arch.patch_multiple
+
+
+def window_multiple(cfg: ModelConfig) -> int:
+    """What every side of a prediction window must be a multiple of in PyTorch; 0: only
+    the patch, 1: any side (``Architecture.any_side``), else :func:`input_multiple`.
+
+    Example:
+        >>> window_multiple(ModelConfig()), window_multiple(ModelConfig(name="swinunetr"))
+        (1, 32)
+    """
+    return 1 if get_architecture(cfg.name).any_side else input_multiple(cfg)
 
 
 def patch_problem(cfg: ModelConfig, patch_size: tuple[int, ...] | list[int]) -> str | None:

@@ -12,7 +12,7 @@ import torch
 
 from medtl.config import ModelConfig, parse_section
 from medtl.kernel.errors import InputError
-from medtl.models.networks import build_network, input_multiple
+from medtl.models.networks import build_network, window_multiple
 from medtl.models.nnunet_networks import complete_state
 from medtl.models.safe_read import WeightsFileError, safe_load
 
@@ -72,11 +72,13 @@ def load_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module,
 
 
 def checkpoint_multiple(payload: dict) -> int:
-    """What every input side of a loaded checkpoint's network must be a multiple of.
+    """What every prediction window's side for a loaded checkpoint's network must be a
+    multiple of.
 
     0 when the network takes only its training patch (``primus``) or the payload names
-    no network; see :func:`medtl.models.networks.input_multiple`.
+    no network, 1 when it takes any side; see
+    :func:`medtl.models.networks.window_multiple`.
     """
     if not isinstance(payload.get("model"), dict):
         return 0
-    return input_multiple(parse_section(ModelConfig, payload["model"], "model"))
+    return window_multiple(parse_section(ModelConfig, payload["model"], "model"))

@@ -18,7 +18,7 @@ from medtl.io.volume import Volume, spacing_of
 from medtl.kernel.device import gpu_predictor, out_of_memory_hint
 from medtl.kernel.files import atomic_write
 from medtl.postprocess.components import apply_postprocessing
-from medtl.predict.window import prediction_window, windows_along
+from medtl.predict.window import prediction_window, windows_along, windows_per_call
 from medtl.preprocess.case import PreprocessedCase, restore_labels
 from medtl.preprocess.plan import Plan
 from medtl.trust.decision import TrustRule
@@ -184,7 +184,8 @@ def predict_probabilities(
     flips = mirror_axes(cfg.tta)
     roi = prediction_window(image.shape[2:], patch_size, cfg.window, multiple, cfg.overlap)
     windows = window_count(image.shape[2:], roi, cfg.overlap)
-    stack = mirror_batch(len(flips), windows, cfg.sw_batch_size)
+    per_call = windows_per_call(patch_size, roi, cfg.sw_batch_size)
+    stack = mirror_batch(len(flips), windows, per_call)
     groups = [flips[i : i + stack] for i in range(0, len(flips), stack)]
     total = None
     hint = inference_hint(cfg, patch_size, roi)
@@ -196,7 +197,7 @@ def predict_probabilities(
                 logits = sliding_window_inference(
                     torch.cat(copies) if len(copies) > 1 else copies[0],
                     roi_size=roi,
-                    sw_batch_size=cfg.sw_batch_size,
+                    sw_batch_size=per_call,
                     predictor=predictor,
                     overlap=cfg.overlap,
                     mode=cfg.mode,

@@ -1,28 +1,33 @@
 """The sliding window's size for one case: the training patch, the whole case, or given.
 
-A convolutional network trained on patches takes any input whose sides are multiples of
-its downsampling factor, so a small case can run in fewer, larger windows
-(``predict.window: image``): the demo's 48 × 48 × 24 cases take 8 windows of the
-32 × 32 × 16 patch, each voxel computed up to 8 times, or 2 windows of 48 × 48 × 16.
-Per axis the side is chosen that computes the fewest voxels (windows × side): the
-largest window that fits is not it, as a 137-voxel axis takes 2 windows of 128 (256
-voxels) but also 2 of 96 (192). The window never exceeds the case: padding a case out to
-a window (48 × 48 × 32, a quarter of it zeros) lowered the demo's Dice from 0.93 to 0.78,
-where 48 × 48 × 16 kept it (docs/benchmarks.md). :func:`prediction_window` decides; it
-needs no torch.
+A convolutional network trained on patches takes larger inputs, so a case can run in
+fewer, larger windows (``predict.window: image``): fewer voxels computed twice where
+windows overlap. Per axis a side is chosen from the patch up to the case's side, and the
+three together compute the fewest voxels (windows × side per axis) while one window
+holds at most :data:`IMAGE_WINDOW_CAP` times the patch's voxels. The largest window that
+fits is not it: a 137-voxel axis takes 2 windows of 128 (256 voxels) but also 2 of 96
+(192). A network that takes any side (``basicunet``, which pads where a pooled side is
+odd) runs on the case's own sides, one window when it fits: a CT case of 137 × 137 × 50
+at 3 × 3 × 6 mm in one pass instead of 8 windows of 96 × 96 × 48 (4× less time for the
+network). Others take multiples of their downsampling factor. The window never exceeds
+the case: padding a case out to a window lowered the demo's Dice (0.93 to 0.78 with
+zeros; 0.91 to 0.83 with mirrored or repeated edges for one model), where the case's own
+sides kept it (docs/benchmarks.md). :func:`prediction_window` decides; it needs no torch.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
 from medtl.kernel.errors import ConfigError
 
-#: ``image`` uses one window over the case while it has at most this many times the
-#: patch's voxels; a larger case (a CT volume) would need gigabytes for its activations
-#: and runs with the patch.
-IMAGE_WINDOW_CAP = 8
+#: One window of ``image`` holds at most this many times the patch's voxels, and one
+#: network call (mirrored copies stacked) as many: a basicunet window of 16 × 32 × 32 × 16
+#: voxels takes about 0.5 KB a voxel on the CPU (140 MB); a whole CT volume would take
+#: gigabytes, and runs in several windows.
+IMAGE_WINDOW_CAP = 16
 
 
 def windows_along(side: int, window: int, overlap: float) -> int:
@@ -38,16 +43,42 @@ def windows_along(side: int, window: int, overlap: float) -> int:
     return math.ceil((side - window) / step) + 1
 
 
-def fewest_voxels(side: int, patch: int, multiple: int, overlap: float) -> int:
-    """The window side, a multiple of ``multiple`` from ``patch`` up to ``side``, that
-    computes the fewest voxels along one axis (windows × side; the larger on a tie).
+def side_options(side: int, patch: int, multiple: int, overlap: float) -> list[tuple[int, int]]:
+    """``(window side, windows)`` along one axis: for each number of windows, the smallest
+    multiple of ``multiple`` from ``patch`` up to ``side`` that covers the axis with it
+    (for ``multiple`` 1, a network of any side, from the smaller of patch and side).
 
     Example:
-        >>> fewest_voxels(137, 64, 16, 0.5), fewest_voxels(48, 32, 16, 0.5)
-        (96, 48)
+        >>> side_options(137, 64, 16, 0.5)
+        [(64, 4), (80, 3), (96, 2)]
+        >>> side_options(137, 64, 1, 0.5)[-2:], side_options(20, 32, 16, 0.5)
+        ([(92, 2), (137, 1)], [(32, 1)])
+        >>> side_options(20, 32, 1, 0.5)
+        [(20, 1)]
     """
-    sizes = range(patch, max(patch, int(side)) + 1, multiple)
-    return min(sizes, key=lambda w: (windows_along(side, w, overlap) * w, -w))
+    # a network of any side runs a case smaller than the patch on its own side, unpadded
+    low = min(patch, int(side)) if multiple == 1 else patch
+    smallest: dict[int, int] = {}
+    for w in range(low, max(patch, int(side)) + 1, multiple):
+        smallest.setdefault(windows_along(side, w, overlap), w)
+    return sorted((w, n) for n, w in smallest.items())
+
+
+def windows_per_call(patch: Sequence[int], window: Sequence[int], sw_batch_size: int) -> int:
+    """How many windows one network call takes: ``predict.sw_batch_size``, but windows
+    larger than the patch only as many as hold :data:`IMAGE_WINDOW_CAP` patches' voxels
+    (at least one), so a larger window does not multiply the memory of a call.
+
+    Example:
+        >>> windows_per_call((32, 32, 16), (32, 32, 16), 8)
+        8
+        >>> windows_per_call((64, 64, 32), (137, 137, 50), 4)  # 16 patches hold 2
+        2
+    """
+    if [int(w) for w in window] == [int(p) for p in patch]:
+        return sw_batch_size
+    room = IMAGE_WINDOW_CAP * math.prod(patch) // math.prod(window)
+    return max(1, min(sw_batch_size, room))
 
 
 def prediction_window(
@@ -64,10 +95,10 @@ def prediction_window(
         patch: the training patch.
         window: ``predict.window``: ``patch``; ``image``, per axis the multiple of
             ``multiple`` between the patch and the case's side that computes the fewest
-            voxels (:func:`fewest_voxels`; the patch's voxels times at most
-            :data:`IMAGE_WINDOW_CAP`, else the patch); or three sides.
+            voxels (windows × side per axis, :func:`side_options`) in windows of at
+            most :data:`IMAGE_WINDOW_CAP` times the patch's voxels; or three sides.
         multiple: what every side of the network's input must be a multiple of; 0 when
-            the network takes only its patch (``primus``).
+            the network takes only its patch (``primus``); 1 when it takes any side.
         overlap: ``predict.overlap``, which sets how many windows a side takes.
 
     Raises:
@@ -80,8 +111,12 @@ def prediction_window(
         [96, 96, 48]
         >>> prediction_window((48, 48, 24), (32, 32, 16), "patch", 16)
         [32, 32, 16]
-        >>> prediction_window((512, 512, 120), (32, 32, 16), "image", 16)  # too large
-        [32, 32, 16]
+        >>> prediction_window((137, 137, 50), (64, 64, 32), "image", 1)  # any side
+        [137, 137, 50]
+        >>> prediction_window((164, 164, 60), (64, 64, 32), "image", 16)
+        [112, 112, 48]
+        >>> prediction_window((300, 300, 200), (64, 64, 32), "image", 1)  # over the cap
+        [200, 300, 34]
         >>> prediction_window((48, 48, 24), (32, 32, 16), "image", 0)  # primus
         [32, 32, 16]
     """
@@ -91,11 +126,15 @@ def prediction_window(
     if window == "image":
         if multiple <= 0:
             return patch
-        sides = [
-            fewest_voxels(int(s), p, multiple, overlap)
+        options = [
+            side_options(int(s), p, multiple, overlap)
             for s, p in zip(image_shape, patch, strict=True)
         ]
-        return sides if math.prod(sides) <= IMAGE_WINDOW_CAP * math.prod(patch) else patch
+        cap = IMAGE_WINDOW_CAP * math.prod(patch)
+        fits = [c for c in itertools.product(*options) if math.prod(w for w, _ in c) <= cap]
+        # the fewest voxels computed; on a tie the fewer windows
+        best = min(fits, key=lambda c: (math.prod(w * n for w, n in c), math.prod(n for _, n in c)))
+        return [w for w, _ in best]
     sides = [int(w) for w in window]
     if sides == patch:
         return sides

@@ -164,6 +164,24 @@ def test_rows_targets_and_spread() -> None:
     assert "| yes |" in text and "| **no** |" in text
     assert "10.00–14.00; 40.00–50.00" in text  # min–max of both sides
     assert "medtl ran at 2.5 × 2.5 × 5 mm, nnU-Net at 2.5 × 2.5 × 5 mm" in text
+    assert "trained on a 64 × 64 × 32 patch." in text  # a run that recorded no windows
+
+
+def test_the_notes_say_how_medtl_windows_covered_the_cases() -> None:
+    res = results()
+    res["inference"] |= {
+        "window": "image",
+        "windows": [
+            {"shape": [164, 160, 60], "window": [164, 160, 60], "count": 1},
+            {"shape": [300, 200, 60], "window": [200, 200, 60], "count": 2},
+        ],
+    }
+    text = clinical_markdown(res)
+    assert (
+        "trained on a 64 × 64 × 32 patch and predicts with `--window image` (held-out cases: "
+        "164 × 160 × 60 in 1 window of 164 × 160 × 60; 300 × 200 × 60 in 2 windows of "
+        "200 × 200 × 60)." in text
+    )
 
 
 def _argv(tmp_path: Path, res: dict, *extra: str) -> tuple[list[str], Path]:

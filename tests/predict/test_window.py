@@ -10,9 +10,9 @@ import torch
 
 from medtl.config import ModelConfig, PredictConfig, parse_section, window_setting
 from medtl.kernel.errors import ConfigError
-from medtl.models.networks import build_network, input_multiple
+from medtl.models.networks import build_network, input_multiple, window_multiple
 from medtl.predict.inference import predict_probabilities, window_count
-from medtl.predict.window import IMAGE_WINDOW_CAP, prediction_window
+from medtl.predict.window import IMAGE_WINDOW_CAP, prediction_window, windows_per_call
 from medtl.preprocess.case import PreprocessedCase
 
 PATCH = (32, 32, 16)
@@ -44,6 +44,7 @@ def _net() -> torch.nn.Module:
 def test_image_fits_the_largest_window_the_network_takes_inside_the_case() -> None:
     assert prediction_window((48, 48, 24), PATCH, "image", 16) == [48, 48, 16]  # no padding
     assert prediction_window((20, 47, 8), PATCH, "image", 16) == [32, 32, 16]  # never < patch
+    assert prediction_window((20, 47, 8), PATCH, "image", 1) == [20, 47, 8]  # any side: unpadded
     assert prediction_window((48, 48, 24), PATCH, "patch", 16) == list(PATCH)
 
 
@@ -62,13 +63,55 @@ def test_image_computes_the_fewest_voxels_not_the_largest_window() -> None:
     assert prediction_window(shape, patch, "image", 16, overlap=0.25)[0] == 80
 
 
-def test_image_keeps_the_patch_for_a_large_case_or_a_patch_only_network() -> None:
-    sides = 64 * 64 * 32  # 8x the patch's voxels: the largest one window
-    assert sides == IMAGE_WINDOW_CAP * 32 * 32 * 16
-    assert prediction_window((64, 64, 32), PATCH, "image", 16) == [64, 64, 32]
-    assert prediction_window((64, 64, 48), PATCH, "image", 16) == list(PATCH)
+def test_a_large_case_runs_in_windows_of_at_most_the_cap() -> None:
+    cap = IMAGE_WINDOW_CAP * math.prod(PATCH)
+    assert prediction_window((64, 64, 64), PATCH, "image", 16) == [64, 64, 64]  # 16 patches
+    for shape in ((512, 512, 120), (64, 64, 80), (300, 200, 33)):
+        for multiple in (1, 16):
+            chosen = prediction_window(shape, PATCH, "image", multiple)
+            assert math.prod(chosen) <= cap
+            assert all(p <= w <= max(p, s) for p, w, s in zip(PATCH, chosen, shape, strict=True))
+            # no window of the allowed sides computes fewer voxels
+            computed = window_count(shape, chosen, 0.5) * math.prod(chosen)
+            for other in ((32, 32, 16), (64, 64, 64), (32, 128, 64), (128, 128, 16)):
+                if all(o <= max(p, s) for o, p, s in zip(other, PATCH, shape, strict=True)):
+                    assert computed <= window_count(shape, other, 0.5) * math.prod(other)
+
+
+def test_a_patch_only_network_keeps_the_patch() -> None:
     assert prediction_window((48, 48, 24), PATCH, "image", 0) == list(PATCH)
-    assert input_multiple(ModelConfig(name="primus")) == 0
+    assert (
+        input_multiple(ModelConfig(name="primus"))
+        == 0
+        == window_multiple(ModelConfig(name="primus"))
+    )
+
+
+def test_a_network_of_any_side_runs_on_the_case_own_sides() -> None:
+    """basicunet takes any side in PyTorch: a case runs as one window of its own shape,
+    with no padding, and an ONNX export still asks for multiples of 16."""
+    assert window_multiple(ModelConfig()) == 1 and input_multiple(ModelConfig()) == 16
+    assert prediction_window((137, 137, 50), (64, 64, 32), "image", 1) == [137, 137, 50]
+    case, rec = _case((37, 29, 21)), Recorder(_net())
+    probs = predict_probabilities(
+        [rec], case, PATCH, PredictConfig(window="image", tta=True), CPU, multiple=1
+    )
+    # 8 mirrored copies of the whole case, 4 at a time (sw_batch_size 4)
+    assert rec.shapes == [(4, 1, 37, 29, 21)] * 2
+    assert probs.shape == (2, 37, 29, 21)
+    assert torch.allclose(probs.sum(0), torch.ones(37, 29, 21), atol=1e-5)
+
+
+def test_one_call_holds_at_most_the_cap_of_larger_windows() -> None:
+    assert windows_per_call(PATCH, PATCH, 32) == 32  # the patch: sw_batch_size as set
+    assert windows_per_call(PATCH, (64, 64, 64), 4) == 1
+    assert windows_per_call((64, 64, 32), (137, 137, 50), 4) == 2
+    rec = Recorder(_net())
+    predict_probabilities(
+        [rec], _case((64, 64, 64)), PATCH, PredictConfig(window="image", tta=True), CPU,
+        multiple=16,
+    )  # fmt: skip
+    assert rec.shapes == [(1, 1, 64, 64, 64)] * 8
 
 
 def test_given_sides_must_fit_the_network() -> None:
