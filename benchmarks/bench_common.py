@@ -94,7 +94,11 @@ class Bench:
 def measured_run(b: Bench, start: float, measure: Callable[[], None]) -> dict:
     """Run ``measure`` under the quiet sampler and save every number: ``b.results`` with
     the machine's quietness and the run's minutes since ``start`` (``perf_counter``), in
-    ``<work>/results.json`` (a refused run keeps its numbers there)."""
+    ``<work>/results.json`` (a refused run keeps its numbers there). The parts it ran
+    (``only``) and could have run (``all_parts``) are recorded first, for
+    :func:`bench_table.partial_run`."""
+    b.results["only"] = sorted(b.args.only)
+    b.results["all_parts"] = sorted(p.strip() for p in b.args.all_parts.split(","))
     with QuietSampler() as quiet:
         measure()
     res = b.results

@@ -5,7 +5,6 @@ target), as Markdown, written into docs/benchmarks.md between its markers.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from bench_common import END, NNUNET_ITERS, START, TARGETS
 from bench_quiet import quiet_line, refusal
+
+from medtl.kernel.files import atomic_write_text, write_between_markers
 
 #: Per-case inference costs below this are within the run-to-run noise of the
 #: difference between an all-case and a one-case run (start-up varies by ~0.3 s).
@@ -373,31 +374,33 @@ def write_doc(path: Path, body: str, start: str = START, end: str = END, heading
     """Replace the text between the markers ``start`` and ``end`` of ``path`` (by default
     ``make bench``'s); without them, append ``heading`` and the markers (or create the
     file)."""
+    if write_between_markers(path, body, start, end):
+        return
     block = f"{start}\n{body}{end}"
     if path.is_file():
-        text = path.read_text()
-        if start in text and end in text:
-            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-        else:
-            text = text.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
+        text = path.read_text().rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "")
+        atomic_write_text(path, text + block + "\n")
     else:
-        text = f"# Benchmarks\n\n{block}\n"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        atomic_write_text(path, f"# Benchmarks\n\n{block}\n")
 
 
-def partial_run(args) -> str:
+def partial_run(res: dict) -> str:
     """The parts a ``--only`` run left out, comma-separated; empty for a full run.
 
     The docs table is only ever the output of one full run: a partial one prints its
-    table and leaves the docs alone. ``--from-json`` rewrites from a saved run as it was.
+    table and leaves the docs alone. Read from what the run recorded (``only`` and
+    ``all_parts``, :func:`bench_common.measured_run`), so a partial run's results.json
+    given to ``--from-json`` stays out of the docs too; a run that recorded neither (before
+    the harness did) counts as full.
+
+    Example:
+        >>> partial_run({"only": ["dicom"], "all_parts": ["dicom", "inference"]})
+        'inference'
+        >>> partial_run({"only": ["dicom", "inference"], "all_parts": ["dicom", "inference"]})
+        ''
     """
-    every = getattr(args, "all_parts", None)
-    if not every or getattr(args, "from_json", None):
-        return ""
-    wanted = {p.strip() for p in every.split(",")}
-    return ", ".join(sorted(wanted - set(args.only)))
+    every = res.get("all_parts") or []
+    return ", ".join(sorted(set(every) - set(res.get("only", every))))
 
 
 def publish(res: dict, render: Callable[[dict], str], args, **markers: str) -> int:
@@ -411,7 +414,7 @@ def publish(res: dict, render: Callable[[dict], str], args, **markers: str) -> i
     res["busy_threshold"] = args.busy_threshold
     body = render(res)
     print("\n" + body)
-    skipped = partial_run(args)
+    skipped = partial_run(res)
     if skipped:
         print(f"{args.out} not written: a partial run (--only leaves out {skipped}).")
         return 0

@@ -12,22 +12,6 @@ from bench_table import ratio_rows, row_lines, table_head
 START = "<!-- bench-clinical:start -->"
 END = "<!-- bench-clinical:end -->"
 HEADING = "## Clinical sizes"
-#: The parts of a full run: a results.json without one of them is partial.
-FULL = ("preprocess", "inference", "dicom")
-
-
-def partial_run(res: dict) -> str | None:
-    """Why ``res`` must not go into the docs (None: it may): the docs table is only ever
-    the output of one full run.
-
-    Example:
-        >>> partial_run({"only": ["dicom"], "dicom": {}})
-        'a partial run (--only dicom); the docs hold only full runs'
-    """
-    only = res.get("only", [])
-    if any(p not in res for p in FULL) or set(only) < set(FULL):
-        return f"a partial run (--only {','.join(only)}); the docs hold only full runs"
-    return None
 
 
 def _memory_rows(res: dict, add: Callable[..., None]) -> None:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from medtl.kernel.files import write_between_markers
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 DOC = ROOT / "docs" / "domain-shift.md"
@@ -239,11 +241,8 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def write_doc(path: Path, body: str) -> None:
     """Replace the text between the study's markers in ``path``."""
-    text = path.read_text()
-    if START not in text or END not in text:
+    if not write_between_markers(path, body, START, END):
         raise SystemExit(f"{path}: expected the markers {START} and {END}; add them first")
-    text = text[: text.index(START)] + f"{START}\n{body}{END}" + text[text.index(END) + len(END) :]
-    path.write_text(text)
 
 
 def _meta(rows: list[dict], seconds: float, changes: dict) -> dict:

@@ -70,6 +70,30 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_between_markers(path: str | Path, body: str, start: str, end: str) -> bool:
+    r"""Replace the text between the lines ``start`` and ``end`` of the file ``path`` with
+    ``body`` (atomically); False, and nothing written, when it lacks either marker.
+
+    For generated tables inside hand-written docs (the benchmarks' and studies' results).
+
+    Example:
+        >>> import tempfile
+        >>> doc = Path(tempfile.mkdtemp()) / "doc.md"
+        >>> _ = doc.write_text("intro\n<!-- a -->\nold\n<!-- b -->\nmore\n")
+        >>> write_between_markers(doc, "new\n", "<!-- a -->", "<!-- b -->"), doc.read_text()
+        (True, 'intro\n<!-- a -->\nnew\n<!-- b -->\nmore\n')
+        >>> write_between_markers(doc, "x\n", "<!-- c -->", "<!-- b -->")
+        False
+    """
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if start not in text or end not in text:
+        return False
+    head, tail = text[: text.index(start)], text[text.index(end) + len(end) :]
+    atomic_write_text(path, f"{head}{start}\n{body}{end}{tail}")
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes atomically."""
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))

@@ -108,6 +108,7 @@ def results(others: float = 0.02, only=("dicom", "inference", "preprocess")) -> 
         "fold": 0,
         "repeats": 3,
         "only": list(only),
+        "all_parts": ["dicom", "inference", "preprocess"],
         "total_min": 38.0,
         "model": {"name": "basicunet"},
         "patch": [64, 64, 32],
@@ -216,4 +217,5 @@ def test_a_partial_run_only_prints(tmp_path: Path, capsys) -> None:
     assert compare_clinical.main(argv) == 0
     assert "\nold\n" in doc.read_text()
     out = capsys.readouterr()
-    assert "DICOM → NIfTI" in out.out and "partial run (--only dicom)" in out.err
+    assert "DICOM → NIfTI" in out.out
+    assert "not written: a partial run (--only leaves out inference, preprocess)" in out.out

@@ -126,15 +126,22 @@ def test_results_without_a_quietness_record_need_allow_disturbed(tmp_path: Path,
 
 
 def test_a_partial_run_prints_its_table_and_leaves_the_docs(tmp_path: Path, capsys) -> None:
-    """The docs table is only ever the output of one full run: ``--only`` prints only."""
+    """The docs table is only ever the output of one full run: ``--only`` prints only,
+    and so does ``--from-json`` of a partial run's results (the run recorded its parts)."""
     doc = _doc(tmp_path)
     before = doc.read_text()
-    args = compare_nnunet.parse_args(["--only", "dicom", "--out", str(doc)])
-    assert publish(_nnunet_results(0.02), markdown, args) == 0
+    every = ["budgets", "dicom", "inference", "preprocess", "startup", "throughput"]
+    partial = _nnunet_results(0.02) | {"only": ["dicom"], "all_parts": every}
+    args = compare_nnunet.parse_args(["--out", str(doc)])
+    assert publish(partial, markdown, args) == 0
     assert doc.read_text() == before
     out = capsys.readouterr().out
     assert "| DICOM → NIfTI wall (s)" in out
     assert "not written: a partial run (--only leaves out budgets, inference, preprocess, " in out
-    full = compare_nnunet.parse_args(["--out", str(doc)])
-    assert partial_run(full) == "" and publish(_nnunet_results(0.02), markdown, full) == 0
+    saved = tmp_path / "partial.json"
+    saved.write_text(json.dumps(partial))
+    assert compare_nnunet.main(["--from-json", str(saved), "--out", str(doc)]) == 0
+    assert doc.read_text() == before
+    full = _nnunet_results(0.02) | {"only": every, "all_parts": every}
+    assert partial_run(full) == "" and publish(full, markdown, args) == 0
     assert doc.read_text() != before
