@@ -280,6 +280,12 @@ def shift_encoder():
     return None
 
 
+def shift_arms():
+    """The arms that start from the weights the shift stage measures."""
+    weights = shift_encoder()[0]
+    return [arm for arm in ARMS if arm_weights(arm) == weights]
+
+
 def shift_source():
     """The source manifest the encoder was pretrained on, and what it is; None without one.
 
@@ -304,10 +310,11 @@ def shift_targets():
 
 
 def shift_flags():
-    """The command's options naming the source, the weights' format and their plan."""
+    """The command's options naming the arms the weights start, the source, the weights'
+    format and their plan."""
     weights, init = shift_encoder()
     source = shift_source()
-    flags = []
+    flags = ["--arms", ",".join(shift_arms())]
     if source:
         flags += ["--source", source[0], "--source-name", shlex.quote(source[1])]
     if init == "pretrained" and config["pretrain"]["checkpoint"]:

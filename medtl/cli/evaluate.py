@@ -207,6 +207,13 @@ def shift(
     patch: Annotated[
         str, typer.Option(help="Patch in voxels, e.g. 32,32,16 (default: train.patch_size).")
     ] = "",
+    arms: Annotated[
+        str,
+        typer.Option(
+            help="The arms that start from --checkpoint, comma-separated: the report sets "
+            "their gains against the per-case distances."
+        ),
+    ] = "",
     settings: Settings = "{}",
     threads: Threads = 1,
 ) -> None:
@@ -243,6 +250,7 @@ def shift(
         weights_format,
         pretrained_with_plan,
         source_name,
+        [a.strip() for a in arms.split(",") if a.strip()],
     )
     view = record.encoder
     said = (

@@ -244,7 +244,7 @@ def _analyse(
     best_arm = max(arms, key=lambda a: np.nan_to_num(mean_dice[a], nan=-1.0))
     seeds = {a: per_case_runs(metrics, a).shape[1] for a in arms}
     shift, shift_gain = shift_section(
-        inputs.shift, inputs.shift_cases, case_dice, arms, reference_arm, config, seeds
+        inputs.shift, inputs.shift_cases, case_dice, arms, reference_arm, seeds
     )
     return _Analysis(
         inputs,

@@ -53,27 +53,18 @@ class GainVersusShift:
     seeds: int = 1
 
 
-def pretrained_arms(arms: list[str], config: dict, reference: str) -> list[str]:
-    """The arms that start from the encoder the shift stage looked at, reference excluded.
-
-    The shift stage measures the weights of the first configured arm that starts from
-    pretrained weights (``init: pretrained`` or ``ssl``); the arms with the same ``init``
-    start from the same encoder, and only their gains are set against its distances.
+def measured_arms(record: dict, arms: list[str], reference: str) -> list[str]:
+    """The report's arms that start from the encoder the shift stage looked at, reference
+    excluded: the workflow names them in the record (``arms``), so the report does not
+    decide them a second time.
 
     Example:
-        >>> cfg = {"arms": {"scratch": {"init": "random"}, "frozen": {"init": "pretrained"},
-        ...                 "ssl": {"init": "ssl"}, "finetune": {"init": "pretrained"}}}
-        >>> pretrained_arms(["scratch", "finetune", "frozen", "ssl"], cfg, "scratch")
+        >>> record = {"arms": ["frozen", "finetune"]}
+        >>> measured_arms(record, ["scratch", "finetune", "frozen"], "scratch")
         ['finetune', 'frozen']
     """
-    spec = config.get("arms") or {}
-    inits = [(a.get("init") or "random") for a in spec.values() if isinstance(a, dict)]
-    measured = next((i for i in inits if i != "random"), None)
-    return [
-        a
-        for a in arms
-        if a != reference and measured and (spec.get(a) or {}).get("init") == measured
-    ]
+    named = set(record.get("arms") or [])
+    return [a for a in arms if a in named and a != reference]
 
 
 def gain_versus_shift(
@@ -260,7 +251,6 @@ def shift_section(
     case_dice: dict[str, pd.Series],
     arms: list[str],
     reference: str,
-    config: dict,
     seeds: dict[str, int] | None = None,
 ) -> tuple[dict | None, list[GainVersusShift]]:
     """The section's tables and sentences, and each pretrained arm's gain against the shift.
@@ -274,7 +264,7 @@ def shift_section(
     if measured:
         results = [
             gain_versus_shift(case_dice, arm, reference, shift_cases)
-            for arm in pretrained_arms(arms, config, reference)
+            for arm in measured_arms(record, arms, reference)
             if arm in case_dice
         ]
         adjusted = holm([np.nan if g.p_value is None else g.p_value for g in results])

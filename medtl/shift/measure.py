@@ -8,6 +8,7 @@ the checkpoint as the command does, and writes the record.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def run_shift(
     fmt: str = "auto",
     pretrained_with_plan: bool = False,
     source_name: str = "source",
+    arms: Sequence[str] = (),
 ) -> ShiftRecord:
     """Read both sets and the checkpoint, measure, and write ``shift.json`` and ``per_case.tsv``.
 
@@ -223,6 +225,8 @@ def run_shift(
         pretrained_with_plan: the checkpoint was pretrained with this plan (medtl's own
             pretraining), so its spacing and normalisation are the plan's.
         source_name: what the source set is, for the record.
+        arms: the arms that start from ``checkpoint``, for the record (the report reads
+            them; the workflow decides them once, in pipeline/common.smk).
     """
     plan = Plan.load(plan_path)
     target = load_set("target", target_manifest, plan)
@@ -236,6 +240,6 @@ def run_shift(
     record, cases = measure_shift(
         target, source, encoder, plan.normalization, patch, cfg, source_name
     )
-    record = dataclasses.replace(record, notes=[*notes, *record.notes])
+    record = dataclasses.replace(record, notes=[*notes, *record.notes], arms=list(arms))
     write_record(record, cases, out)
     return record

@@ -32,6 +32,8 @@ class ShiftRecord:
         warnings: each naming the fix.
         notes: what was not measured, and why.
         settings: the ``shift`` section used.
+        arms: the configured arms that start from these weights; the report sets only
+            their gains against the per-case distances.
     """
 
     source: str
@@ -44,6 +46,7 @@ class ShiftRecord:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    arms: list[str] = field(default_factory=list)
 
 
 def write_record(record: ShiftRecord, cases: pd.DataFrame, out: Path) -> tuple[Path, Path]:

@@ -29,6 +29,7 @@ CONFIG = {
 RECORD = {
     "source": "supervised pretraining source",
     "checkpoint": "checkpoint.pt",
+    "arms": ["finetune", "frozen"],  # the workflow's choice: the arms of these weights
     "encoder": {
         "mmd2": 0.25,
         "p_value": 0.001,
@@ -95,12 +96,15 @@ def test_section_tests_the_arms_of_the_measured_encoder_with_holm():
     shift = pd.DataFrame({"case_id": cases, "feature_distance": rng.normal(size=10)})
     dice = {arm: _dice(rng.uniform(0.4, 0.9, 10), cases) for arm in CONFIG["arms"]}
     arms = list(CONFIG["arms"])
-    context, tested = shift_section(RECORD, shift, dice, arms, "scratch", CONFIG, {"ssl": 1})
+    context, tested = shift_section(RECORD, shift, dice, arms, "scratch", {"ssl": 1})
     assert [g.arm for g in tested] == ["finetune", "frozen"]  # not ssl: another encoder
     assert [g.p_holm for g in tested] == pytest.approx(holm([g.p_value for g in tested]))
     assert context["per_case_distance"] and len(context["gain_statements"]) == 2
     assert "MMD² 0.2500" in " ".join(context["statements"])
-    assert shift_section(None, shift, dice, arms, "scratch", CONFIG) == (None, [])
+    assert shift_section(None, shift, dice, arms, "scratch") == (None, [])
+    # the arms come from the record, not from the report's reading of the config
+    _, only_frozen = shift_section({**RECORD, "arms": ["frozen"]}, shift, dice, arms, "scratch")
+    assert [g.arm for g in only_frozen] == ["frozen"]
 
 
 def test_report_has_the_section_and_summary_its_numbers(results, tmp_path):  # noqa: F811
