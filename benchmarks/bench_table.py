@@ -289,9 +289,13 @@ def row_lines(rows: list[dict]) -> list[str]:
 def table_head(res: dict) -> list[str]:
     """The lines above a ratio table: machine and versions, data and repeats, quietness,
     and the column heads."""
+    repeats = f"medians over {res['repeats']} repeats"
+    inference = res.get("inference", {}).get("repeats", res["repeats"])
+    if inference != res["repeats"]:
+        repeats += f" ({inference} for inference)"
     return [
         measured_on(res["versions"]),
-        f"Data: {res['data']}; fold {res['fold']}; medians over {res['repeats']} repeats; "
+        f"Data: {res['data']}; fold {res['fold']}; {repeats}; "
         f"the whole run took {res['total_min']:.1f} min.",
         quiet_line(res),
         "",

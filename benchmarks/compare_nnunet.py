@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         probe_steps=30,
         only="preprocess,throughput,budgets,inference,dicom,startup",
         repeats=3,
-        infer_repeats=2,
+        infer_repeats=3,
     )
     ap.add_argument(
         "--data", help="your data set instead of the demo: anything `medtl ingest` reads"

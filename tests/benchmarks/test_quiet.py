@@ -12,7 +12,7 @@ from pathlib import Path
 import compare_nnunet  # benchmarks/, on the path by pyproject.toml's pytest settings
 import pytest
 from bench_quiet import LOAD_PER_CORE, QuietSampler, is_quiet
-from bench_table import markdown, partial_run, publish
+from bench_table import markdown, partial_run, publish, table_head
 
 from tests.benchmarks.canned import QUIET, VERSIONS
 
@@ -145,3 +145,11 @@ def test_a_partial_run_prints_its_table_and_leaves_the_docs(tmp_path: Path, caps
     full = _nnunet_results(0.02) | {"only": every, "all_parts": every}
     assert partial_run(full) == "" and publish(full, markdown, args) == 0
     assert doc.read_text() != before
+
+
+def test_the_head_says_how_many_repeats_each_part_had() -> None:
+    res = _nnunet_results(0.02)
+    assert "medians over 3 repeats; " in table_head(res)[1]
+    res["inference"] = {"repeats": 2}
+    assert "medians over 3 repeats (2 for inference); " in table_head(res)[1]
+    assert compare_nnunet.parse_args([]).infer_repeats == 3  # every timed row: >= 3 runs
