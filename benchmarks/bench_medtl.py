@@ -457,12 +457,7 @@ def inference(
     model, sheets, inputs = inference_inputs(b, d, test_cases, best_arm)
     last = f"checkpoint_mark{len(b.args.budgets) - 1}.pth"
     names = {c: nnunet_case_id(c) for c in test_cases}
-    out: dict = {
-        "cases": n,
-        "medtl_arm": best_arm,
-        "window": b.args.medtl_window,
-        "repeats": b.args.infer_repeats,
-    }
+    out: dict = {"cases": n, "medtl_arm": best_arm, "window": b.args.medtl_window}
     onnx_dir = None
     if onnx:
         onnx_dir, export_timing = export_onnx(b, model, best_arm)

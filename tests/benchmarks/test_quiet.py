@@ -150,6 +150,6 @@ def test_a_partial_run_prints_its_table_and_leaves_the_docs(tmp_path: Path, caps
 def test_the_head_says_how_many_repeats_each_part_had() -> None:
     res = _nnunet_results(0.02)
     assert "medians over 3 repeats; " in table_head(res)[1]
-    res["inference"] = {"repeats": 2}
+    res["inference"] = {"cases": 7, "tta": {"medtl": {"repeats": 2}, "nnunet": {"repeats": 2}}}
     assert "medians over 3 repeats (2 for inference); " in table_head(res)[1]
     assert compare_nnunet.parse_args([]).infer_repeats == 3  # every timed row: >= 3 runs
