@@ -281,9 +281,10 @@ def shift_encoder():
 
 
 def shift_arms():
-    """The arms that start from the weights the shift stage measures."""
+    """The arms that start from the weights the shift stage measures, sorted: the order of
+    the config's arms must not make the rule's command differ (a rerun)."""
     weights = shift_encoder()[0]
-    return [arm for arm in ARMS if arm_weights(arm) == weights]
+    return sorted(arm for arm in ARMS if arm_weights(arm) == weights)
 
 
 def shift_source():
