@@ -296,7 +296,7 @@ def table_head(res: dict) -> list[str]:
     and the column heads."""
     repeats = f"medians over {res['repeats']} repeats"
     runs = [v["medtl"].get("repeats") for v in res.get("inference", {}).values() if _timed(v)]
-    inference = max(runs, default=None) or res["repeats"]
+    inference = max((r for r in runs if r), default=None) or res["repeats"]
     if inference != res["repeats"]:
         repeats += f" ({inference} for inference)"
     return [
