@@ -120,10 +120,10 @@ def predict(
     window: Annotated[
         str,
         typer.Option(
-            help="Sliding-window size: patch (the training patch), image (per axis the "
-            "size from the patch up to the case's side that computes the fewest voxels, "
-            "up to 8x the patch's voxels: fewer windows for small cases) or x,y,z. See "
-            "docs/configuration.md."
+            help="Sliding-window size: patch (the training patch), image (sides from the "
+            "patch up to the case's that compute the fewest voxels, windows of up to 16x "
+            "the patch's voxels; basicunet runs a case that fits as one window of its own "
+            "shape) or x,y,z. See docs/configuration.md."
         ),
     ] = "patch",
     format: Annotated[

@@ -194,12 +194,12 @@ class PredictConfig:
             summed in float32); ignored on the CPU.
         channels_last: on a CUDA device, run the network in the ``channels_last_3d``
             memory format; ignored on the CPU.
-        window: the sliding window's size: ``patch`` (the training patch), ``image`` (per
-            axis the size the network takes, from the patch up to the case's side, that
-            computes the fewest voxels, where the window has at most 8 times the patch's
-            voxels; larger cases use the patch) or three sides ``[x, y, z]``.
-            Convolutional networks take any such size; ``primus`` is built for its
-            training patch and always uses it.
+        window: the sliding window's size: ``patch`` (the training patch), ``image``
+            (:func:`medtl.predict.window.prediction_window`: sides from the patch up to the
+            case's that compute the fewest voxels, in windows of at most 16 times the
+            patch's voxels; a network of any side, ``basicunet``, runs a case that fits as
+            one window of its own shape) or three sides ``[x, y, z]``. ``primus`` is built
+            for its training patch and always uses it.
     """
 
     overlap: float = 0.5
